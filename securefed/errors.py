@@ -1,0 +1,67 @@
+"""One exception tree for everything securefed raises on purpose.
+
+Callers can catch :class:`SecureFedError` to handle all of them. Checks on
+input never use ``assert`` (asserts vanish under ``python -O``).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "SecureFedError",
+    "InvalidParameter",
+    "EncodingError",
+    "ProtocolError",
+    "LocalProtocolError",
+    "RemoteProtocolError",
+    "ProtocolAborted",
+    "InvalidShare",
+    "PrivacyBudgetExhausted",
+]
+
+
+class SecureFedError(Exception):
+    """Root of every error securefed raises deliberately."""
+
+
+class InvalidParameter(SecureFedError, ValueError):
+    """A configuration or argument is unusable; raised at construction time."""
+
+
+class EncodingError(SecureFedError, ValueError):
+    """A value cannot be encoded: non-finite, out of range, or would overflow."""
+
+
+class ProtocolError(SecureFedError):
+    """Something broke the rules of the secure-aggregation protocol."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We were misused: a call that the current state does not allow."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """A peer misbehaved. ``reason`` is a short code that is safe to log."""
+
+    def __init__(self, message: str, reason: str = "protocol-violation") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ProtocolAborted(SecureFedError):
+    """Too few participants remain; the message names the stage and shortfall."""
+
+    def __init__(self, message: str, stage: str | None = None, shortfall: int | None = None) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.shortfall = shortfall
+
+
+class InvalidShare(SecureFedError):
+    """A share, ciphertext or signature failed to verify.
+
+    Deliberately opaque: which check failed is not revealed.
+    """
+
+
+class PrivacyBudgetExhausted(SecureFedError):
+    """Taking part would spend more privacy budget than the site allows."""
