@@ -11,12 +11,12 @@ unrelated value, not a partial secret.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from securefed.errors import InvalidParameter, InvalidShare
 
-__all__ = ["PRIME", "SECRET_SIZE", "SHARE_SIZE", "MAX_SHARES", "Share", "split", "combine"]
+__all__ = ["PRIME", "SECRET_SIZE", "SHARE_SIZE", "MAX_SHARES", "Share", "split", "split_at", "combine"]
 
 PRIME = (1 << 256) + 297
 SECRET_SIZE = 32
@@ -57,18 +57,28 @@ class Share:
 
 def split(secret: bytes, n: int, t: int) -> list[Share]:
     """Split a 32-byte secret into ``n`` shares at x = 1..n, any ``t`` of which recover it."""
-    if not isinstance(secret, (bytes, bytearray)) or len(secret) != SECRET_SIZE:
-        raise InvalidParameter(f"secret must be exactly {SECRET_SIZE} bytes")
     if type(n) is not int or type(t) is not int:
         raise InvalidParameter("n and t must be integers")
     if not 1 <= t <= n <= MAX_SHARES:
         raise InvalidParameter(f"need 1 <= t <= n <= {MAX_SHARES}, got t={t}, n={n}")
+    return split_at(secret, range(1, n + 1), t)
+
+
+def split_at(secret: bytes, xs: Iterable[int], t: int) -> list[Share]:
+    """Shares at the given distinct x-coordinates (e.g. the ids of a node's neighbours)."""
+    if not isinstance(secret, (bytes, bytearray)) or len(secret) != SECRET_SIZE:
+        raise InvalidParameter(f"secret must be exactly {SECRET_SIZE} bytes")
+    points = list(xs)
+    if len(set(points)) != len(points) or not all(type(x) is int and 1 <= x <= MAX_SHARES for x in points):
+        raise InvalidParameter(f"x-coordinates must be distinct integers in 1..{MAX_SHARES}")
+    if type(t) is not int or not 1 <= t <= len(points):
+        raise InvalidParameter(f"need 1 <= t <= number of shares ({len(points)}), got t={t}")
     prime = PRIME
     # Highest-degree coefficient first, the secret last, ready for Horner's rule.
     coefficients = [secrets.randbelow(prime) for _ in range(t - 1)]
     coefficients.append(int.from_bytes(secret, "big"))
     shares = []
-    for x in range(1, n + 1):
+    for x in points:
         y = 0
         for coefficient in coefficients:
             y = (y * x + coefficient) % prime

@@ -1,0 +1,27 @@
+"""Secure aggregation (Bonawitz et al. 2017 with the SecAgg+ graph of Bell et al. 2020), sans-IO.
+
+``ClientProtocol`` and ``ServerProtocol`` are pure state machines; ``simulate``
+runs them in memory. Nothing here imports ``zmq`` or the wire codec.
+"""
+
+from securefed.secagg.client import CLIENT_TRANSITIONS, ClientProtocol, ClientState
+from securefed.secagg.config import ClientPolicy, RoundConfig
+from securefed.secagg.graph import GraphParameters, NeighbourGraph, propose_parameters
+from securefed.secagg.server import SERVER_TRANSITIONS, AggregateResult, ServerProtocol, ServerState
+from securefed.secagg.simulate import simulate
+
+__all__ = [
+    "AggregateResult",
+    "CLIENT_TRANSITIONS",
+    "ClientPolicy",
+    "ClientProtocol",
+    "ClientState",
+    "GraphParameters",
+    "NeighbourGraph",
+    "RoundConfig",
+    "SERVER_TRANSITIONS",
+    "ServerProtocol",
+    "ServerState",
+    "propose_parameters",
+    "simulate",
+]

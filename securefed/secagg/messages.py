@@ -1,0 +1,165 @@
+"""Typed messages of the secure-aggregation protocol (frozen dataclasses).
+
+Nodes send the first five to the coordinator; the coordinator sends the next
+five to nodes; :class:`Deadline` is the event a driver feeds the coordinator
+when a stage's time is up. Sequences are tuples so messages are immutable;
+byte strings and arrays are validated by the state machines and by the wire
+codec, never trusted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+
+__all__ = [
+    "Stage",
+    "AdvertiseKeys",
+    "ShareKeys",
+    "MaskedInput",
+    "ConsistencySignature",
+    "UnmaskShares",
+    "KeyList",
+    "ShareRelay",
+    "ConsistencyRequest",
+    "UnmaskRequest",
+    "RoundAborted",
+    "Deadline",
+    "Send",
+    "ClientMessage",
+    "ServerMessage",
+]
+
+
+class Stage(Enum):
+    """The five stages; values are the names the simulator's ``dropouts`` uses."""
+
+    ADVERTISE = "advertise"
+    SHARE = "share"
+    MASKED_INPUT = "masked_input"
+    CONSISTENCY = "consistency"
+    UNMASK = "unmask"
+
+    @property
+    def index(self) -> int:
+        return _STAGE_ORDER.index(self)
+
+
+_STAGE_ORDER = list(Stage)
+
+
+# --- node -> coordinator ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AdvertiseKeys:
+    """Stage 0: the node's fresh round keys, signed with its identity key."""
+
+    sender: int
+    c_pk: bytes
+    s_pk: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class ShareKeys:
+    """Stage 1: ``(recipient, AEAD ciphertext)`` per neighbour, sorted by recipient."""
+
+    sender: int
+    ciphertexts: tuple[tuple[int, bytes], ...]
+
+
+@dataclass(frozen=True, eq=False)
+class MaskedInput:
+    """Stage 2: y_u = x_u + PRG(b_u) + sum of signed pairwise masks, mod 2^32."""
+
+    sender: int
+    vector: np.ndarray
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, MaskedInput):
+            return NotImplemented
+        return self.sender == other.sender and np.array_equal(self.vector, other.vector)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class ConsistencySignature:
+    """Stage 3: the node's signature over the survivor set U3 it was shown."""
+
+    sender: int
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class UnmaskShares:
+    """Stage 4: ``(owner, share bytes)`` of b for survivors and of s_sk for dropped peers."""
+
+    sender: int
+    b_shares: tuple[tuple[int, bytes], ...]
+    s_shares: tuple[tuple[int, bytes], ...]
+
+
+# --- coordinator -> node ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyList:
+    """U1: every advertisement that arrived in time, sorted by sender."""
+
+    entries: tuple[AdvertiseKeys, ...]
+
+
+@dataclass(frozen=True)
+class ShareRelay:
+    """The ciphertexts addressed to one node: ``(sender, ciphertext)``, sorted by sender."""
+
+    ciphertexts: tuple[tuple[int, bytes], ...]
+
+
+@dataclass(frozen=True)
+class ConsistencyRequest:
+    """U3: the nodes whose masked input the coordinator holds."""
+
+    survivors: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class UnmaskRequest:
+    """The survivors (U3), the dropped (U2 \\ U3) and the consistency signatures collected."""
+
+    survivors: tuple[int, ...]
+    dropped: tuple[int, ...]
+    signatures: tuple[tuple[int, bytes], ...]
+
+
+@dataclass(frozen=True)
+class RoundAborted:
+    """The coordinator gave up on the round; ``reason`` is a short, loggable code."""
+
+    reason: str
+
+
+# --- events and envelopes ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """Time is up for ``stage``: close it with whoever has answered."""
+
+    stage: Stage
+
+
+@dataclass(frozen=True)
+class Send:
+    """An outgoing message from the coordinator to the node with id ``to``."""
+
+    to: int
+    message: ServerMessage
+
+
+ClientMessage = AdvertiseKeys | ShareKeys | MaskedInput | ConsistencySignature | UnmaskShares
+ServerMessage = KeyList | ShareRelay | ConsistencyRequest | UnmaskRequest | RoundAborted
