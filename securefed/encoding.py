@@ -37,11 +37,22 @@ _MAX_FRACTIONAL_BITS = 30
 
 
 def clip_l2(x: np.ndarray, clip_norm: float) -> np.ndarray:
-    """Scale ``x`` down (never up) so its L2 norm is at most ``clip_norm``."""
-    norm = float(np.linalg.norm(x))
+    """Scale ``x`` down (never up) so its L2 norm is at most ``clip_norm``.
+
+    The norm is taken of ``x / max|x|`` so that huge finite inputs do not
+    overflow to an infinite norm (which would clip them to zero).
+    """
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    if peak == 0.0:
+        return x
+    norm = peak * float(np.linalg.norm(x / peak))
     if norm > clip_norm:
-        return x * (clip_norm / norm)
+        return (x / peak) * (clip_norm / (norm / peak))
     return x
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _unit_bound(max_abs: float, fractional_bits: int) -> int:
@@ -72,12 +83,12 @@ class FixedPointEncoder:
     max_abs: float | None = None
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.clip_norm, (int, float)) and math.isfinite(self.clip_norm) and self.clip_norm > 0):
+        if not (_is_real(self.clip_norm) and math.isfinite(self.clip_norm) and self.clip_norm > 0):
             raise InvalidParameter(f"clip_norm must be a positive finite number, got {self.clip_norm!r}")
         if self.max_abs is None:
             object.__setattr__(self, "max_abs", float(self.clip_norm))
         guard = self.max_abs
-        if not (isinstance(guard, (int, float)) and math.isfinite(guard) and guard > 0):
+        if not (_is_real(guard) and math.isfinite(guard) and guard > 0):
             raise InvalidParameter(f"max_abs must be a positive finite number, got {guard!r}")
         if type(self.fractional_bits) is not int or not 0 <= self.fractional_bits <= _MAX_FRACTIONAL_BITS:
             raise InvalidParameter(f"fractional_bits must be an integer in 0..{_MAX_FRACTIONAL_BITS}")
@@ -99,8 +110,12 @@ class FixedPointEncoder:
     @classmethod
     def for_summands(cls, clip_norm: float, max_summands: int, max_abs: float | None = None) -> FixedPointEncoder:
         """The finest-resolution encoder that is still overflow-safe for ``max_summands``."""
-        guard = float(clip_norm if max_abs is None else max_abs)
-        bits = max_safe_fractional_bits(guard, max_summands) if guard > 0 and max_summands >= 1 else -1
+        guard = clip_norm if max_abs is None else max_abs
+        if not (_is_real(guard) and math.isfinite(guard) and guard > 0):
+            raise InvalidParameter(f"clip_norm and max_abs must be positive finite numbers, got {guard!r}")
+        if type(max_summands) is not int or max_summands < 1:
+            raise InvalidParameter("max_summands must be a positive integer")
+        bits = max_safe_fractional_bits(float(guard), max_summands)
         if bits < 0:
             raise InvalidParameter(
                 f"no fixed-point precision keeps {max_summands} summands of magnitude {guard:g} below 2^31"
@@ -147,7 +162,12 @@ class FixedPointEncoder:
     @staticmethod
     def _as_vector(x: np.ndarray) -> np.ndarray:
         try:
-            vector = np.asarray(x, dtype=np.float64)
+            raw = np.asarray(x)
+            if np.iscomplexobj(raw):
+                raise EncodingError("complex input cannot be encoded")
+            vector = raw.astype(np.float64, copy=False)
+        except EncodingError:
+            raise
         except (TypeError, ValueError):
             raise EncodingError("input is not a numeric vector") from None
         if vector.ndim != 1:

@@ -34,12 +34,13 @@ _INFO_PREFIX = b"securefed/v1"
 _ZERO_SECRET = bytes(KEY_SIZE)
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, eq=False)
 class AgreementKeyPair:
     """An X25519 key pair. ``private_bytes`` is secret: never log or repr it."""
 
     private_bytes: bytes
     public_bytes: bytes
+    private_key: X25519PrivateKey
 
     @classmethod
     def generate(cls) -> AgreementKeyPair:
@@ -60,23 +61,29 @@ class AgreementKeyPair:
             raise InvalidParameter("an X25519 private key is exactly 32 bytes")
         key = X25519PrivateKey.from_private_bytes(bytes(private_bytes))
         public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        return cls(bytes(private_bytes), public)
+        return cls(bytes(private_bytes), public, key)
 
     def __repr__(self) -> str:
         return f"AgreementKeyPair(public={self.public_bytes.hex()[:16]}…)"
 
 
-def agree(private_bytes: bytes, peer_public_bytes: bytes) -> bytes:
+def agree(private: bytes | AgreementKeyPair, peer_public_bytes: bytes) -> bytes:
     """Raw X25519 shared secret; refuses low-order peer keys (all-zero result).
 
+    ``private`` is raw private-key bytes or a key pair (faster: no re-parsing).
     Raises :class:`InvalidShare` for a malformed or low-order peer key: the
     peer key arrived over the network, so this is an authentication failure.
     """
-    if len(peer_public_bytes) != KEY_SIZE:
+    if not isinstance(peer_public_bytes, bytes) or len(peer_public_bytes) != KEY_SIZE:
         raise InvalidShare("invalid peer key")
+    if isinstance(private, AgreementKeyPair):
+        private_key = private.private_key
+    else:
+        if not isinstance(private, (bytes, bytearray)) or len(private) != KEY_SIZE:
+            raise InvalidParameter("an X25519 private key is exactly 32 bytes")
+        private_key = X25519PrivateKey.from_private_bytes(bytes(private))
     try:
-        private = X25519PrivateKey.from_private_bytes(private_bytes)
-        shared = private.exchange(X25519PublicKey.from_public_bytes(peer_public_bytes))
+        shared = private_key.exchange(X25519PublicKey.from_public_bytes(peer_public_bytes))
     except ValueError:
         # OpenSSL refuses the all-zero output of a low-order point.
         raise InvalidShare("invalid peer key") from None
@@ -92,6 +99,9 @@ def kdf_info(purpose: str, task: str, round_id: int, party_a: int, party_b: int,
     """
     if not purpose:
         raise InvalidParameter("purpose must be non-empty: it separates key domains")
+    for party in (party_a, party_b):
+        if type(party) is not int or party < 0:
+            raise InvalidParameter(f"party ids are non-negative integers, got {party!r}")
     low, high = sorted((party_a, party_b))
     return _INFO_PREFIX + encode_fields(purpose, task, round_id, low, high, context)
 
@@ -100,11 +110,13 @@ def hkdf_sha256(secret: bytes, info: bytes, length: int = KEY_SIZE, salt: bytes 
     """HKDF-SHA256 (RFC 5869). ``info`` is mandatory and must be non-empty."""
     if not info:
         raise InvalidParameter("HKDF info must bind the key's purpose and context")
+    if not 1 <= length <= 255 * 32:
+        raise InvalidParameter("HKDF-SHA256 output length must be in 1..8160 bytes")
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(secret)
 
 
 def derive_key(
-    private_bytes: bytes,
+    private: bytes | AgreementKeyPair,
     peer_public_bytes: bytes,
     *,
     purpose: str,
@@ -115,5 +127,5 @@ def derive_key(
     context: bytes = b"",
 ) -> bytes:
     """Agree with a peer and derive a 32-byte key bound to the full context."""
-    shared = agree(private_bytes, peer_public_bytes)
+    shared = agree(private, peer_public_bytes)
     return hkdf_sha256(shared, kdf_info(purpose, task, round_id, party_a, party_b, context))

@@ -70,8 +70,8 @@ class MaskAccumulator:
     def __init__(self, length_or_initial: int | np.ndarray) -> None:
         if isinstance(length_or_initial, np.ndarray):
             initial = length_or_initial
-            if initial.ndim != 1:
-                raise InvalidParameter("the accumulator holds a flat vector")
+            if initial.ndim != 1 or initial.dtype != np.uint32:
+                raise InvalidParameter("the accumulator starts from a flat uint32 vector")
             self.value = np.array(initial, dtype=_MASK_DTYPE, copy=True)
         else:
             if int(length_or_initial) < 0:
@@ -115,8 +115,9 @@ class SecureRandom:
     """
 
     def __init__(self, seed: bytes | None = None) -> None:
+        if seed is not None:
+            _check_seed(seed)
         key = os.urandom(SEED_SIZE) if seed is None else bytes(seed)
-        _check_seed(key)
         self._encryptor = Cipher(algorithms.AES(key), modes.CTR(_ZERO_COUNTER)).encryptor()
 
     def _fill(self, out: np.ndarray) -> np.ndarray:

@@ -230,7 +230,7 @@ class ClientProtocol:
             if peer == self.node_id:
                 self._held[peer] = (s_share, b_share)
                 continue
-            key = share_key(config, self._c_keys.private_bytes, by_id[peer].c_pk, self.node_id, peer)
+            key = share_key(config, self._c_keys, by_id[peer].c_pk, self.node_id, peer)
             associated = share_associated_data(config.task, config.round_id, self.node_id, peer, config.context)
             ciphertexts.append((peer, seal(key, s_share.to_bytes() + b_share.to_bytes(), associated)))
         return [ShareKeys(self.node_id, tuple(ciphertexts))]
@@ -245,7 +245,7 @@ class ClientProtocol:
         )
         for sender, ciphertext in message.ciphertexts:
             require(isinstance(ciphertext, bytes), "ciphertext must be bytes")
-            key = share_key(config, self._c_keys.private_bytes, self._entries[sender].c_pk, self.node_id, sender)
+            key = share_key(config, self._c_keys, self._entries[sender].c_pk, self.node_id, sender)
             associated = share_associated_data(config.task, config.round_id, sender, self.node_id, config.context)
             plaintext = open_sealed(key, ciphertext, associated)
             require(len(plaintext) == 2 * SHARE_SIZE, "share payload has the wrong size", reason="bad-share")
@@ -258,7 +258,7 @@ class ClientProtocol:
 
         masked = MaskAccumulator(self._input)
         masked.add(self._b_seed)
-        s_private = self._s_keys.private_bytes
+        s_private = self._s_keys
         for peer in sorted(self._shared_with - {self.node_id}):
             seed = pairwise_mask_seed(config, s_private, self._entries[peer].s_pk, self.node_id, peer)
             masked.add_signed(seed, mask_sign(self.node_id, peer))

@@ -343,7 +343,7 @@ class ServerProtocol:
                     shortfall=0,
                 )
             for survivor in sorted(self._neighbourhoods[owner] & survivors):
-                seed = pairwise_mask_seed(config, s_private, self._keys[survivor].s_pk, owner, survivor)
+                seed = pairwise_mask_seed(config, keys, self._keys[survivor].s_pk, owner, survivor)
                 # The survivor applied mask_sign(survivor, owner) * PRG(seed): take it back out.
                 unmasked.add_signed(seed, -mask_sign(survivor, owner))
         self.result = AggregateResult(unmasked.value, self._survivors)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from securefed.crypto._encoding import encode_fields, encode_id_list
-from securefed.crypto.agreement import derive_key
+from securefed.crypto.agreement import AgreementKeyPair, derive_key
 from securefed.secagg.config import RoundConfig
 
 __all__ = ["advertise_transcript", "consistency_transcript", "share_key", "pairwise_mask_seed", "mask_sign"]
@@ -29,10 +29,10 @@ def consistency_transcript(config: RoundConfig, seed: bytes, survivors: Iterable
     )
 
 
-def share_key(config: RoundConfig, own_c_sk: bytes, peer_c_pk: bytes, me: int, peer: int) -> bytes:
+def share_key(config: RoundConfig, own_c: AgreementKeyPair | bytes, peer_c_pk: bytes, me: int, peer: int) -> bytes:
     """The AEAD key for shares between two nodes (same key both ways; direction is in the AD)."""
     return derive_key(
-        own_c_sk,
+        own_c,
         peer_c_pk,
         purpose="share-encryption",
         task=config.task,
@@ -43,10 +43,10 @@ def share_key(config: RoundConfig, own_c_sk: bytes, peer_c_pk: bytes, me: int, p
     )
 
 
-def pairwise_mask_seed(config: RoundConfig, own_s_sk: bytes, peer_s_pk: bytes, me: int, peer: int) -> bytes:
+def pairwise_mask_seed(config: RoundConfig, own_s: AgreementKeyPair | bytes, peer_s_pk: bytes, me: int, peer: int) -> bytes:
     """The PRG seed for the pairwise mask between two nodes."""
     return derive_key(
-        own_s_sk,
+        own_s,
         peer_s_pk,
         purpose="pairwise-mask",
         task=config.task,

@@ -129,12 +129,6 @@ def test_clip_does_not_mutate_input() -> None:
     assert x.tolist() == [3.0, -4.0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG encoding.py:41 clip_l2: np.linalg.norm overflows to inf for |x_i| > ~1.3e154, "
-    "so clip_norm/inf == 0 and a finite vector is clipped to all zeros instead of onto the ball",
-)
 def test_clip_of_huge_finite_vector_keeps_direction_and_reaches_the_ball() -> None:
     enc = FixedPointEncoder(clip_norm=1.0, fractional_bits=16, max_summands=4)
     with np.errstate(over="ignore"):
@@ -198,12 +192,6 @@ def test_for_summands_rejects_invalid_parameters(clip_norm: float, max_summands:
         FixedPointEncoder.for_summands(clip_norm, max_summands, max_abs=max_abs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="BUG encoding.py:102-103 for_summands: an infinite clip_norm/max_abs passes the `guard > 0` check "
-    "and reaches math.ceil(inf) in _unit_bound, raising OverflowError instead of InvalidParameter",
-)
 @pytest.mark.parametrize(("clip_norm", "max_abs"), [(math.inf, None), (1.0, math.inf)])
 def test_for_summands_rejects_infinite_bounds(clip_norm: float, max_abs: float | None) -> None:
     with pytest.raises(InvalidParameter):

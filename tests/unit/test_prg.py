@@ -275,11 +275,6 @@ def test_secure_random_rejects_bad_seed_lengths(seed: bytes) -> None:
         SecureRandom(seed)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="securefed/crypto/prg.py SecureRandom.__init__ calls bytes(seed) before checking it, "
-    "so SecureRandom(32) is accepted as 32 zero bytes (known bug, reported to the lead)",
-)
 def test_secure_random_rejects_integer_seed() -> None:
     with pytest.raises(InvalidParameter):
         SecureRandom(SEED_SIZE)  # type: ignore[arg-type]

@@ -89,7 +89,18 @@ def test_split_rejects_bad_secret(secret: object) -> None:
 
 @pytest.mark.parametrize(
     ("n", "t"),
-    [(3, 4), (3, 0), (3, -1), (0, 0), (0, 1), (MAX_SHARES + 1, 1), (MAX_SHARES + 1, MAX_SHARES + 1), (3.0, 2), (3, 2.0), (True, True)],
+    [
+        (3, 4),
+        (3, 0),
+        (3, -1),
+        (0, 0),
+        (0, 1),
+        (MAX_SHARES + 1, 1),
+        (MAX_SHARES + 1, MAX_SHARES + 1),
+        (3.0, 2),
+        (3, 2.0),
+        (True, True),
+    ],
 )
 def test_split_rejects_bad_n_and_t(n: object, t: object) -> None:
     with pytest.raises(InvalidParameter):
