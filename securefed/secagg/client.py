@@ -256,12 +256,12 @@ class ClientProtocol:
         self._shared_with = frozenset(senders) | {self.node_id}
         self._need(len(self._shared_with), "share", "neighbours shared their keys")
 
-        masked = MaskAccumulator(self._input)
-        masked.add(self._b_seed)
-        s_private = self._s_keys
+        masks = [(self._b_seed, 1)]
         for peer in sorted(self._shared_with - {self.node_id}):
-            seed = pairwise_mask_seed(config, s_private, self._entries[peer].s_pk, self.node_id, peer)
-            masked.add_signed(seed, mask_sign(self.node_id, peer))
+            seed = pairwise_mask_seed(config, self._s_keys, self._entries[peer].s_pk, self.node_id, peer)
+            masks.append((seed, mask_sign(self.node_id, peer)))
+        masked = MaskAccumulator(self._input)
+        masked.apply(masks)
         # The secrets behind the mask live on only as Shamir shares now.
         self._input = None
         self._b_seed = None

@@ -329,9 +329,7 @@ class ServerProtocol:
             for owner, shares in pool.items():
                 self._shortfall(Stage.UNMASK, len(shares), f"{kind} shares for node {owner}")
 
-        unmasked = MaskAccumulator(self._masked_sum)
-        for owner, shares in b_pool.items():
-            unmasked.subtract(self._reconstruct(owner, shares))
+        masks = [(self._reconstruct(owner, shares), -1) for owner, shares in b_pool.items()]
         survivors = set(self._survivors)
         for owner, shares in s_pool.items():
             s_private = self._reconstruct(owner, shares)
@@ -345,7 +343,9 @@ class ServerProtocol:
             for survivor in sorted(self._neighbourhoods[owner] & survivors):
                 seed = pairwise_mask_seed(config, keys, self._keys[survivor].s_pk, owner, survivor)
                 # The survivor applied mask_sign(survivor, owner) * PRG(seed): take it back out.
-                unmasked.add_signed(seed, -mask_sign(survivor, owner))
+                masks.append((seed, -mask_sign(survivor, owner)))
+        unmasked = MaskAccumulator(self._masked_sum)
+        unmasked.apply(masks)
         self.result = AggregateResult(unmasked.value, self._survivors)
         return []
 

@@ -40,12 +40,11 @@ def test_subtract_is_modular_difference_with_the_mask(initial: np.ndarray, seed:
 @given(vectors, st.lists(st.tuples(seeds, st.sampled_from([1, -1])), max_size=6), st.randoms(use_true_random=False))
 def test_masks_cancel_in_any_order(initial: np.ndarray, signed_seeds: list, rng) -> None:
     accumulator = MaskAccumulator(initial)
-    for seed, sign in signed_seeds:
-        accumulator.add_signed(seed, sign)
+    accumulator.apply(signed_seeds)
     undo = [(seed, -sign) for seed, sign in signed_seeds]
     rng.shuffle(undo)
     for seed, sign in undo:
-        accumulator.add_signed(seed, sign)
+        accumulator.apply([(seed, sign)])
     np.testing.assert_array_equal(accumulator.value, initial)
 
 

@@ -194,14 +194,27 @@ def test_accumulator_masks_cancel_across_parties() -> None:
     np.testing.assert_array_equal(left.value + right.value, x + y)
 
 
-def test_add_signed() -> None:
+def test_apply_with_signs() -> None:
     accumulator = MaskAccumulator(16)
-    accumulator.add_signed(SEED, +1)
+    accumulator.apply([(SEED, +1)])
     np.testing.assert_array_equal(accumulator.value, expand_mask(SEED, 16))
-    accumulator.add_signed(SEED, -1)
+    accumulator.apply([(SEED, -1)])
     np.testing.assert_array_equal(accumulator.value, np.zeros(16, dtype="<u4"))
     with pytest.raises(InvalidParameter):
-        accumulator.add_signed(SEED, 0)
+        accumulator.apply([(SEED, 0)])
+
+
+@pytest.mark.parametrize("length", [MaskAccumulator.BLOCK - 1, MaskAccumulator.BLOCK, 3 * MaskAccumulator.BLOCK + 5])
+def test_blocked_apply_equals_whole_vector_masks_across_block_edges(length: int) -> None:
+    seeds = [bytes([i]) * 32 for i in range(1, 5)]
+    signs = [1, -1, -1, 1]
+    initial = np.arange(length, dtype=np.uint32)
+    accumulator = MaskAccumulator(initial)
+    accumulator.apply(list(zip(seeds, signs)))
+    expected = initial.astype(np.int64)
+    for seed, sign in zip(seeds, signs):
+        expected += sign * expand_mask(seed, length).astype(np.int64)
+    np.testing.assert_array_equal(accumulator.value, (expected % 2**32).astype(np.uint32))
 
 
 def test_accumulator_length_and_empty_vector() -> None:
