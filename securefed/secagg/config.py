@@ -97,6 +97,8 @@ class ClientPolicy:
             raise InvalidParameter("policy minimums must be positive")
         if not 0 <= self.min_threshold_fraction < 1:
             raise InvalidParameter("min_threshold_fraction must be in [0, 1)")
+        if type(self.max_vector_length) is not int or self.max_vector_length < 1:
+            raise InvalidParameter("max_vector_length must be a positive integer")
 
     def check(self, config: RoundConfig) -> None:
         """Raise :class:`RemoteProtocolError` (reason ``weaker-than-policy``) naming what falls short."""

@@ -58,8 +58,8 @@ class NeighbourGraph:
         """Complete graph if ``degree`` is None or covers everyone, else a Harary ring over a seeded order."""
         ordered = tuple(sorted(set(members)))
         m = len(ordered)
-        if degree is not None and degree < 1:
-            raise InvalidParameter("degree must be positive")
+        if degree is not None and (type(degree) is not int or degree < 1):
+            raise InvalidParameter("degree must be None or a positive integer")
         effective = None if degree is None else degree + degree % 2
         if effective is None or effective >= m - 1:
             return cls(ordered, None, ordered)
@@ -166,10 +166,15 @@ def propose_parameters(
         raise InvalidParameter("dropout_rate and corrupt_fraction must be in [0, 1)")
     if threat not in ("curious", "semi-malicious"):
         raise InvalidParameter("threat must be 'curious' or 'semi-malicious'")
+    for name, bits in (("security_bits", security_bits), ("correctness_bits", correctness_bits)):
+        if type(bits) is not int or not 1 <= bits <= 256:
+            raise InvalidParameter(f"{name} must be an integer in 1..256")
     security_target = 2.0**-security_bits / n
     liveness_target = 2.0**-correctness_bits / n
     for k in range(2, n - 1, 2):
         m = k + 1
+        if 2 * m >= n:
+            break  # the sparse graph saves little from here on; the complete graph's exact bound is tighter
         for t in range(1, m + 1):
             # privacy: corrupt count C must stay below t (curious) or below 2t - m (semi-malicious)
             bad = t if threat == "curious" else 2 * t - m
@@ -178,8 +183,6 @@ def propose_parameters(
             # liveness: at least t of m must survive, i.e. dropped D <= m - t
             if _binomial_tail(m, dropout_rate, m - t + 1) > liveness_target:
                 break  # larger t only makes liveness worse
-            if 2 * m >= n:
-                break  # the sparse graph saves little here; the complete graph's exact bound is tighter
             return GraphParameters(
                 k,
                 t,

@@ -27,6 +27,7 @@ __all__ = [
     "UnmaskRequest",
     "RoundAborted",
     "Deadline",
+    "PeerGone",
     "Send",
     "ClientMessage",
     "ServerMessage",
@@ -151,6 +152,13 @@ class Deadline:
     """Time is up for ``stage``: close it with whoever has answered."""
 
     stage: Stage
+
+
+@dataclass(frozen=True)
+class PeerGone:
+    """The driver knows ``node`` is gone (it refused, or its connection died): stop waiting for it."""
+
+    node: int
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,14 @@ from securefed.crypto.agreement import AgreementKeyPair
 from securefed.crypto.identity import verify
 from securefed.crypto.prg import MaskAccumulator
 from securefed.crypto.shamir import Share, combine
-from securefed.errors import InvalidParameter, InvalidShare, ProtocolAborted, RemoteProtocolError, SecureFedError
+from securefed.errors import (
+    InvalidParameter,
+    InvalidShare,
+    LocalProtocolError,
+    ProtocolAborted,
+    RemoteProtocolError,
+    SecureFedError,
+)
 from securefed.secagg.config import RoundConfig
 from securefed.secagg.graph import NeighbourGraph, graph_seed
 from securefed.secagg.messages import (
@@ -42,6 +49,7 @@ from securefed.secagg.messages import (
     ConsistencySignature,
     Deadline,
     KeyList,
+    PeerGone,
     MaskedInput,
     RoundAborted,
     Send,
@@ -93,6 +101,7 @@ _NEXT = {
 #: deadline (or the last expected answer) closes the stage and moves on.
 SERVER_TRANSITIONS: dict[tuple[ServerState, type], ServerState] = {
     **{(state, message_type): state for state, message_type in _EXPECTED.items()},
+    **{(state, PeerGone): state for state in _EXPECTED},
     **{(state, Deadline): next_state for state, next_state in _NEXT.items()},
 }
 
@@ -145,7 +154,7 @@ class ServerProtocol:
         return frozenset(self._expected - set(self._inbox))
 
     def receive(self, event: object) -> list[Send]:
-        """Handle one node message or a :class:`Deadline`; returns messages to send."""
+        """Handle a node message, a :class:`Deadline` or a :class:`PeerGone`; returns messages to send."""
         if self.state in (ServerState.DONE, ServerState.ABORTED):
             raise RemoteProtocolError(f"round is over ({self.state.value})", reason="round-over")
         next_state = SERVER_TRANSITIONS.get((self.state, type(event)))
@@ -154,9 +163,15 @@ class ServerProtocol:
                 f"{type(event).__name__} is not accepted in state {self.state.value}", reason="unexpected-message"
             )
         if isinstance(event, Deadline):
+            if not isinstance(event.stage, Stage):
+                raise LocalProtocolError(f"Deadline needs a Stage, got {event.stage!r}")
             if event.stage is not self.stage:
                 return []  # a stale timer for a stage that already closed
             return self._close_stage()
+        if isinstance(event, PeerGone):
+            if event.node not in self._inbox:  # an answer already given still counts
+                self._expected.discard(event.node)
+            return self._close_stage() if not self.waiting_for else []
         self._accept(event)
         if not self.waiting_for:
             return self._close_stage()

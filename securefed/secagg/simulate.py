@@ -31,6 +31,8 @@ SimulationResult = AggregateResult
 def _silent_from(dropouts: Mapping[str, Sequence[int]] | None, n: int) -> dict[int, int]:
     """id -> index of the first stage at which the node is silent."""
     silent: dict[int, int] = {}
+    if dropouts is not None and not isinstance(dropouts, Mapping):
+        raise InvalidParameter("dropouts maps a stage name to the ids that go silent from that stage on")
     valid = {stage.value: stage for stage in Stage}
     for name, ids in (dropouts or {}).items():
         if name not in valid:

@@ -1,0 +1,108 @@
+"""The coordinator's TOML config: where to listen, its keys, the task and the federation's nodes.
+
+See docs/deployment.md for a complete, commented example.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from securefed.config_util import field, load_toml, parse_identity_key, resolve_path, section
+from securefed.errors import InvalidParameter
+from securefed.federation.task import DEFAULT_DEADLINES, NodeEntry, TaskDefinition
+from securefed.wire.keys import parse_public_key
+
+__all__ = ["CoordinatorConfig", "load_coordinator_config"]
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    listen: str
+    state_dir: Path
+    curve_secret_key_file: Path
+    task: TaskDefinition
+    nodes: tuple[NodeEntry, ...]
+
+    @property
+    def store_path(self) -> Path:
+        return self.state_dir / "coordinator.sqlite"
+
+
+def load_coordinator_config(path: str | Path) -> CoordinatorConfig:
+    file = Path(path).resolve()
+    raw = load_toml(file)
+    base = file.parent
+    main = section(raw, "coordinator")
+    task_table = section(raw, "task")
+    deadlines = dict(DEFAULT_DEADLINES)
+    for stage, seconds in section(raw, "deadlines", required=False).items():
+        if stage not in deadlines or isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+            raise InvalidParameter(f"[deadlines] {stage} must be one of {sorted(deadlines)} with positive seconds")
+        deadlines[stage] = float(seconds)
+    classes = field(task_table, "task", "classes", list)
+    if not classes or not all(type(c) is int for c in classes):
+        raise InvalidParameter("[task] classes must be a non-empty list of integers")
+    task = TaskDefinition(
+        name=field(task_table, "task", "name", str),
+        model_kind=field(task_table, "task", "model", str),
+        n_features=field(task_table, "task", "features", int),
+        classes=tuple(classes),
+        rounds=field(task_table, "task", "rounds", int),
+        model_options=_model_options(field(task_table, "task", "model_options", dict, {})),
+        epochs=field(task_table, "task", "local_epochs", int, 1),
+        learning_rate=float(field(task_table, "task", "learning_rate", (int, float), 0.1)),
+        batch_size=field(task_table, "task", "batch_size", int, 32),
+        min_nodes=field(task_table, "task", "min_nodes", int, 3),
+        max_nodes=field(task_table, "task", "max_nodes", int, 1000),
+        threshold=field(task_table, "task", "threshold", (int, float), 0.6),
+        neighbours=field(task_table, "task", "neighbours", (str, int), "complete"),
+        expected_dropout=float(field(task_table, "task", "expected_dropout", (int, float), 0.05)),
+        corrupt_fraction=float(field(task_table, "task", "corrupt_fraction", (int, float), 0.05)),
+        clip_norm=float(field(task_table, "task", "clip_norm", (int, float), 10.0)),
+        weight_cap=field(task_table, "task", "weight_cap", int, 100_000),
+        strategy=field(task_table, "task", "strategy", str, "fedavg"),
+        strategy_options=field(task_table, "task", "strategy_options", dict, {}),
+        evaluate=field(task_table, "task", "evaluate", bool, True),
+        masking=field(task_table, "task", "masking", bool, True),
+        deadlines=deadlines,
+    )
+    nodes_raw = raw.get("nodes", [])
+    if not isinstance(nodes_raw, list) or not nodes_raw:
+        raise InvalidParameter("config needs at least one [[nodes]] entry (name, curve_public_key, identity_public_key)")
+    nodes = []
+    for index, entry in enumerate(nodes_raw):
+        where = f"nodes #{index + 1}"
+        if not isinstance(entry, dict):
+            raise InvalidParameter(f"[[nodes]] entry {index + 1} must be a table")
+        name = field(entry, where, "name", str)
+        nodes.append(
+            NodeEntry(
+                name=name,
+                curve_public_key=parse_public_key(field(entry, where, "curve_public_key", str)),
+                identity_public_key=parse_identity_key(field(entry, where, "identity_public_key", str), where),
+            )
+        )
+    names = [node.name for node in nodes]
+    if len(set(names)) != len(names):
+        raise InvalidParameter("[[nodes]] names must be distinct")
+    keys = [node.curve_public_key for node in nodes]
+    if len(set(keys)) != len(keys):
+        raise InvalidParameter("[[nodes]] CURVE keys must be distinct")
+    return CoordinatorConfig(
+        listen=field(main, "coordinator", "listen", str),
+        state_dir=resolve_path(base, field(main, "coordinator", "state_dir", str)),
+        curve_secret_key_file=resolve_path(base, field(main, "coordinator", "curve_secret_key_file", str)),
+        task=task,
+        nodes=tuple(nodes),
+    )
+
+
+def _model_options(options: dict) -> dict:
+    cleaned = dict(options)
+    if "hidden_layer_sizes" in cleaned:
+        sizes = cleaned["hidden_layer_sizes"]
+        if not isinstance(sizes, list) or not all(type(s) is int and s > 0 for s in sizes):
+            raise InvalidParameter("[task] model_options.hidden_layer_sizes must be a list of positive integers")
+        cleaned["hidden_layer_sizes"] = list(sizes)
+    return cleaned

@@ -1,0 +1,81 @@
+"""Process shell for the coordinator: load config and keys, bind, run, write status, stop on signals."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+
+from coordinator.config import CoordinatorConfig, load_coordinator_config
+from securefed._fs import atomic_write
+from securefed.federation.coordinator import Coordinator
+from securefed.federation.store import CoordinatorStore
+from securefed.logging_setup import configure_logging
+from securefed.wire.keys import CurveKeyPair
+from securefed.wire.transport import CoordinatorSocket
+
+__all__ = ["run_coordinator", "STATUS_FILE"]
+
+log = logging.getLogger("securefed.coordinator")
+
+STATUS_FILE = "status.json"
+_STATUS_INTERVAL = 1.0
+
+
+def _write_status(config: CoordinatorConfig, coordinator: Coordinator, socket: CoordinatorSocket) -> None:
+    current = coordinator.current
+    status = {
+        "task": config.task.name,
+        "listen": socket.endpoint,
+        "rounds": config.task.rounds,
+        "completed_round": coordinator.completed_round,
+        "finished": coordinator.finished,
+        "connected_nodes": coordinator.connected_nodes(),
+        "current": None
+        if current is None
+        else {
+            "aggregation": current.id,
+            "round": current.round,
+            "phase": current.phase,
+            "stage": current.stage.value if current.stage else None,
+            "cohort": current.cohort,
+        },
+        "dropped_messages": dict(socket.dropped) | dict(coordinator.counters),
+        "refused_connections": socket.allow_list.refused,
+        "updated_at": time.time(),
+    }
+    atomic_write(config.state_dir / STATUS_FILE, json.dumps(status, indent=2).encode())
+
+
+def run_coordinator(config_path: str | Path, stop: threading.Event | None = None) -> int:
+    configure_logging("coordinator")
+    config = load_coordinator_config(config_path)
+    keys = CurveKeyPair.load(config.curve_secret_key_file)
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    store = CoordinatorStore(config.store_path)
+    allowed = {node.curve_public_key: node.name for node in config.nodes}
+    socket = CoordinatorSocket(config.listen, keys, allowed)
+    stop = stop or threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        coordinator = Coordinator(config.task, config.nodes, socket, store)
+        log.info("listening on %s for %d known nodes", socket.endpoint, len(config.nodes))
+        last_status = 0.0
+        while not stop.is_set():
+            coordinator.step(50)
+            now = time.monotonic()
+            if now - last_status >= _STATUS_INTERVAL:
+                _write_status(config, coordinator, socket)
+                last_status = now
+            if coordinator.finished:
+                _write_status(config, coordinator, socket)
+                log.info("all %d rounds done; stopping", config.task.rounds)
+                break
+    finally:
+        socket.close()
+        store.close()
+    return 0

@@ -1,0 +1,377 @@
+"""The coordinator: cohorts, round specs, deadlines, decoding, the global model, durability.
+
+Theory of operation. :class:`Coordinator` is a loop around a socket (anything
+with ``poll(timeout_ms) -> [(node, Envelope)]`` and ``send(node, Envelope)``)
+and one :class:`~securefed.secagg.server.ServerProtocol` per aggregation.
+Each training round is one aggregation of weighted model updates followed,
+if enabled, by one aggregation of evaluation counts on the new model. Every
+aggregation gets a fresh id, stored durably *before* it starts; that id is
+the ``round_id`` bound into all of its signatures and keys, so nothing from
+an earlier attempt replays into a later one.
+
+The coordinator only relays and sums: it never holds a node's update. When
+an aggregation completes, the round's model, history row and strategy state
+are committed in one SQLite transaction; after a crash the coordinator
+resumes from the last committed round and simply runs the interrupted one
+again. A node that breaks the protocol loses its message (logged, counted);
+too few nodes abort the attempt, and the round is retried with whoever is
+still there.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from securefed.errors import ProtocolAborted, RemoteProtocolError
+from securefed.federation.messages import Envelope, Hello, Refusal, RoundResult, RoundStart
+from securefed.federation.spec import RoundSpec, round_context
+from securefed.federation.store import CoordinatorStore
+from securefed.federation.task import NodeEntry, TaskDefinition
+from securefed.federation.update import EvaluationCodec, TrainingUpdateCodec, choose_fractional_bits
+from securefed.learning.models import make_adapter
+from securefed.learning.strategies import make_strategy
+from securefed.secagg.config import RoundConfig
+from securefed.secagg.messages import (
+    AdvertiseKeys,
+    ConsistencySignature,
+    Deadline,
+    MaskedInput,
+    PeerGone,
+    RoundAborted,
+    ShareKeys,
+    Stage,
+    UnmaskShares,
+)
+from securefed.secagg.server import AggregateResult, ServerProtocol
+
+__all__ = ["Coordinator", "CoordinatorSocketLike"]
+
+log = logging.getLogger("securefed.coordinator")
+
+_NODE_MESSAGES = (AdvertiseKeys, ShareKeys, MaskedInput, ConsistencySignature, UnmaskShares)
+PRESENCE_TIMEOUT = 15.0
+RETRY_DELAY = 1.0
+
+
+class CoordinatorSocketLike(Protocol):
+    def poll(self, timeout_ms: int) -> list[tuple[str, Envelope]]: ...
+
+    def send(self, node: str, envelope: Envelope) -> bool: ...
+
+
+class _PlainSum:
+    """Benchmark-only aggregation without masking: the same round shape, inputs summed in the clear."""
+
+    def __init__(self, config: RoundConfig) -> None:
+        self.config = config
+        self.stage: Stage | None = Stage.MASKED_INPUT
+        self.result: AggregateResult | None = None
+        self._total = np.zeros(config.vector_length, dtype=np.uint32)
+        self._senders: set[int] = set()
+
+    def receive(self, event: object) -> list:
+        if isinstance(event, MaskedInput):
+            if event.sender in self._senders or event.vector.shape != self._total.shape or event.vector.dtype != np.uint32:
+                raise RemoteProtocolError("bad or duplicate input", reason="malformed")
+            np.add(self._total, event.vector, out=self._total)
+            self._senders.add(event.sender)
+            if len(self._senders) == self.config.cohort_size:
+                return self._finish()
+        elif isinstance(event, Deadline):
+            return self._finish()
+        elif isinstance(event, PeerGone):
+            return []
+        else:
+            raise RemoteProtocolError("plain aggregation accepts only inputs", reason="unexpected-message")
+        return []
+
+    def _finish(self) -> list:
+        if len(self._senders) < self.config.threshold:
+            self.stage = None
+            raise ProtocolAborted(
+                f"masked_input stage: {len(self._senders)} inputs, threshold is {self.config.threshold}",
+                stage="masked_input",
+                shortfall=self.config.threshold - len(self._senders),
+            )
+        self.stage = None
+        self.result = AggregateResult(self._total, tuple(sorted(self._senders)))
+        return []
+
+
+@dataclass
+class _Aggregation:
+    id: int
+    round: int
+    phase: str
+    cohort: list[str]
+    spec: RoundSpec
+    server: ServerProtocol | _PlainSum
+    started: float
+    stage: Stage | None
+    deadline: float
+    ids: dict[str, int] = field(default_factory=dict)
+
+
+class Coordinator:
+    """Drives a task's rounds over secure aggregation. The daemon is a thin shell around it."""
+
+    def __init__(
+        self,
+        task: TaskDefinition,
+        nodes: Sequence[NodeEntry],
+        socket: CoordinatorSocketLike,
+        store: CoordinatorStore,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.task = task
+        self.nodes = {node.name: node for node in nodes}
+        self.socket = socket
+        self.store = store
+        self.clock = clock
+        self.adapter = make_adapter(task.model_kind, task.n_features, task.classes, **task.model_options)
+        self.strategy = make_strategy(task.strategy, **task.strategy_options)
+        self.presence: dict[str, float] = {}
+        self.counters: Counter[str] = Counter()
+        self.current: _Aggregation | None = None
+        self._not_before = 0.0
+        store.bind_task(task.name, task.fingerprint())
+        latest = store.latest_model()
+        if latest is None:
+            store.save_initial_model(self.adapter.initial_parameters())
+            latest = store.latest_model()
+        self.completed_round, self.model, strategy_state = latest
+        if strategy_state:
+            self.strategy.load_state_dict(strategy_state)
+        self.phase = "train"
+        history = {record.round: record for record in store.rounds()}
+        last = history.get(self.completed_round)
+        if task.evaluate and last is not None and last.accuracy is None:
+            self.phase = "evaluate"  # the crash came between a round's commit and its evaluation
+        log.info(
+            "task %s: resuming after round %d of %d (%s next)",
+            task.name,
+            self.completed_round,
+            task.rounds,
+            self.phase,
+        )
+
+    # --- running ----------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        return self.completed_round >= self.task.rounds and self.phase == "train" and self.current is None
+
+    def run(self, stop: threading.Event | None = None, poll_ms: int = 50) -> None:
+        """Run until every round is done (or ``stop`` is set)."""
+        while not self.finished and not (stop is not None and stop.is_set()):
+            self.step(poll_ms)
+        log.info("task %s: finished %d rounds", self.task.name, self.completed_round)
+
+    def step(self, poll_ms: int = 50) -> None:
+        for node, envelope in self.socket.poll(poll_ms):
+            self._handle(node, envelope)
+        self._tick()
+
+    def connected_nodes(self) -> list[str]:
+        now = self.clock()
+        return sorted(name for name, seen in self.presence.items() if now - seen <= PRESENCE_TIMEOUT)
+
+    # --- inbound ----------------------------------------------------------
+
+    def _handle(self, node: str, envelope: Envelope) -> None:
+        if node not in self.nodes:
+            self._reject(node, "unknown-node", "authenticated key is not in the node list")
+            return
+        if envelope.task != self.task.name:
+            self._reject(node, "wrong-task", f"message for task {envelope.task!r}")
+            return
+        body = envelope.body
+        self.presence[node] = self.clock()
+        if isinstance(body, Hello):
+            if body.node != node:
+                self._reject(node, "name-mismatch", f"hello claims to be {body.node!r}")
+            return
+        current = self.current
+        if current is None or envelope.aggregation != current.id or node not in current.ids:
+            self.counters["stale"] += 1
+            log.debug("ignored %s from %s for aggregation %d", type(body).__name__, node, envelope.aggregation)
+            return
+        if isinstance(body, Refusal):
+            log.warning("node %s refused aggregation %d: %s (%s)", node, current.id, body.reason, body.detail)
+            self.store.record_refusal(current.id, node, body.reason, body.detail)
+            self._feed(PeerGone(current.ids[node]))
+            return
+        if not isinstance(body, _NODE_MESSAGES):
+            self._reject(node, "unexpected-message", type(body).__name__)
+            return
+        if body.sender != current.ids[node]:
+            self._reject(node, "impersonation", f"claims id {body.sender}, holds id {current.ids[node]}")
+            return
+        self._feed(body)
+
+    def _reject(self, node: str, reason: str, detail: str) -> None:
+        self.counters[reason] += 1
+        log.warning("dropped a message from %s (%s): %s", node, reason, detail)
+
+    def _feed(self, event: object) -> None:
+        current = self.current
+        try:
+            sends = current.server.receive(event)
+        except RemoteProtocolError as exc:
+            self._reject(self._name_of(event), exc.reason, str(exc))
+            return
+        except ProtocolAborted as exc:
+            self._abort(str(exc))
+            return
+        for send in sends:
+            self.socket.send(current.cohort[send.to - 1], Envelope(self.task.name, current.id, send.message))
+        if current.server.stage is not current.stage:
+            current.stage = current.server.stage
+            if current.stage is not None:
+                current.deadline = self.clock() + self.task.deadlines[current.stage.value]
+        if current.server.result is not None:
+            self._complete(current.server.result)
+
+    def _name_of(self, event: object) -> str:
+        sender = getattr(event, "sender", None) or getattr(event, "node", None)
+        if self.current is not None and isinstance(sender, int) and 1 <= sender <= len(self.current.cohort):
+            return self.current.cohort[sender - 1]
+        return "?"
+
+    # --- timing -------------------------------------------------------------
+
+    def _tick(self) -> None:
+        now = self.clock()
+        current = self.current
+        if current is not None:
+            if current.stage is not None and now >= current.deadline:
+                log.info("aggregation %d: %s deadline passed", current.id, current.stage.value)
+                self._feed(Deadline(current.stage))
+            return
+        if self.finished or now < self._not_before:
+            return
+        live = [name for name in self.connected_nodes() if name in self.nodes]
+        if len(live) >= self.task.min_nodes:
+            self._start(live[: self.task.max_nodes])
+
+    # --- starting and finishing --------------------------------------------
+
+    def _start(self, cohort: list[str]) -> None:
+        task = self.task
+        n = len(cohort)
+        threshold, neighbours = task.secagg_parameters(n)
+        if threshold > n:
+            return
+        round_number = self.completed_round + 1 if self.phase == "train" else self.completed_round
+        aggregation = self.store.next_aggregation(round_number, self.phase)
+        spec = RoundSpec(
+            task=task.name,
+            round=round_number,
+            phase=self.phase,
+            model_kind=task.model_kind,
+            model_options=dict(task.model_options),
+            n_features=task.n_features,
+            classes=tuple(task.classes),
+            epochs=task.epochs,
+            learning_rate=float(task.learning_rate),
+            batch_size=task.batch_size,
+            clip_norm=float(task.clip_norm),
+            fractional_bits=choose_fractional_bits(task.clip_norm, n),
+            weight_cap=task.weight_cap,
+            threshold=threshold,
+            neighbours=neighbours,
+            masking=task.masking,
+            dp=task.dp,
+        )
+        raw_spec = spec.to_json()
+        pairs = tuple((i, name) for i, name in enumerate(cohort, start=1))
+        if self.phase == "train":
+            length = TrainingUpdateCodec(
+                self.adapter.parameter_count, spec.clip_norm, spec.fractional_bits, spec.weight_cap, n
+            ).vector_length
+        else:
+            length = EvaluationCodec(n).vector_length
+        config = RoundConfig(
+            task.name, aggregation, n, threshold, length, round_context(raw_spec, pairs, self.model), neighbours
+        )
+        roster = {i: self.nodes[name].identity_public_key for i, name in pairs}
+        server = ServerProtocol(config, roster) if task.masking else _PlainSum(config)
+        now = self.clock()
+        first_stage = Stage.ADVERTISE if task.masking else Stage.MASKED_INPUT
+        self.current = _Aggregation(
+            id=aggregation,
+            round=round_number,
+            phase=self.phase,
+            cohort=list(cohort),
+            spec=spec,
+            server=server,
+            started=now,
+            stage=first_stage,
+            deadline=now + task.deadlines["advertise"],
+            ids={name: i for i, name in pairs},
+        )
+        log.info(
+            "round %d/%d %s: aggregation %d with %d nodes, threshold %d, %s",
+            round_number,
+            task.rounds,
+            self.phase,
+            aggregation,
+            n,
+            threshold,
+            "complete graph" if neighbours is None else f"{neighbours} neighbours",
+        )
+        for i, name in pairs:
+            self.socket.send(name, Envelope(task.name, aggregation, RoundStart(i, pairs, raw_spec, self.model)))
+
+    def _complete(self, result: AggregateResult) -> None:
+        current = self.current
+        survivors = [current.cohort[i - 1] for i in result.survivors]
+        duration = self.clock() - current.started
+        spec = current.spec
+        n = len(current.cohort)
+        if current.phase == "train":
+            codec = TrainingUpdateCodec(self.adapter.parameter_count, spec.clip_norm, spec.fractional_bits, spec.weight_cap, n)
+            mean_delta, total_weight = codec.decode_mean(result.sum)
+            new_model = self.strategy.apply(self.model, mean_delta)
+            self.store.commit_round(
+                current.round,
+                new_model,
+                self.strategy.state_dict(),
+                current.id,
+                survivors,
+                n,
+                total_weight,
+                None,
+                duration,
+            )
+            self.model = new_model
+            self.completed_round = current.round
+            self.phase = "evaluate" if self.task.evaluate else "train"
+            detail = f"round {current.round} aggregated from {len(survivors)} of {n} nodes"
+            log.info("round %d/%d: model updated from %d of %d nodes in %.2f s", current.round, self.task.rounds, len(survivors), n, duration)
+        else:
+            totals = EvaluationCodec(n).decode(result.sum)
+            self.store.record_evaluation(current.round, totals.accuracy, totals.mean_loss, totals.count, len(survivors))
+            self.phase = "train"
+            detail = f"round {current.round} evaluated on {totals.count} samples: accuracy {totals.accuracy:.4f}"
+            log.info("round %d/%d: federated accuracy %.4f, loss %.4f over %d samples from %d nodes", current.round, self.task.rounds, totals.accuracy, totals.mean_loss, totals.count, len(survivors))
+        for name in current.cohort:
+            self.socket.send(name, Envelope(self.task.name, current.id, RoundResult(True, len(survivors), detail)))
+        self.current = None
+
+    def _abort(self, reason: str) -> None:
+        current = self.current
+        log.warning("aggregation %d (round %d %s) aborted: %s", current.id, current.round, current.phase, reason)
+        self.store.finish_attempt(current.id, "aborted", reason)
+        for name in current.cohort:
+            self.socket.send(name, Envelope(self.task.name, current.id, RoundAborted("too-few-nodes")))
+        self.current = None
+        self._not_before = self.clock() + RETRY_DELAY

@@ -1,0 +1,334 @@
+"""The node: local data, local training, site policy, and the client side of every aggregation.
+
+Theory of operation. :class:`Node` is a loop around a socket (``poll`` and
+``send``) that greets the coordinator every second and answers its
+``RoundStart`` messages. Before it trains on anything it checks the request
+against the site's own rules (task, model kind, feature and class layout,
+cohort and threshold minimums, roster, replay) and refuses with a
+:class:`Refusal` that says why. Then it trains from the global model it was
+sent, encodes the weighted, clipped update, and runs one
+:class:`~securefed.secagg.client.ClientProtocol` for the aggregation, whose
+checks (signatures against the node's *own* roster, consistency, never both
+shares of a peer) decide whether it goes on.
+
+The last aggregation id a node has joined is stored durably before the node
+answers, so a replayed ``RoundStart`` (same or older id) is refused even
+after a restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from securefed.crypto.identity import SigningKey
+from securefed.errors import InvalidParameter, ProtocolAborted, RemoteProtocolError, SecureFedError
+from securefed.federation.messages import Envelope, Hello, Refusal, RoundResult, RoundStart
+from securefed.federation.spec import RoundSpec, parse_spec, round_context
+from securefed.federation.update import EvaluationCodec, TrainingUpdateCodec
+from securefed.learning.data import LocalDataset
+from securefed.learning.models import make_adapter
+from securefed.secagg.client import ClientProtocol
+from securefed.secagg.config import ClientPolicy, RoundConfig
+from securefed.secagg.messages import (
+    ConsistencyRequest,
+    KeyList,
+    MaskedInput,
+    RoundAborted,
+    ShareRelay,
+    UnmaskRequest,
+)
+
+__all__ = ["Node", "NodePolicy", "NodeState"]
+
+log = logging.getLogger("securefed.node")
+
+_SERVER_MESSAGES = (KeyList, ShareRelay, ConsistencyRequest, UnmaskRequest, RoundAborted)
+HELLO_INTERVAL = 1.0
+
+
+class NodeSocketLike(Protocol):
+    def poll(self, timeout_ms: int) -> list[Envelope]: ...
+
+    def send(self, envelope: Envelope) -> bool: ...
+
+
+@dataclass(frozen=True)
+class NodePolicy:
+    """The site's rules for every round it takes part in; the coordinator cannot override them."""
+
+    min_threshold: int = 2
+    min_cohort: int = 3
+    min_threshold_fraction: float = 0.5
+    allowed_models: tuple[str, ...] = ("sgd_logistic", "mlp")
+    max_rounds: int = 1000
+    max_parameters: int = 50_000_000
+    allow_unmasked_benchmark: bool = False
+
+    def client_policy(self) -> ClientPolicy:
+        return ClientPolicy(
+            min_threshold=self.min_threshold,
+            min_cohort=self.min_cohort,
+            min_threshold_fraction=self.min_threshold_fraction,
+            max_vector_length=self.max_parameters + 1,
+        )
+
+
+class NodeState:
+    """The node's small durable state (SQLite): the newest aggregation it joined, per task."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS joined (task TEXT PRIMARY KEY, aggregation INTEGER NOT NULL)")
+        except sqlite3.DatabaseError as exc:
+            raise InvalidParameter(f"node state {self.path} is unreadable ({exc}); move it away to start afresh") from None
+
+    def last_aggregation(self, task: str) -> int:
+        row = self._db.execute("SELECT aggregation FROM joined WHERE task = ?", (task,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def claim(self, task: str, aggregation: int) -> bool:
+        """Durably record ``aggregation`` as joined; False if it is not newer than the last one."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if aggregation <= self.last_aggregation(task):
+                self._db.execute("ROLLBACK")
+                return False
+            self._db.execute("INSERT OR REPLACE INTO joined (task, aggregation) VALUES (?, ?)", (task, aggregation))
+            self._db.execute("COMMIT")
+            return True
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class _Refused(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class _Participation:
+    aggregation: int
+    client: ClientProtocol | None
+    spec: RoundSpec
+    started: float = field(default_factory=time.monotonic)
+
+
+class Node:
+    """One site's participation in a task. The daemon is a thin shell around it."""
+
+    def __init__(
+        self,
+        name: str,
+        task: str,
+        socket: NodeSocketLike,
+        identity: SigningKey,
+        roster: Mapping[str, bytes],
+        dataset: LocalDataset,
+        state: NodeState,
+        policy: NodePolicy | None = None,
+        validation_fraction: float = 0.2,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if name not in roster:
+            raise InvalidParameter(f"this node ({name}) is missing from its own roster")
+        if roster[name] != identity.public_bytes:
+            raise InvalidParameter(f"the roster's identity key for {name} does not match this node's identity key")
+        if not 0 <= validation_fraction < 1:
+            raise InvalidParameter("validation_fraction must be in [0, 1)")
+        self.name = name
+        self.task = task
+        self.socket = socket
+        self.identity = identity
+        self.roster = dict(roster)
+        self.state = state
+        self.policy = policy or NodePolicy()
+        self.clock = clock
+        self.dataset = dataset
+        self._train_idx, self._val_idx = _split(len(dataset.y), validation_fraction, name)
+        self.current: _Participation | None = None
+        self._last_hello = float("-inf")
+        self.completed = 0
+        self.refused = 0
+
+    # --- running ----------------------------------------------------------
+
+    def run(self, stop: threading.Event | None = None, poll_ms: int = 100) -> None:
+        while not (stop is not None and stop.is_set()):
+            self.step(poll_ms)
+
+    def step(self, poll_ms: int = 100) -> None:
+        now = self.clock()
+        if now - self._last_hello >= HELLO_INTERVAL:
+            self._send(0, Hello(self.name, busy=self.current is not None))
+            self._last_hello = now
+        for envelope in self.socket.poll(poll_ms):
+            self._handle(envelope)
+
+    # --- inbound ----------------------------------------------------------
+
+    def _handle(self, envelope: Envelope) -> None:
+        if envelope.task != self.task:
+            log.warning("ignored a message for task %r (this node serves %r)", envelope.task, self.task)
+            return
+        body = envelope.body
+        if isinstance(body, RoundStart):
+            self._on_round_start(envelope.aggregation, body)
+        elif isinstance(body, _SERVER_MESSAGES):
+            self._on_protocol_message(envelope.aggregation, body)
+        elif isinstance(body, RoundResult):
+            if self.current is not None and self.current.aggregation == envelope.aggregation:
+                log.info("aggregation %d: %s", envelope.aggregation, body.detail)
+                self.completed += 1
+                self.current = None
+        else:
+            log.warning("ignored an unexpected %s from the coordinator", type(body).__name__)
+
+    def _on_round_start(self, aggregation: int, start: RoundStart) -> None:
+        try:
+            spec = self._check_round(aggregation, start)
+            if not self.state.claim(self.task, aggregation):
+                raise _Refused("replay", f"aggregation {aggregation} is not newer than one already joined")
+            self._participate(aggregation, start, spec)
+        except _Refused as refusal:
+            self.refused += 1
+            log.warning("refused aggregation %d: %s (%s)", aggregation, refusal.reason, refusal.detail)
+            self._send(aggregation, Refusal(refusal.reason, refusal.detail))
+        except SecureFedError as exc:
+            self.refused += 1
+            reason = getattr(exc, "reason", type(exc).__name__)
+            log.warning("refused aggregation %d: %s (%s)", aggregation, reason, exc)
+            self._send(aggregation, Refusal(str(reason), str(exc)))
+
+    def _check_round(self, aggregation: int, start: RoundStart) -> RoundSpec:
+        spec = parse_spec(start.spec)
+        policy = self.policy
+        if spec.task != self.task:
+            raise _Refused("wrong-task", f"round is for task {spec.task!r}, this site agreed to {self.task!r}")
+        if spec.model_kind not in policy.allowed_models:
+            raise _Refused("model-not-allowed", f"model kind {spec.model_kind!r} is not in this site's allowed list")
+        if spec.round > policy.max_rounds:
+            raise _Refused("too-many-rounds", f"round {spec.round} exceeds this site's maximum of {policy.max_rounds}")
+        if not spec.masking and not policy.allow_unmasked_benchmark:
+            raise _Refused("masking-required", "the coordinator asked for an unmasked round; this site requires masking")
+        if spec.n_features != self.dataset.X.shape[1]:
+            raise _Refused(
+                "feature-mismatch",
+                f"task declares {spec.n_features} features, local data has {self.dataset.X.shape[1]}",
+            )
+        unknown = sorted(set(np.unique(self.dataset.y).tolist()) - set(spec.classes))
+        if unknown:
+            raise _Refused("class-mismatch", f"local labels {unknown[:10]} are not among the task's classes")
+        cohort = start.cohort
+        names = [name for _, name in cohort]
+        if [i for i, _ in cohort] != list(range(1, len(cohort) + 1)) or len(set(names)) != len(names):
+            raise _Refused("bad-cohort", "cohort ids must be 1..n with distinct names")
+        if not 1 <= start.node_id <= len(cohort) or cohort[start.node_id - 1][1] != self.name:
+            raise _Refused("bad-cohort", "this node is not in the cohort under the id it was given")
+        strangers = [name for name in names if name not in self.roster]
+        if strangers:
+            raise _Refused("unknown-peer", f"cohort includes nodes not in this site's roster: {strangers[:5]}")
+        if spec.dp is not None:
+            raise _Refused("dp-unsupported", "this node does not support the requested differential privacy settings")
+        return spec
+
+    def _participate(self, aggregation: int, start: RoundStart, spec: RoundSpec) -> None:
+        n = len(start.cohort)
+        adapter = make_adapter(spec.model_kind, spec.n_features, spec.classes, **spec.model_options)
+        model = np.asarray(start.model, dtype=np.float64)
+        if model.shape != (adapter.parameter_count,):
+            raise _Refused("model-mismatch", f"model has {model.shape[0]} parameters, {spec.model_kind} needs {adapter.parameter_count}")
+        if not np.all(np.isfinite(model)):
+            raise _Refused("model-mismatch", "the global model contains NaN or infinity")
+        if spec.phase == "train":
+            codec = TrainingUpdateCodec(adapter.parameter_count, spec.clip_norm, spec.fractional_bits, spec.weight_cap, n)
+            X, y = self.dataset.X[self._train_idx], self.dataset.y[self._train_idx]
+            trained = adapter.fit_local(
+                model, X, y, epochs=spec.epochs, learning_rate=spec.learning_rate, batch_size=spec.batch_size, seed=None
+            )
+            vector = codec.encode(trained - model, len(y), uniform=spec.dp is not None)
+        else:
+            X, y = self.dataset.X[self._val_idx], self.dataset.y[self._val_idx]
+            metrics = adapter.evaluate(model, X, y)
+            vector = EvaluationCodec(n).encode(metrics.correct, metrics.count, metrics.loss_sum)
+        config = RoundConfig(
+            self.task,
+            aggregation,
+            n,
+            spec.threshold,
+            vector.shape[0],
+            round_context(start.spec, start.cohort, model),
+            spec.neighbours,
+        )
+        if not spec.masking:
+            self.current = _Participation(aggregation, None, spec)
+            self._send(aggregation, MaskedInput(start.node_id, vector))
+            return
+        roster = {i: self.roster[name] for i, name in start.cohort}
+        client = ClientProtocol(config, start.node_id, self.identity, roster, vector, self.policy.client_policy())
+        self.current = _Participation(aggregation, client, spec)
+        try:
+            outgoing = client.start()
+        except RemoteProtocolError as exc:
+            raise _Refused(exc.reason, str(exc)) from None
+        for message in outgoing:
+            self._send(aggregation, message)
+
+    def _on_protocol_message(self, aggregation: int, message: object) -> None:
+        current = self.current
+        if current is None or current.aggregation != aggregation or current.client is None:
+            log.debug("ignored %s for aggregation %d", type(message).__name__, aggregation)
+            return
+        try:
+            outgoing = current.client.receive(message)
+        except (RemoteProtocolError, ProtocolAborted) as exc:
+            reason = getattr(exc, "reason", None) or getattr(exc, "stage", None) or type(exc).__name__
+            log.warning("aggregation %d: stopped taking part (%s): %s", aggregation, reason, exc)
+            self._send(aggregation, Refusal(str(reason), str(exc)))
+            self.current = None
+            return
+        except SecureFedError as exc:  # InvalidShare: a signature or ciphertext failed to verify
+            log.warning("aggregation %d: stopped taking part (authentication failure): %s", aggregation, exc)
+            self._send(aggregation, Refusal("authentication-failure", "a signature or share did not verify"))
+            self.current = None
+            return
+        if isinstance(message, RoundAborted):
+            log.info("aggregation %d aborted by the coordinator (%s)", aggregation, message.reason)
+            self.current = None
+            return
+        for reply in outgoing:
+            self._send(aggregation, reply)
+
+    def _send(self, aggregation: int, body: object) -> None:
+        self.socket.send(Envelope(self.task, aggregation, body))
+
+
+def _split(count: int, validation_fraction: float, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed train/validation split per node (seeded by the node's name: reproducible, not secret)."""
+    order = np.argsort(
+        [hashlib.sha256(f"{name}/{i}".encode()).digest() for i in range(count)], kind="stable"
+    )
+    validation = int(round(validation_fraction * count))
+    if count - validation < 1:
+        raise InvalidParameter("too little local data to train on after the validation split")
+    return np.sort(order[validation:]), np.sort(order[:validation])

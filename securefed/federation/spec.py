@@ -1,0 +1,147 @@
+"""The round specification a coordinator proposes, and the context hash both sides bind.
+
+``spec`` is a plain JSON object so that it crosses the wire without a
+deserializer that could run code; :func:`parse_spec` validates it into a
+typed :class:`RoundSpec`. :func:`round_context` hashes the spec, the cohort
+and the global model: the node computes it from what it *received*, so a
+coordinator that hands nodes different models or parameters produces
+different contexts, and the nodes' signatures and masks stop matching.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from securefed.errors import RemoteProtocolError
+
+__all__ = ["RoundSpec", "parse_spec", "round_context", "PHASES"]
+
+PHASES = ("train", "evaluate")
+
+
+@dataclass(frozen=True)
+class RoundSpec:
+    task: str
+    round: int
+    phase: str
+    model_kind: str
+    model_options: dict
+    n_features: int
+    classes: tuple[int, ...]
+    epochs: int
+    learning_rate: float
+    batch_size: int
+    clip_norm: float
+    fractional_bits: int
+    weight_cap: int
+    threshold: int
+    neighbours: int | None
+    masking: bool
+    dp: dict | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "round": self.round,
+            "phase": self.phase,
+            "model": {
+                "kind": self.model_kind,
+                "options": self.model_options,
+                "n_features": self.n_features,
+                "classes": list(self.classes),
+            },
+            "training": {"epochs": self.epochs, "learning_rate": self.learning_rate, "batch_size": self.batch_size},
+            "encoding": {
+                "clip_norm": self.clip_norm,
+                "fractional_bits": self.fractional_bits,
+                "weight_cap": self.weight_cap,
+            },
+            "secagg": {"threshold": self.threshold, "neighbours": self.neighbours, "masking": self.masking},
+            "dp": self.dp,
+        }
+
+
+def _get(obj: Any, key: str, kind: type | tuple[type, ...]) -> Any:
+    if not isinstance(obj, dict) or key not in obj:
+        raise RemoteProtocolError(f"round spec lacks {key!r}", reason="bad-spec")
+    value = obj[key]
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise RemoteProtocolError(f"round spec field {key!r} has the wrong type", reason="bad-spec")
+    if not isinstance(value, kind):
+        raise RemoteProtocolError(f"round spec field {key!r} has the wrong type", reason="bad-spec")
+    return value
+
+
+def parse_spec(raw: dict) -> RoundSpec:
+    """Validate the JSON object from a ``RoundStart``; raises :class:`RemoteProtocolError`."""
+    model = _get(raw, "model", dict)
+    training = _get(raw, "training", dict)
+    encoding = _get(raw, "encoding", dict)
+    secagg = _get(raw, "secagg", dict)
+    classes = _get(model, "classes", list)
+    if not classes or not all(type(c) is int for c in classes) or len(set(classes)) != len(classes):
+        raise RemoteProtocolError("round spec classes must be distinct integers", reason="bad-spec")
+    neighbours = secagg.get("neighbours")
+    if neighbours is not None and (type(neighbours) is not int or neighbours < 1):
+        raise RemoteProtocolError("round spec neighbours must be null or a positive integer", reason="bad-spec")
+    dp = raw.get("dp")
+    if dp is not None and not isinstance(dp, dict):
+        raise RemoteProtocolError("round spec dp must be an object or null", reason="bad-spec")
+    spec = RoundSpec(
+        task=_get(raw, "task", str),
+        round=_get(raw, "round", int),
+        phase=_get(raw, "phase", str),
+        model_kind=_get(model, "kind", str),
+        model_options=_get(model, "options", dict),
+        n_features=_get(model, "n_features", int),
+        classes=tuple(classes),
+        epochs=_get(training, "epochs", int),
+        learning_rate=float(_get(training, "learning_rate", (int, float))),
+        batch_size=_get(training, "batch_size", int),
+        clip_norm=float(_get(encoding, "clip_norm", (int, float))),
+        fractional_bits=_get(encoding, "fractional_bits", int),
+        weight_cap=_get(encoding, "weight_cap", int),
+        threshold=_get(secagg, "threshold", int),
+        neighbours=neighbours,
+        masking=_get(secagg, "masking", bool),
+        dp=dp,
+    )
+    if spec.phase not in PHASES:
+        raise RemoteProtocolError(f"unknown phase {spec.phase!r}", reason="bad-spec")
+    checks = [
+        (spec.round >= 1, "round must be >= 1"),
+        (spec.n_features >= 1, "n_features must be positive"),
+        (0 <= spec.epochs <= 10_000, "epochs out of range"),
+        (math.isfinite(spec.learning_rate) and spec.learning_rate > 0, "learning rate must be positive"),
+        (1 <= spec.batch_size <= 1_000_000, "batch size out of range"),
+        (math.isfinite(spec.clip_norm) and spec.clip_norm > 0, "clip norm must be positive"),
+        (0 <= spec.fractional_bits <= 30, "fractional bits out of range"),
+        (1 <= spec.weight_cap <= 1 << 30, "weight cap out of range"),
+        (spec.threshold >= 1, "threshold must be positive"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise RemoteProtocolError(f"round spec: {message}", reason="bad-spec")
+    return spec
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def round_context(spec: dict, cohort: tuple[tuple[int, str], ...], model: np.ndarray) -> bytes:
+    """SHA-256 over the spec, the cohort and the exact model bytes (little-endian float64)."""
+    digest = hashlib.sha256(b"securefed/context/v1")
+    for part in (_canonical(spec), _canonical([list(pair) for pair in cohort])):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    weights = np.ascontiguousarray(model, dtype="<f8")
+    digest.update(weights.size.to_bytes(8, "big"))
+    digest.update(weights.tobytes())
+    return digest.digest()

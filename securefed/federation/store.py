@@ -1,0 +1,255 @@
+"""The coordinator's durable state: global model, round history, aggregation ids, refusals.
+
+SQLite in WAL mode with ``synchronous=FULL``: a round is committed in one
+transaction (history row, model, strategy state), so after a kill -9 at any
+moment the coordinator reopens either before or after that round, never in
+between. Model arrays are stored as raw little-endian float64 bytes with
+their SHA-256, checked when read; strategy state as ``.npz`` bytes read
+with ``allow_pickle=False``. Nothing here can execute stored data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import sqlite3
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from securefed.errors import InvalidParameter
+
+__all__ = ["CoordinatorStore", "RoundRecord"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS models (
+    round INTEGER PRIMARY KEY, weights BLOB NOT NULL, sha256 TEXT NOT NULL, strategy_state BLOB
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    round INTEGER PRIMARY KEY,
+    aggregation INTEGER NOT NULL,
+    participants INTEGER NOT NULL,
+    survivors TEXT NOT NULL,
+    total_weight REAL,
+    accuracy REAL,
+    loss REAL,
+    eval_samples INTEGER,
+    eval_participants INTEGER,
+    epsilon REAL,
+    duration REAL NOT NULL,
+    completed_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    aggregation INTEGER PRIMARY KEY,
+    round INTEGER NOT NULL,
+    phase TEXT NOT NULL,
+    status TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    started_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS refusals (
+    aggregation INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    at REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    round: int
+    aggregation: int
+    participants: int
+    survivors: tuple[str, ...]
+    accuracy: float | None
+    loss: float | None
+    epsilon: float | None
+    duration: float
+
+
+class CoordinatorStore:
+    """One SQLite file per task under the coordinator's state folder."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            self._db.execute("PRAGMA quick_check").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise InvalidParameter(
+                f"coordinator state {self.path} is unreadable ({exc}); restore it from a backup or move it away"
+            ) from None
+
+    @classmethod
+    def open_readonly(cls, path: str | Path) -> sqlite3.Connection:
+        """A read-only connection for ``securefed status`` and the demo's progress display."""
+        uri = f"file:{Path(path).resolve()}?mode=ro"
+        return sqlite3.connect(uri, uri=True, timeout=5)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # --- meta ------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def bind_task(self, task: str, fingerprint: str) -> None:
+        """Refuse to resume a state folder that belongs to another task definition."""
+        stored = self.get_meta("task")
+        if stored is None:
+            with self._transaction():
+                self.set_meta("task", task)
+                self.set_meta("task_fingerprint", fingerprint)
+            return
+        if stored != task or self.get_meta("task_fingerprint") != fingerprint:
+            raise InvalidParameter(
+                f"state {self.path} belongs to task {stored!r} with a different definition; "
+                "use a new state_dir for a changed task"
+            )
+
+    # --- aggregation ids ----------------------------------------------------
+
+    def next_aggregation(self, round_number: int, phase: str) -> int:
+        """A fresh aggregation id, durably recorded before it is used (never reused after a crash)."""
+        with self._transaction():
+            row = self._db.execute("SELECT COALESCE(MAX(aggregation), 0) FROM attempts").fetchone()
+            aggregation = int(row[0]) + 1
+            self._db.execute(
+                "INSERT INTO attempts (aggregation, round, phase, status, started_at) VALUES (?, ?, ?, 'running', ?)",
+                (aggregation, round_number, phase, time.time()),
+            )
+        return aggregation
+
+    def finish_attempt(self, aggregation: int, status: str, detail: str = "") -> None:
+        self._db.execute(
+            "UPDATE attempts SET status = ?, detail = ? WHERE aggregation = ?", (status, detail, aggregation)
+        )
+
+    def record_refusal(self, aggregation: int, node: str, reason: str, detail: str) -> None:
+        self._db.execute(
+            "INSERT INTO refusals (aggregation, node, reason, detail, at) VALUES (?, ?, ?, ?, ?)",
+            (aggregation, node, reason, detail[:2000], time.time()),
+        )
+
+    # --- model and rounds ---------------------------------------------------
+
+    def save_initial_model(self, weights: np.ndarray) -> None:
+        with self._transaction():
+            if self._db.execute("SELECT 1 FROM models WHERE round = 0").fetchone() is None:
+                self._insert_model(0, weights, None)
+
+    def commit_round(
+        self,
+        round_number: int,
+        weights: np.ndarray,
+        strategy_state: Mapping[str, np.ndarray] | None,
+        aggregation: int,
+        survivors: list[str],
+        participants: int,
+        total_weight: float,
+        epsilon: float | None,
+        duration: float,
+    ) -> None:
+        """Everything a completed round changes, in one transaction."""
+        with self._transaction():
+            self._insert_model(round_number, weights, strategy_state)
+            self._db.execute(
+                "INSERT OR REPLACE INTO rounds (round, aggregation, participants, survivors, total_weight, "
+                "epsilon, duration, completed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    round_number,
+                    aggregation,
+                    participants,
+                    json.dumps(survivors),
+                    total_weight,
+                    epsilon,
+                    duration,
+                    time.time(),
+                ),
+            )
+            self._db.execute(
+                "UPDATE attempts SET status = 'completed' WHERE aggregation = ?", (aggregation,)
+            )
+            # Keep the newest few models; history rows stay forever.
+            self._db.execute("DELETE FROM models WHERE round > 0 AND round < ?", (round_number - 4,))
+
+    def record_evaluation(self, round_number: int, accuracy: float, loss: float, samples: int, participants: int) -> None:
+        self._db.execute(
+            "UPDATE rounds SET accuracy = ?, loss = ?, eval_samples = ?, eval_participants = ? WHERE round = ?",
+            (accuracy, loss, samples, participants, round_number),
+        )
+
+    def latest_model(self) -> tuple[int, np.ndarray, dict[str, np.ndarray] | None] | None:
+        row = self._db.execute(
+            "SELECT round, weights, sha256, strategy_state FROM models ORDER BY round DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return None
+        round_number, blob, digest, state_blob = row
+        if hashlib.sha256(blob).hexdigest() != digest:
+            raise InvalidParameter(f"stored model for round {round_number} fails its checksum; state is corrupt")
+        weights = np.frombuffer(blob, dtype="<f8").astype(np.float64)
+        state = None
+        if state_blob is not None:
+            with np.load(io.BytesIO(state_blob), allow_pickle=False) as archive:
+                state = {name: archive[name] for name in archive.files}
+        return int(round_number), weights, state
+
+    def rounds(self) -> list[RoundRecord]:
+        rows = self._db.execute(
+            "SELECT round, aggregation, participants, survivors, accuracy, loss, epsilon, duration "
+            "FROM rounds ORDER BY round"
+        ).fetchall()
+        return [
+            RoundRecord(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], r[5], r[6], r[7]) for r in rows
+        ]
+
+    def refusals(self) -> list[tuple[int, str, str, str]]:
+        return self._db.execute("SELECT aggregation, node, reason, detail FROM refusals ORDER BY rowid").fetchall()
+
+    # --- helpers ------------------------------------------------------------
+
+    def _insert_model(self, round_number: int, weights: np.ndarray, state: Mapping[str, np.ndarray] | None) -> None:
+        blob = np.ascontiguousarray(weights, dtype="<f8").tobytes()
+        state_blob = None
+        if state:
+            buffer = io.BytesIO()
+            np.savez(buffer, **{name: np.asarray(value) for name, value in state.items()})
+            state_blob = buffer.getvalue()
+        self._db.execute(
+            "INSERT OR REPLACE INTO models (round, weights, sha256, strategy_state) VALUES (?, ?, ?, ?)",
+            (round_number, blob, hashlib.sha256(blob).hexdigest(), state_blob),
+        )
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self._db.execute("COMMIT")
+        else:
+            self._db.execute("ROLLBACK")
