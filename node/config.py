@@ -20,6 +20,8 @@ __all__ = ["NodeConfig", "load_node_config"]
 class NodeConfig:
     name: str
     task: str
+    features: int | tuple[str, ...]
+    classes: tuple[int, ...]
     coordinator: str
     coordinator_curve_public_key: bytes
     curve_secret_key_file: Path
@@ -41,7 +43,14 @@ def load_node_config(path: str | Path) -> NodeConfig:
     raw = load_toml(file)
     base = file.parent
     main = section(raw, "node")
+    task = section(raw, "task")
     data = section(raw, "data")
+    features = field(task, "task", "features", (int, list))
+    if isinstance(features, list) and not all(isinstance(f, str) for f in features):
+        raise InvalidParameter("[task] features is a count or a list of column names")
+    classes = field(task, "task", "classes", list)
+    if not classes or not all(type(c) is int for c in classes):
+        raise InvalidParameter("[task] classes must be a non-empty list of integers")
     policy_table = section(raw, "policy", required=False)
     allowed = field(policy_table, "policy", "allowed_models", list, ["sgd_logistic", "mlp"])
     if not all(isinstance(kind, str) for kind in allowed):
@@ -71,7 +80,9 @@ def load_node_config(path: str | Path) -> NodeConfig:
         raise InvalidParameter("[data] validation_fraction must be in [0, 1)")
     return NodeConfig(
         name=field(main, "node", "name", str),
-        task=field(main, "node", "task", str),
+        task=field(task, "task", "name", str),
+        features=features if isinstance(features, int) else tuple(features),
+        classes=tuple(classes),
         coordinator=field(main, "node", "coordinator", str),
         coordinator_curve_public_key=parse_public_key(field(main, "node", "coordinator_curve_public_key", str)),
         curve_secret_key_file=resolve_path(base, field(main, "node", "curve_secret_key_file", str)),

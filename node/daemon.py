@@ -25,7 +25,9 @@ def run_node(config_path: str | Path, stop: threading.Event | None = None) -> in
     config = load_node_config(config_path)
     keys = CurveKeyPair.load(config.curve_secret_key_file)
     identity = SigningKey.load(config.identity_key_file)
-    dataset = load_local_dataset(config.data_path, label_column=config.label_column)
+    dataset = load_local_dataset(
+        config.data_path, label_column=config.label_column, features=config.features, classes=config.classes
+    )
     state = NodeState(config.state_path)
     socket = NodeSocket(config.coordinator, keys, config.coordinator_curve_public_key)
     stop = stop or threading.Event()
@@ -42,6 +44,7 @@ def run_node(config_path: str | Path, stop: threading.Event | None = None) -> in
             state,
             config.policy,
             config.validation_fraction,
+            declared_classes=config.classes,
         )
         log.info(
             "node %s: %d local samples with %d features; connecting to %s",

@@ -106,7 +106,7 @@ class LocalFederation:
         members.update(extra_nodes or {})
         federation._write_coordinator_config(coordinator_keys, members, task, deadlines or {})
         for name in names:
-            federation._write_node_config(name, coordinator_keys, members, task["name"], policy or {})
+            federation._write_node_config(name, coordinator_keys, members, task, policy or {})
         return federation
 
     def _write_coordinator_config(self, keys: CurveKeyPair, members: dict, task: dict, deadlines: dict) -> None:
@@ -132,16 +132,20 @@ class LocalFederation:
             ]
         self.coordinator_config.write_text("\n".join(lines) + "\n")
 
-    def _write_node_config(self, name: str, coordinator_keys: CurveKeyPair, members: dict, task: str, policy: dict) -> None:
+    def _write_node_config(self, name: str, coordinator_keys: CurveKeyPair, members: dict, task: dict, policy: dict) -> None:
         lines = [
             "[node]",
             f"name = {toml_value(name)}",
-            f"task = {toml_value(task)}",
             f"coordinator = {toml_value(self.endpoint)}",
             f"coordinator_curve_public_key = {toml_value(coordinator_keys.public.decode())}",
             'curve_secret_key_file = "curve.key"',
             'identity_key_file = "identity.pem"',
             'state_dir = "state"',
+            "",
+            "[task]",
+            f"name = {toml_value(task['name'])}",
+            f"features = {toml_value(task['features'])}",
+            f"classes = {toml_value(task['classes'])}",
             "",
             "[data]",
             'path = "data.csv"',

@@ -23,13 +23,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from securefed.crypto.agreement import AgreementKeyPair
 from securefed.crypto.identity import SigningKey
-from securefed.errors import SecureFedError
+from securefed.errors import InvalidShare, ProtocolAborted, RemoteProtocolError, SecureFedError
 from securefed.secagg.client import ClientProtocol
 from securefed.secagg.config import ClientPolicy, RoundConfig
+from securefed.secagg.graph import NeighbourGraph, graph_seed
 from securefed.secagg.messages import (
     AdvertiseKeys,
     ConsistencySignature,
     Deadline,
+    KeyList,
     MaskedInput,
     Send,
     ShareKeys,
@@ -150,6 +152,9 @@ class HonestRound:
     (e.g. another model context); by default everyone shares ``config``.
     """
 
+    #: when a list, every round built is appended to it (tests check all of them afterwards)
+    registry: list[HonestRound] | None = None
+
     def __init__(
         self,
         n: int = 5,
@@ -184,10 +189,14 @@ class HonestRound:
         self.unmask_outputs: dict[int, list[UnmaskShares]] = {}
         #: the exception each node raised, if any
         self.errors: dict[int, SecureFedError] = {}
+        #: node messages the coordinator refused, with its reason
+        self.server_rejections: list[tuple[object, SecureFedError]] = []
         #: every message the coordinator produced, in order (a transcript to replay later)
         self.server_log: list[Send] = []
         #: every message the nodes produced, in order
         self.client_log: list[object] = []
+        if HonestRound.registry is not None:
+            HonestRound.registry.append(self)
 
     def speaks(self, node: int, stage: Stage) -> bool:
         silent_from = self.silent.get(node)
@@ -206,7 +215,10 @@ class HonestRound:
         sends: list[Send] = []
         stage = self.server.stage
         for message in messages:
-            sends.extend(self.server.receive(message))
+            try:
+                sends.extend(self.server.receive(message))
+            except (RemoteProtocolError, InvalidShare) as exc:  # the coordinator drops that message
+                self.server_rejections.append((message, exc))
         if close and self.server.stage is stage and stage is not None:
             sends.extend(self.server.receive(Deadline(stage)))
         self.server_log.extend(sends)
@@ -250,10 +262,13 @@ class HonestRound:
         raise AssertionError(f"the coordinator never sent {message_type.__name__}")
 
     def finish(self, sends: Iterable[Send]) -> None:
-        """Deliver ``sends`` and run the rest of the round honestly."""
+        """Deliver ``sends`` and run the rest of the round honestly (until a result or an abort)."""
         outbox = self.to_clients(sends)
-        while self.server.state.value not in ("done", "aborted"):
-            outbox = self.to_clients(self.to_server(outbox))
+        try:
+            while self.server.state.value not in ("done", "aborted"):
+                outbox = self.to_clients(self.to_server(outbox))
+        except ProtocolAborted:
+            pass  # the coordinator gave up; callers check ``server.state``
 
     def run(self):
         """The whole round, honestly. Returns the coordinator's result."""
@@ -261,6 +276,22 @@ class HonestRound:
         while self.server.result is None:
             outbox = self.to_clients(self.to_server(outbox))
         return self.server.result
+
+    def key_list(self) -> KeyList:
+        """The (honest) key list the coordinator sent, from the transcript."""
+        for send in self.server_log:
+            if isinstance(send.message, KeyList):
+                return send.message
+        raise AssertionError("the coordinator has not sent a key list yet")
+
+    def graph_seed(self) -> bytes:
+        """The graph seed every party derives from the public key list."""
+        config = self.config
+        return graph_seed(config.task, config.round_id, config.context, self.key_list().entries)
+
+    def graph(self) -> NeighbourGraph:
+        members = [entry.sender for entry in self.key_list().entries]
+        return NeighbourGraph.build(members, self.config.degree, self.graph_seed())
 
     def sends_to(self, sends: Iterable[Send], node: int) -> object:
         """The single message in ``sends`` addressed to ``node``."""

@@ -149,6 +149,7 @@ class Node:
         policy: NodePolicy | None = None,
         validation_fraction: float = 0.2,
         clock: Callable[[], float] = time.monotonic,
+        declared_classes: tuple[int, ...] | None = None,
     ) -> None:
         if name not in roster:
             raise InvalidParameter(f"this node ({name}) is missing from its own roster")
@@ -165,6 +166,7 @@ class Node:
         self.policy = policy or NodePolicy()
         self.clock = clock
         self.dataset = dataset
+        self.declared_classes = None if declared_classes is None else tuple(declared_classes)
         self._train_idx, self._val_idx = _split(len(dataset.y), validation_fraction, name)
         self.current: _Participation | None = None
         self._last_hello = float("-inf")
@@ -235,6 +237,11 @@ class Node:
             raise _Refused(
                 "feature-mismatch",
                 f"task declares {spec.n_features} features, local data has {self.dataset.X.shape[1]}",
+            )
+        if self.declared_classes is not None and tuple(spec.classes) != self.declared_classes:
+            raise _Refused(
+                "class-mismatch",
+                f"round declares classes {list(spec.classes)[:20]}, this site agreed to {list(self.declared_classes)[:20]}",
             )
         unknown = sorted(set(np.unique(self.dataset.y).tolist()) - set(spec.classes))
         if unknown:

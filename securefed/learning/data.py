@@ -31,6 +31,8 @@ from securefed.learning.models import _is_int, _normalize_classes
 __all__ = ["LocalDataset", "load_local_dataset", "save_csv", "save_npz"]
 
 _MAX_LISTED = 20
+_ZIP_MAGIC = b"PK\x03\x04"
+_NPY_MAGIC = b"\x93NUMPY"
 
 
 @dataclass(frozen=True)
@@ -63,9 +65,9 @@ def _check_declared_features(features: int | Sequence[str] | None) -> int | tupl
         if int(features) < 1:  # type: ignore[arg-type]
             raise InvalidParameter(f"the declared feature count must be >= 1, got {features}")
         return int(features)  # type: ignore[arg-type]
-    if isinstance(features, (str, bytes)) or not isinstance(features, Sequence):
+    if isinstance(features, (str, bytes)) or not isinstance(features, (Sequence, np.ndarray)):
         raise InvalidParameter("features must be a count, a sequence of names, or None")
-    names = tuple(features)
+    names = tuple(str(n) if isinstance(n, np.str_) else n for n in features)
     if not names or not all(isinstance(n, str) and n for n in names):
         raise InvalidParameter("declared feature names must be non-empty strings")
     if len(set(names)) != len(names):
@@ -187,13 +189,16 @@ def _load_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray, tu
 
 def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | None]:
     source = str(path)
+    with path.open("rb") as handle:
+        magic = handle.read(len(_NPY_MAGIC))
+    if magic.startswith(_NPY_MAGIC):
+        raise InvalidParameter(
+            f"{source}: holds a single .npy array, not an .npz archive; save 'X' and 'y' with np.savez"
+        )
+    if not magic.startswith(_ZIP_MAGIC):
+        raise InvalidParameter(f"{source}: not a readable .npz file (it is not a zip archive)")
     try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise InvalidParameter(
-                f"{source}: holds a single array, not an .npz archive; save 'X' and 'y' with np.savez"
-            )
-        with loaded as archive:
+        with np.load(path, allow_pickle=False) as archive:
             keys = set(archive.files)
             missing = [k for k in ("X", "y") if k not in keys]
             if missing:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from typing import Any
@@ -133,24 +134,52 @@ def test_arbitrary_frames(frames: list[bytes]) -> None:
     check_invariant(frames)
 
 
+odd_frames = st.one_of(
+    st.binary(max_size=8), st.text(max_size=8), st.none(), st.integers(), st.binary(max_size=8).map(bytearray),
+    st.binary(max_size=8).map(memoryview), st.lists(st.binary(max_size=4), max_size=2),
+)  # fmt: skip
+
+
+@given(st.one_of(st.lists(odd_frames, max_size=5), st.lists(odd_frames, max_size=5).map(tuple), odd_frames), st.data())
+def test_arbitrary_objects_as_frames(frames: Any, data: st.DataObject) -> None:
+    """Not even a list of bytes: still only RemoteProtocolError."""
+    if isinstance(frames, list) and data.draw(st.booleans()):
+        frames = [VERSION, data.draw(type_names), b"{}", *frames][: data.draw(st.integers(3, 6))]
+    check_invariant(frames)
+
+
 @given(type_names, st.binary(max_size=200), st.lists(st.binary(max_size=48), max_size=2))
 def test_arbitrary_header_bytes(name: bytes, header: bytes, arrays: list[bytes]) -> None:
     check_invariant([VERSION, name, header, *arrays])
 
 
-any_json = st.recursive(
-    st.one_of(
-        st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8),
+def _json(floats: st.SearchStrategy) -> st.SearchStrategy:
+    leaves = st.one_of(
+        st.none(), st.booleans(), st.integers(), floats, st.text(max_size=8),
         st.sampled_from(["", "AAAA", "eA==", "<u4", "<f8", "\ud800", "a\nb"]),
-    ),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
-    max_leaves=12,
-)  # fmt: skip
+    )  # fmt: skip
+    return st.recursive(
+        leaves,
+        lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+        max_leaves=12,
+    )
 
 
-@given(type_names, st.dictionaries(st.sampled_from(["task", "aggregation", "sender", "vector", "entries", "spec", "model"]) | st.text(max_size=6), any_json, max_size=6), st.lists(st.binary(max_size=48), max_size=2))
-def test_arbitrary_header_objects(name: bytes, header: dict, arrays: list[bytes]) -> None:
-    check_invariant([VERSION, name, json.dumps(header).encode(), *arrays])
+finite_json = _json(st.floats(allow_nan=False, allow_infinity=False))
+any_json = _json(st.floats())  # NaN and infinities become NaN/Infinity tokens in json.dumps
+
+
+@given(st.sampled_from(sorted(BODIES, key=lambda cls: cls.__name__)), st.data())
+def test_arbitrary_field_values(cls: type, data: st.DataObject) -> None:
+    """Exactly the right keys (sometimes one more or one less), each holding any JSON value."""
+    keys = ["task", "aggregation", *(field.name for field in dataclasses.fields(cls))]
+    header = {key: data.draw(finite_json, label=key) for key in keys}
+    if data.draw(st.integers(0, 7)) == 7:
+        header.pop(data.draw(st.sampled_from(keys)))
+    if data.draw(st.integers(0, 7)) == 7:
+        header[data.draw(st.text(max_size=6))] = data.draw(finite_json)
+    arrays = data.draw(st.lists(st.binary(max_size=48), min_size=1, max_size=1)) if cls in (MaskedInput, RoundStart) else []
+    check_invariant([VERSION, cls.__name__.encode(), json.dumps(header).encode(), *arrays])
 
 
 # --- mutations of valid encodings -----------------------------------------------------------------
@@ -177,7 +206,8 @@ def _mutate_bytes(data: st.DataObject, frame: bytes) -> bytes:
 def _mutate_frames(data: st.DataObject, frames: list[bytes]) -> list[bytes]:
     frames = list(frames)
     op = data.draw(st.sampled_from(["bytes", "bytes", "bytes", "drop", "duplicate", "swap", "append"]))
-    index = data.draw(st.integers(0, len(frames) - 1))
+    # Mostly the header and array frames: version and type are all-or-nothing checks.
+    index = data.draw(st.sampled_from([*range(min(2, len(frames))), *[i for i in range(2, len(frames)) for _ in range(3)]]))
     if op == "bytes":
         frames[index] = _mutate_bytes(data, frames[index])
     elif op == "drop":
@@ -192,32 +222,46 @@ def _mutate_frames(data: st.DataObject, frames: list[bytes]) -> list[bytes]:
     return frames
 
 
-def _mutate_json(data: st.DataObject, value: Any) -> Any:
-    """Walk to a random node of the header and change it: new value of any type, delete/add key, shuffle a list."""
-    if isinstance(value, dict) and value and data.draw(st.booleans()):
-        key = data.draw(st.sampled_from(sorted(value)))
-        return {**value, key: _mutate_json(data, value[key])}
-    if isinstance(value, list) and value and data.draw(st.booleans()):
-        at = data.draw(st.integers(0, len(value) - 1))
-        return [*value[:at], _mutate_json(data, value[at]), *value[at + 1 :]]
+def _paths(value: Any, prefix: tuple = ()) -> list[tuple]:
+    """Every node of a JSON tree, as the key/index path that leads to it."""
+    found = [prefix]
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found += _paths(item, (*prefix, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += _paths(item, (*prefix, index))
+    return found
+
+
+def _mutate_node(data: st.DataObject, value: Any) -> Any:
     ops = ["replace"]
     if isinstance(value, dict):
-        ops += ["delete-key", "add-key"] if value else ["add-key"]
-    if isinstance(value, list):
-        ops += ["drop", "duplicate", "reverse", "append"] if value else ["append"]
-    if isinstance(value, int) and not isinstance(value, bool):
-        ops += ["nudge", "as-float", "as-string", "as-bool"]
+        ops += ["delete-key", "add-key", "as-list"] if value else ["add-key"]
+    elif isinstance(value, list):
+        ops += ["drop", "duplicate", "reverse", "append", "empty", "as-object"] if value else ["append"]
+    elif isinstance(value, bool):
+        ops += ["as-int"]
+    elif isinstance(value, int):
+        ops += ["nudge", "as-float", "as-string", "as-bool", "as-list"]
+    elif isinstance(value, str):
+        ops += ["edit", "edit", "truncate", "double", "as-list"]
     op = data.draw(st.sampled_from(ops))
     if op == "replace":
         return data.draw(any_json)
     if op == "delete-key":
-        key = data.draw(st.sampled_from(sorted(value)))
-        return {k: v for k, v in value.items() if k != key}
+        del value[data.draw(st.sampled_from(sorted(value)))]
+        return value
     if op == "add-key":
-        return {**value, data.draw(st.text(max_size=8)): data.draw(any_json)}
+        value[data.draw(st.text(max_size=8))] = data.draw(any_json)
+        return value
+    if op == "as-list":
+        return [value] if not isinstance(value, dict) else list(value.values())
+    if op == "as-object":
+        return {str(index): item for index, item in enumerate(value)}
     if op == "drop":
-        at = data.draw(st.integers(0, len(value) - 1))
-        return value[:at] + value[at + 1 :]
+        del value[data.draw(st.integers(0, len(value) - 1))]
+        return value
     if op == "duplicate":
         at = data.draw(st.integers(0, len(value) - 1))
         return value[: at + 1] + value[at:]
@@ -225,16 +269,44 @@ def _mutate_json(data: st.DataObject, value: Any) -> Any:
         return value[::-1]
     if op == "append":
         return [*value, data.draw(any_json)]
+    if op == "empty":
+        return []
+    if op == "as-int":
+        return int(value)
     if op == "nudge":
         return value + data.draw(st.sampled_from([-1, 1, -(2**32), 2**63, 10**30]))
     if op == "as-float":
         return float(value)
     if op == "as-string":
         return str(value)
-    return bool(value)
+    if op == "as-bool":
+        return bool(value)
+    if op == "edit":  # one character changed, inserted or removed (base64 text, names, dtypes)
+        at = data.draw(st.integers(0, len(value)))
+        char = data.draw(st.sampled_from(["A", "/", "+", "=", "-", "_", "!", " ", "\n", "\x00", "é", "\ud800", "<", ">"]))
+        cut = data.draw(st.integers(0, 1))
+        return value[:at] + char + value[at + cut :]
+    if op == "truncate":
+        return value[: data.draw(st.integers(0, len(value)))]
+    return value + value  # double
 
 
-@settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+def _mutate_json(data: st.DataObject, header: Any) -> Any:
+    """Change one node of the header, chosen uniformly among all its nodes."""
+    path = data.draw(st.sampled_from(_paths(header)))
+    if not path:
+        return _mutate_node(data, header)
+    parent = header
+    for step in path[:-1]:
+        parent = parent[step]
+    parent[path[-1]] = _mutate_node(data, parent[path[-1]])
+    return header
+
+
+FUZZ = settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@FUZZ
 @given(envelopes, st.data())
 def test_mutated_frames(envelope: Envelope, data: st.DataObject) -> None:
     frames = encode(envelope)
@@ -245,7 +317,7 @@ def test_mutated_frames(envelope: Envelope, data: st.DataObject) -> None:
     check_invariant(frames)
 
 
-@settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@FUZZ
 @given(envelopes, st.data())
 def test_mutated_headers(envelope: Envelope, data: st.DataObject) -> None:
     frames = encode(envelope)
@@ -256,9 +328,12 @@ def test_mutated_headers(envelope: Envelope, data: st.DataObject) -> None:
     check_invariant([frames[0], frames[1], text.encode("utf-8", "surrogatepass"), *frames[3:]])
 
 
+@FUZZ
 @given(st.sampled_from(sorted(BODIES, key=lambda cls: cls.__name__)), st.data())
 def test_mutated_header_keeps_version_and_type(cls: type, data: st.DataObject) -> None:
     """Aim the mutations at one message type at a time, so each type's validation is fuzzed."""
     frames = encode(Envelope("task", 1, data.draw(BODIES[cls])))
-    header = _mutate_json(data, json.loads(frames[2]))
+    header = json.loads(frames[2])
+    for _ in range(data.draw(st.integers(1, 2))):
+        header = _mutate_json(data, header)
     check_invariant([frames[0], frames[1], json.dumps(header).encode(), *frames[3:]])

@@ -222,6 +222,7 @@ def test_initial_parameters() -> None:
         bound = math.sqrt(6.0 / sum(coef.shape))  # Glorot uniform, as scikit-learn for relu
         assert np.all(np.abs(coef) <= bound) and np.all(np.abs(intercept) <= bound)
         assert np.abs(coef).max() > bound / 2  # actually spread over the range
+        assert np.all(intercept != 0)  # biases are drawn too, as scikit-learn does
     logistic = make_adapter("mlp", 10, [0, 1, 2], hidden_layer_sizes=(6,), activation="logistic")
     first = logistic.to_estimator(logistic.initial_parameters(0)).coefs_[0]
     assert np.abs(first).max() <= math.sqrt(2.0 / 16)
