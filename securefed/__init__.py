@@ -14,7 +14,23 @@ from securefed.errors import (
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    "Coordinator": "securefed.federation.coordinator",
+    "Node": "securefed.federation.node",
+}
+
+
+def __getattr__(name: str):
+    """``securefed.Coordinator`` / ``securefed.Node`` without importing scikit-learn for every user."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'securefed' has no attribute {name!r}")
+
 __all__ = [
+    "Coordinator",
+    "Node",
     "EncodingError",
     "InvalidParameter",
     "InvalidShare",

@@ -57,7 +57,7 @@ __all__ = ["Coordinator", "CoordinatorSocketLike"]
 log = logging.getLogger("securefed.coordinator")
 
 _NODE_MESSAGES = (AdvertiseKeys, ShareKeys, MaskedInput, ConsistencySignature, UnmaskShares)
-PRESENCE_TIMEOUT = 15.0
+PRESENCE_TIMEOUT = 5.0  # nodes greet every second; five missed greetings and a node is not picked
 RETRY_DELAY = 1.0
 
 
