@@ -38,7 +38,7 @@ from securefed.secagg.messages import (
     Stage,
     UnmaskShares,
 )
-from securefed.secagg.server import ServerProtocol
+from securefed.secagg.server import AggregateResult, ServerProtocol
 
 __all__ = [
     "DEFAULT_CONTEXT",
@@ -122,9 +122,10 @@ def assert_no_double_reveal(
     """No honest node released both shares of one peer — per node, and (honest nodes) across nodes.
 
     ``outputs`` are the ``UnmaskShares`` messages the nodes actually returned; they must agree
-    with what each node recorded in ``revealed``. Across nodes: with t above half the
-    neighbourhood no two honest nodes can be talked into different answers for one peer, so
-    one peer's b-share and s-share never both leave honest hands.
+    with what each node recorded in ``revealed``. Across nodes: no two honest nodes give
+    different answers for one peer, so one peer's b-share and s-share never both leave honest
+    hands. That must hold with an honest coordinator whatever the network does, and against a
+    malicious coordinator whenever t exceeds half the neighbourhood (the policy's default).
     """
     kinds_by_peer: dict[int, set[str]] = {}
     for node, client in clients.items():
@@ -270,8 +271,8 @@ class HonestRound:
         except ProtocolAborted:
             pass  # the coordinator gave up; callers check ``server.state``
 
-    def run(self):
-        """The whole round, honestly. Returns the coordinator's result."""
+    def run(self) -> AggregateResult:
+        """The whole round, honestly. Returns the coordinator's result (raises if it aborts)."""
         outbox: list[object] = self.start()
         while self.server.result is None:
             outbox = self.to_clients(self.to_server(outbox))

@@ -327,6 +327,9 @@ class Node:
             self._send(aggregation, reply)
 
     def _send(self, aggregation: int, body: object) -> None:
+        if isinstance(body, Refusal):  # keep refusals within what the wire accepts
+            reason = "".join(c if c.isprintable() else "?" for c in body.reason)[:64] or "refused"
+            body = Refusal(reason, body.detail[:1000])
         self.socket.send(Envelope(self.task, aggregation, body))
 
 

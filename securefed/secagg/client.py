@@ -27,6 +27,7 @@ The machine trusts nothing the coordinator says that it can check itself:
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from enum import Enum
@@ -99,7 +100,14 @@ CLIENT_TRANSITIONS: dict[tuple[ClientState, type], ClientState] = {
 
 
 class ClientProtocol:
-    """One node's participation in one round. Single use."""
+    """One node's participation in one round. Single use.
+
+    ``policy`` defaults to :class:`ClientPolicy`'s own defaults (threshold above
+    half the neighbourhood). ``signature_cache`` lets nodes that share one
+    process and one trust domain (the in-memory simulator) skip re-verifying a
+    signature another of them already verified over the identical bytes; a
+    real node never shares it.
+    """
 
     def __init__(
         self,
@@ -109,6 +117,7 @@ class ClientProtocol:
         roster: Mapping[int, bytes],
         input_vector: np.ndarray,
         policy: ClientPolicy | None = None,
+        signature_cache: set[bytes] | None = None,
     ) -> None:
         if not isinstance(config, RoundConfig):
             raise TypeError("config must be a RoundConfig")
@@ -128,7 +137,8 @@ class ClientProtocol:
         self._identity = identity
         self._roster = dict(roster)
         self._input = vector
-        self._policy = policy if policy is not None else ClientPolicy(min_threshold=1, min_cohort=1, min_threshold_fraction=0.0)
+        self._policy = policy if policy is not None else ClientPolicy()
+        self._signature_cache = signature_cache
         self.state = ClientState.START
         self.abort_reason: str | None = None
         #: peer id -> "b" or "s": which share of that peer this node released.
@@ -211,14 +221,21 @@ class ClientProtocol:
             reason="key-substitution",
         )
         self._need(len(by_id), "advertise", "peers advertised keys")
+        # Every entry is checked, not only the neighbours': all of them feed the graph seed, so an
+        # unchecked entry would let the coordinator try forged signatures until it likes the graph.
+        for peer, entry in by_id.items():
+            if peer == self.node_id:
+                continue
+            require(
+                isinstance(entry.c_pk, bytes) and len(entry.c_pk) == 32 and isinstance(entry.s_pk, bytes) and len(entry.s_pk) == 32,
+                "bad key size",
+            )
+            require(isinstance(entry.signature, bytes), "bad signature type")
+            self._verify(peer, entry.signature, advertise_transcript(config, peer, entry.c_pk, entry.s_pk))
         self._graph_seed = graph_seed(config.task, config.round_id, config.context, entries)
         graph = NeighbourGraph.build(by_id, config.degree, self._graph_seed)
         self.neighbours = graph.neighbours(self.node_id)
         self._need(len(self.neighbours), "advertise", "neighbours advertised keys")
-        for peer in self.neighbours - {self.node_id}:
-            entry = by_id[peer]
-            require(len(entry.c_pk) == 32 and len(entry.s_pk) == 32, "bad key size")
-            verify(self._roster[peer], entry.signature, advertise_transcript(config, peer, entry.c_pk, entry.s_pk))
         self._entries = by_id
 
         holders = sorted(self.neighbours)
@@ -311,7 +328,7 @@ class ClientProtocol:
         transcript = consistency_transcript(config, self._graph_seed, self._signed_survivors)
         for signer, signature in message.signatures:
             require(isinstance(signature, bytes), "signature must be bytes")
-            verify(self._roster[signer], signature, transcript)
+            self._verify(signer, signature, transcript)
         self._need(len(signers), "consistency", "valid consistency signatures")
 
         b_shares = []
@@ -330,6 +347,17 @@ class ClientProtocol:
         return [UnmaskShares(self.node_id, tuple(b_shares), tuple(s_shares))]
 
     # --- helpers ------------------------------------------------------------
+
+    def _verify(self, peer: int, signature: bytes, transcript: bytes) -> None:
+        """Check a peer's signature against this node's own roster (via the cache, if one was given)."""
+        cache = self._signature_cache
+        if cache is None:
+            verify(self._roster[peer], signature, transcript)
+            return
+        token = hashlib.sha256(self._roster[peer] + signature + transcript).digest()
+        if token not in cache:
+            verify(self._roster[peer], signature, transcript)
+            cache.add(token)
 
     def _need(self, have: int, stage: str, what: str) -> None:
         if have < self.config.threshold:

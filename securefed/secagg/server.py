@@ -29,7 +29,7 @@ from enum import Enum
 
 import numpy as np
 
-from securefed.crypto.agreement import AgreementKeyPair
+from securefed.crypto.agreement import AgreementKeyPair, agree
 from securefed.crypto.identity import verify
 from securefed.crypto.prg import MaskAccumulator
 from securefed.crypto.shamir import Share, combine
@@ -141,6 +141,7 @@ class ServerProtocol:
         self._survivors: tuple[int, ...] = ()
         self._masked_sum: np.ndarray | None = None
         self._signatures: dict[int, bytes] = {}
+        self._probe = AgreementKeyPair.generate()
 
     # --- public API ---------------------------------------------------------
 
@@ -205,6 +206,11 @@ class ServerProtocol:
             )
         except InvalidShare:
             raise RemoteProtocolError(f"bad key signature from {message.sender}", reason="bad-signature") from None
+        for key in (message.c_pk, message.s_pk):
+            try:  # a low-order point makes every agreement fail: it would abort all honest peers
+                agree(self._probe, key)
+            except InvalidShare:
+                raise RemoteProtocolError(f"low-order public key from {message.sender}", reason="bad-key") from None
         return message
 
     def _validate_share_keys(self, message: ShareKeys) -> dict[int, bytes]:

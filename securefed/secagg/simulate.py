@@ -19,7 +19,7 @@ import numpy as np
 from securefed.crypto.identity import SigningKey
 from securefed.errors import InvalidParameter, ProtocolAborted, SecureFedError
 from securefed.secagg.client import ClientProtocol
-from securefed.secagg.config import RoundConfig
+from securefed.secagg.config import ClientPolicy, RoundConfig
 from securefed.secagg.messages import Deadline, Stage
 from securefed.secagg.server import AggregateResult, ServerProtocol
 
@@ -75,8 +75,15 @@ def simulate(
     silent = _silent_from(dropouts, n)
     identities = {node: SigningKey.generate() for node in config.ids}
     roster = {node: key.public_bytes for node, key in identities.items()}
+    # The simulator runs any threshold the caller asks for (tests explore t = 1 too), so its nodes
+    # use a permissive policy; real nodes default to ClientPolicy()'s minimums.
+    permissive = ClientPolicy(min_threshold=1, min_cohort=1, min_threshold_fraction=0.0)
+    verified: set[bytes] = set()
     clients = {
-        node: ClientProtocol(config, node, identities[node], roster, vectors[node - 1]) for node in config.ids
+        node: ClientProtocol(
+            config, node, identities[node], roster, vectors[node - 1], permissive, signature_cache=verified
+        )
+        for node in config.ids
     }
     server = ServerProtocol(config, roster)
 

@@ -49,11 +49,10 @@ No pickle, no eval: the only parsers are ``json``, ``base64`` and
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -126,7 +125,7 @@ class Limits:
     (ciphertexts, shares).
     """
 
-    max_frames: int = 4
+    max_frames: int = 4  # version, type, header and at most one array
     max_header_bytes: int = 8 * _MIB
     max_array_bytes: int = 512 * _MIB
     max_total_bytes: int = 8 * _MIB + 512 * _MIB + 4096
@@ -349,8 +348,8 @@ class _Spec(_Kind):
     """A JSON object of round parameters: depth <= MAX_SPEC_DEPTH, finite floats, bounded ints, lists and strings."""
 
     def load(self, value: Any, limits: Limits, where: str, frames: Iterator[bytes]) -> dict:
-        if False:
-            pass
+        if type(value) is not dict:
+            raise _fail("bad-field", f"{where}: expected a JSON object")
         self._check(value, 1, limits, where)
         return value
 
@@ -471,7 +470,6 @@ _BY_CLASS: dict[type, _Schema] = {schema.cls: schema for schema in _SCHEMAS}
 MESSAGE_TYPES: dict[str, type] = {schema.cls.__name__: schema.cls for schema in _SCHEMAS}
 """Every body type the codec carries, by its wire name."""
 
-_MAX_ARRAYS = max(schema.arrays for schema in _SCHEMAS)
 _MAX_HEADER_DEPTH = 1 + MAX_SPEC_DEPTH  # the header object itself, then RoundStart.spec
 
 

@@ -42,6 +42,8 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
+
+from securefed.secagg.config import ClientPolicy
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -82,6 +84,9 @@ PeerGone = getattr(_messages, "PeerGone", None)  # a driver event; not every ver
 # taint reasons: a changed copy of these, once accepted, may legitimately change the sum
 UNMASK_PAYLOAD = "unmask-shares-changed"
 RELAY_WITHHELD = "relay-sender-withheld"
+
+# Thresholds across the whole range are explored here, below what a real site would accept.
+PERMISSIVE = ClientPolicy(min_threshold=1, min_cohort=1, min_threshold_fraction=0.0)
 
 
 @dataclass
@@ -166,7 +171,8 @@ def corrupt(data: st.DataObject, message: object, n: int) -> tuple[object | None
         field = data.draw(st.sampled_from(["b_shares", "s_shares", "move"]), label="unmask field")
         if field == "move" and message.b_shares:
             moved = message.b_shares[0]
-            return UnmaskShares(message.sender, message.b_shares[1:], tuple(sorted((*message.s_shares, moved)))), UNMASK_PAYLOAD
+            s_shares = tuple(sorted((*message.s_shares, moved)))
+            return UnmaskShares(message.sender, message.b_shares[1:], s_shares), UNMASK_PAYLOAD
         field = "b_shares" if field == "move" else field
         pairs, _ = _mutate_pairs(data, getattr(message, field), n, field)
         return dataclasses.replace(message, **{field: pairs}), UNMASK_PAYLOAD
@@ -229,7 +235,8 @@ class HostileNetworkRound(RuleBasedStateMachine):
         roster = {node: key.public_bytes for node, key in identities.items()}
         self.inputs = make_inputs(self.config, seed=data.draw(st.integers(0, 3), label="input seed"))
         self.clients = {
-            node: ClientProtocol(self.config, node, identities[node], roster, self.inputs[node]) for node in self.config.ids
+            node: ClientProtocol(self.config, node, identities[node], roster, self.inputs[node], PERMISSIVE)
+            for node in self.config.ids
         }
         self.server = ServerProtocol(self.config, roster)
         self.pending: list[InFlight] = []

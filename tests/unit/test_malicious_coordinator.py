@@ -38,7 +38,6 @@ from securefed.secagg.messages import (
     ShareRelay,
     Stage,
     UnmaskRequest,
-    UnmaskShares,
 )
 from securefed.secagg.transcript import advertise_transcript, consistency_transcript, mask_sign, pairwise_mask_seed
 from tests.secagg_harness import (
@@ -69,7 +68,9 @@ def no_double_reveal_in_any_round(request):
             assert_no_double_reveal(r.clients, r.unmask_outputs)
 
 
-def refuses(r: HonestRound, node: int, message: object, error: type[BaseException] = SecureFedError, reason: str | None = None):
+def refuses(
+    r: HonestRound, node: int, message: object, error: type[BaseException] = SecureFedError, reason: str | None = None
+):
     """Deliver ``message`` to ``node``; it must raise ``error`` (with ``reason``), end ABORTED, send nothing."""
     client = r.clients[node]
     outputs_before = len(r.unmask_outputs.get(node, []))
@@ -107,7 +108,8 @@ def deliver_all(r: HonestRound, sends: list[Send]) -> dict[int, list[object]]:
 def test_untampered_script_completes_with_correct_sum(n, t, neighbours, silent):
     r = HonestRound(n, t, neighbours=neighbours, silent=silent)
     result = r.run()
-    expected_survivors = tuple(node for node in r.config.ids if silent.get(node) not in (Stage.MASKED_INPUT, Stage.SHARE, Stage.ADVERTISE))
+    gone_before_masking = (Stage.ADVERTISE, Stage.SHARE, Stage.MASKED_INPUT)
+    expected_survivors = tuple(node for node in r.config.ids if silent.get(node) not in gone_before_masking)
     assert result.survivors == expected_survivors
     assert np.array_equal(result.sum, exact_sum(r.inputs, result.survivors))
     assert not r.errors and not r.server_rejections
@@ -178,20 +180,10 @@ def test_own_keys_substituted_are_refused(field):
 def test_key_list_omitting_the_node_itself_is_refused():
     r = HonestRound(5, 3)
     key_list = r.sends_to(r.run_until(KeyList), 2)
-    refuses(r, 2, KeyList(tuple(e for e in key_list.entries if e.sender != 2)), RemoteProtocolError, reason="key-substitution")
+    without_self = KeyList(tuple(e for e in key_list.entries if e.sender != 2))
+    refuses(r, 2, without_self, RemoteProtocolError, reason="key-substitution")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "BUG: securefed/secagg/client.py:218-221 (_on_key_list) verifies signatures only for the node's "
-        "neighbours, but every entry, signature included, feeds graph_seed (line 214). With a sparse graph "
-        "a coordinator can put forged signatures on non-neighbour entries and so choose the seed, and the "
-        "node's neighbourhood, alone; DESIGN.md s.2 says every signature is checked and the coordinator "
-        "cannot pick the graph alone"
-    ),
-)
 def test_sparse_key_list_with_a_forged_non_neighbour_signature_is_refused():
     with deterministic_round_keys(b"forged-non-neighbour"):
         r = HonestRound(7, 2, neighbours=2)
@@ -213,7 +205,8 @@ def test_sparse_key_list_with_a_forged_non_neighbour_signature_is_refused():
         replies = r.clients[1].receive(KeyList(entries))
     except InvalidShare:
         replies = None
-    assert replies is None, f"node 1 accepted a forged signature on node {target}'s entry and sent {[type(m).__name__ for m in replies]}"
+    sent = [type(m).__name__ for m in replies or ()]
+    assert replies is None, f"node 1 accepted a forged signature on node {target}'s entry and sent {sent}"
     assert r.clients[1].aborted
 
 
@@ -681,7 +674,8 @@ def _split_view_attack(r: HonestRound, target: int) -> np.ndarray | None:
         replies = r.deliver(node, ConsistencyRequest(survivors))
         if not replies:
             return None
-        replies = r.deliver(node, UnmaskRequest(survivors, tuple(sorted(set(everyone) - set(survivors))), ((node, replies[0].signature),)))
+        dropped = tuple(sorted(set(everyone) - set(survivors)))
+        replies = r.deliver(node, UnmaskRequest(survivors, dropped, ((node, replies[0].signature),)))
         if not replies:
             return None
         answers[node] = replies[0]
@@ -700,16 +694,6 @@ def _split_view_attack(r: HonestRound, target: int) -> np.ndarray | None:
     return rebuilt.value
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "BUG (insecure default): securefed/secagg/client.py:131 gives a ClientProtocol built without a "
-        "policy ClientPolicy(min_threshold=1, min_cohort=1, min_threshold_fraction=0.0), so it accepts "
-        "t=1; a coordinator showing two nodes different survivor sets then gets both shares of a target "
-        "and rebuilds its input. ClientPolicy()'s own defaults (t > n/2) refuse this round at start()"
-    ),
-)
 def test_default_policy_stops_a_split_view_coordinator_from_reading_an_input():
     r = HonestRound(4, 1)  # no explicit policy: whatever ClientProtocol defaults to
     rebuilt = _split_view_attack(r, target=4)
@@ -726,17 +710,6 @@ def test_explicit_default_client_policy_refuses_the_split_view_round():
     assert _split_view_attack(HonestRound(4, 1, policy=ClientPolicy()), target=4) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "BUG: securefed/secagg/server.py ServerProtocol._validate_advertise accepts a validly signed "
-        "low-order X25519 key (e.g. 32 zero bytes); every honest neighbour then aborts with "
-        "InvalidShare('invalid peer key') in client.py _on_key_list (share_key, for c_pk) or "
-        "_on_share_relay (pairwise_mask_seed, for s_pk), so one participant can kill the round. The "
-        "coordinator can tell a low-order key from a good one and should drop the node at stage 0"
-    ),
-)
 @pytest.mark.parametrize("field", ["c_pk", "s_pk"])
 def test_one_participant_with_a_low_order_key_cannot_abort_the_round(field):
     r = HonestRound(5, 3)

@@ -288,9 +288,13 @@ def test_client_with_a_satisfied_policy_advertises() -> None:
     assert client.state is ClientState.AWAIT_KEY_LIST
 
 
-def test_client_without_a_policy_accepts_any_valid_round() -> None:
-    client = _client(_config(cohort_size=2, threshold=1), None)
-    assert len(client.start()) == 1
+def test_client_without_a_policy_uses_the_secure_defaults() -> None:
+    weak = _client(_config(cohort_size=2, threshold=1), None)
+    with pytest.raises(RemoteProtocolError) as refused:
+        weak.start()
+    assert refused.value.reason == "weaker-than-policy" and weak.aborted
+    strong = _client(_config(cohort_size=4, threshold=3), None)
+    assert len(strong.start()) == 1
 
 
 @pytest.mark.parametrize("length", [0, -1])
