@@ -23,6 +23,8 @@ class CoordinatorConfig:
     curve_secret_key_file: Path
     task: TaskDefinition
     nodes: tuple[NodeEntry, ...]
+    evaluation_data: Path | None = None
+    evaluation_label_column: str = "label"
 
     @property
     def store_path(self) -> Path:
@@ -66,6 +68,7 @@ def load_coordinator_config(path: str | Path) -> CoordinatorConfig:
         evaluate=field(task_table, "task", "evaluate", bool, True),
         masking=field(task_table, "task", "masking", bool, True),
         deadlines=deadlines,
+        dp=_dp_settings(task_table),
     )
     nodes_raw = raw.get("nodes", [])
     if not isinstance(nodes_raw, list) or not nodes_raw:
@@ -95,6 +98,12 @@ def load_coordinator_config(path: str | Path) -> CoordinatorConfig:
         curve_secret_key_file=resolve_path(base, field(main, "coordinator", "curve_secret_key_file", str)),
         task=task,
         nodes=tuple(nodes),
+        evaluation_data=(
+            resolve_path(base, field(task_table, "task", "evaluation_data", str))
+            if "evaluation_data" in task_table
+            else None
+        ),
+        evaluation_label_column=field(task_table, "task", "evaluation_label_column", str, "label"),
     )
 
 
@@ -106,3 +115,18 @@ def _model_options(options: dict) -> dict:
             raise InvalidParameter("[task] model_options.hidden_layer_sizes must be a list of positive integers")
         cleaned["hidden_layer_sizes"] = list(sizes)
     return cleaned
+
+
+def _dp_settings(task_table: dict) -> dict | None:
+    """``[task.dp]``: epsilon for the whole task, delta (default 1e-5), clip_norm (default 1.0)."""
+    if "dp" not in task_table:
+        return None
+    table = task_table["dp"]
+    if not isinstance(table, dict):
+        raise InvalidParameter("[task.dp] must be a table with epsilon, delta and clip_norm")
+    return {
+        "epsilon": float(field(table, "task.dp", "epsilon", (int, float))),
+        "delta": float(field(table, "task.dp", "delta", (int, float), 1e-5)),
+        "clip_norm": float(field(table, "task.dp", "clip_norm", (int, float), 1.0)),
+        **{key: value for key, value in table.items() if key not in ("epsilon", "delta", "clip_norm")},
+    }

@@ -13,6 +13,7 @@ from coordinator.config import CoordinatorConfig, load_coordinator_config
 from securefed._fs import atomic_write
 from securefed.federation.coordinator import Coordinator
 from securefed.federation.store import CoordinatorStore
+from securefed.learning.data import load_local_dataset
 from securefed.logging_setup import configure_logging
 from securefed.wire.keys import CurveKeyPair
 from securefed.wire.transport import CoordinatorSocket
@@ -62,7 +63,16 @@ def run_coordinator(config_path: str | Path, stop: threading.Event | None = None
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     try:
-        coordinator = Coordinator(config.task, config.nodes, socket, store)
+        evaluation = None
+        if config.evaluation_data is not None:
+            data = load_local_dataset(
+                config.evaluation_data,
+                label_column=config.evaluation_label_column,
+                features=config.task.n_features,
+                classes=config.task.classes,
+            )
+            evaluation = (data.X, data.y)
+        coordinator = Coordinator(config.task, config.nodes, socket, store, evaluation_data=evaluation)
         log.info("listening on %s for %d known nodes", socket.endpoint, len(config.nodes))
         last_status = 0.0
         while not stop.is_set():

@@ -37,6 +37,10 @@ class NodeConfig:
     def state_path(self) -> Path:
         return self.state_dir / "node.sqlite"
 
+    @property
+    def ledger_path(self) -> Path:
+        return self.state_dir / "ledger.sqlite"
+
 
 def load_node_config(path: str | Path) -> NodeConfig:
     file = Path(path).resolve()
@@ -62,7 +66,13 @@ def load_node_config(path: str | Path) -> NodeConfig:
         allowed_models=tuple(allowed),
         max_rounds=field(policy_table, "policy", "max_rounds", int, 1000),
         allow_unmasked_benchmark=field(policy_table, "policy", "allow_unmasked_benchmark", bool, False),
+        max_epsilon=_optional_positive(policy_table, "max_epsilon"),
+        max_epsilon_total=_optional_positive(policy_table, "max_epsilon_total"),
+        delta=float(field(policy_table, "policy", "delta", (int, float), 1e-5)),
+        min_noise_multiplier=float(field(policy_table, "policy", "min_noise_multiplier", (int, float), 0.0)),
     )
+    if not 0 < policy.delta < 1:
+        raise InvalidParameter("[policy] delta must be in (0, 1)")
     roster_raw = raw.get("roster", [])
     if not isinstance(roster_raw, list) or not roster_raw:
         raise InvalidParameter("config needs [[roster]] entries: every federation member's name and identity key")
@@ -94,3 +104,12 @@ def load_node_config(path: str | Path) -> NodeConfig:
         policy=policy,
         roster=roster,
     )
+
+
+def _optional_positive(table: dict, name: str) -> float | None:
+    if name not in table:
+        return None
+    value = field(table, "policy", name, (int, float))
+    if not value > 0:
+        raise InvalidParameter(f"[policy] {name} must be positive")
+    return float(value)

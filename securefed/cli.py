@@ -59,6 +59,10 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
 
 
 def _cmd_node(args: argparse.Namespace) -> int:
+    if args.action == "ledger":
+        from node.daemon import print_ledger
+
+        return print_ledger(args.config)
     from node.daemon import run_node
 
     return run_node(args.config)
@@ -135,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     coordinator.add_argument("--config", required=True, help="coordinator TOML config")
     coordinator.set_defaults(func=_cmd_coordinator)
 
-    node = sub.add_parser("node", help="run a node daemon")
+    node = sub.add_parser("node", help="run a node daemon, or inspect its privacy ledger")
+    node.add_argument("action", nargs="?", choices=("run", "ledger"), default="run", help="run (default) or ledger")
     node.add_argument("--config", required=True, help="node TOML config")
     node.set_defaults(func=_cmd_node)
 

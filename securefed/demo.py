@@ -26,6 +26,7 @@ from securefed.errors import InvalidParameter
 __all__ = ["run_demo"]
 
 _OVERALL_TIMEOUT = 900.0
+DP_CLIP_NORM = 0.5
 
 
 def _bar(done: int, total: int, width: int = 20) -> str:
@@ -48,6 +49,7 @@ def _stop(processes: list[subprocess.Popen]) -> None:
 
 def run_demo(args) -> int:
     from securefed.federation.store import CoordinatorStore
+    from securefed.learning.data import save_csv
     from securefed.learning.datasets import load_bundled, train_test_split_stratified
     from securefed.learning.models import DEFAULT_TRAINING, make_adapter
     from securefed.learning.partition import partition
@@ -57,8 +59,10 @@ def run_demo(args) -> int:
         raise InvalidParameter("--nodes must be at least 3 (secure aggregation needs a threshold of peers)")
     if args.rounds < 1:
         raise InvalidParameter("--rounds must be at least 1")
-    if args.epsilon is not None:
-        raise InvalidParameter("--epsilon needs the differential-privacy module, which this build does not have yet")
+    if args.epsilon is not None and not args.epsilon > 0:
+        raise InvalidParameter("--epsilon must be positive")
+    if not 0 < args.delta < 1:
+        raise InvalidParameter("--delta must be in (0, 1)")
     if args.model not in DEFAULT_TRAINING:
         raise InvalidParameter(f"--model must be one of {sorted(DEFAULT_TRAINING)}")
     dataset = load_bundled(args.dataset)
@@ -81,15 +85,29 @@ def run_demo(args) -> int:
         "threshold": 0.6,
         "clip_norm": 100.0,
     }
+    policy: dict = {}
+    if args.epsilon is not None:
+        # Client-level DP: one local epoch and a tight clip keep the signal-to-noise ratio workable.
+        task.update({"local_epochs": 1, "evaluate": False, "evaluation_data": "test.csv"})
+        task["dp"] = {"epsilon": args.epsilon, "delta": args.delta, "clip_norm": DP_CLIP_NORM}
+        policy = {"max_epsilon": args.epsilon, "max_epsilon_total": args.epsilon, "delta": args.delta}
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="securefed-demo-"))
     keep = args.workdir is not None
     deadlines = {"advertise": 60, "share": 20, "masked_input": 20, "consistency": 20, "unmask": 20}
-    federation = LocalFederation.create(workdir, node_data, list(dataset.feature_names), task, deadlines)
+    federation = LocalFederation.create(workdir, node_data, list(dataset.feature_names), task, deadlines, policy)
+    if args.epsilon is not None:
+        # The coordinator evaluates each (public, noised) model on held-out data it owns.
+        save_csv(federation.coordinator_config.parent / "test.csv", split.X_test, split.y_test, list(dataset.feature_names), "label")
     print(
         f"securefed demo: {args.nodes} nodes, {args.rounds} rounds, {args.dataset} "
         f"({len(split.y_train)} training samples split {args.partition}, {len(split.y_test)} held out), "
         f"model {args.model}, secure aggregation on, CURVE on {federation.endpoint}"
     )
+    if args.epsilon is not None:
+        print(
+            f"differential privacy: distributed Skellam noise added by the nodes, epsilon <= {args.epsilon:g} "
+            f"over {args.rounds} rounds at delta {args.delta:g} (client-level, clip norm {DP_CLIP_NORM:g})"
+        )
     print(f"keys, configs, data and logs in {workdir}")
     started = time.monotonic()
     processes = [federation.start_coordinator()] + [federation.start_node(name) for name in names]
@@ -101,10 +119,11 @@ def run_demo(args) -> int:
             history = _read_history(federation.state_path)
             while shown < len(history) and history[shown]["accuracy"] is not None:
                 row = history[shown]
+                spent = "" if row["epsilon"] is None else f"  epsilon {row['epsilon']:.3f}"
                 print(
                     f"round {row['round']:>3}/{args.rounds} [{_bar(row['round'], args.rounds)}] "
                     f"{row['participants']}/{args.nodes} nodes  accuracy {row['accuracy']:.4f}  "
-                    f"loss {row['loss']:.4f}  ({row['duration']:.2f} s)",
+                    f"loss {row['loss']:.4f}{spent}  ({row['duration']:.2f} s)",
                     flush=True,
                 )
                 shown += 1
@@ -131,13 +150,16 @@ def run_demo(args) -> int:
         adapter.initial_parameters(args.seed),
         split.X_train,
         split.y_train,
-        epochs=training["epochs"] * args.rounds,
+        epochs=task["local_epochs"] * args.rounds,
         learning_rate=training["learning_rate"],
         batch_size=training["batch_size"],
         seed=args.seed,
     )
     baseline = adapter.evaluate(central_params, split.X_test, split.y_test).accuracy
     elapsed = time.monotonic() - started
+    epsilon = history[-1]["epsilon"] if history else None
+    if epsilon is not None:
+        print(f"\nprivacy: epsilon spent {epsilon:.3f} of {args.epsilon:g} at delta {args.delta:g} over {len(history)} rounds")
     print(
         f"\nfinal test accuracy: federated {federated:.4f}  |  central baseline {baseline:.4f}  "
         f"(difference {100 * (baseline - federated):+.1f} points); {elapsed:.1f} s"
@@ -145,8 +167,8 @@ def run_demo(args) -> int:
     report = {
         "final_accuracy": federated,
         "baseline_accuracy": baseline,
-        "epsilon": None,
-        "delta": None,
+        "epsilon": epsilon,
+        "delta": args.delta if args.epsilon is not None else None,
         "nodes": args.nodes,
         "dataset": args.dataset,
         "model": args.model,

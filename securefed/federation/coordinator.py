@@ -30,6 +30,7 @@ from typing import Protocol
 
 import numpy as np
 
+from securefed.dp.mechanism import SkellamParameters, plan_skellam
 from securefed.errors import ProtocolAborted, RemoteProtocolError
 from securefed.federation.messages import Envelope, Hello, Refusal, RoundResult, RoundStart
 from securefed.federation.spec import RoundSpec, round_context
@@ -130,8 +131,13 @@ class Coordinator:
         socket: CoordinatorSocketLike,
         store: CoordinatorStore,
         clock: Callable[[], float] = time.monotonic,
+        evaluation_data: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         self.task = task
+        self.evaluation_data = evaluation_data
+        # Federated evaluation releases exact counts, so it is off under DP (nodes would refuse it).
+        self.federated_evaluation = task.evaluate and task.dp is None and evaluation_data is None
+        self._dp_plans: dict[tuple[int, int], SkellamParameters] = {}
         self.nodes = {node.name: node for node in nodes}
         self.socket = socket
         self.store = store
@@ -153,7 +159,7 @@ class Coordinator:
         self.phase = "train"
         history = {record.round: record for record in store.rounds()}
         last = history.get(self.completed_round)
-        if task.evaluate and last is not None and last.accuracy is None:
+        if self.federated_evaluation and last is not None and last.accuracy is None:
             self.phase = "evaluate"  # the crash came between a round's commit and its evaluation
         log.info(
             "task %s: resuming after round %d of %d (%s next)",
@@ -271,6 +277,10 @@ class Coordinator:
         if threshold > n:
             return
         round_number = self.completed_round + 1 if self.phase == "train" else self.completed_round
+        dp_spec = None
+        if task.dp is not None and self.phase == "train":
+            plan = self._dp_plan(n, threshold)
+            dp_spec = plan.to_spec(task.dp["delta"], task.dp["epsilon"], task.rounds)
         aggregation = self.store.next_aggregation(round_number, self.phase)
         spec = RoundSpec(
             task=task.name,
@@ -289,11 +299,13 @@ class Coordinator:
             threshold=threshold,
             neighbours=neighbours,
             masking=task.masking,
-            dp=task.dp,
+            dp=dp_spec,
         )
         raw_spec = spec.to_json()
         pairs = tuple((i, name) for i, name in enumerate(cohort, start=1))
-        if self.phase == "train":
+        if self.phase == "train" and dp_spec is not None:
+            length = self.adapter.parameter_count
+        elif self.phase == "train":
             length = TrainingUpdateCodec(
                 self.adapter.parameter_count, spec.clip_norm, spec.fractional_bits, spec.weight_cap, n
             ).vector_length
@@ -338,8 +350,17 @@ class Coordinator:
         spec = current.spec
         n = len(current.cohort)
         if current.phase == "train":
-            codec = TrainingUpdateCodec(self.adapter.parameter_count, spec.clip_norm, spec.fractional_bits, spec.weight_cap, n)
-            mean_delta, total_weight = codec.decode_mean(result.sum)
+            epsilon = None
+            if spec.dp is not None:
+                plan = self._dp_plans[(n, spec.threshold)]
+                mean_delta = plan.decode_mean(result.sum, len(survivors))
+                total_weight = float(len(survivors))
+                epsilon = plan.epsilon(current.round, self.task.dp["delta"])
+            else:
+                codec = TrainingUpdateCodec(
+                    self.adapter.parameter_count, spec.clip_norm, spec.fractional_bits, spec.weight_cap, n
+                )
+                mean_delta, total_weight = codec.decode_mean(result.sum)
             new_model = self.strategy.apply(self.model, mean_delta)
             self.store.commit_round(
                 current.round,
@@ -349,23 +370,52 @@ class Coordinator:
                 survivors,
                 n,
                 total_weight,
-                None,
+                epsilon,
                 duration,
             )
             self.model = new_model
             self.completed_round = current.round
-            self.phase = "evaluate" if self.task.evaluate else "train"
+            self.phase = "evaluate" if self.federated_evaluation else "train"
             detail = f"round {current.round} aggregated from {len(survivors)} of {n} nodes"
-            log.info("round %d/%d: model updated from %d of %d nodes in %.2f s", current.round, self.task.rounds, len(survivors), n, duration)
+            log.info(
+                "round %d/%d: model updated from %d of %d nodes in %.2f s%s",
+                current.round,
+                self.task.rounds,
+                len(survivors),
+                n,
+                duration,
+                "" if epsilon is None else f", epsilon spent {epsilon:.3f}",
+            )
+            if self.evaluation_data is not None:
+                X, y = self.evaluation_data
+                metrics = self.adapter.evaluate(new_model, X, y)
+                self.store.record_evaluation(current.round, current.id, metrics.accuracy, metrics.mean_loss, metrics.count, 0)
+                log.info("round %d/%d: accuracy %.4f on the coordinator's evaluation data", current.round, self.task.rounds, metrics.accuracy)
         else:
             totals = EvaluationCodec(n).decode(result.sum)
-            self.store.record_evaluation(current.round, totals.accuracy, totals.mean_loss, totals.count, len(survivors))
+            self.store.record_evaluation(
+                current.round, current.id, totals.accuracy, totals.mean_loss, totals.count, len(survivors)
+            )
             self.phase = "train"
             detail = f"round {current.round} evaluated on {totals.count} samples: accuracy {totals.accuracy:.4f}"
             log.info("round %d/%d: federated accuracy %.4f, loss %.4f over %d samples from %d nodes", current.round, self.task.rounds, totals.accuracy, totals.mean_loss, totals.count, len(survivors))
         for name in current.cohort:
             self.socket.send(name, Envelope(self.task.name, current.id, RoundResult(True, len(survivors), detail)))
         self.current = None
+
+    def _dp_plan(self, n: int, threshold: int) -> SkellamParameters:
+        key = (n, threshold)
+        if key not in self._dp_plans:
+            dp = self.task.dp
+            self._dp_plans[key] = plan_skellam(
+                dp["epsilon"], dp["delta"], self.task.rounds, dp["clip_norm"], self.adapter.parameter_count, n, threshold
+            )
+            plan = self._dp_plans[key]
+            log.info(
+                "DP plan for %d nodes (t=%d): Skellam noise multiplier %.3f, scale 2^%d, epsilon <= %g over %d rounds at delta %g",
+                n, threshold, plan.noise_multiplier, plan.scale_bits, dp["epsilon"], self.task.rounds, dp["delta"],
+            )
+        return self._dp_plans[key]
 
     def _abort(self, reason: str) -> None:
         current = self.current

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -31,7 +32,15 @@ from typing import Protocol
 import numpy as np
 
 from securefed.crypto.identity import SigningKey
-from securefed.errors import InvalidParameter, ProtocolAborted, RemoteProtocolError, SecureFedError
+from securefed.dp.ledger import Budget, PrivacyLedger
+from securefed.dp.mechanism import SkellamParameters
+from securefed.errors import (
+    InvalidParameter,
+    PrivacyBudgetExhausted,
+    ProtocolAborted,
+    RemoteProtocolError,
+    SecureFedError,
+)
 from securefed.federation.messages import Envelope, Hello, Refusal, RoundResult, RoundStart
 from securefed.federation.spec import RoundSpec, parse_spec, round_context
 from securefed.federation.update import EvaluationCodec, TrainingUpdateCodec
@@ -73,6 +82,22 @@ class NodePolicy:
     max_rounds: int = 1000
     max_parameters: int = 50_000_000
     allow_unmasked_benchmark: bool = False
+    max_epsilon: float | None = None
+    max_epsilon_total: float | None = None
+    delta: float = 1e-5
+    min_noise_multiplier: float = 0.0
+
+    @property
+    def requires_dp(self) -> bool:
+        """A site with an epsilon limit takes part only in rounds that add DP noise."""
+        return self.max_epsilon is not None or self.max_epsilon_total is not None
+
+    def budget(self) -> Budget:
+        return Budget(
+            max_epsilon=self.max_epsilon if self.max_epsilon is not None else math.inf,
+            max_epsilon_total=self.max_epsilon_total if self.max_epsilon_total is not None else math.inf,
+            delta=self.delta,
+        )
 
     def client_policy(self) -> ClientPolicy:
         return ClientPolicy(
@@ -126,11 +151,21 @@ class _Refused(Exception):
         self.detail = detail
 
 
+@dataclass(frozen=True)
+class _Charge:
+    parameters: SkellamParameters
+    round: int
+    aggregation: int
+    model_hash: str
+    mechanism: dict
+
+
 @dataclass
 class _Participation:
     aggregation: int
     client: ClientProtocol | None
     spec: RoundSpec
+    charge: _Charge | None = None
     started: float = field(default_factory=time.monotonic)
 
 
@@ -150,6 +185,7 @@ class Node:
         validation_fraction: float = 0.2,
         clock: Callable[[], float] = time.monotonic,
         declared_classes: tuple[int, ...] | None = None,
+        ledger: PrivacyLedger | None = None,
     ) -> None:
         if name not in roster:
             raise InvalidParameter(f"this node ({name}) is missing from its own roster")
@@ -167,6 +203,7 @@ class Node:
         self.clock = clock
         self.dataset = dataset
         self.declared_classes = None if declared_classes is None else tuple(declared_classes)
+        self.ledger = ledger
         self._train_idx, self._val_idx = _split(len(dataset.y), validation_fraction, name)
         self.current: _Participation | None = None
         self._last_hello = float("-inf")
@@ -255,8 +292,13 @@ class Node:
         strangers = [name for name in names if name not in self.roster]
         if strangers:
             raise _Refused("unknown-peer", f"cohort includes nodes not in this site's roster: {strangers[:5]}")
-        if spec.dp is not None:
-            raise _Refused("dp-unsupported", "this node does not support the requested differential privacy settings")
+        if spec.dp is None and policy.requires_dp:
+            raise _Refused(
+                "dp-required",
+                f"this site takes part only with differential privacy (its epsilon limit is {policy.max_epsilon})",
+            )
+        if spec.dp is not None and spec.phase != "train":
+            raise _Refused("dp-mismatch", "differential privacy applies to training rounds only")
         return spec
 
     def _participate(self, aggregation: int, start: RoundStart, spec: RoundSpec) -> None:
@@ -267,33 +309,32 @@ class Node:
             raise _Refused("model-mismatch", f"model has {model.shape[0]} parameters, {spec.model_kind} needs {adapter.parameter_count}")
         if not np.all(np.isfinite(model)):
             raise _Refused("model-mismatch", "the global model contains NaN or infinity")
+        context = round_context(start.spec, start.cohort, model)
+        charge = None
+        if spec.dp is not None:
+            charge = self._check_dp(spec, adapter.parameter_count, n, aggregation, context)
         if spec.phase == "train":
-            codec = TrainingUpdateCodec(adapter.parameter_count, spec.clip_norm, spec.fractional_bits, spec.weight_cap, n)
             X, y = self.dataset.X[self._train_idx], self.dataset.y[self._train_idx]
             trained = adapter.fit_local(
                 model, X, y, epochs=spec.epochs, learning_rate=spec.learning_rate, batch_size=spec.batch_size, seed=None
             )
-            vector = codec.encode(trained - model, len(y), uniform=spec.dp is not None)
+            if charge is not None:
+                vector = charge.parameters.encode(trained - model)
+            else:
+                codec = TrainingUpdateCodec(adapter.parameter_count, spec.clip_norm, spec.fractional_bits, spec.weight_cap, n)
+                vector = codec.encode(trained - model, len(y))
         else:
             X, y = self.dataset.X[self._val_idx], self.dataset.y[self._val_idx]
             metrics = adapter.evaluate(model, X, y)
             vector = EvaluationCodec(n).encode(metrics.correct, metrics.count, metrics.loss_sum)
-        config = RoundConfig(
-            self.task,
-            aggregation,
-            n,
-            spec.threshold,
-            vector.shape[0],
-            round_context(start.spec, start.cohort, model),
-            spec.neighbours,
-        )
+        config = RoundConfig(self.task, aggregation, n, spec.threshold, vector.shape[0], context, spec.neighbours)
         if not spec.masking:
-            self.current = _Participation(aggregation, None, spec)
-            self._send(aggregation, MaskedInput(start.node_id, vector))
+            self.current = _Participation(aggregation, None, spec, charge)
+            self._charge_and_send(MaskedInput(start.node_id, vector))
             return
         roster = {i: self.roster[name] for i, name in start.cohort}
         client = ClientProtocol(config, start.node_id, self.identity, roster, vector, self.policy.client_policy())
-        self.current = _Participation(aggregation, client, spec)
+        self.current = _Participation(aggregation, client, spec, charge)
         try:
             outgoing = client.start()
         except RemoteProtocolError as exc:
@@ -324,7 +365,53 @@ class Node:
             self.current = None
             return
         for reply in outgoing:
-            self._send(aggregation, reply)
+            if isinstance(reply, MaskedInput):
+                self._charge_and_send(reply)
+            else:
+                self._send(aggregation, reply)
+
+    def _check_dp(self, spec: RoundSpec, dimension: int, cohort_size: int, aggregation: int, context: bytes) -> _Charge:
+        """Refuse DP rounds weaker than the site's policy or beyond its budget, before any training."""
+        try:
+            parameters = SkellamParameters.from_spec(spec.dp, dimension, cohort_size)
+        except InvalidParameter as exc:
+            raise _Refused("dp-mismatch", str(exc)) from None
+        if parameters.assumed_survivors != spec.threshold:
+            raise _Refused(
+                "dp-mismatch",
+                f"noise is sized for {parameters.assumed_survivors} survivors but the threshold is {spec.threshold}",
+            )
+        if parameters.noise_multiplier < self.policy.min_noise_multiplier:
+            raise _Refused(
+                "weaker-than-policy",
+                f"noise multiplier {parameters.noise_multiplier:.3f} is below this site's minimum of "
+                f"{self.policy.min_noise_multiplier:g}",
+            )
+        if self.ledger is None:
+            raise _Refused("dp-unsupported", "this node has no privacy ledger configured")
+        try:
+            self.ledger.check(self.task, parameters.release)
+        except PrivacyBudgetExhausted as exc:
+            raise _Refused("budget-exhausted", str(exc)) from None
+        mechanism = {**spec.dp, "noise_multiplier": round(parameters.noise_multiplier, 4)}
+        return _Charge(parameters, spec.round, aggregation, context.hex(), mechanism)
+
+    def _charge_and_send(self, message: MaskedInput) -> None:
+        """Record the privacy cost durably, then release the (masked, noised) input."""
+        current = self.current
+        charge = current.charge if current is not None else None
+        if charge is not None:
+            try:
+                epsilon = self.ledger.charge(
+                    self.task, charge.round, charge.aggregation, charge.parameters.release, charge.mechanism, charge.model_hash
+                )
+            except PrivacyBudgetExhausted as exc:
+                log.warning("aggregation %d: not sending the masked input: %s", charge.aggregation, exc)
+                self._send(charge.aggregation, Refusal("budget-exhausted", str(exc)))
+                self.current = None
+                return
+            log.info("aggregation %d: charged the privacy ledger; epsilon spent on %s is now %.3f", charge.aggregation, self.task, epsilon)
+        self._send(current.aggregation, message)
 
     def _send(self, aggregation: int, body: object) -> None:
         if isinstance(body, Refusal):  # keep refusals within what the wire accepts

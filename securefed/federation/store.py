@@ -189,11 +189,15 @@ class CoordinatorStore:
             # Keep the newest few models; history rows stay forever.
             self._db.execute("DELETE FROM models WHERE round > 0 AND round < ?", (round_number - 4,))
 
-    def record_evaluation(self, round_number: int, accuracy: float, loss: float, samples: int, participants: int) -> None:
-        self._db.execute(
-            "UPDATE rounds SET accuracy = ?, loss = ?, eval_samples = ?, eval_participants = ? WHERE round = ?",
-            (accuracy, loss, samples, participants, round_number),
-        )
+    def record_evaluation(
+        self, round_number: int, aggregation: int, accuracy: float, loss: float, samples: int, participants: int
+    ) -> None:
+        with self._transaction():
+            self._db.execute(
+                "UPDATE rounds SET accuracy = ?, loss = ?, eval_samples = ?, eval_participants = ? WHERE round = ?",
+                (accuracy, loss, samples, participants, round_number),
+            )
+            self._db.execute("UPDATE attempts SET status = 'completed' WHERE aggregation = ?", (aggregation,))
 
     def latest_model(self) -> tuple[int, np.ndarray, dict[str, np.ndarray] | None] | None:
         row = self._db.execute(

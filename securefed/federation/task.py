@@ -69,6 +69,17 @@ class TaskDefinition:
             raise InvalidParameter(f"deadlines need positive seconds for every stage {STAGE_NAMES}")
         if not math.isfinite(self.clip_norm) or self.clip_norm <= 0:
             raise InvalidParameter("clip_norm must be positive")
+        if self.dp is not None:
+            dp = self.dp
+            unknown = set(dp) - {"epsilon", "delta", "clip_norm"}
+            if unknown:
+                raise InvalidParameter(f"[task.dp] has unknown keys {sorted(unknown)}; use epsilon, delta, clip_norm")
+            for key in ("epsilon", "delta", "clip_norm"):
+                value = dp.get(key)
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                    raise InvalidParameter(f"[task.dp] {key} must be a positive number")
+            if dp["delta"] >= 1:
+                raise InvalidParameter("[task.dp] delta must be below 1")
 
     def fingerprint(self) -> str:
         """Identifies the task's definition; ``rounds`` may grow on restart, nothing else may change."""

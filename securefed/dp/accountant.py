@@ -1,0 +1,150 @@
+"""Privacy accounting: epsilon(delta) over the rounds of a task, and calibration from a target.
+
+Gaussian mechanism (with or without Poisson sampling of participants): Google's
+maintained ``dp-accounting`` library, privacy-loss-distribution (PLD, tight)
+or Renyi DP (RDP) accountant.
+
+Skellam mechanism (what securefed's nodes add): its Renyi DP curve from
+Agarwal, Kairouz and Liu, "The Skellam Mechanism for Differentially Private
+Federated Learning" (NeurIPS 2021), Theorem 3.5 / Corollary 3.6. For integer
+order a > 1, integer-valued inputs with L1 and L2 sensitivity D1, D2 (in the
+integer domain) and Skellam noise of variance V per coordinate:
+
+    eps(a) <= a D2^2 / (2V) + min( ((2a - 1) D2^2 + 6 D1) / (4 V^2),  3 D1 / (2V) )
+
+RDP composes by addition over rounds; the conversion to (eps, delta) is
+``dp_accounting.rdp.rdp_privacy_accountant.compute_epsilon`` (the improved
+conversion of Balle et al. 2020 / Canonne et al. 2020). Amplification by
+sampling is not claimed for Skellam: securefed asks every connected node
+in every round (q = 1), the conservative case.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import dp_accounting
+from dp_accounting.pld import pld_privacy_accountant
+from dp_accounting.rdp import rdp_privacy_accountant
+
+from securefed.errors import InvalidParameter
+
+__all__ = [
+    "RDP_ORDERS",
+    "gaussian_epsilon",
+    "calibrate_gaussian",
+    "SkellamRelease",
+    "skellam_rdp",
+    "skellam_epsilon",
+    "calibrate_skellam_variance",
+]
+
+RDP_ORDERS: tuple[int, ...] = tuple(range(2, 129)) + (160, 192, 256, 384, 512, 768, 1024)
+
+
+def _check_delta(delta: float) -> None:
+    if not 0 < delta < 1:
+        raise InvalidParameter(f"delta must be in (0, 1), got {delta}")
+
+
+def gaussian_epsilon(
+    noise_multiplier: float, steps: int, delta: float, sampling_rate: float = 1.0, method: str = "pld"
+) -> float:
+    """epsilon of ``steps`` compositions of the Gaussian mechanism (optionally Poisson-sampled)."""
+    _check_delta(delta)
+    if noise_multiplier <= 0 or steps < 0 or not 0 < sampling_rate <= 1:
+        raise InvalidParameter("need noise_multiplier > 0, steps >= 0 and 0 < sampling_rate <= 1")
+    if steps == 0:
+        return 0.0
+    event: dp_accounting.DpEvent = dp_accounting.GaussianDpEvent(noise_multiplier)
+    if sampling_rate < 1:
+        event = dp_accounting.PoissonSampledDpEvent(sampling_rate, event)
+    event = dp_accounting.SelfComposedDpEvent(event, steps)
+    if method == "pld":
+        accountant = pld_privacy_accountant.PLDAccountant()
+    elif method == "rdp":
+        accountant = rdp_privacy_accountant.RdpAccountant()
+    else:
+        raise InvalidParameter("method must be 'pld' or 'rdp'")
+    accountant.compose(event)
+    return float(accountant.get_epsilon(delta))
+
+
+def calibrate_gaussian(target_epsilon: float, steps: int, delta: float, sampling_rate: float = 1.0, method: str = "pld") -> float:
+    """The smallest noise multiplier (to 0.1%) whose epsilon is at most the target."""
+    if target_epsilon <= 0:
+        raise InvalidParameter("target epsilon must be positive")
+    return _bisect_decreasing(
+        lambda z: gaussian_epsilon(z, steps, delta, sampling_rate, method), target_epsilon, low=0.05, high=500.0
+    )
+
+
+@dataclass(frozen=True)
+class SkellamRelease:
+    """One aggregated release: noise variance and sensitivities, all in the integer domain."""
+
+    variance: float
+    l2_sensitivity: float
+    l1_sensitivity: float
+
+    def __post_init__(self) -> None:
+        if not (self.variance > 0 and self.l2_sensitivity > 0 and self.l1_sensitivity > 0):
+            raise InvalidParameter("variance and sensitivities must be positive")
+
+
+def skellam_rdp(release: SkellamRelease, orders: Sequence[int] = RDP_ORDERS) -> list[float]:
+    """The Renyi-DP curve of one Skellam release at each integer order (Agarwal et al. 2021)."""
+    v, d2, d1 = release.variance, release.l2_sensitivity, release.l1_sensitivity
+    curve = []
+    for a in orders:
+        if type(a) is not int or a < 2:
+            raise InvalidParameter("Skellam RDP orders are integers >= 2")
+        curve.append(a * d2 * d2 / (2 * v) + min(((2 * a - 1) * d2 * d2 + 6 * d1) / (4 * v * v), 3 * d1 / (2 * v)))
+    return curve
+
+
+def skellam_epsilon(releases: Iterable[SkellamRelease], delta: float, orders: Sequence[int] = RDP_ORDERS) -> float:
+    """epsilon(delta) of the composition of the given releases."""
+    _check_delta(delta)
+    total = [0.0] * len(orders)
+    count = 0
+    for release in releases:
+        count += 1
+        for i, value in enumerate(skellam_rdp(release, orders)):
+            total[i] += value
+    if count == 0:
+        return 0.0
+    epsilon, _ = rdp_privacy_accountant.compute_epsilon(list(orders), total, delta)
+    return float(epsilon)
+
+
+def calibrate_skellam_variance(
+    target_epsilon: float, rounds: int, delta: float, l2_sensitivity: float, l1_sensitivity: float
+) -> float:
+    """The smallest total noise variance (to 0.1%) for which ``rounds`` releases stay within the target."""
+    if target_epsilon <= 0 or rounds < 1:
+        raise InvalidParameter("need a positive target epsilon and at least one round")
+
+    def epsilon_for(noise_multiplier: float) -> float:
+        variance = (noise_multiplier * l2_sensitivity) ** 2
+        return skellam_epsilon([SkellamRelease(variance, l2_sensitivity, l1_sensitivity)] * rounds, delta)
+
+    z = _bisect_decreasing(epsilon_for, target_epsilon, low=0.05, high=1000.0)
+    return (z * l2_sensitivity) ** 2
+
+
+def _bisect_decreasing(function, target: float, low: float, high: float) -> float:
+    """The smallest x in [low, high] with function(x) <= target, for decreasing function."""
+    if function(high) > target:
+        raise InvalidParameter(f"epsilon {target} is unreachable even with noise multiplier {high}")
+    if function(low) <= target:
+        return low
+    while high / low > 1.001:
+        middle = math.sqrt(low * high)
+        if function(middle) <= target:
+            high = middle
+        else:
+            low = middle
+    return high

@@ -1,0 +1,165 @@
+"""The node's privacy ledger: a durable record of every DP release it took part in.
+
+One SQLite row per round, written (fsync'd, ``synchronous=FULL``) *before*
+the node's masked input leaves it: a crash after the row commits overstates
+what was spent, never understates it. The epsilon a task has cost is
+recomputed from the rows (Renyi DP adds up over rounds, whatever their
+parameters) at the site's own delta, never taken from the coordinator.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from securefed.dp.accountant import SkellamRelease, skellam_epsilon
+from securefed.errors import InvalidParameter, PrivacyBudgetExhausted
+
+__all__ = ["PrivacyLedger", "LedgerEntry", "Budget"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS charges (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    task TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    aggregation INTEGER NOT NULL,
+    mechanism TEXT NOT NULL,
+    variance REAL NOT NULL,
+    l2_sensitivity REAL NOT NULL,
+    l1_sensitivity REAL NOT NULL,
+    epsilon_task REAL NOT NULL,
+    epsilon_total REAL NOT NULL,
+    delta REAL NOT NULL,
+    model_hash TEXT NOT NULL,
+    at REAL NOT NULL,
+    UNIQUE (task, aggregation)
+);
+"""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The site's limits: epsilon per task and over all tasks, at the site's delta."""
+
+    max_epsilon: float
+    max_epsilon_total: float
+    delta: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if not (self.max_epsilon > 0 and self.max_epsilon_total > 0 and 0 < self.delta < 1):
+            raise InvalidParameter("privacy budget needs positive epsilons and 0 < delta < 1")
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    task: str
+    round: int
+    aggregation: int
+    mechanism: dict
+    epsilon_task: float
+    epsilon_total: float
+    model_hash: str
+    at: float
+
+
+class PrivacyLedger:
+    """Append-only record of charges; refuses any charge that would cross the budget."""
+
+    def __init__(self, path: str | Path, budget: Budget) -> None:
+        self.path = Path(path)
+        self.budget = budget
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise InvalidParameter(
+                f"privacy ledger {self.path} is unreadable ({exc}); do not delete it: restore it from a backup"
+            ) from None
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _releases(self, task: str | None) -> dict[str, list[SkellamRelease]]:
+        query = "SELECT task, variance, l2_sensitivity, l1_sensitivity FROM charges"
+        rows = self._db.execute(query + (" WHERE task = ?" if task else ""), (task,) if task else ()).fetchall()
+        grouped: dict[str, list[SkellamRelease]] = {}
+        for name, variance, l2, l1 in rows:
+            grouped.setdefault(name, []).append(SkellamRelease(variance, l2, l1))
+        return grouped
+
+    def spent(self, task: str) -> float:
+        """epsilon this task has cost so far, at the site's delta."""
+        return skellam_epsilon(self._releases(task).get(task, []), self.budget.delta)
+
+    def spent_total(self) -> float:
+        """Over all tasks (basic composition: the per-task epsilons add up)."""
+        return sum(skellam_epsilon(releases, self.budget.delta) for releases in self._releases(None).values())
+
+    def preview(self, task: str, release: SkellamRelease) -> tuple[float, float]:
+        """(task epsilon, total epsilon) if ``release`` were charged now."""
+        grouped = self._releases(None)
+        own = grouped.pop(task, [])
+        task_epsilon = skellam_epsilon([*own, release], self.budget.delta)
+        others = sum(skellam_epsilon(releases, self.budget.delta) for releases in grouped.values())
+        return task_epsilon, others + task_epsilon
+
+    def check(self, task: str, release: SkellamRelease) -> tuple[float, float]:
+        """Raise :class:`PrivacyBudgetExhausted` if charging ``release`` would cross a limit."""
+        task_epsilon, total = self.preview(task, release)
+        if task_epsilon > self.budget.max_epsilon:
+            raise PrivacyBudgetExhausted(
+                f"taking part would raise this task's epsilon to {task_epsilon:.3f}, above the site's limit of "
+                f"{self.budget.max_epsilon:g} (spent so far: {self.spent(task):.3f})"
+            )
+        if total > self.budget.max_epsilon_total:
+            raise PrivacyBudgetExhausted(
+                f"taking part would raise the site's total epsilon to {total:.3f}, above its limit of "
+                f"{self.budget.max_epsilon_total:g}"
+            )
+        return task_epsilon, total
+
+    def charge(
+        self, task: str, round_number: int, aggregation: int, release: SkellamRelease, mechanism: dict, model_hash: str
+    ) -> float:
+        """Durably record a release before it happens; returns the task's epsilon including it."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            task_epsilon, total = self.check(task, release)
+            self._db.execute(
+                "INSERT INTO charges (task, round, aggregation, mechanism, variance, l2_sensitivity, l1_sensitivity, "
+                "epsilon_task, epsilon_total, delta, model_hash, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    task,
+                    round_number,
+                    aggregation,
+                    json.dumps(mechanism, sort_keys=True),
+                    release.variance,
+                    release.l2_sensitivity,
+                    release.l1_sensitivity,
+                    task_epsilon,
+                    total,
+                    self.budget.delta,
+                    model_hash,
+                    time.time(),
+                ),
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return task_epsilon
+
+    def entries(self, task: str | None = None) -> list[LedgerEntry]:
+        query = (
+            "SELECT task, round, aggregation, mechanism, epsilon_task, epsilon_total, model_hash, at FROM charges"
+            + (" WHERE task = ?" if task else "")
+            + " ORDER BY id"
+        )
+        rows = self._db.execute(query, (task,) if task else ()).fetchall()
+        return [LedgerEntry(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7]) for r in rows]

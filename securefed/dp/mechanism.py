@@ -1,0 +1,188 @@
+"""The distributed Skellam mechanism: what each node adds before masking, and what it costs.
+
+Theory of operation. A node clips its update x to L2 norm C, scales it by
+s = 2^f, rounds it stochastically to integers (unbiased), adds its share of
+Skellam noise (variance V_node per coordinate) and reduces mod 2^32; secure
+aggregation then masks it. The coordinator only ever sees the *sum*, which
+carries Skellam noise of variance (number of survivors) x V_node. Nodes size
+their share for the worst case the protocol allows, exactly t survivors:
+V_node = V_total / t, so any aggregate that completes carries at least the
+calibrated V_total (typical case: all n survive, and the noise is n/t times
+larger than needed).
+
+Sensitivity in the integer domain. Stochastic rounding moves each coordinate
+by less than 1, so the rounded vector has L2 norm at most C s + sqrt(d)
+(the bound we account with; deterministic, no failure probability), and an
+integer vector's L1 norm is at most min(sqrt(d) D2, D2^2).
+
+Wrap-around. The sum must stay inside (-2^31, 2^31) to decode. Per
+coordinate it is at most n (C s + 1) in magnitude plus noise of variance
+n V_node; a Bernstein bound for the noise gives the probability that any of
+the d coordinates wraps, and parameters above ``MAX_WRAP_PROBABILITY`` are
+refused.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from securefed.dp.accountant import SkellamRelease, calibrate_skellam_variance, skellam_epsilon
+from securefed.dp.noise import NoiseSource
+from securefed.encoding import clip_l2
+from securefed.errors import EncodingError, InvalidParameter
+
+__all__ = ["SkellamParameters", "MAX_WRAP_PROBABILITY", "plan_skellam"]
+
+MAX_WRAP_PROBABILITY = 2.0**-40
+_LIMIT = float(1 << 31)
+
+
+@dataclass(frozen=True)
+class SkellamParameters:
+    """Everything a node and the coordinator need to agree on for one DP round."""
+
+    clip_norm: float
+    scale_bits: int
+    node_variance: float
+    assumed_survivors: int
+    dimension: int
+    cohort_size: int
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.clip_norm) and self.clip_norm > 0):
+            raise InvalidParameter("DP clip norm must be positive")
+        if type(self.scale_bits) is not int or not 0 <= self.scale_bits <= 30:
+            raise InvalidParameter("scale_bits must be an integer in 0..30")
+        if not (math.isfinite(self.node_variance) and self.node_variance > 0):
+            raise InvalidParameter("node noise variance must be positive")
+        if type(self.assumed_survivors) is not int or not 1 <= self.assumed_survivors <= self.cohort_size:
+            raise InvalidParameter("assumed survivors must be in 1..cohort size")
+        if self.dimension < 1:
+            raise InvalidParameter("dimension must be positive")
+        probability = self.wrap_probability
+        if probability > MAX_WRAP_PROBABILITY:
+            raise InvalidParameter(
+                f"these DP parameters could wrap the modular sum (probability {probability:.2g} > 2^-40): "
+                "lower the scale, the clip norm or the cohort size"
+            )
+
+    @property
+    def scale(self) -> float:
+        return float(1 << self.scale_bits)
+
+    @property
+    def l2_sensitivity(self) -> float:
+        return self.clip_norm * self.scale + math.sqrt(self.dimension)
+
+    @property
+    def l1_sensitivity(self) -> float:
+        d2 = self.l2_sensitivity
+        return min(math.sqrt(self.dimension) * d2, d2 * d2)
+
+    @property
+    def total_variance(self) -> float:
+        """The noise variance per coordinate in the worst case the round allows (t survivors)."""
+        return self.node_variance * self.assumed_survivors
+
+    @property
+    def noise_multiplier(self) -> float:
+        """Noise standard deviation over L2 sensitivity, in the worst case."""
+        return math.sqrt(self.total_variance) / self.l2_sensitivity
+
+    @property
+    def release(self) -> SkellamRelease:
+        return SkellamRelease(self.total_variance, self.l2_sensitivity, self.l1_sensitivity)
+
+    @property
+    def wrap_probability(self) -> float:
+        n = self.cohort_size
+        room = _LIMIT - 1 - n * (self.clip_norm * self.scale + 1)
+        if room <= 0:
+            return 1.0
+        variance = n * self.node_variance
+        tail = math.exp(-(room * room) / (2 * (variance + room / 3)))
+        return min(1.0, 2 * self.dimension * tail)
+
+    def epsilon(self, rounds: int, delta: float) -> float:
+        return skellam_epsilon([self.release] * rounds, delta)
+
+    # --- the node's side and the coordinator's side --------------------------
+
+    def encode(self, update: np.ndarray, noise: NoiseSource | None = None) -> np.ndarray:
+        """Clip, scale, round stochastically, add this node's noise share, reduce mod 2^32."""
+        vector = np.asarray(update, dtype=np.float64)
+        if vector.shape != (self.dimension,) or not np.all(np.isfinite(vector)):
+            raise EncodingError(f"update must be a finite vector of length {self.dimension}")
+        source = noise if noise is not None else NoiseSource()
+        scaled = clip_l2(vector, self.clip_norm) * self.scale
+        floor = np.floor(scaled)
+        integers = floor.astype(np.int64) + (source.uniform(self.dimension) < (scaled - floor))
+        integers += source.skellam(self.node_variance, self.dimension)
+        return (integers & 0xFFFFFFFF).astype(np.uint32)
+
+    def decode_mean(self, total: np.ndarray, survivors: int) -> np.ndarray:
+        """The noisy mean update from the unmasked sum of ``survivors`` encodings."""
+        array = np.asarray(total)
+        if array.dtype != np.uint32 or array.shape != (self.dimension,) or survivors < 1:
+            raise EncodingError("sum has the wrong shape or no survivors")
+        return array.view(np.int32).astype(np.float64) / self.scale / survivors
+
+    # --- the round spec -------------------------------------------------------
+
+    def to_spec(self, delta: float, target_epsilon: float, planned_rounds: int) -> dict[str, Any]:
+        return {
+            "mechanism": "skellam",
+            "clip_norm": self.clip_norm,
+            "scale_bits": self.scale_bits,
+            "node_variance": self.node_variance,
+            "assumed_survivors": self.assumed_survivors,
+            "delta": delta,
+            "target_epsilon": target_epsilon,
+            "planned_rounds": planned_rounds,
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict, dimension: int, cohort_size: int) -> SkellamParameters:
+        if spec.get("mechanism") != "skellam":
+            raise InvalidParameter(f"unsupported DP mechanism {spec.get('mechanism')!r}")
+        try:
+            return cls(
+                clip_norm=float(spec["clip_norm"]),
+                scale_bits=spec["scale_bits"],
+                node_variance=float(spec["node_variance"]),
+                assumed_survivors=spec["assumed_survivors"],
+                dimension=dimension,
+                cohort_size=cohort_size,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidParameter(f"malformed DP parameters: {exc}") from None
+
+
+def plan_skellam(
+    target_epsilon: float,
+    delta: float,
+    rounds: int,
+    clip_norm: float,
+    dimension: int,
+    cohort_size: int,
+    threshold: int,
+) -> SkellamParameters:
+    """The coordinator's plan: the finest scale that cannot wrap, with noise calibrated to the target.
+
+    The total variance is calibrated so that ``rounds`` releases cost at most
+    ``target_epsilon`` at ``delta``; each node adds 1/threshold of it.
+    """
+    last_error: InvalidParameter | None = None
+    for bits in range(24, 0, -1):
+        d2 = clip_norm * (1 << bits) + math.sqrt(dimension)
+        d1 = min(math.sqrt(dimension) * d2, d2 * d2)
+        total = calibrate_skellam_variance(target_epsilon, rounds, delta, d2, d1)
+        try:
+            return SkellamParameters(clip_norm, bits, total / threshold, threshold, dimension, cohort_size)
+        except InvalidParameter as exc:
+            last_error = exc
+    raise InvalidParameter(f"no safe DP scale for this cohort: {last_error}")

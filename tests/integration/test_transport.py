@@ -1,0 +1,227 @@
+"""The transport under attack: unknown CURVE keys, plain sockets, and floods of malformed frames.
+
+Raw pyzmq sockets play the intruders. A socket monitor shows what happened to
+each handshake (so "got nothing back" is backed by "the handshake was refused",
+not just by a quiet socket), the coordinator's ``status.json`` shows its
+``refused_connections`` and ``dropped_messages`` counters, and the real task
+is run to completion afterwards to show that nothing was damaged.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import time
+
+import pytest
+import zmq
+
+from securefed.crypto.identity import SigningKey
+from securefed.federation.messages import Envelope, Hello, Refusal
+from securefed.wire.codec import decode, encode, max_message_size
+from securefed.wire.keys import CurveKeyPair
+from tests.integration import malformed
+
+pytestmark = pytest.mark.integration
+
+HANDSHAKE_FAILED = {
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH,
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+}
+OVERSIZED = max_message_size() + 1  # one byte above the sockets' zmq.MAXMSGSIZE
+
+
+def _fresh_member() -> tuple[CurveKeyPair, SigningKey]:
+    return CurveKeyPair.generate(), SigningKey.generate()
+
+
+def _run_to_completion(federation, rounds: int) -> list[dict]:
+    assert federation.wait_coordinator_exit(timeout=90) == 0, federation.diagnostics()
+    history = federation.rounds()
+    assert [row["round"] for row in history] == list(range(1, rounds + 1)), federation.diagnostics()
+    return history
+
+
+@pytest.mark.integration
+def test_unknown_curve_key_and_plain_socket_are_refused(launch, zmq_context) -> None:
+    spare_keys, spare_identity = _fresh_member()
+    federation = launch(n_nodes=3, rounds=2, extra_nodes={"spare": (spare_keys, spare_identity)})
+    federation.start_coordinator()
+    status = federation.wait_bound()
+    assert status["refused_connections"] == 0, status
+    server_key = federation.coordinator_keys.public
+    hello = encode(Envelope(federation.task["name"], 0, Hello("site-1")))  # claims to be a real node
+
+    # Control: the same raw client with an allow-listed key completes the CURVE handshake.
+    control = zmq_context(zmq.DEALER).curve_client(spare_keys, server_key)
+    control.socket.connect(federation.endpoint)
+    assert control.wait_event({zmq.EVENT_HANDSHAKE_SUCCEEDED, *HANDSHAKE_FAILED}, 10) == (
+        zmq.EVENT_HANDSHAKE_SUCCEEDED, 0
+    ), control.events  # fmt: skip
+    control.close()  # it says nothing, so the coordinator never counts it as a node
+
+    # A key that is not in the allow-list: ZAP refuses it (status 400), nothing it sends arrives.
+    intruder_keys = CurveKeyPair.generate()
+    intruder = zmq_context(zmq.DEALER).curve_client(intruder_keys, server_key)
+    intruder.socket.connect(federation.endpoint)
+    intruder.socket.send_multipart(hello)
+    event = intruder.wait_event({zmq.EVENT_HANDSHAKE_SUCCEEDED, *HANDSHAKE_FAILED}, 10)
+    assert event == (zmq.EVENT_HANDSHAKE_FAILED_AUTH, 400), intruder.events
+    assert intruder.receive_all(1.0) == []
+    assert zmq.EVENT_HANDSHAKE_SUCCEEDED not in [e for e, _ in intruder.events]
+    refused = federation.wait_until(
+        lambda: (s := federation.status()) and s["refused_connections"] >= 1 and s, 10, "refused_connections to count it"
+    )
+    log = federation.log("coordinator")
+    assert "refused a connection from an unknown CURVE key" in log
+    assert intruder_keys.public.decode() in log  # the operator can see which key knocked
+    intruder.close()
+
+    # A plain (NULL mechanism) socket: the mechanism mismatch fails the handshake; nothing arrives.
+    plain = zmq_context(zmq.DEALER)
+    plain.socket.connect(federation.endpoint)
+    plain.socket.send_multipart(hello)
+    event = plain.wait_event({zmq.EVENT_HANDSHAKE_SUCCEEDED, *HANDSHAKE_FAILED}, 10)
+    assert event is not None and event[0] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, plain.events
+    assert plain.receive_all(1.0) == []
+    plain.close()
+
+    # And raw bytes on a TCP connection: no ZMTP greeting at all.
+    host, port = federation.endpoint.removeprefix("tcp://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as raw:
+        raw.sendall(random.Random(4).randbytes(65536))
+        time.sleep(0.2)
+
+    assert federation.alive("coordinator"), federation.diagnostics()
+    after = federation.wait_until(lambda: (s := federation.status()) and s["updated_at"] > refused["updated_at"] and s, 5, "a fresh status")
+    assert after["connected_nodes"] == [], after  # no intruder (nor the silent control) counts as a node
+    assert after["dropped_messages"].get("unauthenticated", 0) == 0, after  # nothing got past the handshake
+
+    federation.start_nodes()
+    history = _run_to_completion(federation, rounds=2)
+    for row in history:
+        assert sorted(row["survivors"]) == federation.names, row
+
+
+@pytest.mark.integration
+def test_malformed_flood_does_not_hurt_the_coordinator(launch, zmq_context) -> None:
+    """Hundreds of malformed messages and an over-MAXMSGSIZE frame from an authorised key."""
+    mole_keys, mole_identity = _fresh_member()  # an allow-listed member whose key was stolen
+    federation = launch(n_nodes=3, rounds=2, extra_nodes={"mole": (mole_keys, mole_identity)})
+    federation.start_coordinator()
+    federation.wait_bound()
+    flood = malformed.to_coordinator(seed=1, task=federation.task["name"])
+    expected = malformed.expected_counts(flood)
+    assert len(flood) >= 300
+
+    mole = zmq_context(zmq.DEALER).curve_client(mole_keys, federation.coordinator_keys.public)
+    mole.socket.connect(federation.endpoint)
+    assert mole.wait_event({zmq.EVENT_HANDSHAKE_SUCCEEDED, *HANDSHAKE_FAILED}, 10) == (zmq.EVENT_HANDSHAKE_SUCCEEDED, 0)
+    started = time.monotonic()
+    for frames, _ in flood:
+        mole.socket.send_multipart(frames)
+    # Valid messages for another task: decoded, then rejected by the coordinator (counted, not a crash).
+    for _ in range(20):
+        mole.socket.send_multipart(encode(Envelope("another-task", 0, Hello("mole"))))
+    expected["wrong-task"] += 20
+
+    def counted() -> dict | None:
+        status = federation.status()
+        dropped = (status or {}).get("dropped_messages", {})
+        return status if all(dropped.get(reason, 0) >= n for reason, n in expected.items()) else None
+
+    status = federation.wait_until(counted, 20, f"status.json dropped_messages to reach {dict(expected)}")
+    assert federation.alive("coordinator")
+
+    # A frame above zmq.MAXMSGSIZE: libzmq cuts the connection before reading it; the peer may reconnect.
+    mole.socket.send(bytes(OVERSIZED), copy=False)
+    assert mole.wait_event({zmq.EVENT_DISCONNECTED}, 20) is not None, mole.events
+    assert mole.wait_event({zmq.EVENT_HANDSHAKE_SUCCEEDED}, 20) is not None, mole.events
+    before = federation.status()["dropped_messages"].get("bad-version", 0)
+    for _ in range(5):
+        mole.socket.send_multipart([b"SF0", b"Hello", b"{}"])
+    federation.wait_until(
+        lambda: federation.status()["dropped_messages"].get("bad-version", 0) >= before + 5, 10, "the reconnected mole's messages"
+    )
+    elapsed = time.monotonic() - started
+    assert elapsed < 30, f"the flood took {elapsed:.1f} s"
+    mole.close()
+    assert federation.alive("coordinator"), federation.diagnostics()
+    assert status["connected_nodes"] == [], status  # no garbage made the mole a participant
+    assert "dropped a message" in federation.log("coordinator")
+
+    federation.start_nodes()
+    history = _run_to_completion(federation, rounds=2)
+    for row in history:
+        assert sorted(row["survivors"]) == federation.names, row  # the mole never joined a cohort
+
+
+@pytest.mark.integration
+def test_malformed_flood_does_not_hurt_a_node(launch, zmq_context) -> None:
+    """A fake coordinator (the real coordinator's keys, before it starts) floods a node, which then trains."""
+    federation = launch(n_nodes=3, rounds=2)
+    task = federation.task["name"]
+    victim = federation.names[0]
+    fake = zmq_context(zmq.ROUTER).curve_server(federation.coordinator_keys)
+    fake.socket.bind(federation.endpoint)
+    federation.start_node(victim)
+
+    def greeting() -> list[bytes] | None:
+        for frames in fake.receive_all(0.2):
+            envelope = decode(frames[1:])
+            if isinstance(envelope.body, Hello):
+                assert envelope.body.node == victim
+                return frames
+        return None
+
+    route = federation.wait_until(greeting, 30, f"a Hello from {victim}")[0]
+    flood = malformed.to_node(seed=2, task=task, node=victim)
+    expected = malformed.expected_counts(flood)
+    for frames, _ in flood:
+        fake.socket.send_multipart([route, *frames])
+    # Messages that decode but that a node must refuse or ignore, never crash on.
+    from securefed.federation.messages import RoundResult, RoundStart  # noqa: PLC0415 - local to this case
+    from securefed.secagg.messages import ConsistencyRequest, KeyList, UnmaskRequest  # noqa: PLC0415
+
+    import numpy as np  # noqa: PLC0415
+
+    hostile_starts = [
+        {},  # no spec at all
+        {"model": {"kind": "mlp"}},
+        {"task": task, "round": 1, "phase": "train", "model": {"kind": "sgd_logistic", "options": {}, "n_features": 3,
+         "classes": [0, 1]}, "training": {"epochs": 1, "learning_rate": 0.1, "batch_size": 8},
+         "encoding": {"clip_norm": 1.0, "fractional_bits": 16, "weight_cap": 100}, "secagg": {"threshold": 1,
+         "neighbours": None, "masking": True}, "dp": None},  # features do not match the local data
+    ]  # fmt: skip
+    for spec in hostile_starts * 3:  # aggregation 0 can never be claimed, so nothing is joined
+        fake.socket.send_multipart([route, *encode(Envelope(task, 0, RoundStart(1, ((1, victim),), spec, np.zeros(3))))])
+    for body in (KeyList(()), ConsistencyRequest((1, 2)), UnmaskRequest((1,), (), ()), RoundResult(True, 3, "x")) * 3:
+        fake.socket.send_multipart([route, *encode(Envelope(task, 99, body))])
+    fake.socket.send_multipart([route, *encode(Envelope("another-task", 0, RoundStart(1, ((1, victim),), {}, np.zeros(3))))])
+
+    def refusals_and_counts() -> bool:
+        log = federation.log(victim)
+        return all(log.count(f"dropped a message from the coordinator ({reason})") >= n for reason, n in expected.items())
+
+    federation.wait_until(refusals_and_counts, 30, f"{victim} to log drops {dict(expected)}")
+    replies = [decode(frames[1:]) for frames in fake.receive_all(2.0)]
+    refusals = [envelope.body for envelope in replies if isinstance(envelope.body, Refusal)]
+    assert len(refusals) == len(hostile_starts) * 3, replies  # every hostile RoundStart answered with a refusal
+    assert {refusal.reason for refusal in refusals} == {"bad-spec", "feature-mismatch"}, refusals
+    assert federation.alive(victim), federation.diagnostics()
+
+    # Above zmq.MAXMSGSIZE: the node's socket drops the connection and comes back by itself.
+    fake.socket.send_multipart([route, bytes(OVERSIZED)], copy=False)
+    fake.drain_events()
+    assert fake.wait_event({zmq.EVENT_DISCONNECTED}, 20) is not None, fake.events
+    federation.wait_until(greeting, 20, f"{victim} to reconnect and greet again")
+    assert federation.alive(victim), federation.diagnostics()
+    fake.close()
+
+    # The flooded node still takes part in real training with the real coordinator.
+    federation.start_coordinator()
+    federation.start_nodes(federation.names[1:])
+    history = _run_to_completion(federation, rounds=2)
+    for row in history:
+        assert sorted(row["survivors"]) == federation.names, row
