@@ -25,6 +25,7 @@ class CoordinatorConfig:
     nodes: tuple[NodeEntry, ...]
     evaluation_data: Path | None = None
     evaluation_label_column: str = "label"
+    transcript_file: Path | None = None
 
     @property
     def store_path(self) -> Path:
@@ -104,6 +105,9 @@ def load_coordinator_config(path: str | Path) -> CoordinatorConfig:
             else None
         ),
         evaluation_label_column=field(task_table, "task", "evaluation_label_column", str, "label"),
+        transcript_file=(
+            resolve_path(base, field(main, "coordinator", "transcript_file", str)) if "transcript_file" in main else None
+        ),
     )
 
 

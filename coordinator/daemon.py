@@ -16,6 +16,7 @@ from securefed.federation.store import CoordinatorStore
 from securefed.learning.data import load_local_dataset
 from securefed.logging_setup import configure_logging
 from securefed.wire.keys import CurveKeyPair
+from securefed.wire.transcript import TranscriptWriter
 from securefed.wire.transport import CoordinatorSocket
 
 __all__ = ["run_coordinator", "STATUS_FILE"]
@@ -58,7 +59,8 @@ def run_coordinator(config_path: str | Path, stop: threading.Event | None = None
     config.state_dir.mkdir(parents=True, exist_ok=True)
     store = CoordinatorStore(config.store_path)
     allowed = {node.curve_public_key: node.name for node in config.nodes}
-    socket = CoordinatorSocket(config.listen, keys, allowed)
+    transcript = TranscriptWriter(config.transcript_file) if config.transcript_file is not None else None
+    socket = CoordinatorSocket(config.listen, keys, allowed, transcript=transcript)
     stop = stop or threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -41,6 +41,10 @@ class NodeConfig:
     def ledger_path(self) -> Path:
         return self.state_dir / "ledger.sqlite"
 
+    @property
+    def audit_path(self) -> Path:
+        return self.state_dir / "audit.log"
+
 
 def load_node_config(path: str | Path) -> NodeConfig:
     file = Path(path).resolve()

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from node.config import load_node_config
 from securefed.crypto.identity import SigningKey
+from securefed.audit.log import AuditLog, verify_log
 from securefed.dp.ledger import PrivacyLedger
+from securefed.errors import InvalidParameter
 from securefed.federation.node import Node, NodeState
 from securefed.learning.data import load_local_dataset
 from securefed.logging_setup import configure_logging
@@ -31,6 +33,15 @@ def run_node(config_path: str | Path, stop: threading.Event | None = None) -> in
     )
     state = NodeState(config.state_path)
     ledger = PrivacyLedger(config.ledger_path, config.policy.budget())
+    report = verify_log(config.audit_path, identity.public_bytes, state.audit_head())
+    if not report.ok:
+        state.close()
+        ledger.close()
+        raise InvalidParameter(
+            f"the audit log {config.audit_path} fails verification ({report.problems[0]}); "
+            "keep it for your auditor, move it away, and start again"
+        )
+    audit_log = AuditLog(config.audit_path, identity, on_append=state.set_audit_head)
     socket = NodeSocket(config.coordinator, keys, config.coordinator_curve_public_key)
     stop = stop or threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -48,6 +59,7 @@ def run_node(config_path: str | Path, stop: threading.Event | None = None) -> in
             config.validation_fraction,
             declared_classes=config.classes,
             ledger=ledger,
+            audit_log=audit_log,
         )
         if config.policy.requires_dp:
             log.info(
@@ -105,3 +117,40 @@ def print_ledger(config_path: str | Path) -> int:
     finally:
         ledger.close()
     return 0
+
+
+def print_audit(config_path: str | Path) -> int:
+    """``securefed node audit``: verify the site's audit log and summarise it. Exit 1 if tampered."""
+    import time as _time
+
+    config = load_node_config(config_path)
+    identity = SigningKey.load(config.identity_key_file)
+    head = None
+    if config.state_path.exists():
+        state = NodeState(config.state_path)
+        try:
+            head = state.audit_head()
+        finally:
+            state.close()
+    report = verify_log(config.audit_path, identity.public_bytes, head)
+    print(f"audit log of {config.name}: {config.audit_path}")
+    print("seq  time                 task / round / aggregation        outcome                 signed U3  revealed b/s  epsilon")
+    for entry in report.entries:
+        receipt = entry.receipt
+        when = _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(entry.time))
+        where = f"{receipt.get('task', '?')} / {receipt.get('round', '-')} / {receipt.get('aggregation', '-')}"
+        survivors = receipt.get("signed_survivors")
+        revealed = f"{len(receipt.get('revealed_b_shares_of', []))}/{len(receipt.get('revealed_s_shares_of', []))}"
+        epsilon = receipt.get("epsilon_task_after")
+        print(
+            f"{entry.seq:>3}  {when}  {where[:32]:<32}  {receipt.get('outcome', '?')[:22]:<22}  "
+            f"{len(survivors) if survivors is not None else '-':>9}  {revealed:>12}  {epsilon if epsilon is not None else '-'}"
+        )
+    if report.ok:
+        print(f"\nverified: {len(report.entries)} entries, hash chain intact, every signature by this node's identity key"
+              + (", end matches the node's recorded head" if head is not None else ""))
+        return 0
+    print("\nTAMPERING DETECTED:")
+    for problem in report.problems:
+        print(f"  - {problem}")
+    return 1

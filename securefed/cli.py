@@ -63,6 +63,10 @@ def _cmd_node(args: argparse.Namespace) -> int:
         from node.daemon import print_ledger
 
         return print_ledger(args.config)
+    if args.action == "audit":
+        from node.daemon import print_audit
+
+        return print_audit(args.config)
     from node.daemon import run_node
 
     return run_node(args.config)
@@ -140,7 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     coordinator.set_defaults(func=_cmd_coordinator)
 
     node = sub.add_parser("node", help="run a node daemon, or inspect its privacy ledger")
-    node.add_argument("action", nargs="?", choices=("run", "ledger"), default="run", help="run (default) or ledger")
+    node.add_argument(
+        "action",
+        nargs="?",
+        choices=("run", "ledger", "audit"),
+        default="run",
+        help="run (default), ledger (privacy budget spent), or audit (verify the site's audit log)",
+    )
     node.add_argument("--config", required=True, help="node TOML config")
     node.set_defaults(func=_cmd_node)
 

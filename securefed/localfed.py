@@ -69,6 +69,10 @@ class LocalFederation:
         return self.root / "coordinator" / "state" / "coordinator.sqlite"
 
     @property
+    def transcript_path(self) -> Path:
+        return self.root / "coordinator" / "transcript.bin"
+
+    @property
     def status_path(self) -> Path:
         return self.root / "coordinator" / "state" / "status.json"
 
@@ -83,6 +87,7 @@ class LocalFederation:
         policy: dict | None = None,
         port: int | None = None,
         extra_nodes: dict[str, tuple[CurveKeyPair, SigningKey]] | None = None,
+        transcript: bool = False,
     ) -> LocalFederation:
         """Write keys, data, and configs. ``task`` holds the [task] table (name, model, rounds, ...)."""
         root = Path(root)
@@ -104,17 +109,20 @@ class LocalFederation:
             save_csv(folder / "data.csv", X, y, feature_names, "label")
         members = dict(node_keys)
         members.update(extra_nodes or {})
-        federation._write_coordinator_config(coordinator_keys, members, task, deadlines or {})
+        federation._write_coordinator_config(coordinator_keys, members, task, deadlines or {}, transcript)
         for name in names:
             federation._write_node_config(name, coordinator_keys, members, task, policy or {})
         return federation
 
-    def _write_coordinator_config(self, keys: CurveKeyPair, members: dict, task: dict, deadlines: dict) -> None:
+    def _write_coordinator_config(
+        self, keys: CurveKeyPair, members: dict, task: dict, deadlines: dict, transcript: bool
+    ) -> None:
         lines = [
             "[coordinator]",
             f"listen = {toml_value(self.endpoint)}",
             'state_dir = "state"',
             'curve_secret_key_file = "curve.key"',
+            *(['transcript_file = "transcript.bin"'] if transcript else []),
             "",
             "[task]",
             *(f"{key} = {toml_value(value)}" for key, value in task.items() if key != "dp"),

@@ -31,6 +31,7 @@ from typing import Protocol
 
 import numpy as np
 
+from securefed.audit.log import AuditLog
 from securefed.crypto.identity import SigningKey
 from securefed.dp.ledger import Budget, PrivacyLedger
 from securefed.dp.mechanism import SkellamParameters
@@ -119,6 +120,9 @@ class NodeState:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("CREATE TABLE IF NOT EXISTS joined (task TEXT PRIMARY KEY, aggregation INTEGER NOT NULL)")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS audit_head (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER, hash TEXT)"
+            )
         except sqlite3.DatabaseError as exc:
             raise InvalidParameter(f"node state {self.path} is unreadable ({exc}); move it away to start afresh") from None
 
@@ -139,6 +143,13 @@ class NodeState:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+
+    def audit_head(self) -> tuple[int, str] | None:
+        row = self._db.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+        return None if row is None else (int(row[0]), str(row[1]))
+
+    def set_audit_head(self, seq: int, digest: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO audit_head (id, seq, hash) VALUES (1, ?, ?)", (seq, digest))
 
     def close(self) -> None:
         self._db.close()
@@ -166,6 +177,10 @@ class _Participation:
     client: ClientProtocol | None
     spec: RoundSpec
     charge: _Charge | None = None
+    context: str = ""
+    cohort_size: int = 0
+    sent_input: bool = False
+    epsilon: float | None = None
     started: float = field(default_factory=time.monotonic)
 
 
@@ -186,6 +201,7 @@ class Node:
         clock: Callable[[], float] = time.monotonic,
         declared_classes: tuple[int, ...] | None = None,
         ledger: PrivacyLedger | None = None,
+        audit_log: AuditLog | None = None,
     ) -> None:
         if name not in roster:
             raise InvalidParameter(f"this node ({name}) is missing from its own roster")
@@ -204,6 +220,7 @@ class Node:
         self.dataset = dataset
         self.declared_classes = None if declared_classes is None else tuple(declared_classes)
         self.ledger = ledger
+        self.audit_log = audit_log
         self._train_idx, self._val_idx = _split(len(dataset.y), validation_fraction, name)
         self.current: _Participation | None = None
         self._last_hello = float("-inf")
@@ -236,28 +253,34 @@ class Node:
         elif isinstance(body, _SERVER_MESSAGES):
             self._on_protocol_message(envelope.aggregation, body)
         elif isinstance(body, RoundResult):
+            log.info("aggregation %d: %s", envelope.aggregation, body.detail)
+            self.completed += 1
             if self.current is not None and self.current.aggregation == envelope.aggregation:
-                log.info("aggregation %d: %s", envelope.aggregation, body.detail)
-                self.completed += 1
-                self.current = None
+                self._finish("completed", body.detail)
         else:
             log.warning("ignored an unexpected %s from the coordinator", type(body).__name__)
 
     def _on_round_start(self, aggregation: int, start: RoundStart) -> None:
+        if self.current is not None:
+            self._finish("abandoned", "a new round started before this one ended")
         try:
             spec = self._check_round(aggregation, start)
             if not self.state.claim(self.task, aggregation):
                 raise _Refused("replay", f"aggregation {aggregation} is not newer than one already joined")
             self._participate(aggregation, start, spec)
         except _Refused as refusal:
-            self.refused += 1
-            log.warning("refused aggregation %d: %s (%s)", aggregation, refusal.reason, refusal.detail)
-            self._send(aggregation, Refusal(refusal.reason, refusal.detail))
+            self._refuse(aggregation, refusal.reason, refusal.detail)
         except SecureFedError as exc:
-            self.refused += 1
-            reason = getattr(exc, "reason", type(exc).__name__)
-            log.warning("refused aggregation %d: %s (%s)", aggregation, reason, exc)
-            self._send(aggregation, Refusal(str(reason), str(exc)))
+            self._refuse(aggregation, str(getattr(exc, "reason", type(exc).__name__)), str(exc))
+
+    def _refuse(self, aggregation: int, reason: str, detail: str) -> None:
+        self.refused += 1
+        log.warning("refused aggregation %d: %s (%s)", aggregation, reason, detail)
+        self._send(aggregation, Refusal(reason, detail))
+        if self.current is not None and self.current.aggregation == aggregation:
+            self._finish("refused", f"{reason}: {detail}")
+        else:
+            self._record({"task": self.task, "aggregation": aggregation, "outcome": "refused", "detail": f"{reason}: {detail}"[:500]})
 
     def _check_round(self, aggregation: int, start: RoundStart) -> RoundSpec:
         spec = parse_spec(start.spec)
@@ -329,12 +352,12 @@ class Node:
             vector = EvaluationCodec(n).encode(metrics.correct, metrics.count, metrics.loss_sum)
         config = RoundConfig(self.task, aggregation, n, spec.threshold, vector.shape[0], context, spec.neighbours)
         if not spec.masking:
-            self.current = _Participation(aggregation, None, spec, charge)
+            self.current = _Participation(aggregation, None, spec, charge, context.hex(), n)
             self._charge_and_send(MaskedInput(start.node_id, vector))
             return
         roster = {i: self.roster[name] for i, name in start.cohort}
         client = ClientProtocol(config, start.node_id, self.identity, roster, vector, self.policy.client_policy())
-        self.current = _Participation(aggregation, client, spec, charge)
+        self.current = _Participation(aggregation, client, spec, charge, context.hex(), n)
         try:
             outgoing = client.start()
         except RemoteProtocolError as exc:
@@ -353,22 +376,26 @@ class Node:
             reason = getattr(exc, "reason", None) or getattr(exc, "stage", None) or type(exc).__name__
             log.warning("aggregation %d: stopped taking part (%s): %s", aggregation, reason, exc)
             self._send(aggregation, Refusal(str(reason), str(exc)))
-            self.current = None
+            self._finish("aborted", f"{reason}: {exc}")
             return
         except SecureFedError as exc:  # InvalidShare: a signature or ciphertext failed to verify
             log.warning("aggregation %d: stopped taking part (authentication failure): %s", aggregation, exc)
             self._send(aggregation, Refusal("authentication-failure", "a signature or share did not verify"))
-            self.current = None
+            self._finish("aborted", "authentication-failure: a signature or share did not verify")
             return
         if isinstance(message, RoundAborted):
             log.info("aggregation %d aborted by the coordinator (%s)", aggregation, message.reason)
-            self.current = None
+            self._finish("aborted-by-coordinator", message.reason)
             return
         for reply in outgoing:
             if isinstance(reply, MaskedInput):
                 self._charge_and_send(reply)
+                if self.current is None:  # the ledger refused at the last moment
+                    return
             else:
                 self._send(aggregation, reply)
+        if current.client.state.value == "done":
+            self._finish("completed", "unmasking shares sent")
 
     def _check_dp(self, spec: RoundSpec, dimension: int, cohort_size: int, aggregation: int, context: bytes) -> _Charge:
         """Refuse DP rounds weaker than the site's policy or beyond its budget, before any training."""
@@ -408,10 +435,46 @@ class Node:
             except PrivacyBudgetExhausted as exc:
                 log.warning("aggregation %d: not sending the masked input: %s", charge.aggregation, exc)
                 self._send(charge.aggregation, Refusal("budget-exhausted", str(exc)))
-                self.current = None
+                self._finish("refused", f"budget-exhausted: {exc}")
                 return
+            current.epsilon = epsilon
             log.info("aggregation %d: charged the privacy ledger; epsilon spent on %s is now %.3f", charge.aggregation, self.task, epsilon)
+        current.sent_input = True
         self._send(current.aggregation, message)
+
+    def _finish(self, outcome: str, detail: str) -> None:
+        """End the current participation and write its receipt to the site's audit log."""
+        current, self.current = self.current, None
+        if current is None:
+            return
+        client = current.client
+        revealed = client.revealed if client is not None else {}
+        survivors = client.signed_survivors if client is not None else None
+        self._record(
+            {
+                "task": self.task,
+                "round": current.spec.round,
+                "phase": current.spec.phase,
+                "aggregation": current.aggregation,
+                "model_hash": current.context,
+                "cohort_size": current.cohort_size,
+                "threshold": current.spec.threshold,
+                "neighbours": current.spec.neighbours,
+                "masking": current.spec.masking,
+                "sent_masked_input": current.sent_input,
+                "signed_survivors": list(survivors) if survivors is not None else None,
+                "revealed_b_shares_of": sorted(peer for peer, kind in revealed.items() if kind == "b"),
+                "revealed_s_shares_of": sorted(peer for peer, kind in revealed.items() if kind == "s"),
+                "dp": current.charge.mechanism if current.charge is not None else None,
+                "epsilon_task_after": current.epsilon,
+                "outcome": outcome,
+                "detail": detail[:500],
+            }
+        )
+
+    def _record(self, receipt: dict) -> None:
+        if self.audit_log is not None:
+            self.audit_log.append(receipt)
 
     def _send(self, aggregation: int, body: object) -> None:
         if isinstance(body, Refusal):  # keep refusals within what the wire accepts

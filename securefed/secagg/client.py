@@ -204,6 +204,11 @@ class ClientProtocol:
     def aborted(self) -> bool:
         return self.state is ClientState.ABORTED
 
+    @property
+    def signed_survivors(self) -> tuple[int, ...] | None:
+        """The survivor set (U3) this node signed in the consistency stage, if it got that far."""
+        return self._signed_survivors
+
     # --- stage handlers -----------------------------------------------------
 
     def _on_key_list(self, message: KeyList) -> list[ClientMessage]:

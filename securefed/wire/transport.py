@@ -25,6 +25,7 @@ from securefed.errors import RemoteProtocolError
 from securefed.federation.messages import Envelope
 from securefed.wire.codec import DEFAULT_LIMITS, Limits, decode, encode, max_message_size
 from securefed.wire.keys import CurveKeyPair
+from securefed.wire.transcript import TranscriptWriter
 
 __all__ = ["CoordinatorSocket", "NodeSocket"]
 
@@ -69,10 +70,12 @@ class CoordinatorSocket:
         allowed_nodes: Mapping[bytes, str],
         limits: Limits = DEFAULT_LIMITS,
         context: zmq.Context | None = None,
+        transcript: TranscriptWriter | None = None,
     ) -> None:
         self._context = context or zmq.Context()
         self._owns_context = context is None
         self._limits = limits
+        self._transcript = transcript
         self.allow_list = _AllowList(allowed_nodes)
         self._auth = _NamingAuthenticator(self._context, self.allow_list)
         self._auth.start()
@@ -109,11 +112,14 @@ class CoordinatorSocket:
             if not name:
                 self._count("unauthenticated", "message without an authenticated key")
                 continue
+            payload = [frame.bytes for frame in frames[1:]]
             try:
-                envelope = decode([frame.bytes for frame in frames[1:]], self._limits)
+                envelope = decode(payload, self._limits)
             except RemoteProtocolError as exc:
                 self._count(exc.reason, f"from {name}: {exc}")
                 continue
+            if self._transcript is not None:
+                self._transcript.write("received", name, payload)
             self._routes[name] = route
             received.append((name, envelope))
 
@@ -122,11 +128,14 @@ class CoordinatorSocket:
         route = self._routes.get(node)
         if route is None:
             return False
+        frames = encode(envelope)
         try:
-            self._socket.send_multipart([route, *encode(envelope)], zmq.NOBLOCK)
+            self._socket.send_multipart([route, *frames], zmq.NOBLOCK)
         except zmq.ZMQError as exc:  # queue full or peer gone: the protocol treats it as a dropout
             log.warning("could not send %s to %s: %s", type(envelope.body).__name__, node, exc)
             return False
+        if self._transcript is not None:
+            self._transcript.write("sent", node, frames)
         return True
 
     def _count(self, reason: str, detail: str) -> None:
@@ -136,6 +145,8 @@ class CoordinatorSocket:
     def close(self) -> None:
         self._socket.close(linger=0)
         self._auth.stop()
+        if self._transcript is not None:
+            self._transcript.close()
         if self._owns_context:
             self._context.term()
 

@@ -269,7 +269,7 @@ class Federation:
 
 @pytest.fixture
 def launch(tmp_path: Path, digits: Digits) -> Iterator[Callable[..., Federation]]:
-    """Factory: ``launch(n_nodes, rounds, min_nodes=..., extra_nodes=..., **task)`` -> Federation (not started)."""
+    """Factory: ``launch(n_nodes, rounds, min_nodes=..., extra_nodes=..., sizes=..., **task)`` -> Federation (not started)."""
     made: list[Federation] = []
 
     def make(
@@ -280,11 +280,18 @@ def launch(tmp_path: Path, digits: Digits) -> Iterator[Callable[..., Federation]
         extra_nodes: dict[str, tuple[CurveKeyPair, SigningKey]] | None = None,
         policy: dict | None = None,
         seed: int = 0,
+        sizes: tuple[int, ...] | None = None,
         **task_overrides: Any,
     ) -> Federation:
         split = digits.split
         names = [f"site-{i + 1}" for i in range(n_nodes)]
-        parts = partition("iid", split.X_train, split.y_train, n_nodes, seed)
+        if sizes is None:
+            parts = partition("iid", split.X_train, split.y_train, n_nodes, seed)
+        else:  # unequal shares of the training data (so FedAvg's weights differ)
+            assert len(sizes) == n_nodes and sum(sizes) <= len(split.y_train)
+            order = np.random.default_rng(seed).permutation(len(split.y_train))
+            cuts = np.cumsum((0, *sizes))
+            parts = [order[cuts[i] : cuts[i + 1]] for i in range(n_nodes)]
         node_data = {name: (split.X_train[idx], split.y_train[idx]) for name, idx in zip(names, parts)}
         task = task_table(f"it-{len(made)}", digits, rounds, n_nodes if min_nodes is None else min_nodes, **task_overrides)
         root = tmp_path / f"federation-{len(made)}"

@@ -83,8 +83,10 @@ def test_unknown_curve_key_and_plain_socket_are_refused(launch, zmq_context) -> 
     plain.socket.connect(federation.endpoint)
     plain.socket.send_multipart(hello)
     event = plain.wait_event({zmq.EVENT_HANDSHAKE_SUCCEEDED, *HANDSHAKE_FAILED}, 10)
-    assert event is not None and event[0] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, plain.events
+    assert event is not None and event[0] in HANDSHAKE_FAILED, plain.events  # EPIPE or mechanism mismatch
     assert plain.receive_all(1.0) == []
+    plain.drain_events()
+    assert zmq.EVENT_HANDSHAKE_SUCCEEDED not in [e for e, _ in plain.events], plain.events
     plain.close()
 
     # And raw bytes on a TCP connection: no ZMTP greeting at all.
@@ -211,12 +213,6 @@ def test_malformed_flood_does_not_hurt_a_node(launch, zmq_context) -> None:
     assert {refusal.reason for refusal in refusals} == {"bad-spec", "feature-mismatch"}, refusals
     assert federation.alive(victim), federation.diagnostics()
 
-    # Above zmq.MAXMSGSIZE: the node's socket drops the connection and comes back by itself.
-    fake.socket.send_multipart([route, bytes(OVERSIZED)], copy=False)
-    fake.drain_events()
-    assert fake.wait_event({zmq.EVENT_DISCONNECTED}, 20) is not None, fake.events
-    federation.wait_until(greeting, 20, f"{victim} to reconnect and greet again")
-    assert federation.alive(victim), federation.diagnostics()
     fake.close()
 
     # The flooded node still takes part in real training with the real coordinator.
@@ -225,3 +221,49 @@ def test_malformed_flood_does_not_hurt_a_node(launch, zmq_context) -> None:
     history = _run_to_completion(federation, rounds=2)
     for row in history:
         assert sorted(row["survivors"]) == federation.names, row
+
+
+@pytest.mark.integration
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: securefed.wire.transport.NodeSocket never reconnects after libzmq ends its session on a "
+    "protocol error (here a frame above MAXMSGSIZE): every later send fails with EAGAIN, the node is cut off "
+    "for good while its process keeps running",
+)
+def test_node_reconnects_after_an_oversized_frame(launch, zmq_context) -> None:
+    """A frame above zmq.MAXMSGSIZE makes the node's socket drop the connection; it must come back by itself.
+
+    libzmq treats an oversized frame (like a CURVE authentication failure or a
+    malformed ZMTP frame, which an on-path attacker can forge without any key)
+    as a protocol error and terminates the connecting session instead of
+    scheduling a reconnect, so ``RECONNECT_IVL`` never applies.
+    """
+    federation = launch(n_nodes=3, rounds=1)
+    victim = federation.names[0]
+    fake = zmq_context(zmq.ROUTER).curve_server(federation.coordinator_keys)
+    fake.socket.bind(federation.endpoint)
+    federation.start_node(victim)
+
+    def greeting() -> list[bytes] | None:
+        for frames in fake.receive_all(0.2):
+            if isinstance(decode(frames[1:]).body, Hello):
+                return frames
+        return None
+
+    route = federation.wait_until(greeting, 30, f"a Hello from {victim}")[0]
+    fake.drain_events()
+    fake.socket.send_multipart([route, bytes(OVERSIZED)], copy=False)
+    assert fake.wait_event({zmq.EVENT_DISCONNECTED}, 20) is not None, fake.events  # the node's socket dropped it
+    fake.receive_all(0.5)  # whatever arrived over the old connection
+    assert federation.alive(victim), federation.diagnostics()
+    # The node greets every second and reconnects within RECONNECT_IVL_MAX (2 s): 10 s is ample.
+    # A new connection gets a new routing id, so a Hello from another route is a fresh one.
+    deadline = time.monotonic() + 10
+    greeted = None
+    while greeted is None and time.monotonic() < deadline:
+        frames = greeting()
+        greeted = frames if frames is not None and frames[0] != route else None
+    assert greeted is not None, (
+        f"{victim} never reconnected after the oversized frame:\n" + "\n".join(federation.log(victim).splitlines()[-5:])
+    )
+    assert federation.alive(victim)
