@@ -200,10 +200,11 @@ class Coordinator:
             self._reject(node, "wrong-task", f"message for task {envelope.task!r}")
             return
         body = envelope.body
+        if isinstance(body, Hello) and body.node != node:
+            self._reject(node, "name-mismatch", f"hello claims to be {body.node!r}")
+            return
         self.presence[node] = self.clock()
         if isinstance(body, Hello):
-            if body.node != node:
-                self._reject(node, "name-mismatch", f"hello claims to be {body.node!r}")
             return
         current = self.current
         if current is None or envelope.aggregation != current.id or node not in current.ids:

@@ -15,6 +15,7 @@ dropped with a logged reason and counted, and the caller never sees it.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Mapping
 
@@ -32,6 +33,7 @@ __all__ = ["CoordinatorSocket", "NodeSocket"]
 log = logging.getLogger(__name__)
 
 _HEARTBEAT_MS = 1000
+_RECONNECT_AFTER = 3.0
 
 
 class _AllowList:
@@ -176,6 +178,10 @@ class NodeSocket:
         self._socket.setsockopt(zmq.HEARTBEAT_IVL, _HEARTBEAT_MS)
         self._socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5 * _HEARTBEAT_MS)
         self._socket.connect(endpoint)
+        self._endpoint = endpoint
+        self._failing_since: float | None = None
+        self._last_reconnect = time.monotonic()
+        self.reconnects = 0
         self.dropped = Counter()
 
     def poll(self, timeout_ms: int) -> list[Envelope]:
@@ -198,8 +204,29 @@ class NodeSocket:
             self._socket.send_multipart(encode(envelope), zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             log.warning("could not send %s: %s", type(envelope.body).__name__, exc)
+            self._maybe_reconnect()
             return False
+        self._failing_since = None
         return True
+
+    def _maybe_reconnect(self) -> None:
+        """libzmq gives up on a connection after a protocol error (e.g. an oversized or forged
+        frame) and never reconnects by itself; sends then fail with EAGAIN. After a few seconds of
+        that, start the connection afresh (at most every ``_RECONNECT_AFTER`` seconds)."""
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+            return
+        if now - self._failing_since < _RECONNECT_AFTER or now - self._last_reconnect < _RECONNECT_AFTER:
+            return
+        log.warning("no working connection to %s for %.0f s; reconnecting", self._endpoint, now - self._failing_since)
+        try:
+            self._socket.disconnect(self._endpoint)
+        except zmq.ZMQError:
+            pass
+        self._socket.connect(self._endpoint)
+        self._last_reconnect = now
+        self.reconnects += 1
 
     def close(self) -> None:
         self._socket.close(linger=0)

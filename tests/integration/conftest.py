@@ -158,6 +158,13 @@ class Federation:
         for name in names or self.names:
             self.start_node(name)
 
+    def start_nodes_ready(self, names: list[str] | None = None, timeout: float = 60.0) -> None:
+        """Start nodes and wait until each has loaded its data and opened its socket (it then keeps retrying)."""
+        names = names or self.names
+        self.start_nodes(names)
+        for name in names:
+            self.wait_log(name, r"local samples with \d+ features; connecting to", timeout)
+
     def alive(self, name: str) -> bool:
         process = self.processes.get(name)
         return process is not None and process.poll() is None
@@ -190,20 +197,24 @@ class Federation:
         timeout: float,
         what: str,
         interval: float = 0.05,
-        coordinator_must_live: bool = True,
+        must_live: tuple[str, ...] = ("coordinator",),
     ) -> T:
-        """Poll ``probe`` until it returns something truthy; fail after ``timeout`` seconds."""
+        """Poll ``probe`` until it returns something truthy; fail after ``timeout`` seconds.
+
+        Fails at once if a started process named in ``must_live`` exits first.
+        """
         deadline = time.monotonic() + timeout
         while True:
             value = probe()
             if value:
                 return value
-            coordinator = self.processes.get("coordinator")
-            if coordinator_must_live and coordinator is not None and coordinator.poll() is not None:
-                value = probe()  # it may have finished just now
-                if value:
-                    return value
-                pytest.fail(f"coordinator exited ({coordinator.returncode}) while waiting for {what}\n{self.diagnostics()}")
+            for name in must_live:
+                process = self.processes.get(name)
+                if process is not None and process.poll() is not None:
+                    value = probe()  # it may have finished just now
+                    if value:
+                        return value
+                    pytest.fail(f"{name} exited ({process.returncode}) while waiting for {what}\n{self.diagnostics()}")
             if time.monotonic() >= deadline:
                 pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{self.diagnostics()}")
             time.sleep(interval)
@@ -222,7 +233,11 @@ class Federation:
     def wait_log(self, name: str, pattern: str, timeout: float, after: int = 0) -> re.Match:
         compiled = re.compile(pattern)
         return self.wait_until(
-            lambda: compiled.search(self.log(name), after), timeout, f"{pattern!r} in {name}.log", interval=0.02
+            lambda: compiled.search(self.log(name), after),
+            timeout,
+            f"{pattern!r} in {name}.log",
+            interval=0.02,
+            must_live=("coordinator", name),
         )
 
     # --- reading state ------------------------------------------------------------

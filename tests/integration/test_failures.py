@@ -29,8 +29,8 @@ def test_node_killed_mid_round_round_completes_without_it(launch) -> None:
     """4 nodes, threshold 3 of 4: one node SIGKILLed while training; its round and the later ones go on."""
     rounds_total = 4
     federation = launch(n_nodes=4, rounds=rounds_total, min_nodes=3, **SLOW_MLP)
+    federation.start_nodes_ready()  # all four are retrying their connection when the coordinator binds
     federation.start_coordinator()
-    federation.start_nodes()
 
     # The first training round from round 2 on whose cohort is all four nodes (round 1 may start
     # with three if the fourth node is slower to come up).
