@@ -77,6 +77,9 @@ class PrivacyLedger:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            verdict = self._db.execute("PRAGMA quick_check").fetchone()[0]
+            if verdict != "ok":
+                raise sqlite3.DatabaseError(verdict)
         except sqlite3.DatabaseError as exc:
             raise InvalidParameter(
                 f"privacy ledger {self.path} is unreadable ({exc}); do not delete it: restore it from a backup"
@@ -87,7 +90,10 @@ class PrivacyLedger:
 
     def _releases(self, task: str | None) -> dict[str, list[SkellamRelease]]:
         query = "SELECT task, variance, l2_sensitivity, l1_sensitivity FROM charges"
-        rows = self._db.execute(query + (" WHERE task = ?" if task else ""), (task,) if task else ()).fetchall()
+        try:
+            rows = self._db.execute(query + (" WHERE task = ?" if task else ""), (task,) if task else ()).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise InvalidParameter(f"privacy ledger {self.path} is damaged ({exc}); restore it from a backup") from None
         grouped: dict[str, list[SkellamRelease]] = {}
         for name, variance, l2, l1 in rows:
             grouped.setdefault(name, []).append(SkellamRelease(variance, l2, l1))

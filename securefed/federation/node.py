@@ -315,6 +315,18 @@ class Node:
         strangers = [name for name in names if name not in self.roster]
         if strangers:
             raise _Refused("unknown-peer", f"cohort includes nodes not in this site's roster: {strangers[:5]}")
+        # The site's secure-aggregation minimums, checked before any training (the client protocol
+        # checks them again before it advertises a key).
+        try:
+            proposed = RoundConfig(
+                self.task, aggregation, len(cohort), spec.threshold, 1, bytes(32), spec.neighbours
+            )
+        except InvalidParameter as exc:
+            raise _Refused("bad-parameters", str(exc)) from None
+        try:
+            self.policy.client_policy().check(proposed)
+        except RemoteProtocolError as exc:
+            raise _Refused(exc.reason, str(exc)) from None
         if spec.dp is None and policy.requires_dp:
             raise _Refused(
                 "dp-required",

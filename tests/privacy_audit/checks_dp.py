@@ -37,16 +37,24 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 from scipy import stats
 
+from securefed.crypto.identity import SigningKey
 from securefed.dp import accountant, mechanism
 from securefed.dp.accountant import SkellamRelease
 from securefed.dp.ledger import Budget, PrivacyLedger
 from securefed.dp.mechanism import SkellamParameters
 from securefed.dp.noise import NoiseSource
 from securefed.errors import PrivacyBudgetExhausted
+from securefed.federation.messages import Envelope, Refusal, RoundStart
+from securefed.federation.node import Node, NodePolicy, NodeState
+from securefed.federation.spec import RoundSpec
+from securefed.learning.data import LocalDataset
+from securefed.learning.models import make_adapter
+from securefed.secagg.messages import MaskedInput
 
 __all__ = [
     "CheckResult",
@@ -75,9 +83,13 @@ __all__ = [
     "reference_skellam_epsilon",
     "check_skellam_accountant",
     "check_budget_refusal",
+    "check_node_budget_refusal",
     "clopper_pearson",
     "EmpiricalAudit",
+    "modular_sum",
     "run_empirical_audit",
+    "ROUNDING_MODES",
+    "CLIPPING_CONFIGS",
 ]
 
 # Check names: what the report shows, and what a canary names as ``caught_by``.
@@ -161,7 +173,7 @@ def contribution_within_bounds(
     bound_l1 = Fraction(charged.l1_sensitivity)
     ok = l2_squared <= bound_l2 * bound_l2 and l1 <= bound_l1
     ratio = math.sqrt(l2_squared) / float(bound_l2)
-    detail = f"L2 {math.sqrt(l2_squared):.6g} vs bound {float(bound_l2):.6g}, L1 {l1} vs bound {float(bound_l1):.6g}"
+    detail = f"L2 {math.sqrt(l2_squared):.10g} vs bound {float(bound_l2):.10g}, L1 {l1} vs bound {float(bound_l1):.10g}"
     return ok, ratio, detail
 
 
@@ -190,7 +202,7 @@ def adversarial_updates(dimension: int, clip_norm: float, scale: float, seed: in
     cases.append(("aligned, fractional parts 1e-3", np.full(d, (step + 1e-3) / scale)))
     cases.append(("aligned, fractional parts 0.5", np.full(d, (max(step - 1, 0) + 0.5) / scale)))
     for factor in (0.5, 0.999999, 1.000001, 2.0, 1e6):
-        cases.append((f"random direction, norm {factor:g} x clip", direction * clip_norm * factor))
+        cases.append((f"random direction, norm {factor!r} x clip", direction * clip_norm * factor))
     for exponent in range(-300, 301, 25):
         cases.append((f"gaussian x 1e{exponent}", rng.standard_normal(d) * 10.0**exponent))
     for index in range(20):
@@ -231,7 +243,7 @@ def check_clipping(configs: Iterable[tuple[float, int, int, int]] = CLIPPING_CON
                 worst = max(worst, ratio)
                 if not ok:
                     failures.append(f"C={clip_norm:g} f={bits} d={dimension} {label} ({mode}): {detail}")
-    return _result(CLIPPING, promise, failures, f"{count} contributions checked exactly; largest L2 / bound = {worst:.6f}")
+    return _result(CLIPPING, promise, failures, f"{count} contributions checked exactly; largest L2 / bound = {worst:.8f}")
 
 
 # --- (b) the aggregate noise: Skellam with variance (survivors x node variance) ------------------
@@ -270,8 +282,13 @@ def skellam_goodness_of_fit(values: np.ndarray, variance: float, min_expected: f
     high = int(support[len(support) - 1 - np.argmax((sf * n >= min_expected)[::-1])])
     inner = np.arange(low + 1, high)
     expected = np.concatenate([[reference.cdf(low)], reference.pmf(inner), [reference.sf(high - 1)]]) * n
+    middle = values[(values > low) & (values < high)] - (low + 1)
     observed = np.concatenate(
-        [[np.count_nonzero(values <= low)], np.bincount(values[(values > low) & (values < high)] - (low + 1), minlength=inner.size)[: inner.size], [np.count_nonzero(values >= high)]]
+        [
+            [np.count_nonzero(values <= low)],
+            np.bincount(middle, minlength=inner.size)[: inner.size],
+            [np.count_nonzero(values >= high)],
+        ]
     )
     statistic = float(np.sum((observed - expected) ** 2 / expected))
     dof = expected.size - 1
@@ -357,7 +374,7 @@ def check_noise_calibration(
         worst_case = t * plan.node_variance  # what the coordinator sees when exactly t nodes survive
         needed = _reference_minimum_variance(target, delta, rounds, d2, d1)
         epsilon = reference_skellam_epsilon([SkellamRelease(worst_case, d2, d1)] * rounds, delta)
-        label = f"eps={target:g} x{rounds} d={dimension} n={n} t={t}"
+        label = f"eps={target:g} x{rounds} C={clip_norm:g} d={dimension} n={n} t={t}"
         parts.append(f"{label}: t x node var / needed = {worst_case / needed:.4f}, eps at t survivors {epsilon:.4f}")
         if epsilon > target * (1 + 1e-9) or worst_case < needed * (1 - 1e-6):
             failures.append(f"{label}: t survivors carry variance {worst_case:.6g} < needed {needed:.6g} (eps {epsilon:.4f} > {target:g})")
@@ -428,7 +445,12 @@ REFERENCE_ORDERS: tuple[int, ...] = tuple(range(2, 4097))
 
 
 def reference_skellam_epsilon(releases: Sequence[SkellamRelease], delta: float, orders: Sequence[int] = REFERENCE_ORDERS) -> float:
-    totals = [sum(reference_skellam_rdp(a, r.variance, r.l2_sensitivity, r.l1_sensitivity) for r in releases) for a in orders]
+    """epsilon(delta) of the composition: RDP adds up over releases (identical releases counted once)."""
+    counts: dict[tuple[float, float, float], int] = {}
+    for r in releases:
+        key = (r.variance, r.l2_sensitivity, r.l1_sensitivity)
+        counts[key] = counts.get(key, 0) + 1
+    totals = [sum(k * reference_skellam_rdp(a, *key) for key, k in counts.items()) for a in orders]
     return reference_rdp_to_epsilon(orders, totals, delta)
 
 
@@ -520,7 +542,7 @@ def check_budget_refusal(directory: Path, max_epsilon: float = 1.0, delta: float
         if len(reopened.entries()) != charged or not math.isclose(reopened.spent("task"), spent):
             failures.append("after a restart the ledger does not show the same charges")
         try:
-            reopened.charge("task", charged + 1, charged + 1, release, {"mechanism": "skellam"}, "model")
+            reopened.charge("task", charged + 2, charged + 2, release, {"mechanism": "skellam"}, "model")
             failures.append("after a restart the ledger accepted a charge beyond the limit")
         except PrivacyBudgetExhausted:
             pass
@@ -528,6 +550,109 @@ def check_budget_refusal(directory: Path, max_epsilon: float = 1.0, delta: float
         reopened.close()
     summary = f"{charged} releases of eps {accountant.skellam_epsilon([release], delta):.3f} charged (task eps {spent:.3f}); refusal: {message!r}"
     return _result(BUDGET_REFUSAL, promise, failures, summary)
+
+
+class _RecordingSocket:
+    def __init__(self) -> None:
+        self.inbox: list[Any] = []
+        self.sent: list[Any] = []
+
+    def poll(self, timeout_ms: int) -> list[Any]:
+        messages, self.inbox = self.inbox, []
+        return messages
+
+    def send(self, envelope: Any) -> bool:
+        self.sent.append(envelope)
+        return True
+
+
+def check_node_budget_refusal(directory: Path, max_epsilon: float = 1.0, delta: float = 1e-5) -> CheckResult:
+    """Drive a real :class:`Node` whose ledger is (nearly) spent with a DP ``RoundStart``.
+
+    (1) spent: the node must refuse with reason ``budget-exhausted`` before it
+    trains (``fit_local`` is made to explode) and send no protocol message;
+    (2) the budget runs out between the round's start and the masked input
+    (another round of the task charged meanwhile): the node must withhold the
+    masked input. (2) calls the node's ``_charge_and_send`` directly, which is
+    what its client protocol's ``MaskedInput`` goes through.
+    """
+    promise = (
+        "a node whose ledger cannot pay for a DP round refuses it (reason budget-exhausted) before training, "
+        "and withholds its masked input if the budget ran out after the round started"
+    )
+    failures: list[str] = []
+    directory = Path(directory)
+    policy = NodePolicy(max_epsilon=max_epsilon, delta=delta)
+    rng = np.random.default_rng(3)
+    dataset = LocalDataset(rng.standard_normal((40, 3)), rng.integers(0, 2, 40).astype(np.int64), None)
+    adapter = make_adapter("sgd_logistic", 3, (0, 1))
+    plan = mechanism.plan_skellam(0.45 * max_epsilon, delta, 1, 1.0, adapter.parameter_count, 3, 2)
+    identities = {name: SigningKey.generate() for name in ("site-a", "site-b", "site-c")}
+    roster = {name: key.public_bytes for name, key in identities.items()}
+    cohort = ((1, "site-a"), (2, "site-b"), (3, "site-c"))
+
+    def round_start(number: int) -> RoundStart:
+        spec = RoundSpec(
+            "task", number, "train", "sgd_logistic", {}, 3, (0, 1), 1, 0.1, 8, 1.0, 16, 1000, 2, None, True,
+            plan.to_spec(delta, 0.45 * max_epsilon, 1),
+        )
+        return RoundStart(1, cohort, spec.to_json(), np.zeros(adapter.parameter_count))
+
+    def replies(socket: _RecordingSocket, aggregation: int) -> list[Any]:
+        return [e.body for e in socket.sent if e.aggregation == aggregation]
+
+    ledger = PrivacyLedger(directory / "node-ledger.sqlite", policy.budget())
+    other = PrivacyLedger(directory / "node-ledger.sqlite", policy.budget())  # "another round of the task"
+    state = NodeState(directory / "node-state.sqlite")
+    socket = _RecordingSocket()
+    node = Node("site-a", "task", socket, identities["site-a"], roster, dataset, state, policy, ledger=ledger)
+    try:
+        # (2) room for exactly one more release: the round starts; meanwhile another charge spends it
+        charged = 0
+        while accountant.skellam_epsilon([plan.release] * (charged + 2), delta) <= max_epsilon:
+            charged += 1
+            ledger.charge("task", 100 + charged, 100 + charged, plan.release, {"mechanism": "skellam"}, "earlier")
+        socket.inbox.append(Envelope("task", 1000, round_start(1)))
+        node.step(0)
+        started = replies(socket, 1000)
+        if any(isinstance(body, Refusal) for body in started) or node.current is None:
+            failures.append(f"with budget left the node did not start the round: {started!r}")
+        else:
+            other.charge("task", 999, 999, plan.release, {"mechanism": "skellam"}, "concurrent")
+            before = len(socket.sent)
+            node._charge_and_send(MaskedInput(1, np.zeros(adapter.parameter_count, dtype=np.uint32)))
+            sent = [e.body for e in socket.sent[before:]]
+            if any(isinstance(body, MaskedInput) for body in sent):
+                failures.append("the node sent its masked input although the budget had run out")
+            if not any(isinstance(body, Refusal) and body.reason == "budget-exhausted" for body in sent):
+                failures.append(f"the node did not tell the coordinator its budget ran out: {sent!r}")
+        # (1) the budget is now spent: a new round must be refused before any training
+        spent_rows = len(ledger.entries())
+        with mock.patch.object(type(adapter), "fit_local", side_effect=RuntimeError("the node trained")):
+            socket.inbox.append(Envelope("task", 1001, round_start(2)))
+            try:
+                node.step(0)
+            except RuntimeError as exc:
+                failures.append(f"the node trained on a round its budget cannot pay for ({exc})")
+        answer = replies(socket, 1001)
+        refusals = [body for body in answer if isinstance(body, Refusal)]
+        if not refusals or refusals[0].reason != "budget-exhausted" or len(answer) != 1:
+            failures.append(f"a round beyond the budget was answered with {answer!r}")
+        elif "limit" not in refusals[0].detail:
+            failures.append(f"the refusal does not say the limit would be crossed: {refusals[0].detail!r}")
+        if len(ledger.entries()) != spent_rows:
+            failures.append("the refused round was charged to the ledger")
+        spent = ledger.spent("task")
+        if spent > max_epsilon:
+            failures.append(f"the ledger shows eps {spent:.3f} above the limit {max_epsilon:g}")
+    finally:
+        ledger.close()
+        other.close()
+        state.close()
+    detail = f"round eps {accountant.skellam_epsilon([plan.release], delta):.3f}, limit {max_epsilon:g}; " + (
+        f"refusal: {refusals[0].detail!r}" if refusals else "no refusal"
+    )
+    return _result(NODE_BUDGET_REFUSAL, promise, failures, detail)
 
 
 # --- the empirical audit: a two-run distinguishing test on the aggregate ---------------------------
@@ -551,23 +676,26 @@ def _epsilon_bound(positives: int, in_trials: int, false_positives: int, out_tri
 
 @dataclass(frozen=True)
 class EmpiricalAudit:
+    """The outcome of one two-run audit. TPR/FPR are of the test "canary in when score > threshold"."""
+
     label: str
     epsilon_lower: float
     epsilon_claimed: float
     threshold: float
-    direction: str
+    form: str
     tpr: float
     fpr: float
-    tpr_low: float
-    fpr_high: float
+    numerator_low: float
+    denominator_high: float
     trials: int
 
     @property
     def detail(self) -> str:
         return (
-            f"{self.trials} test trials per world, threshold {self.threshold:.4g} ({self.direction}): "
-            f"TPR {self.tpr:.4f} (>= {self.tpr_low:.4f}), FPR {self.fpr:.4f} (<= {self.fpr_high:.4f}); "
-            f"eps >= {self.epsilon_lower:.3f} with 95% confidence, claimed {self.epsilon_claimed:.3f}"
+            f"{self.trials} test trials per world, threshold {self.threshold:.4g}, bound {self.form}: "
+            f"TPR {self.tpr:.4f}, FPR {self.fpr:.4f}, numerator >= {self.numerator_low:.4f}, "
+            f"denominator <= {self.denominator_high:.4g}; eps >= {self.epsilon_lower:.3f} (95% confidence), "
+            f"claimed {self.epsilon_claimed:.3f}"
         )
 
 
@@ -579,7 +707,9 @@ def _scores(
     trials: int,
     sources: Sequence[NoiseSource],
     aggregate: Callable[[list[np.ndarray]], np.ndarray],
+    score: str,
 ) -> np.ndarray:
+    known = np.sum(honest, axis=0) if honest else np.zeros(params.dimension)
     scores = np.empty(trials)
     for trial in range(trials):
         inputs = [params.encode(update, sources[i]) for i, update in enumerate(honest)]
@@ -587,7 +717,11 @@ def _scores(
             inputs.append(params.encode(canary, sources[len(honest)]))
         total = aggregate(inputs)
         decoded_sum = params.decode_mean(total, len(inputs)) * len(inputs)
-        scores[trial] = float(decoded_sum @ direction)
+        if score == "projection":
+            scores[trial] = float(decoded_sum @ direction)
+        else:  # "energy": how much noise (and signal) is left once the known updates are taken out
+            residual = decoded_sum - known
+            scores[trial] = float(residual @ residual)
     return scores
 
 
@@ -611,6 +745,7 @@ def run_empirical_audit(
     seed: int = 1,
     confidence: float = 0.95,
     aggregate: Callable[[list[np.ndarray]], np.ndarray] = modular_sum,
+    score: str = "projection",
 ) -> EmpiricalAudit:
     """Distinguish D from D' (one node's update zeroed or the node absent) by the aggregate's projection.
 
@@ -620,8 +755,8 @@ def run_empirical_audit(
     ``survivors - 1`` honest nodes and D' adds the canary node (its noise too).
     The honest nodes' updates are fixed and known to the attacker, as DP assumes.
     """
-    if adjacency not in ("zero-out", "add-remove"):
-        raise ValueError("adjacency is 'zero-out' or 'add-remove'")
+    if adjacency not in ("zero-out", "add-remove") or score not in ("projection", "energy"):
+        raise ValueError("adjacency is 'zero-out' or 'add-remove'; score is 'projection' or 'energy'")
     rng = np.random.default_rng(seed)
     d, clip_norm = params.dimension, params.clip_norm
     direction = rng.standard_normal(d)
@@ -635,42 +770,40 @@ def run_empirical_audit(
     absent = np.zeros(d) if adjacency == "zero-out" else None
 
     def world(trials: int, with_canary: bool) -> np.ndarray:
-        return _scores(params, honest, canary if with_canary else absent, direction, trials, sources, aggregate)
+        return _scores(params, honest, canary if with_canary else absent, direction, trials, sources, aggregate, score)
 
     alpha = (1 - confidence) / 2  # two one-sided bounds, Bonferroni: both hold with >= confidence
-    # calibration: choose the threshold and the direction of the test on separate trials
+
+    def bounds(above_in: int, above_out: int, trials: int) -> dict[str, tuple[float, float, float]]:
+        # TPR <= e^eps FPR + delta, and the symmetric (1 - FPR) <= e^eps (1 - TPR) + delta
+        return {
+            "log((TPR-delta)/FPR)": _epsilon_bound(above_in, trials, above_out, trials, delta, alpha),
+            "log((1-FPR-delta)/(1-TPR))": _epsilon_bound(trials - above_out, trials, trials - above_in, trials, delta, alpha),
+        }
+
+    # calibration: the threshold and the form of the bound are chosen on separate trials
     cal_out, cal_in = world(calibration_trials, False), world(calibration_trials, True)
     pooled = np.concatenate([cal_out, cal_in])
-    best = (-1.0, float(np.median(pooled)), "high")
+    best = (-1.0, float(np.median(pooled)), "log((TPR-delta)/FPR)")
     for tau in np.unique(np.quantile(pooled, np.linspace(0.0005, 0.9995, 1999))):
-        above_in, above_out = int(np.sum(cal_in > tau)), int(np.sum(cal_out > tau))
-        high = _epsilon_bound(above_in, calibration_trials, above_out, calibration_trials, delta, alpha)[0]
-        low = _epsilon_bound(calibration_trials - above_out, calibration_trials, calibration_trials - above_in, calibration_trials, delta, alpha)[0]
-        for value, kind in ((high, "high"), (low, "low")):
+        found = bounds(int(np.sum(cal_in > tau)), int(np.sum(cal_out > tau)), calibration_trials)
+        for form, (value, _, _) in found.items():
             if value > best[0]:
-                best = (value, float(tau), kind)
-    _, tau, kind = best
-    # the test: fresh trials, one threshold, one direction
+                best = (value, float(tau), form)
+    _, tau, form = best
+    # the test: fresh trials, one threshold, one form of the bound
     out_scores, in_scores = world(test_trials, False), world(test_trials, True)
     above_in, above_out = int(np.sum(in_scores > tau)), int(np.sum(out_scores > tau))
-    if kind == "high":  # guess "canary in" when the score is above tau
-        positives, false_positives = above_in, above_out
-        bound, tpr_low, fpr_high = _epsilon_bound(above_in, test_trials, above_out, test_trials, delta, alpha)
-    else:  # guess "canary in" when the score is at most tau: (1 - FPR) <= e^eps (1 - TPR) + delta
-        positives, false_positives = test_trials - above_in, test_trials - above_out
-        bound, tpr_low, fpr_high = _epsilon_bound(
-            test_trials - above_out, test_trials, test_trials - above_in, test_trials, delta, alpha
-        )
-    claimed = params.epsilon(1, delta)
+    bound, numerator_low, denominator_high = bounds(above_in, above_out, test_trials)[form]
     return EmpiricalAudit(
         label,
         bound,
-        claimed,
+        params.epsilon(1, delta),
         tau,
-        f"canary guessed when score {'>' if kind == 'high' else '<='} threshold",
-        positives / test_trials,
-        false_positives / test_trials,
-        tpr_low,
-        fpr_high,
+        form,
+        above_in / test_trials,
+        above_out / test_trials,
+        numerator_low,
+        denominator_high,
         test_trials,
     )

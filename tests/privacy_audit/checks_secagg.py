@@ -11,10 +11,10 @@ with a power control in its test (the same function on plaintext must fail).
 Statistics. All tests run at the 1e-6 level per p-value (``ALPHA``):
 
 * uniformity of a uint32 vector mod 2^32: Pearson chi-square on each of the 4 byte lanes of the
-  little-endian words, 256 bins, df = 255 (critical value ``chi2.isf(1e-6, 255)`` ~ 369); for
+  little-endian words, 256 bins, df = 255 (critical value ``chi2.isf(1e-6, 255)`` = 377.1); for
   vectors with fewer than 1,280 entries (under 5 expected per bin) on each of the 8 nibble lanes
-  instead, 16 bins, df = 15; below 80 entries no lane test. Every vector also gets a
-  small-magnitude test: the count of entries whose signed value is below 2^20 in magnitude is
+  instead, 16 bins, df = 15 (critical value 56.5); below 80 entries no lane test. Every vector
+  also gets a small-magnitude test: the count of entries whose signed value is below 2^20 in magnitude is
   Binomial(d, 2^-11) for a uniform vector (one-sided tail). Fixed-point model updates, counts and
   other plain encodings are overwhelmingly small, so this catches short vectors too;
 * independence of input and masked input: two-sample (homogeneity) chi-square per byte lane over
@@ -22,10 +22,11 @@ Statistics. All tests run at the 1e-6 level per p-value (``ALPHA``):
 * correlation: Pearson r between a masked vector and a reference; under independence r is about
   N(0, 1/d), and the bound is 5/sqrt(d) (two-sided p ~ 6e-7).
 
-In-memory rounds are deterministic (round keys and self-mask seeds derived from a fixed seed, see
-:func:`fixed_round_randomness`), so their checks never flake. Checks over the real daemons use
-the daemons' own randomness; with about 150 p-values per run the family-wise false-alarm rate is
-below 2e-4.
+In-memory masked inputs are deterministic (round keys and self-mask seeds derived from a fixed
+seed, see :func:`fixed_round_randomness`), so the masked-input checks never flake; share
+ciphertexts keep their fresh nonces and Shamir coefficients. Checks over the real daemons use the
+daemons' own randomness; with about 150 p-values per run of the audit suite's secure-aggregation
+side, the family-wise false-alarm rate is below 2e-4.
 """
 
 from __future__ import annotations
@@ -64,7 +65,6 @@ from securefed.secagg.config import ClientPolicy
 from securefed.secagg.messages import (
     AdvertiseKeys,
     ConsistencyRequest,
-    ConsistencySignature,
     Deadline,
     KeyList,
     MaskedInput,
@@ -212,34 +212,38 @@ def shared_windows(
 
     Returns ``(haystack index, offset in haystack, offset in needle)``; haystack offsets are any
     byte offset. ``skip_degenerate`` ignores excerpts that are one repeated byte (e.g. zero
-    padding, which legitimately occurs in protocol framing). An 8-byte prefix pre-filter
-    (``np.isin``) makes this fast; every candidate is confirmed byte for byte.
+    padding, which legitimately occurs in protocol framing). The haystacks are searched as one
+    buffer with an 8-byte-prefix pre-filter (sorted keys, ``np.searchsorted``) at each of the 8
+    byte alignments; every candidate is confirmed byte for byte and must lie inside one haystack.
     """
-    if len(needle) < window:
+    if len(needle) < window or not haystacks:
         return []
-    starts = range(0, len(needle) - window + 1, step)
-    index: dict[int, list[int]] = {}
-    for start in starts:
+    index: dict[int, dict[bytes, int]] = {}
+    for start in range(0, len(needle) - window + 1, step):
         excerpt = needle[start : start + window]
         if skip_degenerate and excerpt.count(excerpt[:1]) == window:
             continue
-        index.setdefault(int.from_bytes(excerpt[:8], "little"), []).append(start)
+        index.setdefault(int.from_bytes(excerpt[:8], "little"), {}).setdefault(excerpt, start)
     if not index:
         return []
-    keys = np.fromiter(index, dtype=np.uint64, count=len(index))
+    keys = np.sort(np.fromiter(index, dtype=np.uint64, count=len(index)))
+    joined = b"".join(bytes(h) for h in haystacks)
+    ends = np.cumsum([len(h) for h in haystacks])
     hits = []
-    for h, hay in enumerate(haystacks):
-        hay = bytes(hay)
-        for offset in range(8):
-            count = (len(hay) - offset) // 8
-            if count <= 0:
-                continue
-            words = np.frombuffer(hay, dtype="<u8", count=count, offset=offset)
-            for j in np.flatnonzero(np.isin(words, keys)):
-                position = offset + 8 * int(j)
-                for start in index[int(words[j])]:
-                    if hay[position : position + window] == needle[start : start + window]:
-                        hits.append((h, position, start))
+    for offset in range(8):
+        count = (len(joined) - offset) // 8
+        if count <= 0:
+            continue
+        words = np.frombuffer(joined, dtype="<u8", count=count, offset=offset)
+        slots = np.minimum(np.searchsorted(keys, words), keys.size - 1)
+        for j in np.flatnonzero(keys[slots] == words):
+            position = offset + 8 * int(j)
+            h = int(np.searchsorted(ends, position, side="right"))
+            if position + window > ends[h]:
+                continue  # would straddle two haystacks
+            start = index[int(words[j])].get(joined[position : position + window])
+            if start is not None:
+                hits.append((h, position - int(ends[h]) + len(haystacks[h]), start))
     return hits
 
 
@@ -357,13 +361,22 @@ class RecordedRound:
 
 
 def recorded_round(
-    inputs: Mapping[int, np.ndarray], *, t: int = 3, seed: bytes = b"audit", silent: Mapping | None = None
+    inputs: Mapping[int, np.ndarray],
+    *,
+    t: int = 3,
+    neighbours: int | None = None,
+    seed: bytes = b"audit",
+    silent: Mapping | None = None,
 ) -> RecordedRound:
-    """One honest round of the real client and server machines, with the coordinator's view recorded."""
+    """One honest round of the real client and server machines, with the coordinator's view recorded.
+
+    ``inputs`` maps ids 1..n to uint32 vectors; ``neighbours`` None is the complete graph, k the
+    SecAgg+ graph; ``silent`` maps a node to the stage from which it stops answering.
+    """
     inputs = {node: _as_u32(vector) for node, vector in inputs.items()}
     n, d = len(inputs), len(next(iter(inputs.values())))
     with fixed_round_randomness(seed):
-        r = HonestRound(n, t, d=d, task=AUDIT_TASK, inputs=inputs, silent=silent)
+        r = HonestRound(n, t, d=d, neighbours=neighbours, task=AUDIT_TASK, inputs=inputs, silent=silent)
         recording = RecordingServer(r.server)
         r.server = recording
         r.run()
@@ -821,6 +834,98 @@ def attack_readdressed_ciphertexts() -> CheckResult:
     return _attack_result("refuses-readdressed-ciphertexts", r, refusals)
 
 
+class _FakeNodeSocket:
+    """What a ``Node`` needs of its socket: an inbox the test fills and a record of every send."""
+
+    def __init__(self) -> None:
+        self.inbox: list[Envelope] = []
+        self.sent: list[Envelope] = []
+
+    def poll(self, timeout_ms: int) -> list[Envelope]:
+        out, self.inbox = self.inbox, []
+        return out
+
+    def send(self, envelope: Envelope) -> bool:
+        self.sent.append(envelope)
+        return True
+
+
+def attack_node_round_start(kind: str, policy: object | None = None) -> CheckResult:
+    """A real ``Node`` (default site policy unless ``policy``) is sent a RoundStart it must refuse.
+
+    ``kind``:
+
+    * ``"unmasked"``: the coordinator asks for ``masking = false``; the node must refuse before
+      training and never send its plain update;
+    * ``"replayed"``: the same aggregation id again after the node joined it; the node must refuse
+      and advertise no second set of keys;
+    * ``"small-cohort"``: a cohort of 2 to a site whose minimum is 3; the node must refuse, and
+      (as the node module promises) before it trains on its data.
+
+    Training is observed (not changed) by wrapping ``ModelAdapter.fit_local``.
+    """
+    import tempfile  # noqa: PLC0415
+
+    from securefed.federation.messages import Refusal  # noqa: PLC0415
+    from securefed.federation.node import Node, NodeState  # noqa: PLC0415
+    from securefed.federation.spec import RoundSpec  # noqa: PLC0415
+    from securefed.learning.data import LocalDataset  # noqa: PLC0415
+    from securefed.learning.models import ModelAdapter, make_adapter  # noqa: PLC0415
+
+    names = ["site-1", "site-2", "site-3"]
+    keys = {name: SigningKey.generate() for name in names}
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(40, 4))
+    dataset = LocalDataset(X, (X[:, 0] > 0).astype(np.int64), None)
+    model = make_adapter("sgd_logistic", 4, (0, 1)).initial_parameters()
+
+    def spec(masking: bool) -> dict:
+        return RoundSpec(
+            task=AUDIT_TASK, round=1, phase="train", model_kind="sgd_logistic", model_options={}, n_features=4,
+            classes=(0, 1), epochs=1, learning_rate=0.1, batch_size=8, clip_norm=10.0, fractional_bits=16,
+            weight_cap=100, threshold=2, neighbours=None, masking=masking, dp=None,
+        ).to_json()  # fmt: skip
+
+    cohort = tuple((i, name) for i, name in enumerate(names, start=1))
+    starts = {
+        "unmasked": [RoundStart(1, cohort, spec(False), model)],
+        "replayed": [RoundStart(1, cohort, spec(True), model)] * 2,
+        "small-cohort": [RoundStart(1, cohort[:2], spec(True), model)],
+    }[kind]
+    expected = {"unmasked": "masking-required", "replayed": "replay", "small-cohort": "weaker-than-policy"}[kind]
+    trainings = []
+    real_fit = ModelAdapter.fit_local
+
+    def observed_fit(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        trainings.append(1)
+        return real_fit(self, *args, **kwargs)
+
+    with tempfile.TemporaryDirectory() as folder, mock.patch.object(ModelAdapter, "fit_local", observed_fit):
+        state = NodeState(Path(folder) / "node.sqlite")
+        sock = _FakeNodeSocket()
+        try:
+            roster = {n: k.public_bytes for n, k in keys.items()}
+            node = Node("site-1", AUDIT_TASK, sock, keys["site-1"], roster, dataset, state, policy)
+            for start in starts:
+                sock.inbox.append(Envelope(AUDIT_TASK, 5, start))
+                node.step(0)
+        finally:
+            state.close()
+    bodies = [e.body for e in sock.sent]
+    reasons = [b.reason for b in bodies if isinstance(b, Refusal)]
+    problems = []
+    if expected not in reasons:
+        problems.append(f"no {expected!r} refusal (refusals: {reasons})")
+    if any(isinstance(b, MaskedInput) for b in bodies):
+        problems.append("the node sent its input")
+    if sum(isinstance(b, AdvertiseKeys) for b in bodies) > (1 if kind == "replayed" else 0):
+        problems.append("the node took part")
+    if len(trainings) > (1 if kind == "replayed" else 0):
+        problems.append(f"the node trained on its data {len(trainings)} time(s) for a round it refuses")
+    trained = "after training once, for the round it joined" if kind == "replayed" else "without training on its data"
+    return _result(f"refuses-{kind}-round-start", problems, f"site-1 refused ({expected}) {trained}")
+
+
 #: name -> (promise, attack). The name is the audit-report check name.
 ATTACKS: dict[str, tuple[str, Callable[[], CheckResult]]] = {
     "refuses-double-reveal-request": (
@@ -862,6 +967,14 @@ ATTACKS: dict[str, tuple[str, Callable[[], CheckResult]]] = {
     "refuses-readdressed-ciphertexts": (
         "a relayed share opens only for its sender -> recipient direction",
         attack_readdressed_ciphertexts,
+    ),
+    "refuses-unmasked-round-start": (
+        "a site never sends an unmasked update unless its own policy allows it",
+        lambda: attack_node_round_start("unmasked"),
+    ),
+    "refuses-replayed-round-start": (
+        "a site joins each aggregation at most once (durable replay guard)",
+        lambda: attack_node_round_start("replayed"),
     ),
 }
 
@@ -952,7 +1065,10 @@ def check_wire_is_curve_ciphertext(streams: Sequence[bytes]) -> CheckResult:
 def check_wire_has_no_plaintext(
     streams: Sequence[bytes], markers: Mapping[str, bytes], arrays: Mapping[str, bytes]
 ) -> CheckResult:
-    """No captured byte stream contains a marker string or any non-degenerate 16-byte excerpt of a known array."""
+    """No captured byte stream contains a marker string or any non-degenerate 16-byte excerpt of a known array.
+
+    Arrays shorter than 16 bytes are searched for whole.
+    """
     name = "wire-holds-no-plaintext"
     problems = []
     for label, marker in markers.items():
@@ -960,7 +1076,10 @@ def check_wire_has_no_plaintext(
             if marker in stream:
                 problems.append(f"{label} ({marker!r}) in stream {n} at {stream.index(marker)}")
     for label, data in arrays.items():
-        hits = shared_windows(data, streams, step=4, skip_degenerate=True)
+        if len(data) < 16:  # shorter than a window (e.g. a 3-entry evaluation vector): look for all of it
+            hits = [(n, stream.index(data), 0) for n, stream in enumerate(streams) if data in stream]
+        else:
+            hits = shared_windows(data, streams, step=4, skip_degenerate=True)
         if hits:
             problems.append(f"{label}: {len(hits)} 16-byte excerpts on the wire (stream {hits[0][0]} at {hits[0][1]})")
     total = sum(len(s) for s in streams)

@@ -5,7 +5,7 @@ Every audit test records what it checked through the ``audit`` fixture:
 * ``audit.check(name, promise, passed, detail)`` — one audit check and the promise it backs;
 * ``audit.canary(name, caught_by)`` — a deliberately broken variant and the check that caught it
   (``caught_by=None`` means it was *not* caught: the suite then fails);
-* ``audit.empirical(label, epsilon_lower_bound, epsilon_claimed)`` — an empirical privacy audit.
+* ``audit.empirical_audit(label, epsilon_lower_bound, epsilon_claimed)`` — an empirical privacy audit.
 
 At the end of the run the report is printed and written to ``privacy-audit-report.txt`` in the
 directory pytest was started from (or to ``$SECUREFED_AUDIT_REPORT`` if set).

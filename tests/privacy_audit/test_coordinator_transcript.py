@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,12 +70,25 @@ def record(audit, result: CheckResult, where: str) -> None:
 # --- in memory ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def observed() -> RecordedRound:
-    """Five nodes with structured inputs; node 5 goes silent before sending its masked input."""
-    run = recorded_round(structured_inputs(D), seed=b"audit/observed", silent={5: Stage.MASKED_INPUT})
-    assert run.result.survivors == (1, 2, 3, 4)
-    assert np.array_equal(run.result.sum, exact_sum(run.inputs, (1, 2, 3, 4)))  # the round really worked
+GRAPHS = {
+    # name: (nodes, threshold, neighbours, the node that goes silent before its masked input, d)
+    "complete": (5, 3, None, 5, D),
+    "sparse": (9, 3, 4, 2, 4096),
+}
+
+
+@pytest.fixture(scope="module", params=list(GRAPHS))
+def observed(request) -> RecordedRound:
+    """Structured inputs on the complete graph (5 nodes) and a SecAgg+ graph (9 nodes, 4 neighbours); one node drops."""
+    n, t, neighbours, silent, d = GRAPHS[request.param]
+    run = recorded_round(
+        structured_inputs(d, n), t=t, neighbours=neighbours, seed=b"audit/" + request.param.encode(),
+        silent={silent: Stage.MASKED_INPUT},
+    )  # fmt: skip
+    survivors = tuple(node for node in range(1, n + 1) if node != silent)
+    assert run.result.survivors == survivors
+    assert np.array_equal(run.result.sum, exact_sum(run.inputs, survivors))  # the round really worked
+    run.where = f"in-memory, {request.param} graph"
     return run
 
 
@@ -118,17 +130,17 @@ def test_transcript_holds_no_plaintext_input(observed, audit):
         return body
 
     assert not check_no_plaintext_inputs(_replace_bodies(observed.transcript, plant), observed.inputs)
-    record(audit, result, "in-memory")
+    record(audit, result, observed.where)
 
 
 def test_masked_inputs_are_uniform(observed, audit):
     """Promise: every masked input is uniformly distributed mod 2^32 (chi-square per byte lane, df 255, p >= 1e-6)."""
     result = check_masked_inputs_uniform(observed.transcript)
-    assert len(observed.transcript.of(MaskedInput, "received")) == 4
+    assert len(observed.transcript.of(MaskedInput, "received")) == len(observed.inputs) - 1
     # Power: each structured input itself fails the very same tests.
     for node in (1, 2, 3, 4):
         assert min(uniformity_pvalues(observed.inputs[node]).values()) < 1e-6, node
-    record(audit, result, "in-memory")
+    record(audit, result, observed.where)
 
 
 def test_masked_input_is_independent_of_input(zeros_and_large, audit):
@@ -162,20 +174,20 @@ def _zeroed_ciphertexts(body):
 def test_share_ciphertexts_are_aead_sized(observed, audit):
     """Promise: every share the coordinator relays is an AEAD ciphertext of nonce + 70 + tag bytes with a fresh nonce."""
     result = check_share_ciphertexts_well_formed(observed.transcript)
-    record(audit, result, "in-memory")
+    record(audit, result, observed.where)
 
 
 def test_share_ciphertexts_look_random(observed, audit):
     """Promise: relayed share ciphertexts look random (byte chi-square over pooled ciphertexts, no long runs)."""
     result = check_share_ciphertexts_look_random(observed.transcript)
     assert not check_share_ciphertexts_look_random(_replace_bodies(observed.transcript, _zeroed_ciphertexts))  # power
-    record(audit, result, "in-memory")
+    record(audit, result, observed.where)
 
 
 def test_share_ciphertexts_cannot_be_opened_by_the_coordinator(observed, audit):
     """Promise: no relayed share opens under any key the coordinator can build from the public keys it sees."""
     result = check_share_ciphertexts_unopenable(observed.transcript)
-    record(audit, result, "in-memory")
+    record(audit, result, observed.where)
 
 
 def test_coordinator_never_holds_both_shares_of_a_node(observed, audit):
@@ -183,15 +195,16 @@ def test_coordinator_never_holds_both_shares_of_a_node(observed, audit):
     result = check_no_double_reveal_in_view(observed.transcript)
     unmask = observed.transcript.of(UnmaskShares, "received")
     assert any(r.body.s_shares for r in unmask) and any(r.body.b_shares for r in unmask)  # both kinds flowed
-    # Power: one extra UnmaskShares carrying node 5's b-share next to the s-shares is caught.
-    extra = unmask[0].body
-    forged = UnmaskShares(extra.sender, ((5, extra.s_shares[0][1]),), ())
-    envelope = Envelope(unmask[0].envelope.task, unmask[0].aggregation, forged)
+    # Power: one extra UnmaskShares carrying a b-share of the dropped node next to its s-shares is caught.
+    holder = next(r for r in unmask if r.body.s_shares)
+    owner, share = holder.body.s_shares[0]
+    forged = UnmaskShares(holder.body.sender, ((owner, share),), ())
+    envelope = Envelope(holder.envelope.task, holder.aggregation, forged)
     tampered = dataclasses.replace(
         observed.transcript, records=[*observed.transcript.records, Record("received", "node-1", envelope, tuple(encode(envelope)))]
     )
     assert not check_no_double_reveal_in_view(tampered)
-    record(audit, result, "in-memory")
+    record(audit, result, observed.where)
 
 
 def test_mask_prg_depends_on_every_seed_bit(audit):

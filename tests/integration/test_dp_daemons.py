@@ -1,0 +1,207 @@
+"""Distributed DP over the real daemons: the epsilon history, the nodes' ledgers, kill -9, a spent budget.
+
+Uses the ``launch`` fixture of ``tests/integration/conftest.py`` (a
+LocalFederation in ``tmp_path``, processes tracked and stopped, bounded
+waits). A node's ledger is ``<site>/state/ledger.sqlite``; it is read
+read-only while the node runs and through :class:`PrivacyLedger` after.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from securefed.dp.ledger import Budget, PrivacyLedger
+from securefed.dp.mechanism import plan_skellam
+from securefed.learning.models import make_adapter
+
+pytestmark = pytest.mark.integration
+
+DELTA = 1e-5
+DP = {"epsilon": 4.0, "delta": DELTA, "clip_norm": 0.5}
+
+
+def _ledger_rows(federation, name: str) -> list[tuple[str, int, int, float]]:
+    """(task, round, aggregation, epsilon_task) of every charge in a node's ledger, read-only."""
+    path = federation.root / name / "state" / "ledger.sqlite"
+    if not path.exists():
+        return []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        return db.execute("SELECT task, round, aggregation, epsilon_task FROM charges ORDER BY id").fetchall()
+    except sqlite3.OperationalError:  # created but schema not written yet
+        return []
+    finally:
+        db.close()
+
+
+def _dp_rounds(federation) -> list[dict]:
+    rows = federation.query("SELECT round, aggregation, participants, survivors, epsilon FROM rounds ORDER BY round")
+    return [
+        {"round": r, "aggregation": a, "participants": p, "survivors": json.loads(s), "epsilon": e}
+        for r, a, p, s, e in rows
+    ]
+
+
+def _set_policy(federation, name: str, key: str, value: float) -> None:
+    """Give one site a different [policy] value than the others (LocalFederation writes one policy for all)."""
+    path = federation.fed.node_configs[name]
+    text, count = re.subn(rf"(?m)^{key} = .*$", f"{key} = {value!r}", path.read_text())
+    assert count == 1, text
+    path.write_text(text)
+
+
+def _plan(federation, n: int, threshold: int):
+    digits = federation.digits.dataset
+    dimension = make_adapter(federation.task["model"], digits.n_features, digits.classes).parameter_count
+    return plan_skellam(DP["epsilon"], DELTA, federation.task["rounds"], DP["clip_norm"], dimension, n, threshold)
+
+
+def test_dp_task_over_daemons_records_epsilon_and_every_nodes_ledger(launch) -> None:
+    """4 nodes, 3 DP rounds: epsilon history increasing and within the target, one ledger row per round joined,
+    and ``securefed node ledger`` shows the rows and what is left."""
+    federation = launch(
+        n_nodes=4, rounds=3, dp=dict(DP), evaluate=False, policy={"max_epsilon": 4.0, "delta": DELTA}
+    )
+    federation.start_coordinator()
+    federation.start_nodes()
+    assert federation.wait_coordinator_exit(timeout=60) == 0, federation.diagnostics()
+
+    rounds = _dp_rounds(federation)
+    assert [r["round"] for r in rounds] == [1, 2, 3], federation.diagnostics()
+    epsilons = [r["epsilon"] for r in rounds]
+    assert all(e is not None for e in epsilons), rounds
+    assert all(a < b for a, b in zip(epsilons, epsilons[1:])) and epsilons[-1] <= DP["epsilon"], epsilons
+    plan = _plan(federation, 4, 3)
+    assert epsilons == pytest.approx([plan.epsilon(k, DELTA) for k in (1, 2, 3)], rel=1e-9)
+    assert all(a["status"] == "completed" for a in federation.attempts()), federation.attempts()
+    task = federation.task["name"]
+    for name in federation.names:
+        joined = [(r["round"], r["aggregation"]) for r in rounds if name in r["survivors"]]
+        assert joined, f"{name} took part in no round: {rounds}"
+        rows = _ledger_rows(federation, name)
+        assert [(t, rnd, agg) for t, rnd, agg, _ in rows] == [(task, rnd, agg) for rnd, agg in joined], (name, rows)
+        # The node's own accounting (its delta, its rows) agrees with the coordinator's history.
+        assert rows[-1][3] == pytest.approx(plan.epsilon(len(rows), DELTA), rel=1e-9)
+        assert rows[-1][3] <= 4.0
+
+    config = federation.fed.node_configs["site-2"]
+    shown = subprocess.run(
+        [sys.executable, "-m", "securefed.cli", "node", "ledger", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    out = shown.stdout
+    rows = _ledger_rows(federation, "site-2")
+    for _, rnd, agg, eps in rows:
+        assert re.search(rf"^{re.escape(task[:24])}\s+{rnd}\s+{agg}\s+\S+\s+{eps:.3f}\s", out, re.M), out
+    spent = rows[-1][3]
+    assert f"spent {spent:.3f} of 4 (remaining {4.0 - spent:.3f})" in out, out
+
+
+def test_node_whose_budget_is_below_one_round_refuses_every_round_and_the_task_goes_on(launch) -> None:
+    federation = launch(
+        n_nodes=4, rounds=2, dp=dict(DP), evaluate=False, policy={"max_epsilon": 4.0, "delta": DELTA}
+    )
+    plan = _plan(federation, 4, 3)
+    one_round = plan.epsilon(1, DELTA)
+    _set_policy(federation, "site-4", "max_epsilon", round(one_round / 2, 3))
+    federation.start_coordinator()
+    federation.start_nodes()
+    assert federation.wait_coordinator_exit(timeout=60) == 0, federation.diagnostics()
+
+    rounds = _dp_rounds(federation)
+    assert [r["round"] for r in rounds] == [1, 2], federation.diagnostics()
+    for r in rounds:
+        assert sorted(r["survivors"]) == ["site-1", "site-2", "site-3"], r
+        assert r["participants"] == 4, r  # it was asked
+    refusals = federation.query("SELECT aggregation, node, reason, detail FROM refusals ORDER BY aggregation")
+    assert [(a, n, reason) for a, n, reason, _ in refusals] == [(r["aggregation"], "site-4", "budget-exhausted") for r in rounds]
+    for *_, detail in refusals:
+        assert f"limit of {round(one_round / 2, 3):g}" in detail, detail
+    assert _ledger_rows(federation, "site-4") == []
+    assert re.search(r"refused aggregation \d+: budget-exhausted", federation.log("site-4")), federation.log("site-4")[-2000:]
+    for name in ("site-1", "site-2", "site-3"):
+        assert len(_ledger_rows(federation, name)) == 2
+
+
+def test_kill_9_during_rounds_never_leaves_spent_epsilon_unrecorded(launch) -> None:
+    """SIGKILL nodes again and again, at the moment they charge their ledger and at random moments of a round,
+    restarting each at once. Afterwards, every node the coordinator counted among a round's survivors has a
+    ledger row for that very aggregation: the charge is durable before the masked input leaves."""
+    rng = random.Random(20240611)
+    federation = launch(
+        n_nodes=4, rounds=4, min_nodes=3, dp=dict(DP), evaluate=False, policy={"max_epsilon": 8.0, "delta": DELTA}
+    )
+    federation.start_coordinator()
+    federation.start_nodes()
+    kills: list[dict] = []
+    victims = ["site-1", "site-2", "site-3", "site-4"]
+    started = time.monotonic()
+    for index, victim in enumerate(victims):
+        finished = {r["round"] for r in _dp_rounds(federation)}
+        if len(finished) >= federation.task["rounds"] or time.monotonic() - started > 45:
+            break
+        if index % 2 == 0:
+            # right after the charge commits, i.e. around the moment the masked input is sent
+            before = len(_ledger_rows(federation, victim))
+            federation.wait_until(
+                lambda: len(_ledger_rows(federation, victim)) > before or federation.processes["coordinator"].poll() is not None,
+                timeout=40,
+                what=f"{victim} to charge its ledger",
+                interval=0.005,
+            )
+            moment = "after-charge"
+        else:
+            # at a random moment of a running aggregation (training, key exchange, masking...)
+            federation.wait_until(
+                lambda: any(a["status"] == "running" and a["phase"] == "train" for a in federation.attempts()),
+                timeout=40,
+                what="a running aggregation",
+                interval=0.01,
+            )
+            time.sleep(rng.uniform(0.0, 0.6))
+            moment = "random"
+        if federation.processes["coordinator"].poll() is not None:
+            break
+        running = [a["aggregation"] for a in federation.attempts() if a["status"] == "running"]
+        federation.kill(victim)
+        kills.append({"victim": victim, "moment": moment, "running": running, "rows": len(_ledger_rows(federation, victim))})
+        federation.start_node(victim)
+
+    assert federation.wait_coordinator_exit(timeout=60) == 0, federation.diagnostics()
+    assert len(kills) >= 3, kills
+    assert any(k["moment"] == "after-charge" for k in kills), kills
+
+    rounds = _dp_rounds(federation)
+    assert [r["round"] for r in rounds] == list(range(1, federation.task["rounds"] + 1)), federation.diagnostics()
+    task = federation.task["name"]
+    for r in rounds:
+        for name in r["survivors"]:
+            charged = {agg for t, _, agg, _ in _ledger_rows(federation, name) if t == task}
+            assert r["aggregation"] in charged, (
+                f"{name} is among the survivors of aggregation {r['aggregation']} (round {r['round']}) but its "
+                f"ledger has no row for it: {_ledger_rows(federation, name)}; kills: {kills}"
+            )
+    # And nothing is charged twice, nor charged under the wrong task: one row per aggregation per node.
+    for name in federation.names:
+        aggregations = [agg for _, _, agg, _ in _ledger_rows(federation, name)]
+        assert len(aggregations) == len(set(aggregations)), (name, aggregations)
+        ledger = PrivacyLedger(federation.root / name / "state" / "ledger.sqlite", Budget(8.0, 8.0))
+        try:
+            assert ledger.spent(task) <= 8.0
+        finally:
+            ledger.close()
+    hit = [k for k in kills if any(k["victim"] in r["survivors"] and r["aggregation"] in k["running"] for r in rounds)]
+    print(f"kills: {kills}; kills whose aggregation completed with the victim counted: {hit}")
