@@ -354,6 +354,7 @@ class RecordedRound:
     round: HonestRound
     transcript: Transcript
     inputs: dict[int, np.ndarray]
+    where: str = "in-memory"  # how the audit report labels checks on this round
 
     @property
     def result(self):  # noqa: ANN201 - AggregateResult

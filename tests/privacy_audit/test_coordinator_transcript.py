@@ -162,7 +162,7 @@ def test_masked_input_is_uncorrelated_with_input(observed, zeros_and_large, audi
     ]
     result = check_masked_uncorrelated(pairs)
     assert not check_masked_uncorrelated([(label, ref, ref) for label, _, ref in pairs])  # power
-    record(audit, result, "in-memory")
+    record(audit, result, observed.where)
 
 
 def _zeroed_ciphertexts(body):
