@@ -10,8 +10,10 @@ shares) and with masking switched off (``masking = false`` in the task and
 ``allow_unmasked_benchmark = true`` in every node's policy, a switch that
 exists only for this measurement). Each round's duration is what the
 coordinator records from sending ``RoundStart`` to holding the new model:
-local training, encoding, all protocol stages and decoding. The first round
-(process warm-up) is excluded; the table shows the median of the rest.
+local training, encoding, all protocol stages and decoding. The secure and
+unmasked tasks run alternately ``--repeats`` times, so changes in machine load
+hit both; the first round of each task (process warm-up) is excluded and the
+table shows the median of the rest.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import sqlite3
 import statistics
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from securefed.learning.datasets import load_bundled, train_test_split_stratified
@@ -78,16 +79,22 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=10)
     parser.add_argument("--hidden", type=int, default=1400)
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=2, help="secure/unmasked task pairs, run alternately")
     args = parser.parse_args()
     parameters = make_adapter("mlp", 64, range(10), hidden_layer_sizes=(args.hidden,)).parameter_count
-    results = {}
+    collected: dict[bool, list[float]] = {True: [], False: []}
     with tempfile.TemporaryDirectory(prefix="securefed-bench-") as folder:
-        for masking in (True, False):
-            started = time.perf_counter()
-            durations = run_task(Path(folder) / str(masking), args.nodes, args.hidden, args.rounds, masking)
-            results[masking] = (statistics.median(durations[1:]), durations, time.perf_counter() - started)
+        # Alternate the two variants so that drift in machine load hits both alike.
+        for repeat in range(args.repeats):
+            for masking in (True, False):
+                durations = run_task(Path(folder) / f"{masking}-{repeat}", args.nodes, args.hidden, args.rounds, masking)
+                collected[masking].extend(durations[1:])
+    results = {masking: (statistics.median(values), values, 0.0) for masking, values in collected.items()}
     secure, plain = results[True][0], results[False][0]
-    print(f"{args.nodes} nodes, mlp with {parameters:,} parameters, {args.rounds} rounds each (first excluded)")
+    print(
+        f"{args.nodes} nodes, mlp with {parameters:,} parameters, {args.repeats} x {args.rounds} rounds per variant "
+        "(first round of each task excluded)"
+    )
     print("| round | median s | all rounds s |")
     print("|---|--:|---|")
     for label, masking in (("secure aggregation", True), ("unmasked (benchmark only)", False)):

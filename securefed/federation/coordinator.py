@@ -241,6 +241,12 @@ class Coordinator:
         for send in sends:
             self.socket.send(current.cohort[send.to - 1], Envelope(self.task.name, current.id, send.message))
         if current.server.stage is not current.stage:
+            log.debug(
+                "aggregation %d: %s closed at %.3f s",
+                current.id,
+                current.stage.value if current.stage else "-",
+                self.clock() - current.started,
+            )
             current.stage = current.server.stage
             if current.stage is not None:
                 current.deadline = self.clock() + self.task.deadlines[current.stage.value]

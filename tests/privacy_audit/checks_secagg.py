@@ -977,6 +977,10 @@ ATTACKS: dict[str, tuple[str, Callable[[], CheckResult]]] = {
         "a site joins each aggregation at most once (durable replay guard)",
         lambda: attack_node_round_start("replayed"),
     ),
+    "refuses-small-cohort-round-start": (
+        "a site refuses a round weaker than its policy before it trains on its data",
+        lambda: attack_node_round_start("small-cohort"),
+    ),
 }
 
 

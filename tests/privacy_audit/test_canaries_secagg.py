@@ -31,6 +31,7 @@ from tests.privacy_audit.checks_secagg import (
     attack_double_reveal,
     attack_forged_consistency_signatures,
     attack_key_substitution,
+    attack_node_round_start,
     attack_split_survivor_view,
     attack_weaker_than_policy,
     check_mask_depends_on_every_seed_bit,
@@ -153,7 +154,7 @@ def test_canary_share_key_from_public_keys(audit):
 
 def test_canary_policy_not_enforced(audit):
     """Canary: a node that never checks the round against its ClientPolicy is caught by the weaker-than-policy check."""
-    run_canary(audit, "node ignores its ClientPolicy", lambda: [attack_weaker_than_policy()],
+    run_canary(audit, "node ignores its ClientPolicy", lambda: [attack_weaker_than_policy(), attack_node_round_start("small-cohort")],
                lambda: mock.patch.object(ClientPolicy, "check", lambda self, config: None))  # fmt: skip
 
 
