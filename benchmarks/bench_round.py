@@ -27,12 +27,12 @@ import tempfile
 from pathlib import Path
 
 from securefed.learning.datasets import load_bundled, train_test_split_stratified
-from securefed.learning.models import make_adapter
+from securefed.learning.models import DEFAULT_TRAINING, make_adapter
 from securefed.learning.partition import partition
 from securefed.localfed import LocalFederation
 
 
-def run_task(root: Path, nodes: int, hidden: int, rounds: int, masking: bool) -> list[float]:
+def run_task(root: Path, nodes: int, hidden: int, rounds: int, masking: bool, epochs: int) -> list[float]:
     data = load_bundled("digits")
     split = train_test_split_stratified(data.X, data.y, 0.25, 0)
     parts = partition("iid", split.X_train, split.y_train, nodes, 0)
@@ -45,9 +45,9 @@ def run_task(root: Path, nodes: int, hidden: int, rounds: int, masking: bool) ->
         "features": data.n_features,
         "classes": list(data.classes),
         "rounds": rounds,
-        "local_epochs": 1,
-        "learning_rate": 0.1,
-        "batch_size": 32,
+        "local_epochs": epochs,
+        "learning_rate": DEFAULT_TRAINING["mlp"]["learning_rate"],
+        "batch_size": DEFAULT_TRAINING["mlp"]["batch_size"],
         "min_nodes": nodes,
         "threshold": 0.6,
         "evaluate": False,
@@ -80,6 +80,9 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=1400)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=2, help="secure/unmasked task pairs, run alternately")
+    parser.add_argument(
+        "--epochs", type=int, default=DEFAULT_TRAINING["mlp"]["epochs"], help="local epochs per round (default: the mlp default)"
+    )
     args = parser.parse_args()
     parameters = make_adapter("mlp", 64, range(10), hidden_layer_sizes=(args.hidden,)).parameter_count
     collected: dict[bool, list[float]] = {True: [], False: []}
@@ -87,12 +90,15 @@ def main() -> None:
         # Alternate the two variants so that drift in machine load hits both alike.
         for repeat in range(args.repeats):
             for masking in (True, False):
-                durations = run_task(Path(folder) / f"{masking}-{repeat}", args.nodes, args.hidden, args.rounds, masking)
+                durations = run_task(
+                    Path(folder) / f"{masking}-{repeat}", args.nodes, args.hidden, args.rounds, masking, args.epochs
+                )
                 collected[masking].extend(durations[1:])
     results = {masking: (statistics.median(values), values, 0.0) for masking, values in collected.items()}
     secure, plain = results[True][0], results[False][0]
     print(
-        f"{args.nodes} nodes, mlp with {parameters:,} parameters, {args.repeats} x {args.rounds} rounds per variant "
+        f"{args.nodes} nodes, mlp with {parameters:,} parameters, {args.epochs} local epochs, "
+        f"{args.repeats} x {args.rounds} rounds per variant "
         "(first round of each task excluded)"
     )
     print("| round | median s | all rounds s |")

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from securefed.crypto.identity import SigningKey
-from securefed.dp.accountant import skellam_epsilon
+from securefed.dp.accountant import SkellamRelease, skellam_epsilon
 from securefed.dp.ledger import Budget, PrivacyLedger
 from securefed.dp.mechanism import SkellamParameters, plan_skellam
 from securefed.errors import InvalidParameter
@@ -31,7 +31,7 @@ from securefed.federation.store import CoordinatorStore
 from securefed.federation.task import NodeEntry, TaskDefinition
 from securefed.learning.data import LocalDataset
 from securefed.learning.models import ModelAdapter, make_adapter
-from securefed.secagg.messages import AdvertiseKeys
+from securefed.secagg.messages import AdvertiseKeys, MaskedInput
 
 TASK = "dp-policy-task"
 DELTA = 1e-5
@@ -344,55 +344,83 @@ class Hub:
         return _Socket()
 
 
-def test_site_with_epsilon_one_stops_once_its_ledger_reaches_it_and_says_so(tmp_path: Path) -> None:
-    rounds, target = 4, 2.0
-    keys = {name: SigningKey.generate() for name in NAMES}
-    roster = {name: key.public_bytes for name, key in keys.items()}
-    task = TaskDefinition(
-        name=TASK,
-        model_kind="sgd_logistic",
-        n_features=N_FEATURES,
-        classes=CLASSES,
-        rounds=rounds,
-        epochs=1,
-        learning_rate=0.1,
-        batch_size=8,
-        min_nodes=4,
-        threshold=0.6,
-        evaluate=False,
-        deadlines=dict.fromkeys(("advertise", "share", "masked_input", "consistency", "unmask"), 10.0),
-        dp={"epsilon": target, "delta": DELTA, "clip_norm": 0.5},
-    )
-    plan = plan_skellam(target, DELTA, rounds, 0.5, _adapter().parameter_count, 4, 3)
-    assert plan.epsilon(1, DELTA) <= 1.0 < plan.epsilon(2, DELTA)  # one round fits under 1, two do not
-    hub = Hub()
-    store = CoordinatorStore(tmp_path / "coordinator.sqlite")
-    coordinator = Coordinator(task, [NodeEntry(n, b"k" * 32, roster[n]) for n in NAMES], hub.coordinator_socket(), store)
-    nodes, ledgers, states = {}, {}, []
-    for i, name in enumerate(NAMES):
-        policy = NodePolicy(max_epsilon=1.0 if name == "site-4" else target, delta=DELTA)
-        ledgers[name] = PrivacyLedger(tmp_path / name / "ledger.sqlite", policy.budget())
-        states.append(NodeState(tmp_path / name / "node.sqlite"))
-        nodes[name] = Node(name, TASK, hub.node_socket(name), keys[name], roster, _dataset(i), states[-1], policy, ledger=ledgers[name])
-    try:
-        deadline = time.monotonic() + 60
-        while not coordinator.finished:
-            assert time.monotonic() < deadline, f"task did not finish: {list(store.rounds())}"
-            coordinator.step(0)
-            for node in nodes.values():
+class InProcessFederation:
+    """The real Coordinator and real Nodes (one per name, each with its own ledger), stepped in one thread."""
+
+    def __init__(self, tmp_path: Path, rounds: int, target: float, policies: dict[str, NodePolicy]) -> None:
+        self.tmp_path, self.names = tmp_path, list(policies)
+        keys = {name: SigningKey.generate() for name in self.names}
+        roster = {name: key.public_bytes for name, key in keys.items()}
+        self.task = TaskDefinition(
+            name=TASK,
+            model_kind="sgd_logistic",
+            n_features=N_FEATURES,
+            classes=CLASSES,
+            rounds=rounds,
+            epochs=1,
+            learning_rate=0.1,
+            batch_size=8,
+            min_nodes=len(self.names),
+            threshold=0.6,
+            evaluate=False,
+            deadlines=dict.fromkeys(("advertise", "share", "masked_input", "consistency", "unmask"), 10.0),
+            dp={"epsilon": target, "delta": DELTA, "clip_norm": 0.5},
+        )
+        self.hub = Hub()
+        self.store = CoordinatorStore(tmp_path / "coordinator.sqlite")
+        entries = [NodeEntry(n, b"k" * 32, roster[n]) for n in self.names]
+        self.coordinator = Coordinator(self.task, entries, self.hub.coordinator_socket(), self.store)
+        self.nodes, self.ledgers, self._states = {}, {}, []
+        for i, name in enumerate(self.names):
+            self.ledgers[name] = PrivacyLedger(tmp_path / name / "ledger.sqlite", policies[name].budget())
+            self._states.append(NodeState(tmp_path / name / "node.sqlite"))
+            self.nodes[name] = Node(
+                name, TASK, self.hub.node_socket(name), keys[name], roster, _dataset(i), self._states[-1],
+                policies[name], ledger=self.ledgers[name],
+            )  # fmt: skip
+
+    def run(self, hook=None, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.coordinator.finished:
+            assert time.monotonic() < deadline, f"task did not finish: {list(self.store.rounds())}"
+            self.coordinator.step(0)
+            for node in self.nodes.values():
                 node.step(0)
-        history = list(store.rounds())
-        reader = CoordinatorStore.open_readonly(tmp_path / "coordinator.sqlite")
+            if hook is not None:
+                hook(self)
+
+    def refusals(self) -> list[tuple]:
+        reader = CoordinatorStore.open_readonly(self.tmp_path / "coordinator.sqlite")
         try:
-            refusals = reader.execute("SELECT aggregation, node, reason, detail FROM refusals ORDER BY aggregation").fetchall()
+            return reader.execute("SELECT aggregation, node, reason, detail FROM refusals ORDER BY aggregation").fetchall()
         finally:
             reader.close()
-    finally:
-        store.close()
-        for ledger in ledgers.values():
+
+    def said(self, name: str, kind: type) -> list:
+        return [(e.aggregation, e.body) for e in self.hub.from_node[name] if isinstance(e.body, kind)]
+
+    def close(self) -> None:
+        self.store.close()
+        for ledger in self.ledgers.values():
             ledger.close()
-        for state in states:
+        for state in self._states:
             state.close()
+
+
+def test_site_with_epsilon_one_stops_once_its_ledger_reaches_it_and_says_so(tmp_path: Path) -> None:
+    rounds, target = 4, 2.0
+    plan = plan_skellam(target, DELTA, rounds, 0.5, _adapter().parameter_count, 4, 3)
+    assert plan.epsilon(1, DELTA) <= 1.0 < plan.epsilon(2, DELTA)  # one round fits under 1, two do not
+    policies = {name: NodePolicy(max_epsilon=1.0 if name == "site-4" else target, delta=DELTA) for name in NAMES}
+    federation = InProcessFederation(tmp_path, rounds, target, policies)
+    try:
+        federation.run()
+        history = list(federation.store.rounds())
+        refusals = federation.refusals()
+        entries = {name: federation.ledgers[name].entries(TASK) for name in NAMES}
+        spent = {name: federation.ledgers[name].spent(TASK) for name in NAMES}
+    finally:
+        federation.close()
 
     assert [r.round for r in history] == list(range(1, rounds + 1))
     assert sorted(history[0].survivors) == NAMES  # round 1: everyone, site-4 included
@@ -401,27 +429,54 @@ def test_site_with_epsilon_one_stops_once_its_ledger_reaches_it_and_says_so(tmp_
     epsilons = [r.epsilon for r in history]
     assert all(a < b for a, b in zip(epsilons, epsilons[1:])) and epsilons[-1] <= target
     # site-4's ledger: exactly the one round it took part in, within its limit of 1.
-    ledger = PrivacyLedger(tmp_path / "site-4" / "ledger.sqlite", Budget(1.0, 1e9))
-    try:
-        entries = ledger.entries(TASK)
-        assert [(e.round, e.aggregation) for e in entries] == [(1, history[0].aggregation)]
-        assert ledger.spent(TASK) == pytest.approx(plan.epsilon(1, DELTA)) and ledger.spent(TASK) <= 1.0
-    finally:
-        ledger.close()
+    assert [(e.round, e.aggregation) for e in entries["site-4"]] == [(1, history[0].aggregation)]
+    assert spent["site-4"] == pytest.approx(plan.epsilon(1, DELTA)) and spent["site-4"] <= 1.0
     # ... and it said so, every time, to the coordinator, which recorded it.
-    said = [e.body for e in hub.from_node["site-4"] if isinstance(e.body, Refusal)]
+    said = [body for _, body in federation.said("site-4", Refusal)]
     assert len(said) == rounds - 1
     for refusal in said:
         assert refusal.reason == "budget-exhausted"
         assert "limit of 1" in refusal.detail and f"spent so far: {plan.epsilon(1, DELTA):.3f}" in refusal.detail
     assert [(node, reason) for _, node, reason, _ in refusals] == [("site-4", "budget-exhausted")] * (rounds - 1)
+    assert len(federation.said("site-4", Hello)) >= 1  # still connected: it refuses, it does not vanish
     # The others spent exactly what the coordinator's history says, recomputed from their own rows.
     for name in NAMES[:3]:
-        check = PrivacyLedger(tmp_path / name / "ledger.sqlite", Budget(target, 1e9))
-        try:
-            assert len(check.entries(TASK)) == rounds
-            assert check.spent(TASK) == pytest.approx(epsilons[-1], rel=1e-9)
-            assert check.spent(TASK) == pytest.approx(skellam_epsilon([plan.release] * rounds, DELTA))
-        finally:
-            check.close()
-    assert any(isinstance(e.body, Hello) for e in hub.from_node["site-4"])
+        assert len(entries[name]) == rounds
+        assert spent[name] == pytest.approx(epsilons[-1], rel=1e-9)
+        assert spent[name] == pytest.approx(skellam_epsilon([plan.release] * rounds, DELTA))
+
+
+def test_budget_spent_elsewhere_mid_round_stops_the_masked_input(tmp_path: Path) -> None:
+    """The check before training passed, but by the time the masked input is due the site's total budget was
+    spent on another task (another node process on the same ledger): the charge refuses, and no input leaves."""
+    rounds, target = 1, 2.0
+    names = NAMES[:3]
+    plan = plan_skellam(target, DELTA, rounds, 0.5, _adapter().parameter_count, 3, 2)
+    one_round = plan.epsilon(1, DELTA)
+    other = SkellamRelease((2.0 * 1000.0) ** 2, 1000.0, 30_000.0)
+    other_epsilon = skellam_epsilon([other], DELTA)
+    total = other_epsilon + one_round / 2  # the other task fits; the other task plus this round does not
+    policies = {name: NodePolicy(max_epsilon=target, max_epsilon_total=total if name == "site-3" else None) for name in names}
+    federation = InProcessFederation(tmp_path, rounds, target, policies)
+    spent_elsewhere = []
+
+    def spend_after_advertising(fed: InProcessFederation) -> None:
+        if not spent_elsewhere and fed.said("site-3", AdvertiseKeys):
+            fed.ledgers["site-3"].charge("another-task", 1, 1, other, {"mechanism": "skellam"}, "h")
+            spent_elsewhere.append(True)
+
+    try:
+        federation.run(hook=spend_after_advertising)
+        history = list(federation.store.rounds())
+        refusals = federation.refusals()
+        site3 = federation.ledgers["site-3"].entries()
+    finally:
+        federation.close()
+
+    assert spent_elsewhere
+    assert [r.round for r in history] == [1] and sorted(history[0].survivors) == ["site-1", "site-2"]
+    assert [(e.task, e.aggregation) for e in site3] == [("another-task", 1)]  # nothing charged for this task
+    assert federation.said("site-3", MaskedInput) == []  # and nothing released
+    reasons = [body for _, body in federation.said("site-3", Refusal)]
+    assert [r.reason for r in reasons] == ["budget-exhausted"] and "site's total epsilon" in reasons[0].detail
+    assert [(node, reason) for _, node, reason, _ in refusals] == [("site-3", "budget-exhausted")]
