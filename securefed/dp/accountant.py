@@ -45,7 +45,7 @@ RDP_ORDERS: tuple[int, ...] = tuple(range(2, 129)) + (160, 192, 256, 384, 512, 7
 
 
 def _check_delta(delta: float) -> None:
-    if not 0 < delta < 1:
+    if not (isinstance(delta, (int, float)) and 0 < delta < 1):
         raise InvalidParameter(f"delta must be in (0, 1), got {delta}")
 
 
@@ -54,7 +54,7 @@ def gaussian_epsilon(
 ) -> float:
     """epsilon of ``steps`` compositions of the Gaussian mechanism (optionally Poisson-sampled)."""
     _check_delta(delta)
-    if noise_multiplier <= 0 or steps < 0 or not 0 < sampling_rate <= 1:
+    if not (math.isfinite(noise_multiplier) and noise_multiplier > 0) or steps < 0 or not 0 < sampling_rate <= 1:
         raise InvalidParameter("need noise_multiplier > 0, steps >= 0 and 0 < sampling_rate <= 1")
     if steps == 0:
         return 0.0
@@ -74,8 +74,18 @@ def gaussian_epsilon(
 
 def calibrate_gaussian(target_epsilon: float, steps: int, delta: float, sampling_rate: float = 1.0, method: str = "pld") -> float:
     """The smallest noise multiplier (to 0.1%) whose epsilon is at most the target."""
-    if target_epsilon <= 0:
-        raise InvalidParameter("target epsilon must be positive")
+    if not (math.isfinite(target_epsilon) and target_epsilon > 0):
+        raise InvalidParameter("target epsilon must be a positive number")
+    if method == "pld":
+        # PLD is tight but slow for small noise; RDP is fast and never below it, so the RDP answer
+        # is an upper bracket and PLD only searches just under it.
+        high = calibrate_gaussian(target_epsilon, steps, delta, sampling_rate, "rdp")
+        low = high / 2
+        while low > 0.05 and gaussian_epsilon(low, steps, delta, sampling_rate, "pld") <= target_epsilon:
+            low /= 2
+        return _bisect_decreasing(
+            lambda z: gaussian_epsilon(z, steps, delta, sampling_rate, "pld"), target_epsilon, low=low, high=high
+        )
     return _bisect_decreasing(
         lambda z: gaussian_epsilon(z, steps, delta, sampling_rate, method), target_epsilon, low=0.05, high=500.0
     )
@@ -124,7 +134,7 @@ def calibrate_skellam_variance(
     target_epsilon: float, rounds: int, delta: float, l2_sensitivity: float, l1_sensitivity: float
 ) -> float:
     """The smallest total noise variance (to 0.1%) for which ``rounds`` releases stay within the target."""
-    if target_epsilon <= 0 or rounds < 1:
+    if not (math.isfinite(target_epsilon) and target_epsilon > 0) or rounds < 1:
         raise InvalidParameter("need a positive target epsilon and at least one round")
 
     def epsilon_for(noise_multiplier: float) -> float:

@@ -348,6 +348,30 @@ class Node:
         charge = None
         if spec.dp is not None:
             charge = self._check_dp(spec, adapter.parameter_count, n, aggregation, context)
+        codec = None
+        if spec.phase == "evaluate":
+            length = EvaluationCodec(n).vector_length
+        elif charge is not None:
+            length = adapter.parameter_count
+        else:  # refuses overflow-unsafe encodings before anything is sent
+            codec = TrainingUpdateCodec(adapter.parameter_count, spec.clip_norm, spec.fractional_bits, spec.weight_cap, n)
+            length = codec.vector_length
+        client = None
+        if spec.masking:
+            # Advertise the round keys first and train while the coordinator collects them: the
+            # key exchange's first round trip overlaps local training.
+            config = RoundConfig(self.task, aggregation, n, spec.threshold, length, context, spec.neighbours)
+            roster = {i: self.roster[name] for i, name in start.cohort}
+            client = ClientProtocol(config, start.node_id, self.identity, roster, None, self.policy.client_policy())
+            self.current = _Participation(aggregation, client, spec, charge, context.hex(), n)
+            try:
+                outgoing = client.start()
+            except RemoteProtocolError as exc:
+                raise _Refused(exc.reason, str(exc)) from None
+            for message in outgoing:
+                self._send(aggregation, message)
+        else:
+            self.current = _Participation(aggregation, None, spec, charge, context.hex(), n)
         if spec.phase == "train":
             X, y = self.dataset.X[self._train_idx], self.dataset.y[self._train_idx]
             trained = adapter.fit_local(
@@ -356,26 +380,15 @@ class Node:
             if charge is not None:
                 vector = charge.parameters.encode(trained - model)
             else:
-                codec = TrainingUpdateCodec(adapter.parameter_count, spec.clip_norm, spec.fractional_bits, spec.weight_cap, n)
                 vector = codec.encode(trained - model, len(y))
         else:
             X, y = self.dataset.X[self._val_idx], self.dataset.y[self._val_idx]
             metrics = adapter.evaluate(model, X, y)
             vector = EvaluationCodec(n).encode(metrics.correct, metrics.count, metrics.loss_sum)
-        config = RoundConfig(self.task, aggregation, n, spec.threshold, vector.shape[0], context, spec.neighbours)
-        if not spec.masking:
-            self.current = _Participation(aggregation, None, spec, charge, context.hex(), n)
+        if client is not None:
+            client.provide_input(vector)
+        else:
             self._charge_and_send(MaskedInput(start.node_id, vector))
-            return
-        roster = {i: self.roster[name] for i, name in start.cohort}
-        client = ClientProtocol(config, start.node_id, self.identity, roster, vector, self.policy.client_policy())
-        self.current = _Participation(aggregation, client, spec, charge, context.hex(), n)
-        try:
-            outgoing = client.start()
-        except RemoteProtocolError as exc:
-            raise _Refused(exc.reason, str(exc)) from None
-        for message in outgoing:
-            self._send(aggregation, message)
 
     def _on_protocol_message(self, aggregation: int, message: object) -> None:
         current = self.current

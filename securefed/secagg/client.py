@@ -115,7 +115,7 @@ class ClientProtocol:
         node_id: int,
         identity: SigningKey,
         roster: Mapping[int, bytes],
-        input_vector: np.ndarray,
+        input_vector: np.ndarray | None,
         policy: ClientPolicy | None = None,
         signature_cache: set[bytes] | None = None,
     ) -> None:
@@ -126,17 +126,13 @@ class ClientProtocol:
         missing = [i for i in config.ids if i not in roster]
         if missing:
             raise InvalidParameter(f"roster has no identity key for ids {missing[:5]}")
-        vector = np.asarray(input_vector)
-        if vector.dtype != np.uint32 or vector.shape != (config.vector_length,):
-            raise InvalidParameter(
-                f"input must be a uint32 vector of length {config.vector_length}, "
-                f"got {vector.dtype} with shape {vector.shape}"
-            )
         self.config = config
         self.node_id = node_id
         self._identity = identity
         self._roster = dict(roster)
-        self._input = vector
+        self._input: np.ndarray | None = None
+        if input_vector is not None:
+            self._input = self._checked_input(input_vector)
         self._policy = policy if policy is not None else ClientPolicy()
         self._signature_cache = signature_cache
         self.state = ClientState.START
@@ -154,6 +150,25 @@ class ClientProtocol:
         self._signed_survivors: tuple[int, ...] | None = None
 
     # --- public API ---------------------------------------------------------
+
+    def provide_input(self, input_vector: np.ndarray) -> None:
+        """Hand over the input later than construction, e.g. after training that overlaps the
+        key advertisement. It must arrive before the coordinator relays the shares."""
+        if self._input is not None or self.state in TERMINAL_STATES or self.state in (
+            ClientState.AWAIT_CONSISTENCY_REQUEST,
+            ClientState.AWAIT_UNMASK_REQUEST,
+        ):
+            raise LocalProtocolError("the input can be provided once, before the masked-input stage")
+        self._input = self._checked_input(input_vector)
+
+    def _checked_input(self, input_vector: np.ndarray) -> np.ndarray:
+        vector = np.asarray(input_vector)
+        if vector.dtype != np.uint32 or vector.shape != (self.config.vector_length,):
+            raise InvalidParameter(
+                f"input must be a uint32 vector of length {self.config.vector_length}, "
+                f"got {vector.dtype} with shape {vector.shape}"
+            )
+        return vector
 
     def start(self) -> list[ClientMessage]:
         """Check the round against local policy, make fresh round keys, return the advertisement."""
@@ -193,7 +208,7 @@ class ClientProtocol:
         except SecureFedError as exc:
             self._abort(exc)
             raise
-        except (TypeError, ValueError, AttributeError, IndexError, KeyError, OverflowError) as exc:
+        except (TypeError, ValueError, AttributeError, IndexError, KeyError, OverflowError) as exc:  # malformed fields
             error = RemoteProtocolError(f"malformed {type(message).__name__}: {exc}", reason="malformed")
             self._abort(error)
             raise error from None
@@ -282,6 +297,8 @@ class ClientProtocol:
         for peer in sorted(self._shared_with - {self.node_id}):
             seed = pairwise_mask_seed(config, self._s_keys, self._entries[peer].s_pk, self.node_id, peer)
             masks.append((seed, mask_sign(self.node_id, peer)))
+        if self._input is None:
+            raise LocalProtocolError("shares arrived before the input was provided")
         masked = MaskAccumulator(self._input)
         masked.apply(masks)
         # The secrets behind the mask live on only as Shamir shares now.

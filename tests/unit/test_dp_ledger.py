@@ -147,14 +147,6 @@ def test_garbage_file_is_refused_with_a_message(path: Path) -> None:
     assert path.read_bytes().startswith(b"this is not a database")  # left alone for the operator
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=sqlite3.DatabaseError,
-    reason="BUG: PrivacyLedger.__init__ only touches the schema page, so a ledger whose data pages are "
-    "damaged opens fine and spent()/check()/charge() later raise a bare sqlite3.DatabaseError ('database disk "
-    "image is malformed'); in Node._check_dp that escapes _on_round_start and kills the node loop. Fix: run "
-    "PRAGMA quick_check at open (as CoordinatorStore does) and map sqlite3.DatabaseError to InvalidParameter.",
-)
 def test_damaged_data_pages_are_refused_with_a_message(path: Path) -> None:
     ledger = PrivacyLedger(path, Budget(1e9, 1e9))
     for k in range(1, 30):

@@ -250,13 +250,6 @@ def test_a_spent_ledger_refuses_the_next_round(tmp_path: Path, training: Trainin
     site.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Node._participate trains (adapter.fit_local) and encodes before the secagg ClientPolicy "
-    "(min_threshold / min_cohort / min_threshold_fraction) is checked in ClientProtocol.start(), so a round whose "
-    "threshold or cohort is below the site's policy is refused only after training. Fix: build the RoundConfig "
-    "and call self.policy.client_policy().check(config) in Node._check_round, before _participate trains.",
-)
 @pytest.mark.parametrize("weak", ["threshold", "cohort"])
 def test_threshold_or_cohort_below_policy_is_refused_before_training(tmp_path: Path, training: TrainingSpy, weak: str) -> None:
     if weak == "threshold":
@@ -266,20 +259,15 @@ def test_threshold_or_cohort_below_policy_is_refused_before_training(tmp_path: P
     dp, _ = _dp(cohort=3, threshold=threshold)
     site = Site(tmp_path, policy)
     site.start(1, _spec(dp, threshold=threshold))
-    assert [r.reason for r in site.refusals()] == ["weaker-than-policy"]  # this part holds today
+    assert [r.reason for r in site.refusals()] == ["weaker-than-policy"]
+    assert "below this site's minimum" in site.refusals()[0].detail
     assert training.calls == 0, "the node trained on a round its policy refuses"
     site.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=sqlite3.DatabaseError,
-    reason="BUG: a ledger with damaged data pages opens fine (PrivacyLedger.__init__ checks only the schema); "
-    "Node._check_dp's ledger.check() then raises sqlite3.DatabaseError, which _on_round_start does not catch, so "
-    "Node.step raises and the daemon dies instead of refusing. Fix: PRAGMA quick_check in PrivacyLedger.__init__, "
-    "and map sqlite3.DatabaseError to InvalidParameter (a SecureFedError, which the node turns into a Refusal).",
-)
 def test_a_damaged_ledger_makes_the_node_refuse_not_crash(tmp_path: Path, training: TrainingSpy) -> None:
+    """Data pages of the ledger damaged: the node either will not start (saying why) or refuses DP rounds;
+    it never trains on, or crashes in, a round it cannot account for."""
     dp, plan = _dp()
     path = tmp_path / "ledger.sqlite"
     ledger = PrivacyLedger(path, Budget(1e9, 1e9))
@@ -456,7 +444,7 @@ def test_budget_spent_elsewhere_mid_round_stops_the_masked_input(tmp_path: Path)
     other = SkellamRelease((2.0 * 1000.0) ** 2, 1000.0, 30_000.0)
     other_epsilon = skellam_epsilon([other], DELTA)
     total = other_epsilon + one_round / 2  # the other task fits; the other task plus this round does not
-    policies = {name: NodePolicy(max_epsilon=target, max_epsilon_total=total if name == "site-3" else None) for name in names}
+    policies = {name: NodePolicy(max_epsilon=10.0, max_epsilon_total=total if name == "site-3" else None) for name in names}
     federation = InProcessFederation(tmp_path, rounds, target, policies)
     spent_elsewhere = []
 
