@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from securefed._db import open_durable
 from securefed.dp.accountant import SkellamRelease, skellam_epsilon
 from securefed.errors import InvalidParameter, PrivacyBudgetExhausted
 
@@ -71,19 +72,9 @@ class PrivacyLedger:
     def __init__(self, path: str | Path, budget: Budget) -> None:
         self.path = Path(path)
         self.budget = budget
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-            verdict = self._db.execute("PRAGMA quick_check").fetchone()[0]
-            if verdict != "ok":
-                raise sqlite3.DatabaseError(verdict)
-        except sqlite3.DatabaseError as exc:
-            raise InvalidParameter(
-                f"privacy ledger {self.path} is unreadable ({exc}); do not delete it: restore it from a backup"
-            ) from None
+        self._db = open_durable(
+            self.path, _SCHEMA, "privacy ledger", "do not delete it: restore it from a backup"
+        )
 
     def close(self) -> None:
         self._db.close()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -31,6 +30,7 @@ from typing import Protocol
 
 import numpy as np
 
+from securefed._db import open_durable
 from securefed.audit.log import AuditLog
 from securefed.crypto.identity import SigningKey
 from securefed.dp.ledger import Budget, PrivacyLedger
@@ -109,22 +109,18 @@ class NodePolicy:
         )
 
 
+_NODE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS joined (task TEXT PRIMARY KEY, aggregation INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS audit_head (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER, hash TEXT);
+"""
+
+
 class NodeState:
     """The node's small durable state (SQLite): the newest aggregation it joined, per task."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS joined (task TEXT PRIMARY KEY, aggregation INTEGER NOT NULL)")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS audit_head (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER, hash TEXT)"
-            )
-        except sqlite3.DatabaseError as exc:
-            raise InvalidParameter(f"node state {self.path} is unreadable ({exc}); move it away to start afresh") from None
+        self._db = open_durable(self.path, _NODE_SCHEMA, "node state", "move it away to start afresh")
 
     def last_aggregation(self, task: str) -> int:
         row = self._db.execute("SELECT aggregation FROM joined WHERE task = ?", (task,)).fetchone()

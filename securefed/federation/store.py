@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from securefed._db import open_durable
 from securefed.errors import InvalidParameter
 
 __all__ = ["CoordinatorStore", "RoundRecord"]
@@ -79,17 +80,9 @@ class CoordinatorStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-            self._db.execute("PRAGMA quick_check").fetchone()
-        except sqlite3.DatabaseError as exc:
-            raise InvalidParameter(
-                f"coordinator state {self.path} is unreadable ({exc}); restore it from a backup or move it away"
-            ) from None
+        self._db = open_durable(
+            self.path, _SCHEMA, "coordinator state", "restore it from a backup or move it away"
+        )
 
     @classmethod
     def open_readonly(cls, path: str | Path) -> sqlite3.Connection:

@@ -42,16 +42,26 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
-
-from securefed.secagg.config import ClientPolicy
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
-from securefed.errors import InvalidShare, LocalProtocolError, ProtocolAborted, RemoteProtocolError
+from securefed.errors import (
+    InvalidShare,
+    LocalProtocolError,
+    ProtocolAborted,
+    RemoteProtocolError,
+)
 from securefed.secagg import messages as _messages
 from securefed.secagg.client import ClientProtocol, ClientState
+from securefed.secagg.config import ClientPolicy
 from securefed.secagg.messages import (
     AdvertiseKeys,
     ConsistencyRequest,

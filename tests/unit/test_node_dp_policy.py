@@ -468,3 +468,42 @@ def test_budget_spent_elsewhere_mid_round_stops_the_masked_input(tmp_path: Path)
     reasons = [body for _, body in federation.said("site-3", Refusal)]
     assert [r.reason for r in reasons] == ["budget-exhausted"] and "site's total epsilon" in reasons[0].detail
     assert [(node, reason) for _, node, reason, _ in refusals] == [("site-3", "budget-exhausted")]
+
+
+def test_the_charge_is_committed_before_the_masked_input_is_sent(tmp_path: Path) -> None:
+    """At the very moment each node hands its masked input to the socket, its ledger row for that aggregation
+    is already committed (visible to another connection, as it would be after a crash)."""
+    rounds, target = 2, 4.0
+    names = NAMES[:3]
+    federation = InProcessFederation(tmp_path, rounds, target, {name: NodePolicy(max_epsilon=target) for name in names})
+    seen: list[tuple[str, int, list]] = []
+
+    class Watching:
+        def __init__(self, name: str, inner: object) -> None:
+            self.name, self.inner = name, inner
+
+        def poll(self, timeout_ms: int) -> list[Envelope]:
+            return self.inner.poll(timeout_ms)
+
+        def send(self, envelope: Envelope) -> bool:
+            if isinstance(envelope.body, MaskedInput):
+                reader = sqlite3.connect(f"file:{tmp_path / self.name / 'ledger.sqlite'}?mode=ro", uri=True)
+                try:
+                    rows = reader.execute("SELECT task, aggregation FROM charges").fetchall()
+                finally:
+                    reader.close()
+                seen.append((self.name, envelope.aggregation, rows))
+            return self.inner.send(envelope)
+
+    for name, node in federation.nodes.items():
+        node.socket = Watching(name, node.socket)
+    try:
+        federation.run()
+        history = list(federation.store.rounds())
+    finally:
+        federation.close()
+    assert len(seen) == rounds * len(names)
+    for name, aggregation, rows in seen:
+        assert (TASK, aggregation) in rows, f"{name} sent its masked input for {aggregation} before charging: {rows}"
+    for record in history:
+        assert sorted(record.survivors) == names
