@@ -41,6 +41,8 @@ def run_node(config_path: str | Path, stop: threading.Event | None = None) -> in
             f"the audit log {config.audit_path} fails verification ({report.problems[0]}); "
             "keep it for your auditor, move it away, and start again"
         )
+    if report.extends_head:  # a crash between appending a receipt and checkpointing the head
+        state.set_audit_head(report.last_seq, report.last_hash)
     audit_log = AuditLog(config.audit_path, identity, on_append=state.set_audit_head)
     socket = NodeSocket(config.coordinator, keys, config.coordinator_curve_public_key)
     stop = stop or threading.Event()

@@ -12,8 +12,11 @@ or a signature. Cutting lines off the *end* cannot be seen from the chain
 alone, so the node also keeps the newest (seq, hash) in its state database
 and :func:`verify_log` compares against it.
 
-Lines are appended with ``fsync``; a crash can leave at most a partial last
-line, which verification reports as such.
+Lines are appended with ``fsync``. A crash between appending a line and
+checkpointing the head leaves the log one valid entry *past* the head;
+verification accepts that (``extends_head``) and the owner re-records the
+head. A power loss mid-write can leave a partial, unterminated last line;
+verification sets it aside (``partial_tail``) and the next append replaces it.
 """
 
 from __future__ import annotations
@@ -71,8 +74,13 @@ class AuditLog:
         report = verify_log(self.path, identity.public_bytes)
         self._seq = report.last_seq
         self._head = report.last_hash
+        self._partial_tail = report.partial_tail
 
     def append(self, receipt: dict) -> AuditEntry:
+        if self._partial_tail:
+            with open(self.path, "r+b") as handle:  # drop the cut-short line before appending
+                handle.truncate(self.path.stat().st_size - self._partial_tail)
+            self._partial_tail = 0
         seq, prev = self._seq + 1, self._head
         at = round(time.time(), 3)
         digest = _entry_hash(seq, prev, at, receipt)
@@ -94,6 +102,11 @@ class AuditLog:
 class VerificationReport:
     entries: list[AuditEntry] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    #: the log runs past the recorded head by valid entries: a crash hit between appending a
+    #: receipt and checkpointing the head. Not tampering; the owner re-records the head.
+    extends_head: bool = False
+    #: bytes of an unterminated, unparseable last line (a write cut short), set aside
+    partial_tail: int = 0
 
     @property
     def ok(self) -> bool:
@@ -117,9 +130,17 @@ def verify_log(path: str | Path, public_key: bytes, head: tuple[int, str] | None
             report.problems.append(f"the log is missing but the node recorded {head[0]} entries")
         return report
     prev, expected_seq = GENESIS, 1
-    for number, raw in enumerate(file.read_bytes().split(b"\n"), start=1):
+    content = file.read_bytes()
+    chunks = content.split(b"\n")
+    for number, raw in enumerate(chunks, start=1):
         if not raw:
             continue
+        if number == len(chunks):  # no newline after it: a write that was cut short
+            try:
+                json.loads(raw)
+            except ValueError:
+                report.partial_tail = len(raw)
+                break
         try:
             line = json.loads(raw)
             entry = AuditEntry(
@@ -142,7 +163,14 @@ def verify_log(path: str | Path, public_key: bytes, head: tuple[int, str] | None
         report.entries.append(entry)
         prev, expected_seq = entry.hash, entry.seq + 1
     if head is not None and report.problems == [] and (report.last_seq, report.last_hash) != tuple(head):
-        report.problems.append(
-            f"the log ends at entry {report.last_seq} but the node recorded entry {head[0]} (entries cut off the end)"
-        )
+        seq, digest = head
+        at_head = GENESIS if seq == 0 else next((e.hash for e in report.entries if e.seq == seq), None)
+        if report.last_seq > seq and at_head == digest:
+            report.extends_head = True
+        elif report.last_seq < seq:
+            report.problems.append(
+                f"the log ends at entry {report.last_seq} but the node recorded entry {seq} (entries cut off the end)"
+            )
+        else:
+            report.problems.append(f"entry {seq} is not the one the node recorded (log replaced or rewritten)")
     return report

@@ -18,8 +18,11 @@ import time
 
 import pytest
 
+from securefed.audit.log import AuditLog
+from securefed.crypto.identity import SigningKey
 from securefed.dp.ledger import Budget, PrivacyLedger
 from securefed.dp.mechanism import plan_skellam
+from securefed.federation.node import NodeState
 from securefed.learning.models import make_adapter
 from tests.integration.conftest import SLOW_MLP
 
@@ -135,51 +138,24 @@ def test_node_whose_budget_is_below_one_round_refuses_every_round_and_the_task_g
         assert len(_ledger_rows(federation, name)) == 2
 
 
-def test_kill_9_during_rounds_never_leaves_spent_epsilon_unrecorded(launch) -> None:
-    """SIGKILL a node in one round after another (four kills over five rounds), alternately the moment its log
-    says it has charged its ledger (about when its masked input leaves) and at a random moment while the round
-    trains, restarting it at once. Afterwards, every node the coordinator counted among a round's survivors has
-    a ledger row for that very aggregation, and no ledger holds a row twice.
+AUDIT_CRASH_WINDOW = (
+    "a SIGKILL between appending an audit receipt and checkpointing the head leaves the log one valid, signed "
+    "entry ahead of the recorded head; the node must accept that on restart and re-record the head"
+)
 
-    Local training is slow on purpose (an MLP with many epochs, about half a second per round) so that the
-    random kills land inside the round. One kill per round, t = 3 of 4: the rounds complete, and a node killed
-    right after charging is often still counted (its masked input made it), which is the case this is about.
-    (Whether the charge precedes the send is checked exactly, in-process, in tests/unit/test_node_dp_policy.py.)
-    """
-    rng = random.Random(20240611)
-    rounds_total = 5
-    federation = launch(
-        n_nodes=4, rounds=rounds_total, dp=dict(DP), evaluate=False, policy={"max_epsilon": 8.0, "delta": DELTA},
-        **SLOW_MLP,
-    )  # fmt: skip
-    federation.start_nodes()
-    federation.start_coordinator()
-    kills: list[dict] = []
-    offset = 0
-    victims = ["site-1", "site-2", "site-3", "site-4"]
-    for index, victim in enumerate(victims):
-        match = federation.wait_log("coordinator", rf"round (\d+)/{rounds_total} train: aggregation (\d+) with 4 nodes", 60, offset)
-        offset = match.end()
-        round_number, aggregation = int(match.group(1)), int(match.group(2))
-        if round_number >= rounds_total:
-            break  # leave the last round alone
-        if index % 2 == 0:
-            federation.wait_log(victim, rf"aggregation {aggregation}: charged the privacy ledger", 30)
-            moment = "after-charge"
-        else:
-            time.sleep(rng.uniform(0.05, 0.5))  # while the cohort trains
-            moment = "random"
-        completed = [r["aggregation"] for r in _dp_rounds(federation)]
-        federation.kill(victim)
-        kills.append({"victim": victim, "moment": moment, "aggregation": aggregation, "done-before-kill": aggregation in completed})
-        federation.start_node(victim)
 
-    assert federation.wait_coordinator_exit(timeout=60) == 0, f"kills: {kills}\n{federation.diagnostics()}"
-    rounds = _dp_rounds(federation)
-    assert [r["round"] for r in rounds] == list(range(1, rounds_total + 1)), federation.diagnostics()
-    assert len(kills) >= 3, f"only {len(kills)} kills landed before the last round: {kills}; rounds: {rounds}"
-    mid_round = [k for k in kills if not k["done-before-kill"]]
-    assert len(mid_round) >= 2, f"too few kills landed inside their round: {kills}"
+def _bricked(federation) -> list[str]:
+    """Nodes whose restarted daemon exited because its audit log failed verification."""
+    return [
+        name
+        for name in federation.names
+        if (process := federation.processes.get(name)) is not None
+        and process.poll() is not None
+        and "fails verification" in federation.log(name)
+    ]
+
+
+def _check_survivors_charged(federation, rounds: list[dict], kills: list[dict]) -> None:
     task = federation.task["name"]
     for r in rounds:
         for name in r["survivors"]:
@@ -191,18 +167,100 @@ def test_kill_9_during_rounds_never_leaves_spent_epsilon_unrecorded(launch) -> N
     for name in federation.names:
         aggregations = [agg for _, _, agg, _ in _ledger_rows(federation, name)]
         assert len(aggregations) == len(set(aggregations)), (name, aggregations)
+    for k in kills:
+        charged = k["aggregation"] in {agg for _, _, agg, _ in _ledger_rows(federation, k["victim"])}
+        if k["moment"] == "after-charge":
+            assert charged, k
+
+
+def test_kill_9_during_rounds_never_leaves_spent_epsilon_unrecorded(launch) -> None:
+    """SIGKILL a node in one round after another (four kills over five rounds), alternately the moment its log
+    says it has charged its ledger (about when its masked input leaves) and at a random moment while the round
+    trains, restarting it at once. Afterwards, every node the coordinator counted among a round's survivors has
+    a ledger row for that very aggregation, and no ledger holds a row twice.
+
+    Local training is slow on purpose (an MLP with many epochs, about half a second per round) so that the
+    random kills land inside the round. One kill per round, t = 3 of 4: the rounds complete, and a node killed
+    right after charging is usually still counted (its masked input made it), which is the case this is about.
+    (Whether the charge precedes the send is checked exactly, in-process, in tests/unit/test_node_dp_policy.py.)
+
+    A kill can land between a node appending an audit receipt and checkpointing the log's head; the node must
+    still restart (test_node_restarts_after_a_crash_between_audit_append_and_head_checkpoint pins that case).
+    """
+    rng = random.Random(20240611)
+    rounds_total = 5
+    federation = launch(
+        n_nodes=4, rounds=rounds_total, dp=dict(DP), evaluate=False, policy={"max_epsilon": 8.0, "delta": DELTA},
+        **SLOW_MLP,
+    )  # fmt: skip
+    federation.start_nodes()
+    federation.start_coordinator()
+    coordinator = federation.processes["coordinator"]
+    kills: list[dict] = []
+    offset = 0
+    start_pattern = re.compile(rf"round (\d+)/{rounds_total} train: aggregation (\d+) with 4 nodes")
+
+    def wait_for(name: str, pattern: re.Pattern, after: int, what: str):
+        return federation.wait_until(
+            lambda: pattern.search(federation.log(name), after) or _bricked(federation), 60, what, interval=0.02
+        )
+
+    for index, victim in enumerate(["site-1", "site-2", "site-3", "site-4"]):
+        match = wait_for("coordinator", start_pattern, offset, "a four-node round to start")
+        if isinstance(match, list):
+            break
+        offset = match.end()
+        round_number, aggregation = int(match.group(1)), int(match.group(2))
+        if round_number >= rounds_total:
+            break  # leave the last round alone
+        if index % 2 == 0:
+            charged = re.compile(rf"aggregation {aggregation}: charged the privacy ledger")
+            if isinstance(wait_for(victim, charged, 0, f"{victim} to charge"), list):
+                break
+            moment = "after-charge"
+        else:
+            time.sleep(rng.uniform(0.05, 0.5))  # while the cohort trains
+            moment = "random"
+        completed = [r["aggregation"] for r in _dp_rounds(federation)]
+        federation.kill(victim)
+        kills.append({"victim": victim, "moment": moment, "aggregation": aggregation, "done-before-kill": aggregation in completed})
+        federation.start_node(victim)
+
+    federation.wait_until(lambda: coordinator.poll() is not None or _bricked(federation), 60, "the task to finish")
+    bricked = _bricked(federation)
+    assert not bricked, f"{bricked} could not restart after kill -9 (audit-log crash window): {federation.diagnostics()}"
+    assert federation.wait_coordinator_exit(timeout=10) == 0, f"kills: {kills}\n{federation.diagnostics()}"
+    rounds = _dp_rounds(federation)
+    assert [r["round"] for r in rounds] == list(range(1, rounds_total + 1)), federation.diagnostics()
+    assert len(kills) >= 3, f"only {len(kills)} kills landed before the last round: {kills}; rounds: {rounds}"
+    assert len([k for k in kills if not k["done-before-kill"]]) >= 2, f"too few kills landed inside their round: {kills}"
+    _check_survivors_charged(federation, rounds, kills)
+    task = federation.task["name"]
+    for name in federation.names:
         ledger = PrivacyLedger(federation.root / name / "state" / "ledger.sqlite", Budget(8.0, 8.0))
         try:
             assert ledger.spent(task) <= 8.0
         finally:
             ledger.close()
-    for k in kills:  # a node killed during training never reached its charge: nothing spent, nothing counted
-        r = next((r for r in rounds if r["aggregation"] == k["aggregation"]), None)
-        charged = k["aggregation"] in {agg for _, _, agg, _ in _ledger_rows(federation, k["victim"])}
-        if r is not None and k["victim"] in r["survivors"]:
-            assert charged, k
-        if k["moment"] == "after-charge":
-            assert charged, k
     counted = [k for k in kills if any(k["victim"] in r["survivors"] and r["aggregation"] == k["aggregation"] for r in rounds)]
     print(f"kills: {kills}; killed yet counted among the survivors: {counted}")
     assert counted, f"no node was killed after its masked input had left, so the invariant was not put to the test: {kills}"
+
+
+def test_node_restarts_after_a_crash_between_audit_append_and_head_checkpoint(launch) -> None:
+    """The state a SIGKILL leaves between AuditLog.append's fsync and the head checkpoint, made on purpose."""
+    federation = launch(n_nodes=3, rounds=1, dp=dict(DP), evaluate=False, policy={"max_epsilon": 4.0, "delta": DELTA})
+    name = "site-1"
+    state_dir = federation.root / name / "state"
+    identity = SigningKey.load(federation.root / name / "identity.pem")
+    state = NodeState(state_dir / "node.sqlite")
+    try:
+        AuditLog(state_dir / "audit.log", identity, on_append=state.set_audit_head).append({"aggregation": 1})
+        AuditLog(state_dir / "audit.log", identity).append({"aggregation": 2})  # fsynced; the head not yet recorded
+    finally:
+        state.close()
+    process = federation.start_node(name)
+    federation.wait_until(
+        lambda: "connecting to" in federation.log(name) or process.poll() is not None, 30, f"{name} to start"
+    )
+    assert process.poll() is None and "connecting to" in federation.log(name), federation.log(name)[-1500:]

@@ -108,3 +108,24 @@ def test_garbage_lines_are_reported_not_raised(tmp_path: Path, junk: bytes) -> N
     path.write_bytes(junk)
     report = verify_log(path, KEY.public_bytes)
     assert not report.ok
+
+
+def test_a_log_one_entry_past_its_recorded_head_is_a_crash_not_tampering(tmp_path: Path) -> None:
+    """kill -9 between appending a receipt and checkpointing the head: accepted, and flagged."""
+    path, heads = _write(tmp_path, 3)
+    report = verify_log(path, KEY.public_bytes, heads[-2])
+    assert report.ok and report.extends_head and report.last_seq == 3
+    forged_head = (2, "ab" * 32)
+    assert not verify_log(path, KEY.public_bytes, forged_head).ok
+
+
+def test_a_cut_short_last_line_is_set_aside_and_replaced_by_the_next_append(tmp_path: Path) -> None:
+    path, _ = _write(tmp_path, 2)
+    with path.open("ab") as handle:
+        handle.write(b'{"seq":3,"prev":"')  # a write interrupted by a power loss
+    report = verify_log(path, KEY.public_bytes)
+    assert report.ok and report.partial_tail > 0 and report.last_seq == 2
+    heads: list = []
+    AuditLog(path, KEY, on_append=lambda seq, digest: heads.append((seq, digest))).append(_receipt(3))
+    final = verify_log(path, KEY.public_bytes, heads[-1])
+    assert final.ok and final.partial_tail == 0 and [e.seq for e in final.entries] == [1, 2, 3]

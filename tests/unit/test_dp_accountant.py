@@ -12,7 +12,6 @@ Canonne-Kamath-Steinke 2020 bound written out here.
 from __future__ import annotations
 
 import math
-import signal
 from fractions import Fraction
 
 import dp_accounting
@@ -241,18 +240,23 @@ def test_calibrated_gaussian_noise_is_within_target_and_tight(target: float, ste
     assert gaussian_epsilon(z * 0.998, steps, DELTA, sampling_rate, "rdp") > target
 
 
-def test_pld_calibration_of_one_step_is_quick_and_within_target() -> None:
-    def give_up(*_: object) -> None:
-        raise TimeoutError("calibrate_gaussian(method='pld') took more than 3 s for one step")
+def test_pld_calibration_searches_only_near_the_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PLD is slow for tiny noise multipliers; the search must stay near the answer (no timing needed)."""
+    import securefed.dp.accountant as accountant
 
-    previous = signal.signal(signal.SIGALRM, give_up)
-    signal.setitimer(signal.ITIMER_REAL, 3.0)
-    try:
-        z = calibrate_gaussian(2.0, 1, DELTA)
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-    assert gaussian_epsilon(z, 1, DELTA) <= 2.0 < gaussian_epsilon(z * 0.998, 1, DELTA)
+    evaluated: list[float] = []
+    real = accountant.gaussian_epsilon
+
+    def recording(z, steps, delta, sampling_rate=1.0, method="pld"):
+        if method == "pld":
+            evaluated.append(z)
+        return real(z, steps, delta, sampling_rate, method)
+
+    monkeypatch.setattr(accountant, "gaussian_epsilon", recording)
+    z = calibrate_gaussian(2.0, 1, DELTA)
+    assert real(z, 1, DELTA) <= 2.0 < real(z * 0.998, 1, DELTA)
+    assert evaluated and min(evaluated) >= z / 4, f"PLD evaluated at {min(evaluated):.3f}, answer {z:.3f}"
+    assert len(evaluated) <= 20
 
 
 def test_unreachable_targets_are_refused() -> None:
