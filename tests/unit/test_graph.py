@@ -237,7 +237,7 @@ def test_sparse_graph_for_n_1000(dropout: float, corrupt: float, threat: str) ->
     k, t = proposal.neighbours, proposal.threshold
     assert k is not None and k % 2 == 0
     assert k <= n // 4, "the sparse graph should be much smaller than the cohort"
-    assert 1 <= t <= k + 1
+    assert t >= 1 and t <= k + 1
     m = k + 1
     # The published bounds, per neighbourhood, union-bounded over n neighbourhoods.
     bad = t if threat == "curious" else 2 * t - m
@@ -306,7 +306,7 @@ def test_every_proposal_is_a_valid_round_config(n: int, dropout: float, corrupt:
         assert t > math.floor((1 - dropout) * n)
         return
     config = RoundConfig("t", 0, n, proposal.threshold, 1, SEED, proposal.neighbours)
-    assert 1 <= proposal.threshold <= config.neighbourhood_size
+    assert proposal.threshold >= 1 and proposal.threshold <= config.neighbourhood_size
 
 
 def test_non_integer_degree_is_refused_at_build() -> None:
