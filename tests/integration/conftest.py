@@ -347,8 +347,17 @@ class RawPeer:
         self.socket = context.socket(kind)
         self.socket.linger = 0
         self.socket.sndhwm = 0  # never drop our own flood on the floor
+        self.socket.sndtimeo = 5000  # a send with no live pipe (refused handshake) must not block forever
         self.monitor = self.socket.get_monitor_socket()
         self.events: list[tuple[int, int]] = []
+
+    def try_send(self, frames: list[bytes]) -> bool:
+        """Send if there is anyone to send to; a refused peer may have no pipe left (False)."""
+        try:
+            self.socket.send_multipart(frames)
+        except zmq.Again:
+            return False
+        return True
 
     def curve_client(self, keys: CurveKeyPair, server_public: bytes) -> RawPeer:
         self.socket.curve_secretkey = keys.secret

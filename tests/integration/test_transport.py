@@ -67,7 +67,7 @@ def test_unknown_curve_key_and_plain_socket_are_refused(launch, zmq_context) -> 
     intruder_keys = CurveKeyPair.generate()
     intruder = zmq_context(zmq.DEALER).curve_client(intruder_keys, server_key)
     intruder.socket.connect(federation.endpoint)
-    intruder.socket.send_multipart(hello)
+    intruder.try_send(hello)
     event = intruder.wait_event({zmq.EVENT_HANDSHAKE_SUCCEEDED, *HANDSHAKE_FAILED}, 10)
     assert event == (zmq.EVENT_HANDSHAKE_FAILED_AUTH, 400), intruder.events
     assert intruder.receive_all(1.0) == []
@@ -83,7 +83,7 @@ def test_unknown_curve_key_and_plain_socket_are_refused(launch, zmq_context) -> 
     # A plain (NULL mechanism) socket: the mechanism mismatch fails the handshake; nothing arrives.
     plain = zmq_context(zmq.DEALER)
     plain.socket.connect(federation.endpoint)
-    plain.socket.send_multipart(hello)
+    plain.try_send(hello)
     event = plain.wait_event({zmq.EVENT_HANDSHAKE_SUCCEEDED, *HANDSHAKE_FAILED}, 10)
     assert event is not None and event[0] in HANDSHAKE_FAILED, plain.events  # EPIPE or mechanism mismatch
     assert plain.receive_all(1.0) == []

@@ -78,6 +78,7 @@ from securefed.secagg.messages import (
 from securefed.secagg.transcript import advertise_transcript, consistency_transcript
 from securefed.wire.codec import encode
 from securefed.wire.transcript import read_transcript
+from tests.fakes import FakeNodeSocket as _FakeNodeSocket
 from tests.secagg_harness import (
     HonestRound,
     assert_no_double_reveal,
@@ -835,22 +836,6 @@ def attack_readdressed_ciphertexts() -> CheckResult:
     return _attack_result("refuses-readdressed-ciphertexts", r, refusals)
 
 
-class _FakeNodeSocket:
-    """What a ``Node`` needs of its socket: an inbox the test fills and a record of every send."""
-
-    def __init__(self) -> None:
-        self.inbox: list[Envelope] = []
-        self.sent: list[Envelope] = []
-
-    def poll(self, timeout_ms: int) -> list[Envelope]:
-        out, self.inbox = self.inbox, []
-        return out
-
-    def send(self, envelope: Envelope) -> bool:
-        self.sent.append(envelope)
-        return True
-
-
 def attack_node_round_start(kind: str, policy: object | None = None) -> CheckResult:
     """A real ``Node`` (default site policy unless ``policy``) is sent a RoundStart it must refuse.
 
@@ -1187,7 +1172,10 @@ class AuditFederation:
     """
 
     def __init__(self, root: Path, n_nodes: int, rounds: int, *, transcript: bool = False, seed: int = 0) -> None:
-        from securefed.learning.datasets import load_bundled, train_test_split_stratified  # noqa: PLC0415
+        from securefed.learning.datasets import (  # noqa: PLC0415
+            load_bundled,
+            train_test_split_stratified,
+        )
         from securefed.learning.models import DEFAULT_TRAINING  # noqa: PLC0415
         from securefed.learning.partition import partition  # noqa: PLC0415
         from securefed.localfed import LocalFederation  # noqa: PLC0415

@@ -66,7 +66,11 @@ def _knock(context: zmq.Context, endpoint: str, message: list[bytes], curve: tup
     monitor = sock.get_monitor_socket()
     try:
         sock.connect(endpoint)
-        sock.send_multipart(message)
+        sock.sndtimeo = 2000  # if the refused handshake already tore the pipe down, there is no one to send to
+        try:
+            sock.send_multipart(message)
+        except zmq.Again:
+            pass  # the intruder could not even send: it certainly receives nothing
         event = None
         deadline = time.monotonic() + 10
         while event is None and time.monotonic() < deadline:

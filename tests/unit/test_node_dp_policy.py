@@ -32,6 +32,7 @@ from securefed.federation.task import NodeEntry, TaskDefinition
 from securefed.learning.data import LocalDataset
 from securefed.learning.models import ModelAdapter, make_adapter
 from securefed.secagg.messages import AdvertiseKeys, MaskedInput
+from tests.fakes import FakeNodeSocket
 
 TASK = "dp-policy-task"
 DELTA = 1e-5
@@ -39,20 +40,8 @@ N_FEATURES, CLASSES = 4, (0, 1)
 NAMES = ["site-1", "site-2", "site-3", "site-4"]
 
 
-class FakeSocket:
+class FakeSocket(FakeNodeSocket):
     """What a Node needs of its socket; records every send."""
-
-    def __init__(self) -> None:
-        self.inbox: list[Envelope] = []
-        self.sent: list[Envelope] = []
-
-    def poll(self, timeout_ms: int) -> list[Envelope]:
-        out, self.inbox = self.inbox, []
-        return out
-
-    def send(self, envelope: Envelope) -> bool:
-        self.sent.append(envelope)
-        return True
 
     def bodies(self, kind: type) -> list:
         return [e.body for e in self.sent if isinstance(e.body, kind)]
