@@ -58,10 +58,10 @@ def load_coordinator_config(path: str | Path) -> CoordinatorConfig:
         batch_size=field(task_table, "task", "batch_size", int, 32),
         min_nodes=field(task_table, "task", "min_nodes", int, 3),
         max_nodes=field(task_table, "task", "max_nodes", int, 1000),
-        threshold=field(task_table, "task", "threshold", (int, float), 0.6),
+        threshold=field(task_table, "task", "threshold", (int, float), None),
         neighbours=field(task_table, "task", "neighbours", (str, int), "complete"),
         expected_dropout=float(field(task_table, "task", "expected_dropout", (int, float), 0.05)),
-        corrupt_fraction=float(field(task_table, "task", "corrupt_fraction", (int, float), 0.05)),
+        max_colluders=_colluders(task_table),
         clip_norm=float(field(task_table, "task", "clip_norm", (int, float), 10.0)),
         weight_cap=field(task_table, "task", "weight_cap", int, 100_000),
         strategy=field(task_table, "task", "strategy", str, "fedavg"),
@@ -109,6 +109,18 @@ def load_coordinator_config(path: str | Path) -> CoordinatorConfig:
             resolve_path(base, field(main, "coordinator", "transcript_file", str)) if "transcript_file" in main else None
         ),
     )
+
+
+def _colluders(task_table: dict) -> int | float | None:
+    """``max_colluders``: a count (integer) or a fraction of the node list (a number in [0, 1))."""
+    if "max_colluders" not in task_table:
+        return None
+    value = field(task_table, "task", "max_colluders", (int, float))
+    if isinstance(value, float) and not 0 <= value < 1:
+        raise InvalidParameter("[task] max_colluders is a count (integer) or a fraction of the node list in [0, 1)")
+    if isinstance(value, int) and value < 0:
+        raise InvalidParameter("[task] max_colluders must not be negative")
+    return value
 
 
 def _model_options(options: dict) -> dict:

@@ -74,6 +74,9 @@ def load_node_config(path: str | Path) -> NodeConfig:
         max_epsilon_total=_optional_positive(policy_table, "max_epsilon_total"),
         delta=float(field(policy_table, "policy", "delta", (int, float), 1e-5)),
         min_noise_multiplier=float(field(policy_table, "policy", "min_noise_multiplier", (int, float), 0.0)),
+        max_colluders=_colluders(policy_table),
+        allow_sparse_graph=field(policy_table, "policy", "allow_sparse_graph", bool, True),
+        min_neighbours=field(policy_table, "policy", "min_neighbours", int, 0),
     )
     if not 0 < policy.delta < 1:
         raise InvalidParameter("[policy] delta must be in (0, 1)")
@@ -108,6 +111,20 @@ def load_node_config(path: str | Path) -> NodeConfig:
         policy=policy,
         roster=roster,
     )
+
+
+def _colluders(table: dict) -> int | float | None:
+    """``max_colluders``: a count (integer) or a fraction of the roster (a number in [0, 1))."""
+    if "max_colluders" not in table:
+        return None
+    value = field(table, "policy", "max_colluders", (int, float))
+    if isinstance(value, int):
+        if value < 0:
+            raise InvalidParameter("[policy] max_colluders must not be negative")
+        return value
+    if not 0 <= value < 1:
+        raise InvalidParameter("[policy] max_colluders is a count (integer) or a fraction of the roster in [0, 1)")
+    return float(value)
 
 
 def _optional_positive(table: dict, name: str) -> float | None:

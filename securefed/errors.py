@@ -48,12 +48,24 @@ class RemoteProtocolError(ProtocolError):
 
 
 class ProtocolAborted(SecureFedError):
-    """Too few participants remain; the message names the stage and shortfall."""
+    """The round cannot go on; the message names the stage and the shortfall.
 
-    def __init__(self, message: str, stage: str | None = None, shortfall: int | None = None) -> None:
+    ``culprits`` names the participants (round ids) whose provable misbehaviour
+    caused the abort (an identifiable abort): a retry should leave them out.
+    It is empty when the abort is nobody's provable fault (e.g. dropouts).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        stage: str | None = None,
+        shortfall: int | None = None,
+        culprits: tuple[int, ...] = (),
+    ) -> None:
         super().__init__(message)
         self.stage = stage
         self.shortfall = shortfall
+        self.culprits = tuple(culprits)
 
 
 class InvalidShare(SecureFedError):

@@ -6,47 +6,50 @@ would send; ``tests/property/test_secagg_stateful.py`` uses the same builders
 for its parties. Everything here drives the real ``ClientProtocol`` and
 ``ServerProtocol``; nothing re-implements protocol logic.
 
-Identity keys and inputs are deterministic (derived from a seed), so a failing
-run can be replayed. Round keys come from the OS CSPRNG unless a test wraps the
-round in :func:`deterministic_round_keys` (the sparse graph depends on them).
+Identity keys, inputs and every round secret are deterministic (derived from a
+seed: the state machines take their randomness as a parameter), so a failing
+run can be replayed. ``HonestRound(..., seed=...)`` changes all of them.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from unittest import mock
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from securefed.crypto.agreement import AgreementKeyPair
 from securefed.crypto.identity import SigningKey
+from securefed.crypto.prg import SecureRandom
 from securefed.errors import InvalidShare, ProtocolAborted, RemoteProtocolError, SecureFedError
+from securefed.secagg.bounds import default_colluders, minimum_safe_threshold
 from securefed.secagg.client import ClientProtocol
 from securefed.secagg.config import ClientPolicy, RoundConfig
-from securefed.secagg.graph import NeighbourGraph, graph_seed
+from securefed.secagg.graph import NeighbourGraph
 from securefed.secagg.messages import (
     AdvertiseKeys,
     ConsistencySignature,
     Deadline,
     KeyList,
     MaskedInput,
+    SeedReveal,
+    SeedRevealList,
     Send,
     ShareKeys,
     Stage,
     UnmaskShares,
 )
 from securefed.secagg.server import AggregateResult, ServerProtocol
+from securefed.secagg.transcript import graph_seed
 
 __all__ = [
     "DEFAULT_CONTEXT",
     "STAGE_OF_CLIENT_MESSAGE",
     "HonestRound",
     "assert_no_double_reveal",
-    "deterministic_round_keys",
+    "entropy_for",
     "exact_sum",
+    "safe_threshold",
     "make_config",
     "make_identities",
     "make_inputs",
@@ -56,6 +59,7 @@ DEFAULT_CONTEXT = hashlib.sha256(b"securefed/tests/model-v1").digest()
 
 STAGE_OF_CLIENT_MESSAGE: dict[type, Stage] = {
     AdvertiseKeys: Stage.ADVERTISE,
+    SeedReveal: Stage.REVEAL,
     ShareKeys: Stage.SHARE,
     MaskedInput: Stage.MASKED_INPUT,
     ConsistencySignature: Stage.CONSISTENCY,
@@ -104,16 +108,14 @@ def exact_sum(inputs: Mapping[int, np.ndarray], ids: Iterable[int]) -> np.ndarra
     return np.array([value % (1 << 32) for value in total], dtype=np.uint32)
 
 
-@contextmanager
-def deterministic_round_keys(seed: bytes) -> Iterator[None]:
-    """Make ``AgreementKeyPair.generate`` deterministic (the sparse graph seed depends on the keys)."""
-    counter = iter(range(1 << 30))
+def entropy_for(seed: int | bytes, party: str):
+    """A deterministic CSPRNG stream for one party (test-only: its output is no secret)."""
+    return SecureRandom(hashlib.sha256(b"securefed/tests/entropy/" + repr(seed).encode() + b"/" + party.encode()).digest()).bytes
 
-    def generate() -> AgreementKeyPair:
-        return AgreementKeyPair.from_private_bytes(hashlib.sha256(seed + b"/%d" % next(counter)).digest())
 
-    with mock.patch.object(AgreementKeyPair, "generate", staticmethod(generate)):
-        yield
+def safe_threshold(n: int, colluders: int | None = None) -> int:
+    """The smallest threshold the default ClientPolicy accepts for a complete graph of n (roster n)."""
+    return minimum_safe_threshold(n, default_colluders(n) if colluders is None else colluders)
 
 
 def assert_no_double_reveal(
@@ -150,7 +152,9 @@ class HonestRound:
 
     ``silent`` maps a node to the stage from which it stops answering (a dropout).
     ``configs`` lets a test hand some nodes a different config than the coordinator's
-    (e.g. another model context); by default everyone shares ``config``.
+    (e.g. another model context); by default everyone shares ``config``. ``t=None``
+    takes the smallest threshold the default policy accepts (2t > n + c, c = max(1, ceil(n/5))).
+    Every party's randomness is a deterministic stream derived from ``seed``.
     """
 
     #: when a list, every round built is appended to it (tests check all of them afterwards)
@@ -159,7 +163,7 @@ class HonestRound:
     def __init__(
         self,
         n: int = 5,
-        t: int = 3,
+        t: int | None = None,
         *,
         d: int = 4,
         neighbours: int | None = None,
@@ -173,6 +177,8 @@ class HonestRound:
         configs: Mapping[int, RoundConfig] | None = None,
         seed: int = 0,
     ) -> None:
+        if t is None:
+            t = safe_threshold(n)
         self.config = make_config(n, t, d=d, neighbours=neighbours, task=task, round_id=round_id, context=context)
         self.identities = dict(identities) if identities is not None else make_identities(n, seed)
         self.roster = {node: key.public_bytes for node, key in self.identities.items()}
@@ -181,11 +187,17 @@ class HonestRound:
         self.node_configs = {node: (configs or {}).get(node, self.config) for node in self.config.ids}
         self.clients = {
             node: ClientProtocol(
-                self.node_configs[node], node, self.identities[node], self.roster, self.inputs[node], policy=policy
+                self.node_configs[node],
+                node,
+                self.identities[node],
+                self.roster,
+                self.inputs[node],
+                policy=policy,
+                entropy=entropy_for(seed, f"{task}/{round_id}/node/{node}"),
             )
             for node in self.config.ids
         }
-        self.server = ServerProtocol(self.config, self.roster)
+        self.server = ServerProtocol(self.config, self.roster, entropy=entropy_for(seed, f"{task}/{round_id}/server"))
         #: every UnmaskShares a node returned, by node
         self.unmask_outputs: dict[int, list[UnmaskShares]] = {}
         #: the exception each node raised, if any
@@ -285,14 +297,25 @@ class HonestRound:
                 return send.message
         raise AssertionError("the coordinator has not sent a key list yet")
 
+    def reveal_list(self) -> SeedRevealList:
+        """The (honest) list of graph-randomness reveals the coordinator sent, from the transcript."""
+        for send in self.server_log:
+            if isinstance(send.message, SeedRevealList):
+                return send.message
+        raise AssertionError("the coordinator has not sent the seed reveals yet")
+
     def graph_seed(self) -> bytes:
-        """The graph seed every party derives from the public key list."""
-        config = self.config
-        return graph_seed(config.task, config.round_id, config.context, self.key_list().entries)
+        """The graph seed every party derives from the revealed graph randomness."""
+        return graph_seed(self.config, self.reveal_list().reveals)
 
     def graph(self) -> NeighbourGraph:
-        members = [entry.sender for entry in self.key_list().entries]
-        return NeighbourGraph.build(members, self.config.degree, self.graph_seed())
+        """The graph over the whole cohort; nodes that never advertised are missing vertices."""
+        return NeighbourGraph.build(self.config.ids, self.config.degree, self.graph_seed())
+
+    def live_neighbours(self, node: int) -> frozenset[int]:
+        """``node``'s closed neighbourhood among the nodes of the key list."""
+        members = frozenset(entry.sender for entry in self.key_list().entries)
+        return self.graph().neighbours(node) & members
 
     def sends_to(self, sends: Iterable[Send], node: int) -> object:
         """The single message in ``sends`` addressed to ``node``."""

@@ -28,15 +28,20 @@ def share_associated_data(task: str, round_id: int, sender: int, recipient: int,
     return _AD_PREFIX + encode_fields(task, round_id, sender, recipient, context)
 
 
-def seal(key: bytes, plaintext: bytes, associated_data: bytes) -> bytes:
+def seal(key: bytes, plaintext: bytes, associated_data: bytes, nonce: bytes | None = None) -> bytes:
     """Encrypt under a fresh random 96-bit nonce; returns ``nonce || ciphertext || tag``.
 
     Each pairwise key seals at most a handful of messages per round (keys are
     fresh every round), so random nonces are far from any collision bound.
+    ``nonce`` lets a caller that takes its randomness as a parameter supply it
+    (it must come from a CSPRNG and never repeat under one key).
     """
     if len(key) != 32:
         raise InvalidParameter("AEAD key must be 32 bytes")
-    nonce = os.urandom(NONCE_SIZE)
+    if nonce is None:
+        nonce = os.urandom(NONCE_SIZE)
+    elif not isinstance(nonce, bytes) or len(nonce) != NONCE_SIZE:
+        raise InvalidParameter(f"AEAD nonce must be {NONCE_SIZE} bytes")
     return nonce + AESGCM(key).encrypt(nonce, plaintext, associated_data)
 
 

@@ -125,11 +125,28 @@ class SkellamParameters:
         return (integers & 0xFFFFFFFF).astype(np.uint32)
 
     def decode_mean(self, total: np.ndarray, survivors: int) -> np.ndarray:
-        """The noisy mean update from the unmasked sum of ``survivors`` encodings."""
+        """The noisy mean update from the unmasked sum of ``survivors`` encodings.
+
+        The sum is refused (:class:`EncodingError`, "out-of-range") unless its
+        L2 norm is within what ``survivors`` clipped, rounded encodings plus
+        their noise can produce: m D2 + 2 sqrt(d m V) + 40 sqrt(m V), where the
+        noise term is beyond anything the Skellam noise reaches (its norm
+        concentrates at sqrt(d m V)); a garbled or poisoned-beyond-clipping sum
+        is not.
+        """
         array = np.asarray(total)
         if array.dtype != np.uint32 or array.shape != (self.dimension,) or survivors < 1:
             raise EncodingError("sum has the wrong shape or no survivors")
-        return array.view(np.int32).astype(np.float64) / self.scale / survivors
+        integers = array.view(np.int32).astype(np.float64)
+        variance = survivors * self.node_variance
+        bound = survivors * self.l2_sensitivity + 2 * math.sqrt(self.dimension * variance) + 40 * math.sqrt(variance)
+        norm = float(np.linalg.norm(integers))
+        if not norm <= bound:
+            raise EncodingError(
+                f"out-of-range: the noisy sum has L2 norm {norm:.6g} in the integer domain, more than {bound:.6g}, "
+                f"what {survivors} clipped inputs with their noise can produce"
+            )
+        return integers / self.scale / survivors
 
     # --- the round spec -------------------------------------------------------
 

@@ -31,7 +31,7 @@ from typing import Protocol
 import numpy as np
 
 from securefed.dp.mechanism import SkellamParameters, plan_skellam
-from securefed.errors import ProtocolAborted, RemoteProtocolError
+from securefed.errors import EncodingError, InvalidParameter, ProtocolAborted, RemoteProtocolError
 from securefed.federation.messages import Envelope, Hello, Refusal, RoundResult, RoundStart
 from securefed.federation.spec import RoundSpec, round_context
 from securefed.federation.store import CoordinatorStore
@@ -47,6 +47,7 @@ from securefed.secagg.messages import (
     MaskedInput,
     PeerGone,
     RoundAborted,
+    SeedReveal,
     ShareKeys,
     Stage,
     UnmaskShares,
@@ -57,7 +58,7 @@ __all__ = ["Coordinator", "CoordinatorSocketLike"]
 
 log = logging.getLogger("securefed.coordinator")
 
-_NODE_MESSAGES = (AdvertiseKeys, ShareKeys, MaskedInput, ConsistencySignature, UnmaskShares)
+_NODE_MESSAGES = (AdvertiseKeys, SeedReveal, ShareKeys, MaskedInput, ConsistencySignature, UnmaskShares)
 PRESENCE_TIMEOUT = 5.0  # nodes greet every second; five missed greetings and a node is not picked
 RETRY_DELAY = 1.0
 
@@ -148,6 +149,11 @@ class Coordinator:
         self.counters: Counter[str] = Counter()
         self.current: _Aggregation | None = None
         self._not_before = 0.0
+        #: nodes left out of cohorts, with why: until the current round completes (they stalled an
+        #: attempt) or, for provable misbehaviour, for the rest of this run
+        self.excluded_for_round: dict[str, str] = {}
+        self.excluded_for_run: dict[str, str] = {}
+        self._waiting_logged: str | None = None
         store.bind_task(task.name, task.fingerprint())
         latest = store.latest_model()
         if latest is None:
@@ -236,6 +242,7 @@ class Coordinator:
             self._reject(self._name_of(event), exc.reason, str(exc))
             return
         except ProtocolAborted as exc:
+            self._exclude_culprits(exc)
             self._abort(str(exc))
             return
         for send in sends:
@@ -271,18 +278,39 @@ class Coordinator:
             return
         if self.finished or now < self._not_before:
             return
-        live = [name for name in self.connected_nodes() if name in self.nodes]
+        live = [
+            name
+            for name in self.connected_nodes()
+            if name in self.nodes and name not in self.excluded_for_round and name not in self.excluded_for_run
+        ]
         if len(live) >= self.task.min_nodes:
             self._start(live[: self.task.max_nodes])
+        else:
+            self._log_waiting(f"waiting for nodes: {len(live)} usable connected, min_nodes is {self.task.min_nodes}")
+
+    def _log_waiting(self, why: str) -> None:
+        """Say once (per distinct reason) why no round is starting."""
+        if why != self._waiting_logged:
+            log.info("task %s: %s", self.task.name, why)
+            self._waiting_logged = why
 
     # --- starting and finishing --------------------------------------------
 
     def _start(self, cohort: list[str]) -> None:
         task = self.task
         n = len(cohort)
-        threshold, neighbours = task.secagg_parameters(n)
-        if threshold > n:
+        try:
+            threshold, neighbours = task.secagg_parameters(n, len(self.nodes))
+        except InvalidParameter as exc:
+            self._log_waiting(f"cannot run a round with {n} nodes: {exc}")
             return
+        if threshold > n:
+            self._log_waiting(
+                f"waiting for nodes: {n} usable connected, but withstanding {task.colluders(len(self.nodes))} "
+                f"colluders among {len(self.nodes)} nodes needs a threshold of {threshold}"
+            )
+            return
+        self._waiting_logged = None
         round_number = self.completed_round + 1 if self.phase == "train" else self.completed_round
         dp_spec = None
         if task.dp is not None and self.phase == "train":
@@ -353,6 +381,22 @@ class Coordinator:
     def _complete(self, result: AggregateResult) -> None:
         current = self.current
         survivors = [current.cohort[i - 1] for i in result.survivors]
+        for node_id, why in sorted(result.excluded.items()):
+            name = current.cohort[node_id - 1]
+            self.excluded_for_run[name] = why
+            log.error(
+                "aggregation %d: node %s %s; its shares were not used and it is left out for the rest of this "
+                "run (restart the coordinator to admit it again)",
+                current.id,
+                name,
+                why,
+            )
+        try:
+            self._apply(current, result, survivors)
+        except EncodingError as exc:
+            self._abort(f"the unmasked sum was refused: {exc}")
+
+    def _apply(self, current: _Aggregation, result: AggregateResult, survivors: list[str]) -> None:
         duration = self.clock() - current.started
         spec = current.spec
         n = len(current.cohort)
@@ -360,14 +404,14 @@ class Coordinator:
             epsilon = None
             if spec.dp is not None:
                 plan = self._dp_plans[(n, spec.threshold)]
-                mean_delta = plan.decode_mean(result.sum, len(survivors))
+                mean_delta = plan.decode_mean(result.sum, len(survivors))  # range-checked
                 total_weight = float(len(survivors))
                 epsilon = plan.epsilon(current.round, self.task.dp["delta"])
             else:
                 codec = TrainingUpdateCodec(
                     self.adapter.parameter_count, spec.clip_norm, spec.fractional_bits, spec.weight_cap, n
                 )
-                mean_delta, total_weight = codec.decode_mean(result.sum)
+                mean_delta, total_weight = codec.decode_mean(result.sum, len(survivors))
             new_model = self.strategy.apply(self.model, mean_delta)
             self.store.commit_round(
                 current.round,
@@ -399,7 +443,7 @@ class Coordinator:
                 self.store.record_evaluation(current.round, current.id, metrics.accuracy, metrics.mean_loss, metrics.count, 0)
                 log.info("round %d/%d: accuracy %.4f on the coordinator's evaluation data", current.round, self.task.rounds, metrics.accuracy)
         else:
-            totals = EvaluationCodec(n).decode(result.sum)
+            totals = EvaluationCodec(n).decode(result.sum, len(survivors))
             self.store.record_evaluation(
                 current.round, current.id, totals.accuracy, totals.mean_loss, totals.count, len(survivors)
             )
@@ -409,6 +453,7 @@ class Coordinator:
         for name in current.cohort:
             self.socket.send(name, Envelope(self.task.name, current.id, RoundResult(True, len(survivors), detail)))
         self.current = None
+        self.excluded_for_round.clear()
 
     def _dp_plan(self, n: int, threshold: int) -> SkellamParameters:
         key = (n, threshold)
@@ -423,6 +468,20 @@ class Coordinator:
                 n, threshold, plan.noise_multiplier, plan.scale_bits, dp["epsilon"], self.task.rounds, dp["delta"],
             )
         return self._dp_plans[key]
+
+    def _exclude_culprits(self, exc: ProtocolAborted) -> None:
+        """Leave out of the retry every node the abort names (identifiable abort)."""
+        current = self.current
+        for node_id in exc.culprits:
+            if not 1 <= node_id <= len(current.cohort):
+                continue
+            name = current.cohort[node_id - 1]
+            if exc.stage == Stage.UNMASK.value:  # provable: it signed commitments to a bad sharing, or lied
+                self.excluded_for_run[name] = str(exc)
+                log.error("aggregation %d: node %s is left out for the rest of this run: %s", current.id, name, exc)
+            else:
+                self.excluded_for_round[name] = str(exc)
+                log.warning("aggregation %d: node %s is left out of the retries of this round", current.id, name)
 
     def _abort(self, reason: str) -> None:
         current = self.current

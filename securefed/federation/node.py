@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -54,15 +55,17 @@ from securefed.secagg.messages import (
     KeyList,
     MaskedInput,
     RoundAborted,
+    SeedRevealList,
     ShareRelay,
     UnmaskRequest,
+    UnmaskShares,
 )
 
 __all__ = ["Node", "NodePolicy", "NodeState"]
 
 log = logging.getLogger("securefed.node")
 
-_SERVER_MESSAGES = (KeyList, ShareRelay, ConsistencyRequest, UnmaskRequest, RoundAborted)
+_SERVER_MESSAGES = (KeyList, SeedRevealList, ShareRelay, ConsistencyRequest, UnmaskRequest, RoundAborted)
 HELLO_INTERVAL = 1.0
 
 
@@ -74,7 +77,14 @@ class NodeSocketLike(Protocol):
 
 @dataclass(frozen=True)
 class NodePolicy:
-    """The site's rules for every round it takes part in; the coordinator cannot override them."""
+    """The site's rules for every round it takes part in; the coordinator cannot override them.
+
+    ``max_colluders`` states the adversary: how many federation members may work
+    with a malicious coordinator (a count, a fraction of the roster, or None
+    for max(1, ceil(N/5)) of this site's roster of N). The node refuses any
+    round whose threshold does not withstand them (see
+    :class:`~securefed.secagg.config.ClientPolicy`).
+    """
 
     min_threshold: int = 2
     min_cohort: int = 3
@@ -87,6 +97,9 @@ class NodePolicy:
     max_epsilon_total: float | None = None
     delta: float = 1e-5
     min_noise_multiplier: float = 0.0
+    max_colluders: int | float | None = None
+    allow_sparse_graph: bool = True
+    min_neighbours: int = 0
 
     @property
     def requires_dp(self) -> bool:
@@ -106,17 +119,34 @@ class NodePolicy:
             min_cohort=self.min_cohort,
             min_threshold_fraction=self.min_threshold_fraction,
             max_vector_length=self.max_parameters + 1,
+            max_colluders=self.max_colluders,
+            allow_sparse_graph=self.allow_sparse_graph,
+            min_neighbours=self.min_neighbours,
         )
 
 
 _NODE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS joined (task TEXT PRIMARY KEY, aggregation INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS audit_head (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER, hash TEXT);
+CREATE TABLE IF NOT EXISTS released_rounds (
+    task TEXT NOT NULL, phase TEXT NOT NULL, round INTEGER NOT NULL, aggregation INTEGER NOT NULL,
+    PRIMARY KEY (task, phase, round));
+CREATE TABLE IF NOT EXISTS released_models (
+    task TEXT NOT NULL, phase TEXT NOT NULL, model_hash TEXT NOT NULL, aggregation INTEGER NOT NULL,
+    PRIMARY KEY (task, phase, model_hash));
 """
 
 
 class NodeState:
-    """The node's small durable state (SQLite): the newest aggregation it joined, per task."""
+    """The node's small durable state (SQLite).
+
+    It holds the newest aggregation joined per task (replays are refused) and
+    every (task, phase, round) and (task, phase, model hash) for which this
+    node has *released* a contribution, i.e. sent its unmasking shares (or,
+    in an unmasked benchmark round, its input). A second release for either
+    would let a coordinator rerun the aggregation without a victim and
+    subtract the two sums, so the node refuses it.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -136,6 +166,39 @@ class NodeState:
             self._db.execute("INSERT OR REPLACE INTO joined (task, aggregation) VALUES (?, ?)", (task, aggregation))
             self._db.execute("COMMIT")
             return True
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def released(self, task: str, phase: str, round_number: int, model_hash: str) -> str | None:
+        """Why a contribution to this round or model would be a second release, or None."""
+        row = self._db.execute(
+            "SELECT aggregation FROM released_rounds WHERE task = ? AND phase = ? AND round = ?",
+            (task, phase, round_number),
+        ).fetchone()
+        if row is not None:
+            return f"this node already released its {phase} contribution to round {round_number} (aggregation {row[0]})"
+        row = self._db.execute(
+            "SELECT aggregation FROM released_models WHERE task = ? AND phase = ? AND model_hash = ?",
+            (task, phase, model_hash),
+        ).fetchone()
+        if row is not None:
+            return f"this node already released a {phase} contribution computed from this exact model (aggregation {row[0]})"
+        return None
+
+    def record_release(self, task: str, phase: str, round_number: int, model_hash: str, aggregation: int) -> None:
+        """Durably mark the round and the model as released, before anything leaves the node."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute(
+                "INSERT OR IGNORE INTO released_rounds (task, phase, round, aggregation) VALUES (?, ?, ?, ?)",
+                (task, phase, round_number, aggregation),
+            )
+            self._db.execute(
+                "INSERT OR IGNORE INTO released_models (task, phase, model_hash, aggregation) VALUES (?, ?, ?, ?)",
+                (task, phase, model_hash, aggregation),
+            )
+            self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
@@ -177,6 +240,7 @@ class _Participation:
     cohort_size: int = 0
     sent_input: bool = False
     epsilon: float | None = None
+    model_hash: str = ""
     started: float = field(default_factory=time.monotonic)
 
 
@@ -340,6 +404,12 @@ class Node:
             raise _Refused("model-mismatch", f"model has {model.shape[0]} parameters, {spec.model_kind} needs {adapter.parameter_count}")
         if not np.all(np.isfinite(model)):
             raise _Refused("model-mismatch", "the global model contains NaN or infinity")
+        model_hash = hashlib.sha256(np.ascontiguousarray(model, dtype="<f8").tobytes()).hexdigest()
+        earlier = self.state.released(self.task, spec.phase, spec.round, model_hash)
+        if earlier is not None:
+            # Rerun and subtract: the same round (or the same model) aggregated again without a
+            # victim would give the victim's update as the difference of the two sums.
+            raise _Refused("rerun", f"{earlier}; a second contribution could be subtracted from the first")
         context = round_context(start.spec, start.cohort, model)
         charge = None
         if spec.dp is not None:
@@ -358,8 +428,16 @@ class Node:
             # key exchange's first round trip overlaps local training.
             config = RoundConfig(self.task, aggregation, n, spec.threshold, length, context, spec.neighbours)
             roster = {i: self.roster[name] for i, name in start.cohort}
-            client = ClientProtocol(config, start.node_id, self.identity, roster, None, self.policy.client_policy())
-            self.current = _Participation(aggregation, client, spec, charge, context.hex(), n)
+            client = ClientProtocol(
+                config,
+                start.node_id,
+                self.identity,
+                roster,
+                None,
+                self.policy.client_policy(),
+                roster_size=max(len(self.roster), n),
+            )
+            self.current = _Participation(aggregation, client, spec, charge, context.hex(), n, model_hash=model_hash)
             try:
                 outgoing = client.start()
             except RemoteProtocolError as exc:
@@ -367,7 +445,7 @@ class Node:
             for message in outgoing:
                 self._send(aggregation, message)
         else:
-            self.current = _Participation(aggregation, None, spec, charge, context.hex(), n)
+            self.current = _Participation(aggregation, None, spec, charge, context.hex(), n, model_hash=model_hash)
         if spec.phase == "train":
             X, y = self.dataset.X[self._train_idx], self.dataset.y[self._train_idx]
             trained = adapter.fit_local(
@@ -413,6 +491,10 @@ class Node:
                 self._charge_and_send(reply)
                 if self.current is None:  # the ledger refused at the last moment
                     return
+            elif isinstance(reply, UnmaskShares):
+                if not self._record_release():
+                    return
+                self._send(aggregation, reply)
             else:
                 self._send(aggregation, reply)
         if current.client.state.value == "done":
@@ -460,8 +542,24 @@ class Node:
                 return
             current.epsilon = epsilon
             log.info("aggregation %d: charged the privacy ledger; epsilon spent on %s is now %.3f", charge.aggregation, self.task, epsilon)
+        if current.client is None and not self._record_release():  # unmasked: the input itself is the release
+            return
         current.sent_input = True
         self._send(current.aggregation, message)
+
+    def _record_release(self) -> bool:
+        """Durably mark this round and model as released before the release leaves; False if that failed."""
+        current = self.current
+        try:
+            self.state.record_release(
+                self.task, current.spec.phase, current.spec.round, current.model_hash, current.aggregation
+            )
+        except sqlite3.Error as exc:
+            log.error("aggregation %d: could not record the release durably (%s); not sending it", current.aggregation, exc)
+            self._send(current.aggregation, Refusal("storage-failure", "the node could not record its release durably"))
+            self._finish("refused", f"storage-failure: {exc}")
+            return False
+        return True
 
     def _finish(self, outcome: str, detail: str) -> None:
         """End the current participation and write its receipt to the site's audit log."""
@@ -478,6 +576,7 @@ class Node:
                 "phase": current.spec.phase,
                 "aggregation": current.aggregation,
                 "model_hash": current.context,
+                "global_model_sha256": current.model_hash,
                 "cohort_size": current.cohort_size,
                 "threshold": current.spec.threshold,
                 "neighbours": current.spec.neighbours,
@@ -486,6 +585,7 @@ class Node:
                 "signed_survivors": list(survivors) if survivors is not None else None,
                 "revealed_b_shares_of": sorted(peer for peer, kind in revealed.items() if kind == "b"),
                 "revealed_s_shares_of": sorted(peer for peer, kind in revealed.items() if kind == "s"),
+                "bad_dealers": sorted(client.bad_dealers) if client is not None else [],
                 "dp": current.charge.mechanism if current.charge is not None else None,
                 "epsilon_task_after": current.epsilon,
                 "outcome": outcome,

@@ -8,6 +8,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from securefed.errors import InvalidParameter
+from securefed.secagg.bounds import minimum_safe_threshold, resolve_colluders, sparse_failure_probability
 from securefed.secagg.graph import propose_parameters
 
 __all__ = ["TaskDefinition", "NodeEntry", "STAGE_NAMES", "DEFAULT_DEADLINES"]
@@ -38,10 +39,10 @@ class TaskDefinition:
     batch_size: int = 32
     min_nodes: int = 3
     max_nodes: int = 1000
-    threshold: float | int = 0.6
+    threshold: float | int | None = None
     neighbours: str | int = "complete"
     expected_dropout: float = 0.05
-    corrupt_fraction: float = 0.05
+    max_colluders: int | float | None = None
     clip_norm: float = 10.0
     weight_cap: int = 100_000
     strategy: str = "fedavg"
@@ -56,8 +57,8 @@ class TaskDefinition:
             raise InvalidParameter("task name must be 1..200 characters")
         if self.rounds < 1 or self.min_nodes < 1 or self.max_nodes < self.min_nodes:
             raise InvalidParameter("need rounds >= 1 and 1 <= min_nodes <= max_nodes")
-        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)):
-            raise InvalidParameter("threshold is a fraction in (0, 1) or an absolute count")
+        if self.threshold is not None and (isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float))):
+            raise InvalidParameter("threshold is a fraction in (0, 1), an absolute count, or unset (the smallest safe one)")
         if isinstance(self.threshold, float) and not 0 < self.threshold < 1:
             raise InvalidParameter("a fractional threshold must be in (0, 1)")
         if isinstance(self.threshold, int) and self.threshold < 1:
@@ -67,6 +68,9 @@ class TaskDefinition:
         missing = [stage for stage in STAGE_NAMES if stage not in self.deadlines]
         if missing or any(not (isinstance(v, (int, float)) and v > 0) for v in self.deadlines.values()):
             raise InvalidParameter(f"deadlines need positive seconds for every stage {STAGE_NAMES}")
+        resolve_colluders(self.max_colluders, 1)  # type and range
+        if not 0 <= self.expected_dropout < 1:
+            raise InvalidParameter("expected_dropout must be in [0, 1)")
         if not math.isfinite(self.clip_norm) or self.clip_norm <= 0:
             raise InvalidParameter("clip_norm must be positive")
         if self.dp is not None:
@@ -88,17 +92,45 @@ class TaskDefinition:
         described.pop("deadlines")
         return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
 
-    def secagg_parameters(self, cohort_size: int) -> tuple[int, int | None]:
-        """(threshold, neighbours) for a cohort of this size."""
+    def colluders(self, roster_size: int) -> int:
+        """How many colluding nodes the rounds are sized for (the nodes check their own bound too)."""
+        return resolve_colluders(self.max_colluders, roster_size)
+
+    def secagg_parameters(self, cohort_size: int, roster_size: int | None = None) -> tuple[int, int | None]:
+        """(threshold, neighbours) for a cohort of this size, out of a roster of ``roster_size`` nodes.
+
+        The threshold is never below the smallest one that withstands
+        :meth:`colluders` colluding nodes against a malicious coordinator
+        (2t > N + c for the complete graph; the 2^-40 neighbourhood bound for a
+        sparse one); a configured ``threshold`` can only raise it. It may exceed
+        the cohort size, in which case the round cannot run with this cohort.
+        """
+        n = cohort_size
+        population = max(n, roster_size or 0)
+        c = self.colluders(population)
         if self.neighbours == "auto":
-            proposal = propose_parameters(cohort_size, self.expected_dropout, self.corrupt_fraction)
-            return proposal.threshold, proposal.neighbours
-        neighbours = None if self.neighbours == "complete" or self.neighbours >= cohort_size - 1 else int(self.neighbours)
-        pool = cohort_size if neighbours is None else min(cohort_size, neighbours + neighbours % 2 + 1)
+            proposal = propose_parameters(n, self.expected_dropout, c, roster_size=population)
+            return max(proposal.threshold, self._requested(proposal.neighbourhood_size(n))), proposal.neighbours
+        neighbours = None if self.neighbours == "complete" or self.neighbours >= n - 1 else int(self.neighbours)
+        if neighbours is None:
+            safe = minimum_safe_threshold(population, c)
+            return max(safe, self._requested(n)), None
+        degree = neighbours + neighbours % 2
+        pool = degree + 1
+        safe = pool + 1
+        for t in range(1, pool + 1):
+            if sparse_failure_probability(n, degree, t, c) <= 2.0**-40:
+                safe = t
+                break
+        return max(safe, self._requested(pool)), neighbours
+
+    def _requested(self, pool: int) -> int:
+        """The configured threshold for a neighbourhood of ``pool`` nodes (0 when unset)."""
+        if self.threshold is None:
+            return 0
         if isinstance(self.threshold, float):
             threshold = max(1, math.ceil(self.threshold * pool))
             if threshold <= pool // 2 and pool > 1:
                 threshold = pool // 2 + 1
-        else:
-            threshold = min(int(self.threshold), pool)
-        return threshold, neighbours
+            return threshold
+        return min(int(self.threshold), pool)

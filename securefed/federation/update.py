@@ -80,12 +80,38 @@ class TrainingUpdateCodec:
         vector[-1] = weight
         return self.encoder.encode(vector, rng)
 
-    def decode_mean(self, total: np.ndarray) -> tuple[np.ndarray, float]:
-        """Mean update S / W and the total weight W from the unmasked sum."""
+    def decode_mean(self, total: np.ndarray, survivors: int | None = None) -> tuple[np.ndarray, float]:
+        """Mean update S / W and the total weight W from the unmasked sum.
+
+        With ``survivors`` (the number of summands) the sum is first checked
+        against what that many honest encodings can produce: each weight lies
+        in [1/cap, 1] and each weighted update has L2 norm at most w C, so
+        W is in [m/cap, m] and ||S|| <= W C (plus stochastic-rounding slack).
+        Anything else (a corrupt summand, a garbled unmasking) raises
+        :class:`EncodingError` naming the check, and nothing is applied.
+        """
         values = self.encoder.decode(total)
         weight = float(values[-1])
         if weight <= 0:
             raise EncodingError("aggregate weight is not positive; the sum is corrupt")
+        if survivors is not None:
+            if type(survivors) is not int or survivors < 1:
+                raise InvalidParameter("survivors must be a positive integer")
+            step = 2.0**-self.fractional_bits  # stochastic rounding moves each entry by less than one step
+            low = survivors * (1.0 / self.weight_cap - step)
+            high = survivors * (1.0 + step)
+            if not low <= weight <= high:
+                raise EncodingError(
+                    f"out-of-range: total weight {weight:.6g} is outside [{low:.6g}, {high:.6g}], what "
+                    f"{survivors} inputs with weights in [1/{self.weight_cap}, 1] can sum to"
+                )
+            norm = float(np.linalg.norm(values[:-1]))
+            bound = weight * self.clip_norm + survivors * step * math.sqrt(self.parameter_count)
+            if not norm <= bound:
+                raise EncodingError(
+                    f"out-of-range: the summed update has L2 norm {norm:.6g}, more than {bound:.6g}, what "
+                    f"{survivors} clipped inputs (clip norm {self.clip_norm:g}) of total weight {weight:.6g} can sum to"
+                )
         return values[:-1] / weight, weight
 
 
@@ -122,6 +148,19 @@ class EvaluationCodec:
         loss = min(max(float(loss_sum), 0.0), loss_cap) if math.isfinite(loss_sum) else loss_cap
         return np.array([correct, count, round(loss * (1 << _LOSS_BITS))], dtype=np.uint32)
 
-    def decode(self, total: np.ndarray) -> EvaluationTotals:
+    def decode(self, total: np.ndarray, survivors: int | None = None) -> EvaluationTotals:
+        """The summed counts; with ``survivors``, refused (:class:`EncodingError`) unless they are
+        what that many honest encodings can sum to (0 <= correct <= count <= m x max_count, loss >= 0)."""
         signed = total.astype(np.uint32).view(np.int32)
-        return EvaluationTotals(int(signed[0]), int(signed[1]), float(signed[2]) / (1 << _LOSS_BITS))
+        totals = EvaluationTotals(int(signed[0]), int(signed[1]), float(signed[2]) / (1 << _LOSS_BITS))
+        if survivors is not None:
+            limit = survivors * self.max_count
+            if not 0 <= totals.correct <= totals.count <= limit:
+                raise EncodingError(
+                    f"out-of-range: {totals.correct} correct of {totals.count} is not what {survivors} "
+                    f"evaluations of at most {self.max_count} samples each can sum to"
+                )
+            loss_cap = survivors * ((_SIGNED_LIMIT // self.cohort_size - 1) / (1 << _LOSS_BITS))
+            if not 0 <= totals.loss_sum <= loss_cap:
+                raise EncodingError(f"out-of-range: summed loss {totals.loss_sum:.6g} is outside [0, {loss_cap:.6g}]")
+        return totals

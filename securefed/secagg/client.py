@@ -1,21 +1,31 @@
 """The node's side of secure aggregation, as a sans-IO state machine.
 
 Theory of operation. A :class:`ClientProtocol` is made for one round with
-the node's input vector (already encoded to uint32), its identity key and its
-own copy of the federation roster (id -> Ed25519 public key). ``start()``
-returns the stage-0 advertisement; after that, every message from the
-coordinator goes to ``receive()``, which returns the messages to send back.
-There is no I/O, no clock and no thread here.
+the node's input vector (already encoded to uint32), its identity key, its
+own copy of the federation roster (id -> Ed25519 public key) and a source of
+randomness (default: the OS CSPRNG). ``start()`` returns the stage-0
+advertisement; after that, every message from the coordinator goes to
+``receive()``, which returns the messages to send back. There is no I/O, no
+clock and no thread here.
 
 The machine trusts nothing the coordinator says that it can check itself:
 
+* before anything else, the round must meet the site's :class:`ClientPolicy`,
+  including the colluder bound it computes from its own roster (2t > N + c,
+  or the per-neighbourhood bound for a sparse graph);
 * peers' round keys are accepted only with a valid signature under the
-  peer's key in the node's *own* roster, over (task, round, context, id, keys);
-* the round ``context`` (hash of the global model and task config) is in
-  every signature and every derived key, so nodes given different models
-  produce masks that never cancel;
-* the node masks only with neighbours whose encrypted shares reached it, and
-  later insists that the survivor list is consistent with that;
+  peer's key in the node's *own* roster, over the round's full binding
+  (task, round, context, n, t, k, d) and the keys;
+* the neighbour graph is built over the whole cohort from a seed made by
+  commit and reveal: the node reveals its own randomness only after the key
+  list is fixed, and checks every reveal against its signed commitment, so
+  the coordinator cannot steer who holds this node's shares;
+* every share it deals is committed to (hash) and the commitments are signed,
+  so a holder that later reveals a wrong share is caught and cannot blame this
+  node; shares it receives are checked against their dealer's commitments and
+  a bad one is never revealed (the round goes on without it);
+* it masks only with neighbours whose encrypted shares reached it, and later
+  insists that the survivor list is consistent with that;
 * it answers unmasking only for the survivor set it signed, backed by at
   least t valid consistency signatures over that same set, and it computes
   the dropped set itself: for each peer it reveals the b-share (peer
@@ -28,26 +38,28 @@ The machine trusts nothing the coordinator says that it can check itself:
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from enum import Enum
 
 import numpy as np
 
-from securefed.crypto.aead import open_sealed, seal, share_associated_data
+from securefed.crypto.aead import NONCE_SIZE, open_sealed, seal
 from securefed.crypto.agreement import AgreementKeyPair
 from securefed.crypto.identity import SigningKey, verify
 from securefed.crypto.prg import SEED_SIZE, MaskAccumulator
 from securefed.crypto.shamir import SHARE_SIZE, Share, split_at
 from securefed.errors import (
     InvalidParameter,
+    InvalidShare,
     LocalProtocolError,
     ProtocolAborted,
     RemoteProtocolError,
     SecureFedError,
 )
 from securefed.secagg.config import ClientPolicy, RoundConfig
-from securefed.secagg.graph import NeighbourGraph, graph_seed
+from securefed.secagg.graph import NeighbourGraph
 from securefed.secagg.messages import (
     AdvertiseKeys,
     ClientMessage,
@@ -56,16 +68,24 @@ from securefed.secagg.messages import (
     KeyList,
     MaskedInput,
     RoundAborted,
+    SeedReveal,
+    SeedRevealList,
     ShareKeys,
     ShareRelay,
     UnmaskRequest,
     UnmaskShares,
 )
 from securefed.secagg.transcript import (
+    COMMITMENT_SIZE,
     advertise_transcript,
+    commitments_transcript,
     consistency_transcript,
+    graph_seed,
     mask_sign,
     pairwise_mask_seed,
+    seed_commitment,
+    share_associated_data_for,
+    share_commitment,
     share_key,
 )
 from securefed.secagg.validate import check_id_pairs, check_sorted_ids, require
@@ -73,9 +93,14 @@ from securefed.secagg.validate import check_id_pairs, check_sorted_ids, require
 __all__ = ["ClientState", "ClientProtocol", "CLIENT_TRANSITIONS"]
 
 
+Entropy = Callable[[int], bytes]
+"""A source of randomness: ``entropy(n)`` returns n bytes from a CSPRNG (default ``os.urandom``)."""
+
+
 class ClientState(Enum):
     START = "start"
     AWAIT_KEY_LIST = "await-key-list"
+    AWAIT_SEED_REVEALS = "await-seed-reveals"
     AWAIT_SHARES = "await-shares"
     AWAIT_CONSISTENCY_REQUEST = "await-consistency-request"
     AWAIT_UNMASK_REQUEST = "await-unmask-request"
@@ -87,7 +112,8 @@ TERMINAL_STATES = frozenset({ClientState.DONE, ClientState.ABORTED})
 
 #: The only legal moves on a message from the coordinator. Anything else aborts.
 CLIENT_TRANSITIONS: dict[tuple[ClientState, type], ClientState] = {
-    (ClientState.AWAIT_KEY_LIST, KeyList): ClientState.AWAIT_SHARES,
+    (ClientState.AWAIT_KEY_LIST, KeyList): ClientState.AWAIT_SEED_REVEALS,
+    (ClientState.AWAIT_SEED_REVEALS, SeedRevealList): ClientState.AWAIT_SHARES,
     (ClientState.AWAIT_SHARES, ShareRelay): ClientState.AWAIT_CONSISTENCY_REQUEST,
     (ClientState.AWAIT_CONSISTENCY_REQUEST, ConsistencyRequest): ClientState.AWAIT_UNMASK_REQUEST,
     (ClientState.AWAIT_UNMASK_REQUEST, UnmaskRequest): ClientState.DONE,
@@ -102,11 +128,15 @@ CLIENT_TRANSITIONS: dict[tuple[ClientState, type], ClientState] = {
 class ClientProtocol:
     """One node's participation in one round. Single use.
 
-    ``policy`` defaults to :class:`ClientPolicy`'s own defaults (threshold above
-    half the neighbourhood). ``signature_cache`` lets nodes that share one
-    process and one trust domain (the in-memory simulator) skip re-verifying a
-    signature another of them already verified over the identical bytes; a
-    real node never shares it.
+    ``policy`` defaults to :class:`ClientPolicy`'s own defaults (the colluder
+    bound for max(1, ceil(N/5)) colluders). ``roster_size`` is N, the size of
+    the node's whole roster (default: ``len(roster)``); the colluder bound is
+    computed from it, never from what the coordinator lists. ``entropy`` is
+    where every secret of the round comes from (round keys, self-mask seed,
+    graph randomness, Shamir coefficients, AEAD nonces); it must be a CSPRNG.
+    ``signature_cache`` lets nodes that share one process and one trust domain
+    (the in-memory simulator) skip re-verifying a signature another of them
+    already verified over the identical bytes; a real node never shares it.
     """
 
     def __init__(
@@ -118,6 +148,9 @@ class ClientProtocol:
         input_vector: np.ndarray | None,
         policy: ClientPolicy | None = None,
         signature_cache: set[bytes] | None = None,
+        *,
+        entropy: Entropy | None = None,
+        roster_size: int | None = None,
     ) -> None:
         if not isinstance(config, RoundConfig):
             raise TypeError("config must be a RoundConfig")
@@ -126,10 +159,16 @@ class ClientProtocol:
         missing = [i for i in config.ids if i not in roster]
         if missing:
             raise InvalidParameter(f"roster has no identity key for ids {missing[:5]}")
+        if entropy is not None and not callable(entropy):
+            raise TypeError("entropy must be a callable returning random bytes")
+        if roster_size is not None and (type(roster_size) is not int or roster_size < config.cohort_size):
+            raise InvalidParameter("roster_size must be an integer of at least the cohort size")
         self.config = config
         self.node_id = node_id
         self._identity = identity
         self._roster = dict(roster)
+        self._roster_size = roster_size if roster_size is not None else max(len(self._roster), config.cohort_size)
+        self._entropy: Entropy = entropy if entropy is not None else os.urandom
         self._input: np.ndarray | None = None
         if input_vector is not None:
             self._input = self._checked_input(input_vector)
@@ -139,10 +178,15 @@ class ClientProtocol:
         self.abort_reason: str | None = None
         #: peer id -> "b" or "s": which share of that peer this node released.
         self.revealed: dict[int, str] = {}
+        #: dealers whose shares to this node failed to decrypt or to match their commitments;
+        #: the node never reveals anything for them (the round goes on without those shares).
+        self.bad_dealers: frozenset[int] = frozenset()
+        #: this node's closed neighbourhood among the nodes that advertised keys.
         self.neighbours: frozenset[int] = frozenset()
         self._c_keys: AgreementKeyPair | None = None
         self._s_keys: AgreementKeyPair | None = None
         self._b_seed: bytes | None = None
+        self._graph_value: bytes | None = None
         self._entries: dict[int, AdvertiseKeys] = {}
         self._graph_seed = b""
         self._held: dict[int, tuple[Share, Share]] = {}
@@ -175,18 +219,22 @@ class ClientProtocol:
         if self.state is not ClientState.START:
             raise LocalProtocolError(f"start() called in state {self.state.value}")
         try:
-            self._policy.check(self.config)
+            self._policy.check(self.config, self._roster_size)
         except SecureFedError as exc:
             self._abort(exc)
             raise
-        self._c_keys = AgreementKeyPair.generate()
-        self._s_keys = AgreementKeyPair.generate()
-        self._b_seed = os.urandom(SEED_SIZE)
+        self._c_keys = AgreementKeyPair.from_private_bytes(self._random(32))
+        self._s_keys = AgreementKeyPair.from_private_bytes(self._random(32))
+        self._b_seed = self._random(SEED_SIZE)
+        self._graph_value = self._random(32)
+        commitment = seed_commitment(self.config, self.node_id, self._graph_value)
         signature = self._identity.sign(
-            advertise_transcript(self.config, self.node_id, self._c_keys.public_bytes, self._s_keys.public_bytes)
+            advertise_transcript(
+                self.config, self.node_id, self._c_keys.public_bytes, self._s_keys.public_bytes, commitment
+            )
         )
         self.state = ClientState.AWAIT_KEY_LIST
-        return [AdvertiseKeys(self.node_id, self._c_keys.public_bytes, self._s_keys.public_bytes, signature)]
+        return [AdvertiseKeys(self.node_id, self._c_keys.public_bytes, self._s_keys.public_bytes, commitment, signature)]
 
     def receive(self, message: object) -> list[ClientMessage]:
         """Handle one coordinator message; returns what to send back (possibly nothing)."""
@@ -236,60 +284,115 @@ class ClientProtocol:
         require(
             own is not None
             and own.c_pk == self._c_keys.public_bytes
-            and own.s_pk == self._s_keys.public_bytes,
+            and own.s_pk == self._s_keys.public_bytes
+            and own.seed_commitment == seed_commitment(config, self.node_id, self._graph_value),
             "key list does not carry this node's own keys unchanged",
             reason="key-substitution",
         )
-        self._need(len(by_id), "advertise", "peers advertised keys")
-        # Every entry is checked, not only the neighbours': all of them feed the graph seed, so an
-        # unchecked entry would let the coordinator try forged signatures until it likes the graph.
-        for peer, entry in by_id.items():
-            if peer == self.node_id:
-                continue
+        for entry in entries:
             require(
-                isinstance(entry.c_pk, bytes) and len(entry.c_pk) == 32 and isinstance(entry.s_pk, bytes) and len(entry.s_pk) == 32,
+                isinstance(entry.seed_commitment, bytes) and len(entry.seed_commitment) == COMMITMENT_SIZE,
+                "bad seed commitment",
+            )
+        self._need(len(by_id), "advertise", "peers advertised keys")
+        # The key list is fixed now; only from here on may this node's graph randomness be known.
+        self._entries = by_id
+        return [SeedReveal(self.node_id, self._graph_value)]
+
+    def _on_seed_reveals(self, message: SeedRevealList) -> list[ClientMessage]:
+        config = self.config
+        revealers = check_id_pairs(message.reveals, config.cohort_size, "seed reveals")
+        require(
+            revealers == tuple(sorted(self._entries)),
+            "seed reveals do not cover exactly the key list",
+            reason="inconsistent-graph",
+        )
+        for peer, value in message.reveals:
+            require(len(value) == 32, "graph randomness must be 32 bytes")
+            require(
+                hmac.compare_digest(seed_commitment(config, peer, value), self._entries[peer].seed_commitment),
+                f"graph randomness of node {peer} does not open its commitment",
+                reason="bad-reveal",
+            )
+        self._graph_seed = graph_seed(config, message.reveals)
+        self._graph_value = None
+        graph = NeighbourGraph.build(config.ids, config.degree, self._graph_seed)
+        self.neighbours = graph.neighbours(self.node_id) & frozenset(self._entries)
+        self._need(len(self.neighbours), "advertise", "neighbours advertised keys")
+        # Only the neighbours' keys are ever used, so only their signatures matter: the graph does
+        # not depend on the keys, and the reveals are bound by the commitments checked above.
+        for peer in sorted(self.neighbours - {self.node_id}):
+            entry = self._entries[peer]
+            require(
+                isinstance(entry.c_pk, bytes)
+                and len(entry.c_pk) == 32
+                and isinstance(entry.s_pk, bytes)
+                and len(entry.s_pk) == 32,
                 "bad key size",
             )
             require(isinstance(entry.signature, bytes), "bad signature type")
-            self._verify(peer, entry.signature, advertise_transcript(config, peer, entry.c_pk, entry.s_pk))
-        self._graph_seed = graph_seed(config.task, config.round_id, config.context, entries)
-        graph = NeighbourGraph.build(by_id, config.degree, self._graph_seed)
-        self.neighbours = graph.neighbours(self.node_id)
-        self._need(len(self.neighbours), "advertise", "neighbours advertised keys")
-        self._entries = by_id
+            self._verify(
+                peer, entry.signature, advertise_transcript(config, peer, entry.c_pk, entry.s_pk, entry.seed_commitment)
+            )
 
         holders = sorted(self.neighbours)
-        s_shares = split_at(self._s_keys.private_bytes, holders, config.threshold)
-        b_shares = split_at(self._b_seed, holders, config.threshold)
+        s_shares = split_at(self._s_keys.private_bytes, holders, config.threshold, entropy=self._random)
+        b_shares = split_at(self._b_seed, holders, config.threshold, entropy=self._random)
         ciphertexts = []
+        commitments = []
         for s_share, b_share in zip(s_shares, b_shares):
             peer = s_share.x
+            s_bytes, b_bytes = s_share.to_bytes(), b_share.to_bytes()
+            commitments.append(
+                (
+                    peer,
+                    share_commitment(config, self.node_id, peer, "s", s_bytes)
+                    + share_commitment(config, self.node_id, peer, "b", b_bytes),
+                )
+            )
             if peer == self.node_id:
                 self._held[peer] = (s_share, b_share)
                 continue
-            key = share_key(config, self._c_keys, by_id[peer].c_pk, self.node_id, peer)
-            associated = share_associated_data(config.task, config.round_id, self.node_id, peer, config.context)
-            ciphertexts.append((peer, seal(key, s_share.to_bytes() + b_share.to_bytes(), associated)))
-        return [ShareKeys(self.node_id, tuple(ciphertexts))]
+            key = share_key(config, self._c_keys, self._entries[peer].c_pk, self.node_id, peer)
+            associated = share_associated_data_for(config, self.node_id, peer)
+            ciphertexts.append((peer, seal(key, s_bytes + b_bytes, associated, nonce=self._random(NONCE_SIZE))))
+        commitments_t = tuple(commitments)
+        signature = self._identity.sign(commitments_transcript(config, self._graph_seed, self.node_id, commitments_t))
+        return [ShareKeys(self.node_id, tuple(ciphertexts), commitments_t, signature)]
 
     def _on_share_relay(self, message: ShareRelay) -> list[ClientMessage]:
         config = self.config
         senders = check_id_pairs(message.ciphertexts, config.cohort_size, "share relay")
+        committed = check_id_pairs(message.commitments, config.cohort_size, "share commitments")
+        require(committed == senders, "share commitments do not match the relayed ciphertexts")
         require(
             set(senders) <= self.neighbours - {self.node_id},
             "shares relayed from nodes that are not this node's neighbours",
             reason="inconsistent-graph",
         )
-        for sender, ciphertext in message.ciphertexts:
-            require(isinstance(ciphertext, bytes), "ciphertext must be bytes")
+        bad: set[int] = set()
+        for (sender, ciphertext), (_, commitment) in zip(message.ciphertexts, message.commitments):
+            require(len(commitment) == 2 * COMMITMENT_SIZE, "share commitment has the wrong size")
             key = share_key(config, self._c_keys, self._entries[sender].c_pk, self.node_id, sender)
-            associated = share_associated_data(config.task, config.round_id, sender, self.node_id, config.context)
-            plaintext = open_sealed(key, ciphertext, associated)
-            require(len(plaintext) == 2 * SHARE_SIZE, "share payload has the wrong size", reason="bad-share")
-            s_share = Share.from_bytes(plaintext[:SHARE_SIZE])
-            b_share = Share.from_bytes(plaintext[SHARE_SIZE:])
-            require(s_share.x == self.node_id and b_share.x == self.node_id, "share for another node", reason="bad-share")
+            try:
+                plaintext = open_sealed(key, ciphertext, share_associated_data_for(config, sender, self.node_id))
+                if len(plaintext) != 2 * SHARE_SIZE:
+                    raise InvalidShare("share payload has the wrong size")
+                s_bytes, b_bytes = plaintext[:SHARE_SIZE], plaintext[SHARE_SIZE:]
+                s_share, b_share = Share.from_bytes(s_bytes), Share.from_bytes(b_bytes)
+                expected = share_commitment(config, sender, self.node_id, "s", s_bytes) + share_commitment(
+                    config, sender, self.node_id, "b", b_bytes
+                )
+                if s_share.x != self.node_id or b_share.x != self.node_id or not hmac.compare_digest(expected, commitment):
+                    raise InvalidShare("share does not match its dealer's commitment")
+            except InvalidShare:
+                # The dealer (or whoever altered its message) sent something this node cannot vouch
+                # for. Revealing it would get this node blamed; dropping out would hand a corrupt
+                # dealer a way to stop the round. So: keep going, never reveal anything for it.
+                bad.add(sender)
+                continue
             self._held[sender] = (s_share, b_share)
+        self.bad_dealers = frozenset(bad)
         self._shared_with = frozenset(senders) | {self.node_id}
         self._need(len(self._shared_with), "share", "neighbours shared their keys")
 
@@ -355,7 +458,7 @@ class ClientProtocol:
 
         b_shares = []
         s_shares = []
-        for peer in sorted(self._shared_with):
+        for peer in sorted(self._shared_with - self.bad_dealers):
             s_share, b_share = self._held[peer]
             kind = "b" if peer in survivors else "s"
             if self.revealed.get(peer, kind) != kind:  # defence in depth; sets above are disjoint
@@ -369,6 +472,12 @@ class ClientProtocol:
         return [UnmaskShares(self.node_id, tuple(b_shares), tuple(s_shares))]
 
     # --- helpers ------------------------------------------------------------
+
+    def _random(self, size: int) -> bytes:
+        value = self._entropy(size)
+        if not isinstance(value, bytes) or len(value) != size:
+            raise LocalProtocolError(f"the entropy source returned {type(value).__name__}, not {size} bytes")
+        return value
 
     def _verify(self, peer: int, signature: bytes, transcript: bytes) -> None:
         """Check a peer's signature against this node's own roster (via the cache, if one was given)."""
@@ -397,11 +506,13 @@ class ClientProtocol:
         self._b_seed = None
         self._s_keys = None
         self._c_keys = None
+        self._graph_value = None
         self._held.clear()
 
 
 _HANDLERS = {
     KeyList: ClientProtocol._on_key_list,
+    SeedRevealList: ClientProtocol._on_seed_reveals,
     ShareRelay: ClientProtocol._on_share_relay,
     ConsistencyRequest: ClientProtocol._on_consistency_request,
     UnmaskRequest: ClientProtocol._on_unmask_request,

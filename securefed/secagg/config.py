@@ -9,8 +9,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 from securefed.errors import InvalidParameter, RemoteProtocolError
+from securefed.secagg.bounds import (
+    ADVERSARIES,
+    describe_probability,
+    minimum_safe_threshold,
+    resolve_colluders,
+    sparse_failure_probability,
+)
 
 __all__ = ["CONTEXT_SIZE", "RoundConfig", "ClientPolicy"]
 
@@ -80,17 +88,29 @@ class RoundConfig:
 
 @dataclass(frozen=True)
 class ClientPolicy:
-    """A site's minimums for any round it takes part in.
+    """A site's minimums for any round it takes part in, and the adversary it defends against.
 
-    ``min_threshold_fraction`` is the fraction of the neighbourhood the
-    threshold must exceed; 0.5 is the semi-malicious bound for an honest
-    majority (t > (n + γn)/2 needs more when γ > 0: raise it accordingly).
+    ``max_colluders`` is how many corrupt nodes may work with the coordinator:
+    a count, a fraction of the roster, or None for max(1, ceil(N/5)) where N
+    is the node's own roster size. Against a ``"malicious"`` coordinator the
+    node then insists on 2t > N + c for the complete graph, and for the sparse
+    graph on a union-bound probability of at most 2^-``security_bits`` that
+    any neighbourhood holds enough colluders for a split view (see
+    :mod:`securefed.secagg.bounds`). ``"curious"`` assumes a coordinator that
+    follows the protocol (t > c suffices); only choose it knowingly.
+    ``min_threshold_fraction`` is an extra, older floor: t must exceed that
+    fraction of the neighbourhood.
     """
 
     min_threshold: int = 2
     min_cohort: int = 2
     min_threshold_fraction: float = 0.5
     max_vector_length: int = 50_000_000
+    max_colluders: int | float | None = None
+    adversary: str = "malicious"
+    allow_sparse_graph: bool = True
+    min_neighbours: int = 0
+    security_bits: int = 40
 
     def __post_init__(self) -> None:
         if self.min_threshold < 1 or self.min_cohort < 1:
@@ -99,21 +119,62 @@ class ClientPolicy:
             raise InvalidParameter("min_threshold_fraction must be in [0, 1)")
         if type(self.max_vector_length) is not int or self.max_vector_length < 1:
             raise InvalidParameter("max_vector_length must be a positive integer")
+        resolve_colluders(self.max_colluders, 1)  # type and range check
+        if self.adversary not in ADVERSARIES:
+            raise InvalidParameter(f"adversary must be one of {ADVERSARIES}, got {self.adversary!r}")
+        if type(self.allow_sparse_graph) is not bool:
+            raise InvalidParameter("allow_sparse_graph must be true or false")
+        if type(self.min_neighbours) is not int or self.min_neighbours < 0:
+            raise InvalidParameter("min_neighbours must be a non-negative integer")
+        if type(self.security_bits) is not int or not 1 <= self.security_bits <= 256:
+            raise InvalidParameter("security_bits must be an integer in 1..256")
 
-    def check(self, config: RoundConfig) -> None:
-        """Raise :class:`RemoteProtocolError` (reason ``weaker-than-policy``) naming what falls short."""
+    def colluders(self, roster_size: int) -> int:
+        """The colluder count this policy defends against, for a roster of ``roster_size`` members."""
+        return resolve_colluders(self.max_colluders, roster_size)
+
+    def check(self, config: RoundConfig, roster_size: int | None = None) -> None:
+        """Raise :class:`RemoteProtocolError` (reason ``weaker-than-policy``) naming what falls short.
+
+        ``roster_size`` is N, the number of members in the node's own roster
+        (at least the cohort size; defaults to it).
+        """
+        n, t = config.cohort_size, config.threshold
+        population = max(n, roster_size or 0)
+        c = self.colluders(population)
         problems = []
-        if config.cohort_size < self.min_cohort:
-            problems.append(f"cohort of {config.cohort_size} is below this site's minimum of {self.min_cohort}")
-        if config.threshold < self.min_threshold:
-            problems.append(f"threshold {config.threshold} is below this site's minimum of {self.min_threshold}")
+        if n < self.min_cohort:
+            problems.append(f"cohort of {n} is below this site's minimum of {self.min_cohort}")
+        if t < self.min_threshold:
+            problems.append(f"threshold {t} is below this site's minimum of {self.min_threshold}")
         needed = math.floor(self.min_threshold_fraction * config.neighbourhood_size) + 1
-        if self.min_threshold_fraction > 0 and config.threshold < needed:
+        if self.min_threshold_fraction > 0 and t < needed:
             problems.append(
-                f"threshold {config.threshold} does not exceed {self.min_threshold_fraction:g} of the "
+                f"threshold {t} does not exceed {self.min_threshold_fraction:g} of the "
                 f"neighbourhood of {config.neighbourhood_size} (needs >= {needed})"
             )
         if config.vector_length > self.max_vector_length:
             problems.append(f"vector length {config.vector_length} exceeds this site's limit")
+        if config.is_complete_graph:
+            safe = minimum_safe_threshold(population, c, self.adversary)
+            if t < safe:
+                rule = "t > c" if self.adversary == "curious" else f"2t > N + c = {population} + {c}"
+                problems.append(
+                    f"threshold {t} does not stop {c} colluding nodes (roster of {population}): "
+                    f"needs {rule}, i.e. t >= {safe}"
+                )
+        elif not self.allow_sparse_graph:
+            problems.append("this site does not take part in sparse-graph (SecAgg+) rounds")
+        else:
+            k = config.degree
+            if k < self.min_neighbours:
+                problems.append(f"{k} neighbours is below this site's minimum of {self.min_neighbours}")
+            failure = sparse_failure_probability(n, k, t, c, self.adversary)
+            if failure > Fraction(1, 1 << self.security_bits):
+                problems.append(
+                    f"with {k} neighbours and threshold {t}, {c} colluders break some neighbourhood "
+                    f"with probability up to {describe_probability(failure)} (this site requires "
+                    f"at most 2^-{self.security_bits})"
+                )
         if problems:
             raise RemoteProtocolError("round refused: " + "; ".join(problems), reason="weaker-than-policy")

@@ -7,42 +7,43 @@ the threshold within each node's neighbourhood. We build a Harary graph: the
 members are placed on a ring in a pseudorandom order and each is joined to
 the k/2 nearest positions on either side (k is rounded up to even).
 
-The order comes from a seed that every party derives from the round's
-*public* data — the signed key advertisements of U1 — so the coordinator
-cannot choose the graph alone: it cannot forge an honest node's signed keys,
-and nodes sign the seed again in the consistency round, so parties that were
-shown different key lists do not go on together. The permutation is an
-argsort of AES-CTR output keyed by the seed (no non-cryptographic RNG).
-
-:func:`propose_parameters` turns a cohort size, an expected dropout rate and
-an assumed fraction of corrupt nodes into (k, t) using the published bounds.
+The graph is built over the **whole invited cohort** (ids 1..n), never over
+the subset that happened to advertise: a node that never advertises is a
+missing vertex, not a reason to draw a different graph. The ring order comes
+from a seed the coordinator cannot steer, made by commit and reveal: each
+node commits to 32 random bytes inside its signed advertisement, the
+coordinator fixes the key list, and only then do nodes reveal; the seed is a
+hash over every reveal of the key list (:func:`~securefed.secagg.transcript.graph_seed`).
+The coordinator picks the key list before it has seen any reveal, and a node's
+own reveal (unknown to the coordinator until the node has the key list in
+hand) goes into the seed that node uses, so nothing it relays or withholds
+lets it choose a graph; a missing reveal aborts the round instead of
+producing another seed. Grinding therefore costs one whole aborted round per
+try, and k is sized so that one try fails with probability at most 2^-40
+(:func:`propose_parameters`, :mod:`securefed.secagg.bounds`). The permutation
+is an argsort of AES-CTR output keyed by the seed (no non-cryptographic RNG).
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 
-from securefed.crypto._encoding import encode_fields
 from securefed.crypto.prg import expand_mask
 from securefed.errors import InvalidParameter
-from securefed.secagg.messages import AdvertiseKeys
+from securefed.secagg.bounds import (
+    ADVERSARIES,
+    binomial_tail,
+    describe_probability,
+    minimum_safe_threshold,
+    resolve_colluders,
+)
 
-__all__ = ["NeighbourGraph", "graph_seed", "GraphParameters", "propose_parameters"]
-
-_GRAPH_DOMAIN = b"securefed/graph/v1"
-
-
-def graph_seed(task: str, round_id: int, context: bytes, entries: Sequence[AdvertiseKeys]) -> bytes:
-    """SHA-256 over the round and every signed advertisement, in id order."""
-    digest = hashlib.sha256(_GRAPH_DOMAIN + encode_fields(task, round_id, context))
-    for entry in sorted(entries, key=lambda e: e.sender):
-        digest.update(encode_fields(entry.sender, entry.c_pk, entry.s_pk, entry.signature))
-    return digest.digest()
+__all__ = ["NeighbourGraph", "GraphParameters", "propose_parameters"]
 
 
 @dataclass(frozen=True)
@@ -109,95 +110,119 @@ class NeighbourGraph:
 
 @dataclass(frozen=True)
 class GraphParameters:
-    """A proposal: ``neighbours`` (None = complete graph) and ``threshold``, with the reasoning."""
+    """A proposal: ``neighbours`` (None = complete graph) and ``threshold``, with the reasoning.
+
+    ``colluders`` is the count it was sized for; ``failure_bound`` the proven
+    upper bound on the probability that some neighbourhood can be broken by
+    them (0 for the complete graph, where the bound is exact).
+    """
 
     neighbours: int | None
     threshold: int
     explanation: str
+    colluders: int = 0
+    failure_bound: Fraction = Fraction(0)
+
+    def neighbourhood_size(self, cohort_size: int) -> int:
+        """Share holders per node: k + 1 for the sparse graph, the cohort for the complete one."""
+        return cohort_size if self.neighbours is None else self.neighbours + 1
 
 
-def _binomial_tail(m: int, p: float, at_least: int) -> float:
-    """P[Binomial(m, p) >= at_least], summed in log space for stability."""
-    if at_least <= 0:
-        return 1.0
-    if at_least > m:
-        return 0.0
-    if p <= 0.0:
-        return 0.0
-    if p >= 1.0:
-        return 1.0
-    log_p, log_q = math.log(p), math.log1p(-p)
-    lgm = math.lgamma(m + 1)
-    total = 0.0
-    for i in range(at_least, m + 1):
-        total += math.exp(lgm - math.lgamma(i + 1) - math.lgamma(m - i + 1) + i * log_p + (m - i) * log_q)
-    return min(total, 1.0)
-
-
-def _complete_threshold(n: int, corrupt: float, threat: str) -> int:
-    if threat == "curious":
-        return math.floor(corrupt * n) + 1  # t > γn
-    return math.floor((n + corrupt * n) / 2) + 1  # t > (n + γn) / 2
+def _hypergeometric_suffix(population: int, successes: int, draws: int) -> tuple[list[int], int]:
+    """Numerators of P[X >= a] for a = 0..draws+1 (suffix sums of the pmf), and the common denominator."""
+    successes = max(0, min(successes, population))
+    failures = population - successes
+    pmf = [
+        math.comb(successes, x) * math.comb(failures, draws - x) if x <= successes and draws - x <= failures else 0
+        for x in range(draws + 1)
+    ]
+    suffix = [0] * (draws + 2)
+    for x in range(draws, -1, -1):
+        suffix[x] = suffix[x + 1] + pmf[x]
+    return suffix, math.comb(population, draws)
 
 
 def propose_parameters(
     n: int,
     dropout_rate: float,
-    corrupt_fraction: float,
-    threat: str = "semi-malicious",
+    colluders: int | float | None = None,
+    *,
+    roster_size: int | None = None,
+    adversary: str = "malicious",
     security_bits: int = 40,
     correctness_bits: int = 20,
 ) -> GraphParameters:
-    """Propose (k, t) for ``n`` nodes.
+    """Propose (k, t) for a cohort of ``n`` nodes that withstands ``colluders`` corrupt nodes.
 
-    Complete graph bounds (Bonawitz et al. 2017; Bell et al. 2020): a curious
-    coordinator needs t > γn, an actively malicious one t > (n + γn)/2, and
-    the round survives dropouts only if t <= (1 - δ)n. For a sparse graph the
-    same bounds must hold inside every neighbourhood of k + 1 nodes; we model
-    corrupt and dropped counts in a neighbourhood as Binomial(k + 1, γ) and
-    Binomial(k + 1, δ), union-bound over the n neighbourhoods, and take the
-    smallest even k whose failure probability is at most 2^-security_bits
-    (privacy) and 2^-correctness_bits (liveness). If no k below n/2
-    qualifies, the complete graph (with its exact bounds) is proposed.
+    ``colluders`` is a count, a fraction of the roster, or None for the nodes'
+    default max(1, ceil(N/5)); ``roster_size`` is N (defaults to n).
+
+    Sparse graph: the smallest even k (with 2(k + 1) < n) and the smallest t
+    such that, union-bounded over the n neighbourhoods, the probability that
+    some closed neighbourhood holds enough colluders for a split view
+    (X >= 2t - (k + 1); X >= t against a curious coordinator) is at most
+    2^-security_bits, computed exactly from the hypergeometric distribution,
+    while dropouts (Binomial(k + 1, δ)) leave fewer than t of a neighbourhood
+    with probability at most 2^-correctness_bits / n. Otherwise the complete
+    graph with the exact bound 2t > N + c (t > c when curious), if t fits
+    under the expected survivors (1 - δ)n.
     """
     if type(n) is not int or n < 1:
         raise InvalidParameter("n must be a positive integer")
-    if not 0 <= dropout_rate < 1 or not 0 <= corrupt_fraction < 1:
-        raise InvalidParameter("dropout_rate and corrupt_fraction must be in [0, 1)")
-    if threat not in ("curious", "semi-malicious"):
-        raise InvalidParameter("threat must be 'curious' or 'semi-malicious'")
+    if not 0 <= dropout_rate < 1:
+        raise InvalidParameter("dropout_rate must be in [0, 1)")
+    if adversary not in ADVERSARIES:
+        raise InvalidParameter(f"adversary must be one of {ADVERSARIES}")
     for name, bits in (("security_bits", security_bits), ("correctness_bits", correctness_bits)):
         if type(bits) is not int or not 1 <= bits <= 256:
             raise InvalidParameter(f"{name} must be an integer in 1..256")
-    security_target = 2.0**-security_bits / n
+    population = n if roster_size is None else roster_size
+    if type(population) is not int or population < n:
+        raise InvalidParameter("roster_size must be an integer of at least n")
+    c = resolve_colluders(colluders, population)
+    target = Fraction(1, 1 << security_bits)
     liveness_target = 2.0**-correctness_bits / n
+    corrupt = min(c, n - 1)
     for k in range(2, n - 1, 2):
         m = k + 1
         if 2 * m >= n:
             break  # the sparse graph saves little from here on; the complete graph's exact bound is tighter
+        suffix, denominator = _hypergeometric_suffix(n - 1, corrupt, k)
         for t in range(1, m + 1):
-            # privacy: corrupt count C must stay below t (curious) or below 2t - m (semi-malicious)
-            bad = t if threat == "curious" else 2 * t - m
-            if bad <= 0 or _binomial_tail(m, corrupt_fraction, bad) > security_target:
-                continue
-            # liveness: at least t of m must survive, i.e. dropped D <= m - t
-            if _binomial_tail(m, dropout_rate, m - t + 1) > liveness_target:
-                break  # larger t only makes liveness worse
-            return GraphParameters(
-                k,
-                t,
-                f"k={k}, t={t}: per-neighbourhood privacy failure <= 2^-{security_bits}/n, "
-                f"liveness failure <= 2^-{correctness_bits}/n (binomial tails, union bound over n={n})",
-            )
-    t = _complete_threshold(n, corrupt_fraction, threat)
-    survivors = math.floor((1 - dropout_rate) * n)
-    if t > survivors:
-        raise InvalidParameter(
-            f"no threshold works for n={n}: {threat} security needs t >= {t} but with dropout rate "
-            f"{dropout_rate:g} only {survivors} nodes are expected to survive"
+            need = t if adversary == "curious" else 2 * t - m
+            if need > k:
+                failure = Fraction(0)
+            else:
+                failure = min(Fraction(1), Fraction(n * suffix[max(need, 0)], denominator))
+            if failure <= target:
+                break
+        else:
+            continue
+        # liveness: at least t of m must survive, i.e. dropped D <= m - t
+        if binomial_tail(m, dropout_rate, m - t + 1) > liveness_target:
+            continue
+        return GraphParameters(
+            k,
+            t,
+            f"k={k}, t={t}: {c} colluders (of a roster of {population}) break some neighbourhood with "
+            f"probability <= {describe_probability(failure)} (target 2^-{security_bits}; exact hypergeometric "
+            f"tail, union bound over n={n}); liveness failure <= 2^-{correctness_bits}/n at dropout rate {dropout_rate:g}",
+            c,
+            failure,
         )
+    t = minimum_safe_threshold(population, c, adversary)
+    survivors = math.floor((1 - dropout_rate) * n)
+    if t > n or t > survivors:
+        raise InvalidParameter(
+            f"no threshold works for n={n}: withstanding {c} colluders from a roster of {population} needs "
+            f"t >= {t}, but only {min(n, survivors)} nodes are expected to survive at dropout rate {dropout_rate:g}"
+        )
+    rule = "t > c" if adversary == "curious" else f"2t > N + c = {population} + {c}"
     return GraphParameters(
         None,
         t,
-        f"complete graph, t={t}: {threat} bound with γ={corrupt_fraction:g}, liveness t <= (1-δ)n = {survivors}",
+        f"complete graph, t={t}: {rule} against a {adversary} coordinator with {c} colluders; "
+        f"tolerates {n - t} dropouts ({survivors} expected to survive)",
+        c,
+        Fraction(0),
     )

@@ -1,7 +1,7 @@
 """Typed messages of the secure-aggregation protocol (frozen dataclasses).
 
-Nodes send the first five to the coordinator; the coordinator sends the next
-five to nodes; :class:`Deadline` is the event a driver feeds the coordinator
+Nodes send the first six to the coordinator; the coordinator sends the next
+six to nodes; :class:`Deadline` is the event a driver feeds the coordinator
 when a stage's time is up. Sequences are tuples so messages are immutable;
 byte strings and arrays are validated by the state machines and by the wire
 codec, never trusted.
@@ -17,11 +17,13 @@ import numpy as np
 __all__ = [
     "Stage",
     "AdvertiseKeys",
+    "SeedReveal",
     "ShareKeys",
     "MaskedInput",
     "ConsistencySignature",
     "UnmaskShares",
     "KeyList",
+    "SeedRevealList",
     "ShareRelay",
     "ConsistencyRequest",
     "UnmaskRequest",
@@ -35,9 +37,15 @@ __all__ = [
 
 
 class Stage(Enum):
-    """The five stages; values are the names the simulator's ``dropouts`` uses."""
+    """The stages in order; values are the names the simulator's ``dropouts`` uses.
+
+    ``REVEAL`` sits between advertising and sharing: nodes open the commitments
+    to graph randomness they made in their advertisements, which fixes the
+    neighbour graph (see :mod:`securefed.secagg.graph`).
+    """
 
     ADVERTISE = "advertise"
+    REVEAL = "reveal"
     SHARE = "share"
     MASKED_INPUT = "masked_input"
     CONSISTENCY = "consistency"
@@ -56,20 +64,37 @@ _STAGE_ORDER = list(Stage)
 
 @dataclass(frozen=True)
 class AdvertiseKeys:
-    """Stage 0: the node's fresh round keys, signed with its identity key."""
+    """Stage 0: fresh round keys and a commitment to graph randomness, signed with the identity key."""
 
     sender: int
     c_pk: bytes
     s_pk: bytes
+    seed_commitment: bytes
     signature: bytes
 
 
 @dataclass(frozen=True)
+class SeedReveal:
+    """Stage 0b: the graph randomness behind ``seed_commitment``, sent once the key list is fixed."""
+
+    sender: int
+    value: bytes
+
+
+@dataclass(frozen=True)
 class ShareKeys:
-    """Stage 1: ``(recipient, AEAD ciphertext)`` per neighbour, sorted by recipient."""
+    """Stage 1: ``(recipient, AEAD ciphertext)`` per neighbour, and the dealer's share commitments.
+
+    ``commitments`` holds ``(holder, commitment to the s-share || commitment to
+    the b-share)`` for every holder, the dealer itself included; ``signature``
+    (the dealer's identity key) covers all of them, so a revealed share can be
+    checked against what its dealer dealt and nobody can frame anybody.
+    """
 
     sender: int
     ciphertexts: tuple[tuple[int, bytes], ...]
+    commitments: tuple[tuple[int, bytes], ...]
+    signature: bytes
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,10 +140,19 @@ class KeyList:
 
 
 @dataclass(frozen=True)
+class SeedRevealList:
+    """Every reveal of the key list's members, sorted by sender: the graph seed's inputs."""
+
+    reveals: tuple[tuple[int, bytes], ...]
+
+
+@dataclass(frozen=True)
 class ShareRelay:
-    """The ciphertexts addressed to one node: ``(sender, ciphertext)``, sorted by sender."""
+    """The ciphertexts addressed to one node, ``(sender, ciphertext)`` sorted by sender, and each
+    sender's commitment pair for this node (``(sender, commitment)``, same ids)."""
 
     ciphertexts: tuple[tuple[int, bytes], ...]
+    commitments: tuple[tuple[int, bytes], ...]
 
 
 @dataclass(frozen=True)
@@ -169,5 +203,5 @@ class Send:
     message: ServerMessage
 
 
-ClientMessage = AdvertiseKeys | ShareKeys | MaskedInput | ConsistencySignature | UnmaskShares
-ServerMessage = KeyList | ShareRelay | ConsistencyRequest | UnmaskRequest | RoundAborted
+ClientMessage = AdvertiseKeys | SeedReveal | ShareKeys | MaskedInput | ConsistencySignature | UnmaskShares
+ServerMessage = KeyList | SeedRevealList | ShareRelay | ConsistencyRequest | UnmaskRequest | RoundAborted

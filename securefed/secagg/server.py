@@ -1,14 +1,28 @@
 """The coordinator's side of secure aggregation, as a sans-IO state machine.
 
-Theory of operation. A :class:`ServerProtocol` drives one round through five
+Theory of operation. A :class:`ServerProtocol` drives one round through six
 collecting states. Each node message goes to ``receive()``; when every node
 still in the round has answered, or when the driver feeds a
 :class:`~securefed.secagg.messages.Deadline` for the current stage, the stage
 closes: the server fixes the set of nodes that answered (U1..U5), checks
 that enough remain for every secret to stay recoverable, and returns the
-messages for the next stage. When unmasking closes it reconstructs each
-survivor's self-mask seed b_u and each dropped node's mask key s_sk, strips
-every mask from the sum of masked inputs, and keeps :attr:`result`.
+messages for the next stage. The reveal stage fixes the neighbour graph over
+the whole cohort from the nodes' committed randomness; a node of the key list
+that does not reveal aborts the round, naming it (any other choice would let
+the coordinator pick among seeds).
+
+When unmasking closes, reconstruction is robust and identifiable. Every
+revealed share is checked against the commitment its dealer signed in the
+share stage: a holder that reveals anything else is named, all its shares
+are dropped, and the round goes on while at least t good shares of every
+secret remain. The good shares of each secret are then decoded together
+(Reed–Solomon over the Shamir field, :func:`~securefed.crypto.shamir.decode`):
+if they do not lie on one polynomial of degree < t, or a mask key does not
+match its advertised public key, the *dealer* committed to a bad sharing and
+the round aborts naming it (:attr:`ProtocolAborted.culprits`), so the retry
+can leave it out. Nobody can frame an honest node: commitments are signed by
+their dealer, and an honest holder never reveals a share that fails its
+dealer's commitment.
 
 The server is one machine facing many peers, so a peer that breaks the rules
 (a message for the wrong stage, a duplicate, a bad signature) raises
@@ -23,8 +37,10 @@ both: honest nodes enforce that. So it learns only the sum.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import hmac
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from enum import Enum
 
 import numpy as np
@@ -32,7 +48,7 @@ import numpy as np
 from securefed.crypto.agreement import AgreementKeyPair, agree
 from securefed.crypto.identity import verify
 from securefed.crypto.prg import MaskAccumulator
-from securefed.crypto.shamir import Share, combine
+from securefed.crypto.shamir import Share, decode
 from securefed.errors import (
     InvalidParameter,
     InvalidShare,
@@ -42,16 +58,18 @@ from securefed.errors import (
     SecureFedError,
 )
 from securefed.secagg.config import RoundConfig
-from securefed.secagg.graph import NeighbourGraph, graph_seed
+from securefed.secagg.graph import NeighbourGraph
 from securefed.secagg.messages import (
     AdvertiseKeys,
     ConsistencyRequest,
     ConsistencySignature,
     Deadline,
     KeyList,
-    PeerGone,
     MaskedInput,
+    PeerGone,
     RoundAborted,
+    SeedReveal,
+    SeedRevealList,
     Send,
     ShareKeys,
     ShareRelay,
@@ -59,7 +77,17 @@ from securefed.secagg.messages import (
     UnmaskRequest,
     UnmaskShares,
 )
-from securefed.secagg.transcript import advertise_transcript, consistency_transcript, mask_sign, pairwise_mask_seed
+from securefed.secagg.transcript import (
+    COMMITMENT_SIZE,
+    advertise_transcript,
+    commitments_transcript,
+    consistency_transcript,
+    graph_seed,
+    mask_sign,
+    pairwise_mask_seed,
+    seed_commitment,
+    share_commitment,
+)
 from securefed.secagg.validate import check_id_pairs, require
 
 __all__ = ["ServerState", "ServerProtocol", "AggregateResult", "SERVER_TRANSITIONS"]
@@ -67,6 +95,7 @@ __all__ = ["ServerState", "ServerProtocol", "AggregateResult", "SERVER_TRANSITIO
 
 class ServerState(Enum):
     COLLECT_KEYS = "collect-keys"
+    COLLECT_REVEALS = "collect-reveals"
     COLLECT_SHARES = "collect-shares"
     COLLECT_MASKED_INPUTS = "collect-masked-inputs"
     COLLECT_SIGNATURES = "collect-signatures"
@@ -77,6 +106,7 @@ class ServerState(Enum):
 
 _STAGE_OF = {
     ServerState.COLLECT_KEYS: Stage.ADVERTISE,
+    ServerState.COLLECT_REVEALS: Stage.REVEAL,
     ServerState.COLLECT_SHARES: Stage.SHARE,
     ServerState.COLLECT_MASKED_INPUTS: Stage.MASKED_INPUT,
     ServerState.COLLECT_SIGNATURES: Stage.CONSISTENCY,
@@ -84,13 +114,15 @@ _STAGE_OF = {
 }
 _EXPECTED = {
     ServerState.COLLECT_KEYS: AdvertiseKeys,
+    ServerState.COLLECT_REVEALS: SeedReveal,
     ServerState.COLLECT_SHARES: ShareKeys,
     ServerState.COLLECT_MASKED_INPUTS: MaskedInput,
     ServerState.COLLECT_SIGNATURES: ConsistencySignature,
     ServerState.COLLECT_UNMASK_SHARES: UnmaskShares,
 }
 _NEXT = {
-    ServerState.COLLECT_KEYS: ServerState.COLLECT_SHARES,
+    ServerState.COLLECT_KEYS: ServerState.COLLECT_REVEALS,
+    ServerState.COLLECT_REVEALS: ServerState.COLLECT_SHARES,
     ServerState.COLLECT_SHARES: ServerState.COLLECT_MASKED_INPUTS,
     ServerState.COLLECT_MASKED_INPUTS: ServerState.COLLECT_SIGNATURES,
     ServerState.COLLECT_SIGNATURES: ServerState.COLLECT_UNMASK_SHARES,
@@ -108,18 +140,33 @@ SERVER_TRANSITIONS: dict[tuple[ServerState, type], ServerState] = {
 
 @dataclass(frozen=True, eq=False)
 class AggregateResult:
-    """The unmasked sum mod 2^32 and the ids whose inputs it contains."""
+    """The unmasked sum mod 2^32 and the ids whose inputs it contains.
+
+    ``excluded`` maps each node caught revealing a share its dealer never
+    dealt to the reason: its unmasking shares were not used (its own input,
+    already sent, is still in the sum). The coordinator should leave it out
+    of later rounds.
+    """
 
     sum: np.ndarray
     survivors: tuple[int, ...]
+    excluded: Mapping[int, str] = field(default_factory=dict)
 
 
 class ServerProtocol:
     """The coordinator's state for one round. Single use."""
 
-    def __init__(self, config: RoundConfig, roster: Mapping[int, bytes]) -> None:
+    def __init__(
+        self,
+        config: RoundConfig,
+        roster: Mapping[int, bytes],
+        *,
+        entropy: Callable[[int], bytes] | None = None,
+    ) -> None:
         if not isinstance(config, RoundConfig):
             raise TypeError("config must be a RoundConfig")
+        if entropy is not None and not callable(entropy):
+            raise TypeError("entropy must be a callable returning random bytes")
         missing = [i for i in config.ids if i not in roster]
         if missing:
             raise InvalidParameter(f"roster has no identity key for ids {missing[:5]}")
@@ -136,12 +183,16 @@ class ServerProtocol:
         self._graph: NeighbourGraph | None = None
         self._neighbourhoods: dict[int, frozenset[int]] = {}
         self._seed = b""
-        self._ciphertexts: dict[int, dict[int, bytes]] = {}
+        #: dealer -> holder -> (commitment to the s-share, commitment to the b-share)
+        self._commitments: dict[int, dict[int, tuple[bytes, bytes]]] = {}
         self._shared: frozenset[int] = frozenset()
         self._survivors: tuple[int, ...] = ()
         self._masked_sum: np.ndarray | None = None
         self._signatures: dict[int, bytes] = {}
-        self._probe = AgreementKeyPair.generate()
+        key_material = (entropy or os.urandom)(32)
+        if not isinstance(key_material, bytes) or len(key_material) != 32:
+            raise LocalProtocolError("the entropy source must return the bytes asked for")
+        self._probe = AgreementKeyPair.from_private_bytes(key_material)
 
     # --- public API ---------------------------------------------------------
 
@@ -197,12 +248,18 @@ class ServerProtocol:
     def _validate_advertise(self, message: AdvertiseKeys) -> AdvertiseKeys:
         require(isinstance(message.c_pk, bytes) and len(message.c_pk) == 32, "bad c_pk")
         require(isinstance(message.s_pk, bytes) and len(message.s_pk) == 32, "bad s_pk")
+        require(
+            isinstance(message.seed_commitment, bytes) and len(message.seed_commitment) == COMMITMENT_SIZE,
+            "bad seed commitment",
+        )
         require(isinstance(message.signature, bytes), "bad signature")
         try:
             verify(
                 self._roster[message.sender],
                 message.signature,
-                advertise_transcript(self.config, message.sender, message.c_pk, message.s_pk),
+                advertise_transcript(
+                    self.config, message.sender, message.c_pk, message.s_pk, message.seed_commitment
+                ),
             )
         except InvalidShare:
             raise RemoteProtocolError(f"bad key signature from {message.sender}", reason="bad-signature") from None
@@ -213,11 +270,41 @@ class ServerProtocol:
                 raise RemoteProtocolError(f"low-order public key from {message.sender}", reason="bad-key") from None
         return message
 
-    def _validate_share_keys(self, message: ShareKeys) -> dict[int, bytes]:
+    def _validate_reveal(self, message: SeedReveal) -> bytes:
+        value = message.value
+        require(isinstance(value, bytes) and len(value) == 32, "graph randomness must be 32 bytes")
+        expected = self._keys[message.sender].seed_commitment
+        require(
+            hmac.compare_digest(seed_commitment(self.config, message.sender, value), expected),
+            f"graph randomness from {message.sender} does not open its commitment",
+            reason="bad-reveal",
+        )
+        return value
+
+    def _validate_share_keys(self, message: ShareKeys) -> tuple[dict[int, bytes], dict[int, tuple[bytes, bytes]]]:
+        sender = message.sender
         recipients = check_id_pairs(message.ciphertexts, self.config.cohort_size, "share keys")
-        wanted = self._neighbourhoods[message.sender] - {message.sender}
-        require(set(recipients) == wanted, "shares not addressed to exactly the sender's neighbours")
-        return dict(message.ciphertexts)
+        neighbourhood = self._neighbourhoods[sender]
+        require(set(recipients) == neighbourhood - {sender}, "shares not addressed to exactly the sender's neighbours")
+        holders = check_id_pairs(message.commitments, self.config.cohort_size, "share commitments")
+        require(set(holders) == neighbourhood, "share commitments do not cover exactly the sender's neighbourhood")
+        require(
+            all(len(commitment) == 2 * COMMITMENT_SIZE for _, commitment in message.commitments),
+            "share commitments have the wrong size",
+        )
+        require(isinstance(message.signature, bytes), "bad signature")
+        try:
+            verify(
+                self._roster[sender],
+                message.signature,
+                commitments_transcript(self.config, self._seed, sender, message.commitments),
+            )
+        except InvalidShare:
+            raise RemoteProtocolError(f"bad share-commitment signature from {sender}", reason="bad-signature") from None
+        commitments = {
+            holder: (commitment[:COMMITMENT_SIZE], commitment[COMMITMENT_SIZE:]) for holder, commitment in message.commitments
+        }
+        return dict(message.ciphertexts), commitments
 
     def _validate_masked_input(self, message: MaskedInput) -> np.ndarray:
         vector = message.vector
@@ -281,12 +368,27 @@ class ServerProtocol:
     def _close_keys(self, answered: tuple[int, ...], inbox: dict) -> list[Send]:
         self._shortfall(Stage.ADVERTISE, len(answered), "nodes advertised keys")
         self._keys = {sender: inbox[sender] for sender in answered}
-        entries = tuple(self._keys[sender] for sender in answered)
-        self._seed = graph_seed(self.config.task, self.config.round_id, self.config.context, entries)
-        self._graph = NeighbourGraph.build(answered, self.config.degree, self._seed)
-        self._neighbourhoods = self._graph.all_neighbourhoods()
-        key_list = KeyList(entries)
+        key_list = KeyList(tuple(self._keys[sender] for sender in answered))
         return [Send(node, key_list) for node in answered]
+
+    def _close_reveals(self, answered: tuple[int, ...], inbox: dict) -> list[Send]:
+        missing = tuple(sorted(set(self._keys) - set(answered)))
+        if missing:
+            # Going on without them would mean choosing a seed after seeing the others' randomness.
+            raise ProtocolAborted(
+                f"reveal stage: nodes {list(missing)} advertised keys but did not reveal their graph "
+                f"randomness; the graph cannot be fixed without it (retry without them)",
+                stage=Stage.REVEAL.value,
+                shortfall=len(missing),
+                culprits=missing,
+            )
+        reveals = tuple((sender, inbox[sender]) for sender in answered)
+        self._seed = graph_seed(self.config, reveals)
+        self._graph = NeighbourGraph.build(self.config.ids, self.config.degree, self._seed)
+        live = frozenset(answered)
+        self._neighbourhoods = {node: self._graph.neighbours(node) & live for node in answered}
+        message = SeedRevealList(reveals)
+        return [Send(node, message) for node in answered]
 
     def _close_shares(self, answered: tuple[int, ...], inbox: dict) -> list[Send]:
         # A node whose neighbourhood has fewer than t sharers cannot be protected:
@@ -302,16 +404,17 @@ class ServerProtocol:
                     changed = True
         self._shortfall(Stage.SHARE, len(shared), "nodes shared keys with enough neighbours")
         self._shared = frozenset(shared)
+        self._commitments = {sender: inbox[sender][1] for sender in shared}
         sends = [
             Send(node, RoundAborted("too-few-neighbours")) for node in answered if node not in shared
         ]
         for recipient in sorted(shared):
-            relay = tuple(
-                (sender, inbox[sender][recipient])
-                for sender in sorted(self._neighbourhoods[recipient] & shared)
-                if sender != recipient
+            senders = [s for s in sorted(self._neighbourhoods[recipient] & shared) if s != recipient]
+            relay = ShareRelay(
+                tuple((sender, inbox[sender][0][recipient]) for sender in senders),
+                tuple((sender, b"".join(self._commitments[sender][recipient])) for sender in senders),
             )
-            sends.append(Send(recipient, ShareRelay(relay)))
+            sends.append(Send(recipient, relay))
         return sends
 
     def _close_masked_inputs(self, answered: tuple[int, ...], inbox: dict) -> list[Send]:
@@ -338,46 +441,92 @@ class ServerProtocol:
 
     def _close_unmask(self, answered: tuple[int, ...], inbox: dict) -> list[Send]:
         config = self.config
-        b_pool: dict[int, list[Share]] = {node: [] for node in self._survivors}
-        s_pool: dict[int, list[Share]] = {node: [] for node in self._shared - set(self._survivors)}
+        survivors = set(self._survivors)
+        dropped = self._shared - survivors
+        # 1. Every revealed share must be the one its dealer committed to; a holder caught
+        #    revealing anything else is excluded with all its shares.
+        excluded: dict[int, str] = {}
         for sender in answered:
+            b_shares, s_shares = inbox[sender]
+            for kind, shares, index in (("b", b_shares, 1), ("s", s_shares, 0)):
+                for owner, share in shares.items():
+                    committed = self._commitments[owner][sender][index]
+                    actual = share_commitment(config, owner, sender, kind, share.to_bytes())
+                    if not hmac.compare_digest(actual, committed):
+                        excluded.setdefault(
+                            sender, f"revealed a {kind}-share of node {owner} that {owner} never committed to"
+                        )
+        b_pool: dict[int, list[Share]] = {node: [] for node in self._survivors}
+        s_pool: dict[int, list[Share]] = {node: [] for node in dropped}
+        for sender in answered:
+            if sender in excluded:
+                continue
             b_shares, s_shares = inbox[sender]
             for owner, share in b_shares.items():
                 b_pool[owner].append(share)
             for owner, share in s_shares.items():
                 s_pool[owner].append(share)
+        culprits = tuple(sorted(excluded))
         for pool, kind in ((b_pool, "self-mask"), (s_pool, "mask-key")):
             for owner, shares in pool.items():
-                self._shortfall(Stage.UNMASK, len(shares), f"{kind} shares for node {owner}")
-
-        masks = [(self._reconstruct(owner, shares), -1) for owner, shares in b_pool.items()]
-        survivors = set(self._survivors)
+                if len(shares) < config.threshold:
+                    blame = f"; excluded for bad shares: {culprits}" if culprits else ""
+                    raise ProtocolAborted(
+                        f"unmask stage: {len(shares)} good {kind} shares for node {owner}, threshold is "
+                        f"{config.threshold} (short by {config.threshold - len(shares)}){blame}",
+                        stage=Stage.UNMASK.value,
+                        shortfall=config.threshold - len(shares),
+                        culprits=culprits,
+                    )
+        # 2. Decode every secret from all its good shares. Shares that match their dealer's signed
+        #    commitments yet do not lie on one polynomial were dealt that way: the dealer is at fault.
+        bad_dealers: dict[int, str] = {}
+        b_secrets: dict[int, bytes] = {}
+        s_keys: dict[int, AgreementKeyPair] = {}
+        for owner, shares in b_pool.items():
+            secret = self._decode(owner, shares, bad_dealers)
+            if secret is not None:
+                b_secrets[owner] = secret
         for owner, shares in s_pool.items():
-            s_private = self._reconstruct(owner, shares)
-            keys = AgreementKeyPair.from_private_bytes(s_private)
-            if keys.public_bytes != self._keys[owner].s_pk:
-                raise ProtocolAborted(
-                    f"unmask stage: shares for dropped node {owner} do not reconstruct its key",
-                    stage=Stage.UNMASK.value,
-                    shortfall=0,
-                )
+            secret = self._decode(owner, shares, bad_dealers)
+            if secret is None:
+                continue
+            keys = AgreementKeyPair.from_private_bytes(secret)
+            if not hmac.compare_digest(keys.public_bytes, self._keys[owner].s_pk):
+                bad_dealers.setdefault(owner, "its shares reconstruct a key that does not match its advertised key")
+                continue
+            s_keys[owner] = keys
+        if bad_dealers:
+            reasons = "; ".join(f"node {owner}: {why}" for owner, why in sorted(bad_dealers.items()))
+            raise ProtocolAborted(
+                f"unmask stage: identifiable abort, dealt inconsistent shares ({reasons}); retry without them",
+                stage=Stage.UNMASK.value,
+                shortfall=0,
+                culprits=tuple(sorted(bad_dealers)),
+            )
+        masks = [(b_secrets[owner], -1) for owner in self._survivors]
+        for owner, keys in s_keys.items():
             for survivor in sorted(self._neighbourhoods[owner] & survivors):
                 seed = pairwise_mask_seed(config, keys, self._keys[survivor].s_pk, owner, survivor)
                 # The survivor applied mask_sign(survivor, owner) * PRG(seed): take it back out.
                 masks.append((seed, -mask_sign(survivor, owner)))
         unmasked = MaskAccumulator(self._masked_sum)
         unmasked.apply(masks)
-        self.result = AggregateResult(unmasked.value, self._survivors)
+        self.result = AggregateResult(unmasked.value, self._survivors, excluded)
         return []
 
-    def _reconstruct(self, owner: int, shares: list[Share]) -> bytes:
-        chosen = sorted(shares, key=lambda share: share.x)[: self.config.threshold]
+    def _decode(self, owner: int, shares: list[Share], bad_dealers: dict[int, str]) -> bytes | None:
         try:
-            return combine(chosen)
+            decoded = decode(shares, self.config.threshold)
         except InvalidShare:
-            raise ProtocolAborted(
-                f"unmask stage: shares for node {owner} do not combine", stage=Stage.UNMASK.value, shortfall=0
-            ) from None
+            bad_dealers.setdefault(owner, "its committed shares do not lie on one polynomial of degree < t")
+            return None
+        if decoded.bad:
+            bad_dealers.setdefault(
+                owner, f"its committed shares at {list(decoded.bad)} lie off the polynomial of the others"
+            )
+            return None
+        return decoded.secret
 
     def _require_recoverable(self, stage: Stage, holders: set[int]) -> None:
         """Every node that shared must keep at least t share holders among ``holders``."""
@@ -394,6 +543,7 @@ class ServerProtocol:
 
 _VALIDATORS = {
     AdvertiseKeys: ServerProtocol._validate_advertise,
+    SeedReveal: ServerProtocol._validate_reveal,
     ShareKeys: ServerProtocol._validate_share_keys,
     MaskedInput: ServerProtocol._validate_masked_input,
     ConsistencySignature: ServerProtocol._validate_signature,
@@ -401,6 +551,7 @@ _VALIDATORS = {
 }
 _CLOSERS = {
     ServerState.COLLECT_KEYS: ServerProtocol._close_keys,
+    ServerState.COLLECT_REVEALS: ServerProtocol._close_reveals,
     ServerState.COLLECT_SHARES: ServerProtocol._close_shares,
     ServerState.COLLECT_MASKED_INPUTS: ServerProtocol._close_masked_inputs,
     ServerState.COLLECT_SIGNATURES: ServerProtocol._close_signatures,

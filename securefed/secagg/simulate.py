@@ -1,22 +1,29 @@
 """Run the real client and server state machines in memory.
 
 This is the public way to exercise the protocol without a network: tests,
-``securefed demo --in-memory`` and large-n benchmarks use it. Every node gets
-a fresh Ed25519 identity; every message goes through the same
-``receive()`` calls the daemons make. A node listed in ``dropouts`` under a
-stage goes silent from that stage on: it sends nothing at that stage or
-later. After each stage the simulator feeds the server a ``Deadline``, as a
-daemon's timer would.
+``securefed simulate`` and large-n benchmarks use it. Every node gets an
+Ed25519 identity; every message goes through the same ``receive()`` calls the
+daemons make. A node listed in ``dropouts`` under a stage goes silent from
+that stage on: it sends nothing at that stage or later. After each stage the
+simulator feeds the server a ``Deadline``, as a daemon's timer would.
+
+Randomness is passed into every state machine. Without ``seed`` it is the OS
+CSPRNG; with ``seed`` every identity key and every round secret comes from
+AES-CTR streams keyed by a hash of the seed and the party, so a run is
+reproducible (for tests and benchmarks only: a seeded run has no secrets).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from securefed.crypto.identity import SigningKey
+from securefed.crypto.prg import SecureRandom
 from securefed.errors import InvalidParameter, ProtocolAborted, SecureFedError
 from securefed.secagg.client import ClientProtocol
 from securefed.secagg.config import ClientPolicy, RoundConfig
@@ -45,6 +52,19 @@ def _silent_from(dropouts: Mapping[str, Sequence[int]] | None, n: int) -> dict[i
     return silent
 
 
+def _entropy_for(seed: bytes | int | None, party: str) -> Callable[[int], bytes]:
+    if seed is None:
+        return os.urandom
+    return SecureRandom(hashlib.sha256(b"securefed/simulate/entropy/v1" + repr(seed).encode() + b"/" + party.encode()).digest()).bytes
+
+
+def _identity_for(seed: bytes | int | None, node: int) -> SigningKey:
+    if seed is None:
+        return SigningKey.generate()
+    material = hashlib.sha256(b"securefed/simulate/identity/v1" + repr(seed).encode() + b"/%d" % node).digest()
+    return SigningKey(Ed25519PrivateKey.from_private_bytes(material))
+
+
 def simulate(
     inputs: Sequence[np.ndarray],
     threshold: int,
@@ -52,6 +72,7 @@ def simulate(
     neighbours: int | None = None,
     seed: bytes | int | None = None,
     *,
+    colluders: int | None = None,
     task: str = "simulation",
     round_id: int = 0,
 ) -> AggregateResult:
@@ -59,8 +80,12 @@ def simulate(
 
     Returns the sum mod 2^32 of the inputs that made it into the aggregate and
     the survivor ids; raises :class:`ProtocolAborted` when too few remain.
-    ``seed`` only labels the run (it is hashed into the round context); key
-    material always comes from the OS CSPRNG.
+    ``seed`` makes the run reproducible (keys and round secrets derived from
+    it; never use a seed where secrecy matters). ``colluders``, if given, makes
+    every node enforce the colluder bound for that many colluding nodes
+    (2t > n + c, or the sparse-graph bound); a round that fails it is refused
+    with :class:`RemoteProtocolError` (reason ``weaker-than-policy``). Without
+    it the threshold is used as given.
     """
     n = len(inputs)
     if n < 1:
@@ -70,22 +95,36 @@ def simulate(
     for vector in vectors:
         if vector.dtype != np.uint32 or vector.ndim != 1 or vector.shape[0] != length:
             raise InvalidParameter("inputs must be 1-D uint32 vectors of one length")
+    if colluders is not None and (type(colluders) is not int or colluders < 0):
+        raise InvalidParameter("colluders must be a non-negative integer")
     context = hashlib.sha256(b"securefed/simulate/v1" + repr(seed).encode()).digest()
     config = RoundConfig(task, round_id, n, threshold, length, context, neighbours)
     silent = _silent_from(dropouts, n)
-    identities = {node: SigningKey.generate() for node in config.ids}
+    identities = {node: _identity_for(seed, node) for node in config.ids}
     roster = {node: key.public_bytes for node, key in identities.items()}
-    # The simulator runs any threshold the caller asks for (tests explore t = 1 too), so its nodes
-    # use a permissive policy; real nodes default to ClientPolicy()'s minimums.
-    permissive = ClientPolicy(min_threshold=1, min_cohort=1, min_threshold_fraction=0.0)
+    if colluders is None:
+        # Any threshold the caller asks for (tests explore t = 1 too), against a coordinator that
+        # follows the protocol; real nodes default to ClientPolicy()'s colluder bound.
+        policy = ClientPolicy(
+            min_threshold=1, min_cohort=1, min_threshold_fraction=0.0, max_colluders=0, adversary="curious"
+        )
+    else:
+        policy = ClientPolicy(min_threshold=1, min_cohort=1, min_threshold_fraction=0.0, max_colluders=colluders)
     verified: set[bytes] = set()
     clients = {
         node: ClientProtocol(
-            config, node, identities[node], roster, vectors[node - 1], permissive, signature_cache=verified
+            config,
+            node,
+            identities[node],
+            roster,
+            vectors[node - 1],
+            policy,
+            signature_cache=verified,
+            entropy=_entropy_for(seed, f"node/{node}"),
         )
         for node in config.ids
     }
-    server = ServerProtocol(config, roster)
+    server = ServerProtocol(config, roster, entropy=_entropy_for(seed, "server"))
 
     def speaks(node: int, stage: Stage) -> bool:
         return silent.get(node, len(Stage)) > stage.index and not clients[node].aborted

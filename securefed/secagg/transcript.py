@@ -1,32 +1,96 @@
-"""What gets signed and what goes into each key derivation, in one place.
+"""What gets signed, hashed and bound into each key derivation, in one place.
 
 Client and server must build these byte strings identically; keeping them
 here means a change to the binding can never reach only one side. Every
-string carries a domain label, the task, the round and the round context
-(the hash of the global model and task configuration).
+string starts with a domain label and the round's *binding*: task, round,
+round context (the hash of the global model and task configuration), cohort
+size, threshold, neighbour count and vector length. A coordinator that shows
+two nodes different parameters therefore gets signatures that do not verify
+and masks that do not cancel, even if it kept the context the same.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
 
 from securefed.crypto._encoding import encode_fields, encode_id_list
 from securefed.crypto.agreement import AgreementKeyPair, derive_key
 from securefed.secagg.config import RoundConfig
 
-__all__ = ["advertise_transcript", "consistency_transcript", "share_key", "pairwise_mask_seed", "mask_sign"]
+__all__ = [
+    "COMMITMENT_SIZE",
+    "round_binding",
+    "advertise_transcript",
+    "seed_commitment",
+    "graph_seed",
+    "share_commitment",
+    "commitments_transcript",
+    "consistency_transcript",
+    "share_associated_data_for",
+    "share_key",
+    "pairwise_mask_seed",
+    "mask_sign",
+]
+
+COMMITMENT_SIZE = 32
 
 
-def advertise_transcript(config: RoundConfig, sender: int, c_pk: bytes, s_pk: bytes) -> bytes:
-    return b"securefed/advertise/v1" + encode_fields(
-        config.task, config.round_id, config.context, sender, c_pk, s_pk
+@lru_cache(maxsize=256)
+def round_binding(config: RoundConfig) -> bytes:
+    """Every public parameter of the round, length-prefixed."""
+    return encode_fields(
+        config.task,
+        config.round_id,
+        config.context,
+        config.cohort_size,
+        config.threshold,
+        0 if config.neighbours is None else config.neighbours,
+        config.vector_length,
     )
+
+
+def advertise_transcript(config: RoundConfig, sender: int, c_pk: bytes, s_pk: bytes, commitment: bytes) -> bytes:
+    return b"securefed/advertise/v2" + round_binding(config) + encode_fields(sender, c_pk, s_pk, commitment)
+
+
+def seed_commitment(config: RoundConfig, sender: int, value: bytes) -> bytes:
+    """A hiding, binding commitment to a node's graph randomness (32 random bytes)."""
+    return hashlib.sha256(b"securefed/graph-commitment/v1" + round_binding(config) + encode_fields(sender, value)).digest()
+
+
+def graph_seed(config: RoundConfig, reveals: Iterable[tuple[int, bytes]]) -> bytes:
+    """SHA-256 over every revealed graph randomness of the key list, in id order."""
+    digest = hashlib.sha256(b"securefed/graph/v2" + round_binding(config))
+    for sender, value in sorted(reveals):
+        digest.update(encode_fields(sender, value))
+    return digest.digest()
+
+
+def share_commitment(config: RoundConfig, dealer: int, holder: int, kind: str, share: bytes) -> bytes:
+    """Commitment to one share (``kind`` "s" or "b"); shares are uniform 256-bit values, so it hides them."""
+    return hashlib.sha256(
+        b"securefed/share-commitment/v1" + round_binding(config) + encode_fields(dealer, holder, kind, share)
+    ).digest()
+
+
+def commitments_transcript(
+    config: RoundConfig, seed: bytes, dealer: int, commitments: Sequence[tuple[int, bytes]]
+) -> bytes:
+    """What a dealer signs over its share commitments (one signature per dealer and round)."""
+    parts = [b"securefed/share-commitments/v1", round_binding(config), encode_fields(seed, dealer)]
+    parts.extend(encode_fields(holder, commitment) for holder, commitment in commitments)
+    return b"".join(parts)
 
 
 def consistency_transcript(config: RoundConfig, seed: bytes, survivors: Iterable[int]) -> bytes:
-    return b"securefed/consistency/v1" + encode_fields(
-        config.task, config.round_id, config.context, seed, encode_id_list(survivors)
-    )
+    return b"securefed/consistency/v2" + round_binding(config) + encode_fields(seed, encode_id_list(survivors))
+
+
+def share_associated_data_for(config: RoundConfig, sender: int, recipient: int) -> bytes:
+    """AEAD associated data for the share ciphertext from ``sender`` to ``recipient`` (direction matters)."""
+    return b"securefed/share/v2" + round_binding(config) + encode_fields(sender, recipient)
 
 
 def share_key(config: RoundConfig, own_c: AgreementKeyPair | bytes, peer_c_pk: bytes, me: int, peer: int) -> bytes:
@@ -39,7 +103,7 @@ def share_key(config: RoundConfig, own_c: AgreementKeyPair | bytes, peer_c_pk: b
         round_id=config.round_id,
         party_a=me,
         party_b=peer,
-        context=config.context,
+        context=round_binding(config),
     )
 
 
@@ -53,7 +117,7 @@ def pairwise_mask_seed(config: RoundConfig, own_s: AgreementKeyPair | bytes, pee
         round_id=config.round_id,
         party_a=me,
         party_b=peer,
-        context=config.context,
+        context=round_binding(config),
     )
 
 

@@ -67,6 +67,8 @@ from securefed.secagg.messages import (
     KeyList,
     MaskedInput,
     RoundAborted,
+    SeedReveal,
+    SeedRevealList,
     ShareKeys,
     ShareRelay,
     UnmaskRequest,
@@ -92,6 +94,8 @@ MAX_AGGREGATION = (1 << 63) - 1
 MAX_SPEC_DEPTH = 6
 KEY_SIZE = 32
 SIGNATURE_SIZE = 64
+COMMITMENT_SIZE = 32
+SHARE_COMMITMENT_SIZE = 2 * COMMITMENT_SIZE
 # Integers inside RoundStart.spec: anything an int64 or a uint64 can hold.
 SPEC_INT_MIN = -(1 << 63)
 SPEC_INT_MAX = (1 << 64) - 1
@@ -314,7 +318,13 @@ class _Pairs(_Kind):
         return tuple(out)
 
 
-_ADVERTISE_FIELDS = {"sender": _ID, "c_pk": _Bytes(KEY_SIZE), "s_pk": _Bytes(KEY_SIZE), "signature": _Bytes(SIGNATURE_SIZE)}
+_ADVERTISE_FIELDS = {
+    "sender": _ID,
+    "c_pk": _Bytes(KEY_SIZE),
+    "s_pk": _Bytes(KEY_SIZE),
+    "seed_commitment": _Bytes(COMMITMENT_SIZE),
+    "signature": _Bytes(SIGNATURE_SIZE),
+}
 
 
 class _Entries(_Kind):
@@ -442,12 +452,22 @@ _NAME = _Str(name=True)
 
 _SCHEMAS: tuple[_Schema, ...] = (
     _Schema(AdvertiseKeys, dict(_ADVERTISE_FIELDS)),
-    _Schema(ShareKeys, {"sender": _ID, "ciphertexts": _Pairs(_Bytes())}),
+    _Schema(SeedReveal, {"sender": _ID, "value": _Bytes(KEY_SIZE)}),
+    _Schema(
+        ShareKeys,
+        {
+            "sender": _ID,
+            "ciphertexts": _Pairs(_Bytes()),
+            "commitments": _Pairs(_Bytes(SHARE_COMMITMENT_SIZE)),
+            "signature": _Bytes(SIGNATURE_SIZE),
+        },
+    ),
     _Schema(MaskedInput, {"sender": _ID, "vector": _Array("<u4", min_length=1)}),
     _Schema(ConsistencySignature, {"sender": _ID, "signature": _Bytes(SIGNATURE_SIZE)}),
     _Schema(UnmaskShares, {"sender": _ID, "b_shares": _Pairs(_Bytes()), "s_shares": _Pairs(_Bytes())}),
     _Schema(KeyList, {"entries": _Entries()}),
-    _Schema(ShareRelay, {"ciphertexts": _Pairs(_Bytes())}),
+    _Schema(SeedRevealList, {"reveals": _Pairs(_Bytes(KEY_SIZE))}),
+    _Schema(ShareRelay, {"ciphertexts": _Pairs(_Bytes()), "commitments": _Pairs(_Bytes(SHARE_COMMITMENT_SIZE))}),
     _Schema(ConsistencyRequest, {"survivors": _Ids()}),
     _Schema(UnmaskRequest, {"survivors": _Ids(), "dropped": _Ids(), "signatures": _Pairs(_Bytes(SIGNATURE_SIZE))}),
     _Schema(RoundAborted, {"reason": _NAME}),
