@@ -83,8 +83,19 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from securefed.secagg import simulate
+    from securefed.secagg import propose_parameters, simulate
+    from securefed.secagg.bounds import smallest_safe_threshold
 
+    threshold, neighbours = args.threshold, args.neighbours
+    if threshold is None:
+        if neighbours is None:
+            proposal = propose_parameters(args.nodes, args.drop_rate, args.colluders)
+            threshold, neighbours = proposal.threshold, proposal.neighbours
+            print(f"parameters: {proposal.explanation}")
+        else:
+            degree = neighbours + neighbours % 2
+            colluders = args.colluders if args.colluders is not None else max(1, -(-args.nodes // 5))
+            threshold = smallest_safe_threshold(args.nodes, degree if degree < args.nodes - 1 else None, colluders)
     vectors = [
         np.frombuffer(__import__("os").urandom(4 * args.dimension), dtype="<u4").astype(np.uint32)
         for _ in range(args.nodes)
@@ -92,15 +103,17 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     step = max(1, round(1 / args.drop_rate)) if args.drop_rate > 0 else 0
     dropped = list(range(1, args.nodes + 1, step)) if step else []
     started = time.perf_counter()
-    result = simulate(vectors, args.threshold, {"masked_input": dropped} if dropped else None, args.neighbours)
+    result = simulate(
+        vectors, threshold, {"masked_input": dropped} if dropped else None, neighbours, colluders=args.colluders
+    )
     elapsed = time.perf_counter() - started
     expected = np.zeros(args.dimension, dtype=np.uint32)
     for node in result.survivors:
         expected += vectors[node - 1]
     exact = bool(np.array_equal(expected, result.sum))
     print(
-        f"{args.nodes} nodes, d={args.dimension}, t={args.threshold}, "
-        f"{'complete graph' if args.neighbours is None else f'{args.neighbours} neighbours'}, "
+        f"{args.nodes} nodes, d={args.dimension}, t={threshold}, "
+        f"{'complete graph' if neighbours is None else f'{neighbours} neighbours'}, "
         f"{len(dropped)} dropped before masked input: {len(result.survivors)} survivors, "
         f"sum exact: {exact}, {elapsed:.2f} s"
     )
@@ -161,8 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     simulate = sub.add_parser("simulate", help="run one secure aggregation in memory (no network)")
     simulate.add_argument("--nodes", type=int, default=100)
     simulate.add_argument("--dimension", type=int, default=10_000)
-    simulate.add_argument("--threshold", type=int, default=60)
-    simulate.add_argument("--neighbours", type=int, default=None)
+    simulate.add_argument("--threshold", type=int, default=None, help="default: the smallest safe one")
+    simulate.add_argument("--neighbours", type=int, default=None, help="default: what propose_parameters picks")
+    simulate.add_argument(
+        "--colluders", type=int, default=None, help="colluding nodes to withstand (default: max(1, ceil(n/5)))"
+    )
     simulate.add_argument("--drop-rate", type=float, default=0.1)
     simulate.set_defaults(func=_cmd_simulate)
     return parser

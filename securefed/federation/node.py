@@ -384,7 +384,7 @@ class Node:
         except InvalidParameter as exc:
             raise _Refused("bad-parameters", str(exc)) from None
         try:
-            self.policy.client_policy().check(proposed)
+            self.policy.client_policy().check(proposed, roster_size=max(len(self.roster), len(cohort)))
         except RemoteProtocolError as exc:
             raise _Refused(exc.reason, str(exc)) from None
         if spec.dp is None and policy.requires_dp:

@@ -8,13 +8,20 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from securefed.errors import InvalidParameter
-from securefed.secagg.bounds import minimum_safe_threshold, resolve_colluders, sparse_failure_probability
+from securefed.secagg.bounds import resolve_colluders, smallest_safe_threshold
 from securefed.secagg.graph import propose_parameters
 
 __all__ = ["TaskDefinition", "NodeEntry", "STAGE_NAMES", "DEFAULT_DEADLINES"]
 
-STAGE_NAMES = ("advertise", "share", "masked_input", "consistency", "unmask")
-DEFAULT_DEADLINES = {"advertise": 120.0, "share": 30.0, "masked_input": 30.0, "consistency": 30.0, "unmask": 30.0}
+STAGE_NAMES = ("advertise", "reveal", "share", "masked_input", "consistency", "unmask")
+DEFAULT_DEADLINES = {
+    "advertise": 120.0,
+    "reveal": 30.0,
+    "share": 30.0,
+    "masked_input": 30.0,
+    "consistency": 30.0,
+    "unmask": 30.0,
+}
 
 
 @dataclass(frozen=True)
@@ -113,16 +120,9 @@ class TaskDefinition:
             return max(proposal.threshold, self._requested(proposal.neighbourhood_size(n))), proposal.neighbours
         neighbours = None if self.neighbours == "complete" or self.neighbours >= n - 1 else int(self.neighbours)
         if neighbours is None:
-            safe = minimum_safe_threshold(population, c)
-            return max(safe, self._requested(n)), None
+            return max(smallest_safe_threshold(n, None, c, population), self._requested(n)), None
         degree = neighbours + neighbours % 2
-        pool = degree + 1
-        safe = pool + 1
-        for t in range(1, pool + 1):
-            if sparse_failure_probability(n, degree, t, c) <= 2.0**-40:
-                safe = t
-                break
-        return max(safe, self._requested(pool)), neighbours
+        return max(smallest_safe_threshold(n, degree, c, population), self._requested(degree + 1)), neighbours
 
     def _requested(self, pool: int) -> int:
         """The configured threshold for a neighbourhood of ``pool`` nodes (0 when unset)."""

@@ -39,6 +39,7 @@ __all__ = [
     "hypergeometric_tail",
     "binomial_tail",
     "sparse_failure_probability",
+    "smallest_safe_threshold",
     "describe_probability",
 ]
 
@@ -117,6 +118,26 @@ def sparse_failure_probability(
     need = t if adversary == "curious" else 2 * t - (k + 1)
     corrupt = min(colluders, n - 1)
     return min(Fraction(1), n * hypergeometric_tail(n - 1, corrupt, k, need))
+
+
+def smallest_safe_threshold(
+    cohort_size: int,
+    degree: int | None,
+    colluders: int,
+    roster_size: int | None = None,
+    adversary: str = "malicious",
+    security_bits: int = 40,
+) -> int:
+    """The smallest threshold a node with this adversary accepts (may exceed the neighbourhood:
+    then no threshold is safe for this graph)."""
+    population = max(cohort_size, roster_size or 0)
+    if degree is None:
+        return minimum_safe_threshold(population, colluders, adversary)
+    target = Fraction(1, 1 << security_bits)
+    for t in range(1, degree + 2):
+        if sparse_failure_probability(cohort_size, degree, t, colluders, adversary) <= target:
+            return t
+    return degree + 2
 
 
 def describe_probability(probability: Fraction) -> str:

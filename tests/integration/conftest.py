@@ -46,7 +46,7 @@ from securefed.wire.keys import CurveKeyPair
 T = TypeVar("T")
 
 #: Short stage deadlines: a node that went silent costs at most a few seconds.
-FAST_DEADLINES = {"advertise": 5, "share": 3, "masked_input": 3, "consistency": 3, "unmask": 3}
+FAST_DEADLINES = {"advertise": 5, "reveal": 3, "share": 3, "masked_input": 3, "consistency": 3, "unmask": 3}
 
 #: Local training slow enough (about half a second of CPU per node and round on
 #: this machine) that a signal sent right after a round starts lands while the

@@ -243,16 +243,16 @@ def test_repr_does_not_reveal_y() -> None:
 # --- entropy passed in -------------------------------------------------------------
 
 
-def _stream(seed: bytes) -> object:
+class _Stream:
     """A deterministic entropy function that records how it was called."""
-    calls: list[int] = []
 
-    def entropy(size: int) -> bytes:
-        calls.append(size)
-        return hashlib.shake_256(seed).digest(size)
+    def __init__(self, seed: bytes) -> None:
+        self.seed = seed
+        self.calls: list[int] = []
 
-    entropy.calls = calls  # type: ignore[attr-defined]
-    return entropy
+    def __call__(self, size: int) -> bytes:
+        self.calls.append(size)
+        return hashlib.shake_256(self.seed).digest(size)
 
 
 def _evaluate(coefficients: list[int], x: int) -> int:
@@ -261,21 +261,21 @@ def _evaluate(coefficients: list[int], x: int) -> int:
 
 
 def test_deterministic_entropy_gives_deterministic_shares() -> None:
-    first = split(SECRET, 7, 4, entropy=_stream(b"seed"))
-    second = split(SECRET, 7, 4, entropy=_stream(b"seed"))
-    other = split(SECRET, 7, 4, entropy=_stream(b"other seed"))
+    first = split(SECRET, 7, 4, entropy=_Stream(b"seed"))
+    second = split(SECRET, 7, 4, entropy=_Stream(b"seed"))
+    other = split(SECRET, 7, 4, entropy=_Stream(b"other seed"))
     assert [s.y for s in first] == [s.y for s in second]
     assert [s.y for s in first] != [s.y for s in other]
     assert combine(first[:4]) == decode(first, 4).secret == SECRET
 
 
 def test_entropy_is_called_once_for_all_coefficients() -> None:
-    entropy = _stream(b"once")
+    entropy = _Stream(b"once")
     split_at(SECRET, [3, 9, 27, 81, 243], 5, entropy=entropy)
-    assert entropy.calls == [64 * 4]  # type: ignore[attr-defined]
-    entropy = _stream(b"none needed")
+    assert entropy.calls == [64 * 4]
+    entropy = _Stream(b"none needed")
     assert all(s.y == int.from_bytes(SECRET, "big") for s in split(SECRET, 3, 1, entropy=entropy))
-    assert entropy.calls == []  # type: ignore[attr-defined]
+    assert entropy.calls == []
 
 
 def test_coefficients_are_64_byte_blocks_reduced_mod_prime() -> None:
