@@ -152,7 +152,8 @@ class HonestRound:
 
     ``silent`` maps a node to the stage from which it stops answering (a dropout).
     ``configs`` lets a test hand some nodes a different config than the coordinator's
-    (e.g. another model context); by default everyone shares ``config``. ``t=None``
+    (e.g. another model context); by default everyone shares ``config``. ``policies``
+    overrides ``policy`` for some nodes (e.g. colluders that accept anything). ``t=None``
     takes the smallest threshold the default policy accepts (2t > n + c, c = max(1, ceil(n/5))).
     Every party's randomness is a deterministic stream derived from ``seed``.
     """
@@ -173,6 +174,7 @@ class HonestRound:
         identities: Mapping[int, SigningKey] | None = None,
         inputs: Mapping[int, np.ndarray] | None = None,
         policy: ClientPolicy | None = None,
+        policies: Mapping[int, ClientPolicy] | None = None,
         silent: Mapping[int, Stage] | None = None,
         configs: Mapping[int, RoundConfig] | None = None,
         seed: int = 0,
@@ -192,7 +194,7 @@ class HonestRound:
                 self.identities[node],
                 self.roster,
                 self.inputs[node],
-                policy=policy,
+                policy=(policies or {}).get(node, policy),
                 entropy=entropy_for(seed, f"{task}/{round_id}/node/{node}"),
             )
             for node in self.config.ids

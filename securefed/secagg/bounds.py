@@ -12,16 +12,33 @@ shares of u to both. It recovers u's input when both |A| + c >= t and
 
     2t > N + c        (complete graph; N = every roster member who could hold a share)
 
-For the sparse SecAgg+ graph the same argument runs inside u's closed
-neighbourhood of k + 1 nodes, with X colluders in it: safe iff
-2t > k + 1 + X. X is random because the graph comes from randomness the
-coordinator cannot steer (see :mod:`securefed.secagg.graph`): for a fixed
-honest target its k neighbours are a uniform k-subset of the other n - 1
-nodes, so X is hypergeometric. We union-bound over the n possible targets
-and compute the tail *exactly* in integer arithmetic.
+The same counting, over the consistency signatures instead of the shares,
+gives the rule that keeps every honest node in *one* view of the round: a
+node reveals only after it has checked T valid signatures over its exact
+survivor list from anywhere in the cohort, with 2T > N + c. Two honest
+nodes answering for different lists would need 2(T - c) distinct honest
+signers, more than the N - c there are. For the complete graph T = t.
+
+For the sparse SecAgg+ graph the shares of u live in u's closed
+neighbourhood of m = k + 1 nodes, and the threshold t counts there. With
+the single view above, the coordinator can still learn the sums of separate
+*components*: the honest survivors cut apart by colluders (whose masks it
+knows) and by nodes it declares dropped. A node's own check (t survivors in
+its neighbourhood) makes every learnable component hold at least t - X of
+its honest neighbours, X the colluders in its neighbourhood. So the node
+requires X < min(2t - m, t - 1) in every neighbourhood, except with
+probability 2^-40: then no component is a single node (t - X >= 2), every
+component holds at least m + 1 - t honest nodes, and no neighbourhood holds
+enough colluders for a split view of its own. X is random because the graph
+comes from randomness the coordinator cannot steer (see
+:mod:`securefed.secagg.graph`): for a fixed honest target its k neighbours
+are a uniform k-subset of the other n - 1 nodes, so X is hypergeometric. We
+union-bound over the n possible targets and compute the tail *exactly* in
+integer arithmetic.
 
 A merely curious coordinator (it follows the protocol) needs only that the
-colluders alone hold fewer than t shares: t > c, or t > X per neighbourhood.
+colluders alone hold fewer than t shares: t > c for the complete graph, and
+X < t - 1 per neighbourhood (no isolated node) for the sparse one.
 """
 
 from __future__ import annotations
@@ -36,6 +53,7 @@ __all__ = [
     "default_colluders",
     "resolve_colluders",
     "minimum_safe_threshold",
+    "sparse_breaking_colluders",
     "hypergeometric_tail",
     "binomial_tail",
     "sparse_failure_probability",
@@ -104,18 +122,26 @@ def binomial_tail(m: int, p: float, at_least: int) -> float:
     return min(total, 1.0)
 
 
+def sparse_breaking_colluders(degree: int, threshold: int, adversary: str = "malicious") -> int:
+    """How many colluders in one closed neighbourhood (k + 1 nodes) break it: min(2t - m, t - 1), or t - 1 if curious."""
+    m = degree + 1
+    if adversary == "curious":
+        return threshold - 1
+    return min(2 * threshold - m, threshold - 1)
+
+
 def sparse_failure_probability(
     cohort_size: int, degree: int, threshold: int, colluders: int, adversary: str = "malicious"
 ) -> Fraction:
     """Union bound, over all n possible targets, on a neighbourhood holding enough colluders to break it.
 
     ``degree`` is k (even, k + 1 <= n); a target's closed neighbourhood has k + 1 nodes. Breaking
-    needs X >= 2t - (k + 1) colluders against a malicious coordinator, X >= t against a curious one.
+    needs X >= :func:`sparse_breaking_colluders` colluders among its k neighbours.
     """
     n, k, t = cohort_size, degree, threshold
     if not 1 <= k < n:
         raise InvalidParameter("degree must be in 1..n-1 for a sparse graph")
-    need = t if adversary == "curious" else 2 * t - (k + 1)
+    need = sparse_breaking_colluders(k, t, adversary)
     corrupt = min(colluders, n - 1)
     return min(Fraction(1), n * hypergeometric_tail(n - 1, corrupt, k, need))
 

@@ -27,7 +27,9 @@ The machine trusts nothing the coordinator says that it can check itself:
 * it masks only with neighbours whose encrypted shares reached it, and later
   insists that the survivor list is consistent with that;
 * it answers unmasking only for the survivor set it signed, backed by at
-  least t valid consistency signatures over that same set, and it computes
+  least t valid consistency signatures from its neighbours and a quorum T
+  (2T > N + c) from the whole cohort over that same set, so every honest
+  node that reveals anything answers for one and the same set; it computes
   the dropped set itself: for each peer it reveals the b-share (peer
   survived) or the s_sk-share (peer dropped), never both;
 * any failed check moves the machine to ``ABORTED`` for good and raises; an
@@ -268,6 +270,11 @@ class ClientProtocol:
         return self.state is ClientState.ABORTED
 
     @property
+    def shared_with(self) -> frozenset[int]:
+        """The neighbours (and itself) whose shares reached this node: the ones it masks with."""
+        return self._shared_with
+
+    @property
     def signed_survivors(self) -> tuple[int, ...] | None:
         """The survivor set (U3) this node signed in the consistency stage, if it got that far."""
         return self._signed_survivors
@@ -445,16 +452,22 @@ class ClientProtocol:
             reason="inconsistent-survivors",
         )
         signers = check_id_pairs(message.signatures, config.cohort_size, "signature list")
-        require(
-            set(signers) <= survivors & self.neighbours,
-            "consistency signature from a node outside this neighbourhood's survivors",
-            reason="bad-signature",
-        )
+        require(set(signers) <= survivors, "consistency signature from a node outside the survivors", reason="bad-signature")
         transcript = consistency_transcript(config, self._graph_seed, self._signed_survivors)
         for signer, signature in message.signatures:
             require(isinstance(signature, bytes), "signature must be bytes")
             self._verify(signer, signature, transcript)
-        self._need(len(signers), "consistency", "valid consistency signatures")
+        # Locally: t of the neighbours that hold this node's shares agree. Globally: a quorum with
+        # 2T > N + c agrees, so every honest node that reveals anything answers for this same list.
+        self._need(len(set(signers) & self.neighbours), "consistency", "valid consistency signatures from neighbours")
+        quorum = self._policy.consistency_quorum(self._roster_size)
+        if len(signers) < quorum:
+            raise ProtocolAborted(
+                f"consistency stage: only {len(signers)} valid consistency signatures over the survivor list, "
+                f"this node needs {quorum} (2T > N + c) before it reveals anything (short by {quorum - len(signers)})",
+                stage="consistency",
+                shortfall=quorum - len(signers),
+            )
 
         b_shares = []
         s_shares = []

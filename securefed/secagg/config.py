@@ -93,10 +93,11 @@ class ClientPolicy:
     ``max_colluders`` is how many corrupt nodes may work with the coordinator:
     a count, a fraction of the roster, or None for max(1, ceil(N/5)) where N
     is the node's own roster size. Against a ``"malicious"`` coordinator the
-    node then insists on 2t > N + c for the complete graph, and for the sparse
-    graph on a union-bound probability of at most 2^-``security_bits`` that
-    any neighbourhood holds enough colluders for a split view (see
-    :mod:`securefed.secagg.bounds`). ``"curious"`` assumes a coordinator that
+    node then insists on 2t > N + c for the complete graph; for the sparse
+    graph it insists on a union-bound probability of at most
+    2^-``security_bits`` that any neighbourhood holds enough colluders to break
+    it, and before unmasking on 2T > N + c consistency signatures over its
+    survivor list from the whole cohort (see :mod:`securefed.secagg.bounds`). ``"curious"`` assumes a coordinator that
     follows the protocol (t > c suffices); only choose it knowingly.
     ``min_threshold_fraction`` is an extra, older floor: t must exceed that
     fraction of the neighbourhood.
@@ -133,6 +134,11 @@ class ClientPolicy:
         """The colluder count this policy defends against, for a roster of ``roster_size`` members."""
         return resolve_colluders(self.max_colluders, roster_size)
 
+    def consistency_quorum(self, roster_size: int) -> int:
+        """How many valid consistency signatures over one survivor list a node needs before it reveals
+        anything: T with 2T > N + c, so that every honest node answers for the same list."""
+        return minimum_safe_threshold(roster_size, self.colluders(roster_size), self.adversary)
+
     def check(self, config: RoundConfig, roster_size: int | None = None) -> None:
         """Raise :class:`RemoteProtocolError` (reason ``weaker-than-policy``) naming what falls short.
 
@@ -167,6 +173,12 @@ class ClientPolicy:
             problems.append("this site does not take part in sparse-graph (SecAgg+) rounds")
         else:
             k = config.degree
+            quorum = minimum_safe_threshold(population, c, self.adversary)
+            if n < quorum:
+                problems.append(
+                    f"a cohort of {n} cannot gather the {quorum} consistent survivors that keep {c} colluders "
+                    f"(roster of {population}) from showing nodes different survivor lists"
+                )
             if k < self.min_neighbours:
                 problems.append(f"{k} neighbours is below this site's minimum of {self.min_neighbours}")
             failure = sparse_failure_probability(n, k, t, c, self.adversary)

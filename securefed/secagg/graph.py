@@ -41,6 +41,7 @@ from securefed.secagg.bounds import (
     describe_probability,
     minimum_safe_threshold,
     resolve_colluders,
+    sparse_breaking_colluders,
 )
 
 __all__ = ["NeighbourGraph", "GraphParameters", "propose_parameters"]
@@ -159,13 +160,14 @@ def propose_parameters(
 
     Sparse graph: the smallest even k (with 2(k + 1) < n) and the smallest t
     such that, union-bounded over the n neighbourhoods, the probability that
-    some closed neighbourhood holds enough colluders for a split view
-    (X >= 2t - (k + 1); X >= t against a curious coordinator) is at most
-    2^-security_bits, computed exactly from the hypergeometric distribution,
-    while dropouts (Binomial(k + 1, δ)) leave fewer than t of a neighbourhood
-    with probability at most 2^-correctness_bits / n. Otherwise the complete
-    graph with the exact bound 2t > N + c (t > c when curious), if t fits
-    under the expected survivors (1 - δ)n.
+    some closed neighbourhood holds enough colluders to break it
+    (X >= min(2t - (k + 1), t - 1); see :mod:`securefed.secagg.bounds`) is at
+    most 2^-security_bits, computed exactly from the hypergeometric
+    distribution, while dropouts (Binomial(k + 1, δ)) leave fewer than t of a
+    neighbourhood with probability at most 2^-correctness_bits / n, and
+    floor((N + c)/2) + 1 nodes (the consistency quorum) survive likewise.
+    Otherwise the complete graph with the exact bound 2t > N + c (t > c when
+    curious), if t fits under the expected survivors (1 - δ)n.
     """
     if type(n) is not int or n < 1:
         raise InvalidParameter("n must be a positive integer")
@@ -183,13 +185,17 @@ def propose_parameters(
     target = Fraction(1, 1 << security_bits)
     liveness_target = 2.0**-correctness_bits / n
     corrupt = min(c, n - 1)
-    for k in range(2, n - 1, 2):
+    # Every round needs one view of the survivors backed by 2T > N + c signatures (bounds.py),
+    # so a sparse graph is only worth it if that many nodes are expected to survive.
+    consistent = minimum_safe_threshold(population, c, adversary)
+    global_live = n >= consistent and binomial_tail(n, dropout_rate, n - consistent + 1) <= 2.0**-correctness_bits
+    for k in range(2, n - 1, 2) if global_live else ():
         m = k + 1
         if 2 * m >= n:
             break  # the sparse graph saves little from here on; the complete graph's exact bound is tighter
         suffix, denominator = _hypergeometric_suffix(n - 1, corrupt, k)
         for t in range(1, m + 1):
-            need = t if adversary == "curious" else 2 * t - m
+            need = sparse_breaking_colluders(k, t, adversary)
             if need > k:
                 failure = Fraction(0)
             else:
@@ -206,7 +212,8 @@ def propose_parameters(
             t,
             f"k={k}, t={t}: {c} colluders (of a roster of {population}) break some neighbourhood with "
             f"probability <= {describe_probability(failure)} (target 2^-{security_bits}; exact hypergeometric "
-            f"tail, union bound over n={n}); liveness failure <= 2^-{correctness_bits}/n at dropout rate {dropout_rate:g}",
+            f"tail, union bound over n={n}); every round needs {consistent} consistent survivors; "
+            f"liveness failure <= 2^-{correctness_bits}/n at dropout rate {dropout_rate:g}",
             c,
             failure,
         )

@@ -432,12 +432,10 @@ class ServerProtocol:
         self._require_recoverable(Stage.CONSISTENCY, set(answered))
         self._signatures = dict(inbox)
         dropped = tuple(sorted(self._shared - set(self._survivors)))
-        sends = []
-        for node in answered:
-            signers = sorted(self._neighbourhoods[node] & set(answered))
-            signatures = tuple((signer, self._signatures[signer]) for signer in signers)
-            sends.append(Send(node, UnmaskRequest(self._survivors, dropped, signatures)))
-        return sends
+        # Every node gets every signature: besides t from its neighbours it checks a quorum from the
+        # whole cohort, which is what keeps all honest nodes on one survivor list.
+        request = UnmaskRequest(self._survivors, dropped, tuple((signer, self._signatures[signer]) for signer in answered))
+        return [Send(node, request) for node in answered]
 
     def _close_unmask(self, answered: tuple[int, ...], inbox: dict) -> list[Send]:
         config = self.config

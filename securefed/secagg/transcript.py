@@ -85,7 +85,9 @@ def commitments_transcript(
 
 
 def consistency_transcript(config: RoundConfig, seed: bytes, survivors: Iterable[int]) -> bytes:
-    return b"securefed/consistency/v2" + round_binding(config) + encode_fields(seed, encode_id_list(survivors))
+    """What a node signs over the survivor set U3 (hashed, so the transcript stays short for large n)."""
+    digest = hashlib.sha256(encode_id_list(survivors)).digest()
+    return b"securefed/consistency/v3" + round_binding(config) + encode_fields(seed, digest)
 
 
 def share_associated_data_for(config: RoundConfig, sender: int, recipient: int) -> bytes:

@@ -7,6 +7,7 @@ drop it, count it under the reason and carry on); the reasons are the codes of
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 from collections import Counter
@@ -14,7 +15,15 @@ from collections import Counter
 import numpy as np
 
 from securefed.federation.messages import Envelope, Hello, RoundStart
-from securefed.secagg.messages import KeyList, MaskedInput
+from securefed.secagg.messages import (
+    AdvertiseKeys,
+    KeyList,
+    MaskedInput,
+    SeedReveal,
+    SeedRevealList,
+    ShareKeys,
+    ShareRelay,
+)
 from securefed.wire.codec import DEFAULT_LIMITS, VERSION, encode
 
 Message = list[bytes]
@@ -91,16 +100,126 @@ def _common(rng: random.Random, sample: Message, array_sample: Message, array_fi
     return out
 
 
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _non_canonical(raw: bytes) -> str:
+    """Base64 of ``raw`` with the unused low bits of its last character set (``len(raw) % 3 != 0``)."""
+    if len(raw) % 3 == 0:
+        raise ValueError("base64 of a multiple of 3 bytes has no unused bits")
+    text = _b64(raw)
+    body = text.rstrip("=")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    return body[:-1] + alphabet[alphabet.index(body[-1]) | 1] + text[len(body) :]
+
+
+def _field_faults(template: Message, changes: list[tuple[object, str]]) -> list[tuple[Message, str]]:
+    """``changes``: (a function editing the header in place, the reason it must be dropped for)."""
+    return [(_with_header(template, change), reason) for change, reason in changes]
+
+
+def _reveal_and_commitment_faults(rng: random.Random, task: str) -> list[tuple[Message, str]]:
+    """Node -> coordinator: the reveal stage's and the signed share commitments' fields, each gone wrong."""
+    value, commitment, pair, signature = rng.randbytes(32), rng.randbytes(32), rng.randbytes(64), rng.randbytes(64)
+    advertise = encode(Envelope(task, 1, AdvertiseKeys(1, rng.randbytes(32), rng.randbytes(32), commitment, signature)))
+    reveal = encode(Envelope(task, 1, SeedReveal(1, value)))
+    ciphertexts = ((2, rng.randbytes(80)), (3, rng.randbytes(80)))
+    share = encode(Envelope(task, 1, ShareKeys(1, ciphertexts, ((1, pair), (2, pair), (3, pair)), signature)))
+    out = _field_faults(
+        advertise,
+        [
+            (lambda h: h.pop("seed_commitment"), "bad-header"),  # an advertisement from before the reveal stage
+            (lambda h: h.update(seed_commitment=_b64(commitment + b"\x00")), "bad-field"),
+            (lambda h: h.update(seed_commitment=_b64(commitment[:31])), "bad-field"),
+            (lambda h: h.update(seed_commitment=_non_canonical(commitment)), "bad-field"),
+        ],
+    )
+    out += _field_faults(
+        reveal,
+        [
+            (lambda h: h.update(value=_b64(value[:31])), "bad-field"),
+            (lambda h: h.update(value=_b64(value + value)), "bad-field"),
+            (lambda h: h.update(value=_non_canonical(value)), "bad-field"),
+            (lambda h: h.update(value=_b64(value).rstrip("=")), "bad-field"),
+            (lambda h: h.update(sender=0), "bad-field"),
+            (lambda h: h.pop("value"), "bad-header"),
+            (lambda h: h.update(seed=h["value"]), "bad-header"),
+        ],
+    )
+    out += _field_faults(
+        share,
+        [
+            (lambda h: h.update(commitments=h["commitments"][::-1]), "bad-field"),
+            (lambda h: h.update(commitments=[h["commitments"][0], *h["commitments"]]), "bad-field"),
+            (lambda h: h.update(commitments=[[1, _b64(pair[:63])]]), "bad-field"),
+            (lambda h: h.update(commitments=[[1, _b64(pair[:32])]]), "bad-field"),
+            (lambda h: h.update(commitments=[[1, _non_canonical(pair)]]), "bad-field"),
+            (lambda h: h.update(commitments={"1": _b64(pair)}), "bad-field"),
+            (lambda h: h.update(signature=_b64(signature + b"!")), "bad-field"),
+            (lambda h: h.update(signature=_non_canonical(signature)), "bad-field"),
+            (lambda h: h.pop("commitments"), "bad-header"),
+            (lambda h: (h.pop("commitments"), h.pop("signature")), "bad-header"),  # the ShareKeys of before
+        ],
+    )
+    return out * 3
+
+
+def _reveal_list_and_relay_faults(rng: random.Random, task: str) -> list[tuple[Message, str]]:
+    """Coordinator -> node: the seed reveal list's, the relayed commitments' and the key list's new fields, each gone wrong."""
+    first, second, pair = rng.randbytes(32), rng.randbytes(32), rng.randbytes(64)
+    reveals = encode(Envelope(task, 1, SeedRevealList(((1, first), (2, second)))))
+    relay = encode(Envelope(task, 1, ShareRelay(((2, rng.randbytes(80)),), ((2, pair),))))
+    entry = AdvertiseKeys(1, rng.randbytes(32), rng.randbytes(32), first, rng.randbytes(64))
+    keylist = encode(Envelope(task, 1, KeyList((entry,))))
+    out = _field_faults(
+        reveals,
+        [
+            (lambda h: h.update(reveals=h["reveals"][::-1]), "bad-field"),
+            (lambda h: h.update(reveals=[h["reveals"][0], h["reveals"][0]]), "bad-field"),
+            (lambda h: h.update(reveals=[[1, _b64(first[:31])]]), "bad-field"),
+            (lambda h: h.update(reveals=[[1, _b64(pair)]]), "bad-field"),
+            (lambda h: h.update(reveals=[[1, _non_canonical(first)]]), "bad-field"),
+            (lambda h: h.update(reveals=[[0, _b64(first)]]), "bad-field"),
+            (lambda h: h.update(reveals=[_b64(first)]), "bad-field"),
+            (lambda h: h.pop("reveals"), "bad-header"),
+        ],
+    )
+    out += _field_faults(
+        relay,
+        [
+            (lambda h: h.update(commitments=[[2, _b64(pair + b"!")]]), "bad-field"),
+            (lambda h: h.update(commitments=[[2, _b64(first)]]), "bad-field"),
+            (lambda h: h.update(commitments=[[3, _b64(pair)], [2, _b64(pair)]]), "bad-field"),
+            (lambda h: h.update(commitments=[[2, ""]]), "bad-field"),
+            (lambda h: h.pop("commitments"), "bad-header"),  # the ShareRelay of before
+        ],
+    )
+    out += _field_faults(
+        keylist,
+        [
+            (lambda h: h["entries"][0].pop("seed_commitment"), "bad-field"),  # an entry from before the reveal stage
+            (lambda h: h["entries"][0].update(seed_commitment=_non_canonical(first)), "bad-field"),
+            (lambda h: h["entries"][0].update(seed_commitment=_b64(pair)), "bad-field"),
+        ],
+    )
+    return out * 3
+
+
 def to_coordinator(seed: int, task: str) -> list[tuple[Message, str]]:
-    """Node -> coordinator garbage (a Hello and a MaskedInput are the templates)."""
+    """Node -> coordinator garbage (a Hello and a MaskedInput are the templates, plus every field of the
+    reveal stage and of the signed share commitments gone wrong)."""
     rng = random.Random(seed)
     hello = encode(Envelope(task, 0, Hello("site-1")))
     masked = encode(Envelope(task, 1, MaskedInput(1, np.arange(3, dtype=np.uint32))))
-    return _common(rng, hello, masked, "vector", "<u4")
+    out = _common(rng, hello, masked, "vector", "<u4") + _reveal_and_commitment_faults(rng, task)
+    rng.shuffle(out)
+    return out
 
 
 def to_node(seed: int, task: str, node: str) -> list[tuple[Message, str]]:
-    """Coordinator -> node garbage (a KeyList and a RoundStart are the templates)."""
+    """Coordinator -> node garbage (a KeyList and a RoundStart are the templates, plus the reveal list's,
+    the relayed commitments' and the key list's new fields gone wrong)."""
     rng = random.Random(seed)
     keylist = encode(Envelope(task, 1, KeyList(())))
     start = encode(Envelope(task, 0, RoundStart(1, ((1, node),), {}, np.zeros(3))))
@@ -109,6 +228,7 @@ def to_node(seed: int, task: str, node: str) -> list[tuple[Message, str]]:
         frames = list(start)
         frames[3] = np.array([0.0, np.nan, np.inf]).astype("<f8").tobytes()
         out.append((frames, "bad-array"))
+    out += _reveal_list_and_relay_faults(rng, task)
     rng.shuffle(out)
     return out
 

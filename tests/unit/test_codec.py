@@ -6,7 +6,6 @@ import base64
 import dataclasses
 import importlib
 import json
-from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -23,6 +22,8 @@ from securefed.secagg.messages import (
     KeyList,
     MaskedInput,
     RoundAborted,
+    SeedReveal,
+    SeedRevealList,
     Send,
     ShareKeys,
     ShareRelay,
@@ -46,6 +47,11 @@ from securefed.wire import codec
 K1 = bytes(range(32))
 K2 = bytes(range(32, 64))
 SIG = bytes(range(64))
+C1 = bytes(range(64, 96))  # AdvertiseKeys.seed_commitment: 32 bytes (SHA-256)
+V1 = bytes(range(96, 128))  # SeedReveal.value: 32 bytes
+V2 = bytes(range(128, 160))
+SC1 = bytes(range(160, 224))  # a share commitment pair (s || b): 64 bytes
+SC2 = bytes(range(192, 256))
 
 
 def _b64(raw: bytes) -> str:
@@ -62,13 +68,24 @@ def _nested(depth: int) -> Any:
 
 # One hand-built valid envelope per body type (the first of each is the "base" example).
 EXAMPLES: list[Envelope] = [
-    Envelope("task-a", 7, AdvertiseKeys(1, K1, K2, SIG)),
-    Envelope("task-a", 7, ShareKeys(2, ((1, b"\x00" * 60), (3, b"\xff" * 61), (65535, b"x")))),
+    Envelope("task-a", 7, AdvertiseKeys(1, K1, K2, C1, SIG)),
+    Envelope("task-a", 7, SeedReveal(3, V1)),
+    Envelope(
+        "task-a",
+        7,
+        ShareKeys(
+            2,
+            ((1, b"\x00" * 60), (3, b"\xff" * 61), (65535, b"x")),
+            ((1, SC1), (2, SC2), (3, SC1[::-1]), (65535, SC2[::-1])),
+            SIG,
+        ),
+    ),
     Envelope("task-a", 7, MaskedInput(3, np.array([0, 1, 2**32 - 1, 12345], dtype=np.uint32))),
     Envelope("task-a", 7, ConsistencySignature(4, SIG)),
     Envelope("task-a", 7, UnmaskShares(5, ((1, b"b1"), (2, b"b2")), ((7, b"s7"),))),
-    Envelope("task-a", 7, KeyList((AdvertiseKeys(1, K1, K2, SIG), AdvertiseKeys(4, K2, K1, SIG)))),
-    Envelope("task-a", 7, ShareRelay(((1, b"c1"), (2, b"c2")))),
+    Envelope("task-a", 7, KeyList((AdvertiseKeys(1, K1, K2, C1, SIG), AdvertiseKeys(4, K2, K1, C1[::-1], SIG)))),
+    Envelope("task-a", 7, SeedRevealList(((1, V1), (4, V2)))),
+    Envelope("task-a", 7, ShareRelay(((1, b"c1"), (2, b"c2")), ((1, SC1), (2, SC2)))),
     Envelope("task-a", 7, ConsistencyRequest((1, 2, 5))),
     Envelope("task-a", 7, UnmaskRequest((1, 2), (3,), ((1, SIG), (2, SIG[::-1])))),
     Envelope("task-a", 7, RoundAborted("too-few-neighbours")),
@@ -89,8 +106,15 @@ EXAMPLES: list[Envelope] = [
 BASE = {type(envelope.body).__name__: envelope for envelope in EXAMPLES}
 
 EDGE_EXAMPLES: list[Envelope] = [
-    Envelope("t", 2**63 - 1, ShareKeys(65535, ())),
+    Envelope("t", 2**63 - 1, ShareKeys(65535, (), (), SIG)),
+    Envelope("t", 1, ShareKeys(1, ((65535, b"\x01" * 4096),), ((1, bytes(64)), (65535, b"\xff" * 64)), bytes(64))),
     Envelope("t", 0, KeyList(())),
+    Envelope("t", 1, KeyList((AdvertiseKeys(65535, bytes(32), b"\xff" * 32, bytes(32), b"\xff" * 64),))),
+    Envelope("t", 1, SeedReveal(65535, bytes(32))),
+    Envelope("t", 1, SeedRevealList(())),
+    Envelope("t", 1, SeedRevealList(((1, b"\xff" * 32), (2, bytes(32)), (65535, V2)))),
+    Envelope("t", 1, ShareRelay((), ())),
+    Envelope("t", 1, ShareRelay(((65535, b"\x02" * 4096),), ((65535, bytes(64)),))),
     Envelope("t", 1, ConsistencyRequest(())),
     Envelope("t", 1, UnmaskRequest((), (), ())),
     Envelope("t", 1, UnmaskShares(1, (), ((1, b"\x01" * 4096),))),
@@ -124,8 +148,8 @@ def _rejected(frames: Any, reason: str, limits: Limits = DEFAULT_LIMITS) -> Remo
 
 def test_examples_cover_every_wire_type() -> None:
     expected = {
-        AdvertiseKeys, ShareKeys, MaskedInput, ConsistencySignature, UnmaskShares, KeyList, ShareRelay,
-        ConsistencyRequest, UnmaskRequest, RoundAborted, Hello, Refusal, RoundStart, RoundResult,
+        AdvertiseKeys, SeedReveal, ShareKeys, MaskedInput, ConsistencySignature, UnmaskShares, KeyList,
+        SeedRevealList, ShareRelay, ConsistencyRequest, UnmaskRequest, RoundAborted, Hello, Refusal, RoundStart, RoundResult,
     }  # fmt: skip
     assert set(MESSAGE_TYPES.values()) == expected
     assert {type(envelope.body) for envelope in EXAMPLES} == expected
@@ -156,7 +180,27 @@ def test_header_layout_is_flat_json_with_descriptors() -> None:
     assert frames[3] == np.array([0, 1, 2**32 - 1, 12345], dtype="<u4").tobytes()
     header = _header(encode(BASE["UnmaskRequest"]))
     assert header["signatures"] == [[1, _b64(SIG)], [2, _b64(SIG[::-1])]]
-    assert _header(encode(BASE["KeyList"]))["entries"][0] == {"sender": 1, "c_pk": _b64(K1), "s_pk": _b64(K2), "signature": _b64(SIG)}
+    assert _header(encode(BASE["KeyList"]))["entries"][0] == {
+        "sender": 1, "c_pk": _b64(K1), "s_pk": _b64(K2), "seed_commitment": _b64(C1), "signature": _b64(SIG)
+    }  # fmt: skip
+    assert _header(encode(BASE["AdvertiseKeys"])) == {
+        "task": "task-a", "aggregation": 7, "sender": 1, "c_pk": _b64(K1), "s_pk": _b64(K2), "seed_commitment": _b64(C1),
+        "signature": _b64(SIG),
+    }  # fmt: skip
+    assert _header(encode(BASE["SeedReveal"])) == {"task": "task-a", "aggregation": 7, "sender": 3, "value": _b64(V1)}
+    assert _header(encode(BASE["SeedRevealList"]))["reveals"] == [[1, _b64(V1)], [4, _b64(V2)]]
+    share_keys = encode(BASE["ShareKeys"])
+    assert len(share_keys) == 3  # no array frames
+    assert _header(share_keys) == {
+        "task": "task-a", "aggregation": 7, "sender": 2,
+        "ciphertexts": [[1, _b64(b"\x00" * 60)], [3, _b64(b"\xff" * 61)], [65535, _b64(b"x")]],
+        "commitments": [[1, _b64(SC1)], [2, _b64(SC2)], [3, _b64(SC1[::-1])], [65535, _b64(SC2[::-1])]],
+        "signature": _b64(SIG),
+    }  # fmt: skip
+    assert _header(encode(BASE["ShareRelay"])) == {
+        "task": "task-a", "aggregation": 7, "ciphertexts": [[1, _b64(b"c1")], [2, _b64(b"c2")]],
+        "commitments": [[1, _b64(SC1)], [2, _b64(SC2)]],
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("name", ["MaskedInput", "RoundStart"])
@@ -172,12 +216,19 @@ def test_decoded_arrays_are_read_only_native(name: str) -> None:
     copy[0] = 1  # a copy is writable
 
 
-def test_real_protocol_messages_survive_the_wire(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "n, threshold, neighbours, colluders",
+    [(6, 3, None, None), (6, 4, None, 1), (10, 3, 4, None)],
+    ids=["complete-curious", "complete-one-colluder", "sparse"],
+)
+def test_real_protocol_messages_survive_the_wire(
+    monkeypatch: pytest.MonkeyPatch, n: int, threshold: int, neighbours: int | None, colluders: int | None
+) -> None:
     """Run the real state machines with every message going through encode/decode."""
-    seen: Counter[str] = Counter()
+    seen: dict[str, list[Any]] = {}
 
     def wire(body: Any) -> Any:
-        seen[type(body).__name__] += 1
+        seen.setdefault(type(body).__name__, []).append(body)
         envelope = decode(encode(Envelope("simulation", 0, body)))
         assert envelope.body == body
         return envelope.body
@@ -191,13 +242,28 @@ def test_real_protocol_messages_survive_the_wire(monkeypatch: pytest.MonkeyPatch
     module = importlib.import_module("securefed.secagg.simulate")
     monkeypatch.setattr(module, "ServerProtocol", WiredServer)
     rng = np.random.default_rng(1)
-    inputs = [rng.integers(0, 2**32, size=10, dtype=np.uint32) for _ in range(6)]
-    result = module.simulate(inputs, threshold=3, dropouts={"consistency": [6], "masked_input": [5]})
-    assert tuple(result.survivors) == (1, 2, 3, 4, 6)
-    assert np.array_equal(result.sum, np.sum(np.stack([inputs[i - 1] for i in (1, 2, 3, 4, 6)]), axis=0, dtype=np.uint32))
-    secagg_types = {"AdvertiseKeys", "ShareKeys", "MaskedInput", "ConsistencySignature", "UnmaskShares",
-                    "KeyList", "ShareRelay", "ConsistencyRequest", "UnmaskRequest"}  # fmt: skip
+    inputs = [rng.integers(0, 2**32, size=10, dtype=np.uint32) for _ in range(n)]
+    result = module.simulate(
+        inputs, threshold=threshold, dropouts={"consistency": [6], "masked_input": [5]}, neighbours=neighbours, seed=7,
+        colluders=colluders,
+    )  # fmt: skip
+    survivors = tuple(i for i in range(1, n + 1) if i != 5)
+    assert tuple(result.survivors) == survivors
+    assert np.array_equal(result.sum, np.sum(np.stack([inputs[i - 1] for i in survivors]), axis=0, dtype=np.uint32))
+    secagg_types = {"AdvertiseKeys", "SeedReveal", "ShareKeys", "MaskedInput", "ConsistencySignature", "UnmaskShares",
+                    "KeyList", "SeedRevealList", "ShareRelay", "ConsistencyRequest", "UnmaskRequest"}  # fmt: skip
     assert secagg_types <= set(seen)
+    # The new fields carried real protocol values, not just empty tuples.
+    assert all(len(body.seed_commitment) == 32 for body in seen["AdvertiseKeys"])
+    assert len(seen["SeedReveal"]) == n and all(len(body.value) == 32 for body in seen["SeedReveal"])
+    assert all(tuple(i for i, _ in list_.reveals) == tuple(range(1, n + 1)) for list_ in seen["SeedRevealList"])
+    for body in seen["ShareKeys"]:
+        holders = {holder for holder, _ in body.commitments}
+        assert body.sender in holders and holders - {body.sender} == {recipient for recipient, _ in body.ciphertexts}
+        assert all(len(commitment) == 64 for _, commitment in body.commitments) and len(body.signature) == 64
+        assert len(holders) == (n if neighbours is None else neighbours + 1)
+    for body in seen["ShareRelay"]:
+        assert body.commitments and [i for i, _ in body.commitments] == [i for i, _ in body.ciphertexts]
 
 
 # --- encode refuses what a peer would refuse ---------------------------------------------
@@ -215,22 +281,69 @@ def test_encode_refuses_non_envelopes() -> None:
 
 
 BAD_BODIES = {
-    "sender-bool": AdvertiseKeys(True, K1, K2, SIG),
-    "sender-zero": AdvertiseKeys(0, K1, K2, SIG),
-    "short-key": AdvertiseKeys(1, K1[:31], K2, SIG),
-    "bytearray-key": AdvertiseKeys(1, bytearray(K1), K2, SIG),
+    "sender-bool": AdvertiseKeys(True, K1, K2, C1, SIG),
+    "sender-zero": AdvertiseKeys(0, K1, K2, C1, SIG),
+    "short-key": AdvertiseKeys(1, K1[:31], K2, C1, SIG),
+    "bytearray-key": AdvertiseKeys(1, bytearray(K1), K2, C1, SIG),
+    "short-seed-commitment": AdvertiseKeys(1, K1, K2, C1[:31], SIG),
+    "long-seed-commitment": AdvertiseKeys(1, K1, K2, C1 + b"\x00", SIG),
+    "empty-seed-commitment": AdvertiseKeys(1, K1, K2, b"", SIG),
+    "base64-seed-commitment": AdvertiseKeys(1, K1, K2, _b64(C1), SIG),
+    "bytearray-seed-commitment": AdvertiseKeys(1, K1, K2, bytearray(C1), SIG),
+    "none-seed-commitment": AdvertiseKeys(1, K1, K2, None, SIG),
+    "advertise-long-signature": AdvertiseKeys(1, K1, K2, C1, SIG + b"!"),
     "short-signature": ConsistencySignature(1, SIG[:63]),
-    "pairs-list": ShareKeys(1, [(2, b"x")]),
-    "pair-list": ShareKeys(1, ([2, b"x"],)),
-    "pairs-unsorted": ShareKeys(1, ((3, b"x"), (2, b"x"))),
-    "pair-empty-blob": ShareRelay(((1, b""),)),
-    "pair-huge-blob": ShareRelay(((1, b"x" * 4097),)),
+    "reveal-sender-zero": SeedReveal(0, V1),
+    "reveal-sender-too-big": SeedReveal(65536, V1),
+    "reveal-short-value": SeedReveal(1, V1[:31]),
+    "reveal-long-value": SeedReveal(1, V1 + b"!"),
+    "reveal-empty-value": SeedReveal(1, b""),
+    "reveal-bytearray-value": SeedReveal(1, bytearray(V1)),
+    "reveal-memoryview-value": SeedReveal(1, memoryview(V1)),
+    "reveal-str-value": SeedReveal(1, _b64(V1)),
+    "pairs-list": ShareKeys(1, [(2, b"x")], (), SIG),
+    "pair-list": ShareKeys(1, ([2, b"x"],), (), SIG),
+    "pairs-unsorted": ShareKeys(1, ((3, b"x"), (2, b"x")), (), SIG),
+    "commitments-list": ShareKeys(1, (), [(1, SC1)], SIG),
+    "commitments-pair-list": ShareKeys(1, (), ([1, SC1],), SIG),
+    "commitments-triple": ShareKeys(1, (), ((1, SC1, SC2),), SIG),
+    "commitments-unsorted": ShareKeys(1, (), ((2, SC1), (1, SC2)), SIG),
+    "commitments-duplicate": ShareKeys(1, (), ((1, SC1), (1, SC1)), SIG),
+    "commitments-id-zero": ShareKeys(1, (), ((0, SC1),), SIG),
+    "commitments-id-bool": ShareKeys(1, (), ((True, SC1),), SIG),
+    "commitment-short": ShareKeys(1, (), ((1, SC1[:63]),), SIG),
+    "commitment-long": ShareKeys(1, (), ((1, SC1 + b"!"),), SIG),
+    "commitment-single-hash": ShareKeys(1, (), ((1, SC1[:32]),), SIG),
+    "commitment-bytearray": ShareKeys(1, (), ((1, bytearray(SC1)),), SIG),
+    "commitment-second-bad": ShareKeys(1, (), ((1, SC1), (2, SC2[:63])), SIG),
+    "share-signature-short": ShareKeys(1, (), (), SIG[:63]),
+    "share-signature-long": ShareKeys(1, (), (), SIG + b"!"),
+    "share-signature-empty": ShareKeys(1, (), (), b""),
+    "share-signature-none": ShareKeys(1, (), (), None),
+    "share-signature-bytearray": ShareKeys(1, (), (), bytearray(SIG)),
+    "pair-empty-blob": ShareRelay(((1, b""),), ()),
+    "pair-huge-blob": ShareRelay(((1, b"x" * 4097),), ()),
+    "relay-commitments-list": ShareRelay((), [(1, SC1)]),
+    "relay-commitments-unsorted": ShareRelay((), ((2, SC1), (1, SC2))),
+    "relay-commitment-short": ShareRelay(((1, b"c"),), ((1, SC1[:63]),)),
+    "relay-commitment-long": ShareRelay(((1, b"c"),), ((1, SC1 + b"!"),)),
+    "relay-commitment-empty": ShareRelay(((1, b"c"),), ((1, b""),)),
+    "reveals-list": SeedRevealList([(1, V1)]),
+    "reveals-pair-list": SeedRevealList(([1, V1],)),
+    "reveals-unsorted": SeedRevealList(((2, V1), (1, V2))),
+    "reveals-duplicate": SeedRevealList(((1, V1), (1, V1))),
+    "reveals-id-too-big": SeedRevealList(((65536, V1),)),
+    "reveals-short-value": SeedRevealList(((1, V1[:31]),)),
+    "reveals-long-value": SeedRevealList(((1, V1 + b"!"),)),
+    "reveals-second-bad": SeedRevealList(((1, V1), (2, V2[:31]))),
     "ids-list": ConsistencyRequest([1, 2]),
     "ids-duplicate": ConsistencyRequest((1, 1)),
     "ids-numpy": ConsistencyRequest((np.int64(1),)),
-    "entries-list": KeyList([AdvertiseKeys(1, K1, K2, SIG)]),
-    "entries-unsorted": KeyList((AdvertiseKeys(2, K1, K2, SIG), AdvertiseKeys(1, K1, K2, SIG))),
+    "entries-list": KeyList([AdvertiseKeys(1, K1, K2, C1, SIG)]),
+    "entries-unsorted": KeyList((AdvertiseKeys(2, K1, K2, C1, SIG), AdvertiseKeys(1, K1, K2, C1, SIG))),
     "entries-not-advertise": KeyList((ConsistencySignature(1, SIG),)),
+    "entries-short-seed-commitment": KeyList((AdvertiseKeys(1, K1, K2, C1, SIG), AdvertiseKeys(2, K1, K2, C1[:31], SIG))),
+    "entries-seed-reveal": KeyList((SeedReveal(1, V1),)),
     "vector-int64": MaskedInput(1, np.arange(3)),
     "vector-big-endian": MaskedInput(1, np.arange(3, dtype=">u4")),
     "vector-2d": MaskedInput(1, np.zeros((2, 2), dtype=np.uint32)),
@@ -297,8 +410,8 @@ def _bytes_bad(size: int) -> list[Any]:
     ]  # fmt: skip
 
 
-KEY_BAD = _bytes_bad(32)
-SIG_BAD = _bytes_bad(64)
+KEY_BAD = _bytes_bad(32)  # also every other 32-byte field: seed commitments, seed reveal values
+SIG_BAD = _bytes_bad(64)  # also share commitment pairs (64 bytes)
 X = _b64(b"x")
 BLOB_PAIRS_BAD = [
     [[1, ""]], [[1, _b64(b"x" * 4097)]], [[0, X]], [[65536, X]], [[2, X], [1, X]], [[1, X], [1, X]], [[1]],
@@ -306,6 +419,23 @@ BLOB_PAIRS_BAD = [
     [[1, "eB=="]], [[1.0, X]], [[1, None]], [[1, [X]]],
 ]  # fmt: skip
 SIG_PAIRS_BAD = [[[1, X]], [[1, _b64(bytes(65))]], [[2, _b64(SIG)], [1, _b64(SIG)]], [[1, None]]]
+
+
+def _fixed_pairs_bad(size: int) -> list[Any]:
+    """``[[id, base64 of size bytes], ...]`` gone wrong in exactly one way: each case's other parts are valid."""
+    good, other = _b64(bytes(size)), _b64(b"\x01" * size)
+    structure = [
+        [[2, good], [1, other]], [[1, good], [1, other]], [[1, good], [3, other], [2, good]], [[0, good]], [[65536, good]],
+        [[-1, good]], [[True, good]], [["1", good]], [[1.0, good]], [[None, good]], [[1]], [[1, good, other]], [[1, good, 3]],
+        [{"1": good}], [1, good], [good], [[good, 1]], {"1": good}, "x", good, None, 5, [[1, None]], [[1, [good]]],
+    ]  # fmt: skip
+    values = [[[1, bad]] for bad in _bytes_bad(size)]
+    later = [[[1, good], [2, bad]] for bad in _bytes_bad(size)[:4]]  # every pair is checked, not only the first
+    return structure + values + later
+
+
+COMMITMENT_PAIRS_BAD = _fixed_pairs_bad(64)
+REVEAL_PAIRS_BAD = _fixed_pairs_bad(32)
 IDS_BAD = [[2, 1], [1, 1], [0], [65536], [True], [1.0], "1,2", None, {"a": 1}, [[1]], [-3]]
 NAME_BAD = ["", "a\nb", "a\x00", "\x7f", "\x85", 5, None, True, "x" * 4097, ["a"], "\ud800", {}]
 TEXT_BAD = [5, None, True, "x" * 4097, ["a"], "\ud800", "a\udc00b"]
@@ -319,11 +449,18 @@ SPEC_BAD = [
     [], "x", None, 1, {"a": "\ud800"}, {"\ud800": 1}, {"a": 2**64}, {"a": -(2**63) - 1}, {"k" * 4097: 1},
     {"a": "x" * 4097}, {"a": list(range(65536))}, {"a": {str(i): i for i in range(65536)}},
 ]  # fmt: skip
-_ENTRY = {"sender": 1, "c_pk": _b64(K1), "s_pk": _b64(K2), "signature": _b64(SIG)}
+_ENTRY = {"sender": 1, "c_pk": _b64(K1), "s_pk": _b64(K2), "seed_commitment": _b64(C1), "signature": _b64(SIG)}
+_ENTRY_FIELD_BAD = {"sender": ID_BAD, "c_pk": KEY_BAD, "s_pk": KEY_BAD, "seed_commitment": KEY_BAD, "signature": SIG_BAD}
 ENTRIES_BAD = [
     [{k: v for k, v in _ENTRY.items() if k != "s_pk"}], [{**_ENTRY, "extra": 1}], [{**_ENTRY, "c_pk": _b64(K1[:31])}],
     [{**_ENTRY, "sender": 0}], [{**_ENTRY, "signature": _b64(SIG + b"!")}], [{**_ENTRY, "sender": 2}, _ENTRY],
     [_ENTRY, _ENTRY], "x", None, [list(_ENTRY.values())], [5], {"1": _ENTRY},
+    [{k: v for k, v in _ENTRY.items() if k != "seed_commitment"}],  # an advertisement from before the reveal stage
+    [{**_ENTRY, "seed_commitment": None}], [{**_ENTRY, "seed": _ENTRY["seed_commitment"]}],
+    [{**{k: v for k, v in _ENTRY.items() if k != "seed_commitment"}, "seed": _ENTRY["seed_commitment"]}],
+    [_ENTRY, {**_ENTRY, "sender": 2, "seed_commitment": _b64(C1[:31])}],
+] + [
+    [{**_ENTRY, name: bad}] for name, values in _ENTRY_FIELD_BAD.items() for bad in values  # each entry field, every bad value
 ]  # fmt: skip
 AGGREGATION_BAD = [-1, 2**63, True, 1.0, "1", None, [0]]
 
@@ -331,9 +468,14 @@ FIELD_BAD: dict[tuple[str, str], list[Any]] = {
     ("AdvertiseKeys", "sender"): ID_BAD,
     ("AdvertiseKeys", "c_pk"): KEY_BAD,
     ("AdvertiseKeys", "s_pk"): KEY_BAD,
+    ("AdvertiseKeys", "seed_commitment"): KEY_BAD,
     ("AdvertiseKeys", "signature"): SIG_BAD,
+    ("SeedReveal", "sender"): ID_BAD,
+    ("SeedReveal", "value"): KEY_BAD,
     ("ShareKeys", "sender"): ID_BAD,
     ("ShareKeys", "ciphertexts"): BLOB_PAIRS_BAD,
+    ("ShareKeys", "commitments"): COMMITMENT_PAIRS_BAD,
+    ("ShareKeys", "signature"): SIG_BAD,
     ("MaskedInput", "sender"): ID_BAD,
     ("ConsistencySignature", "sender"): ID_BAD,
     ("ConsistencySignature", "signature"): SIG_BAD,
@@ -341,11 +483,13 @@ FIELD_BAD: dict[tuple[str, str], list[Any]] = {
     ("UnmaskShares", "b_shares"): BLOB_PAIRS_BAD,
     ("UnmaskShares", "s_shares"): BLOB_PAIRS_BAD,
     ("KeyList", "entries"): ENTRIES_BAD,
+    ("SeedRevealList", "reveals"): REVEAL_PAIRS_BAD,
     ("ShareRelay", "ciphertexts"): BLOB_PAIRS_BAD,
+    ("ShareRelay", "commitments"): COMMITMENT_PAIRS_BAD,
     ("ConsistencyRequest", "survivors"): IDS_BAD,
     ("UnmaskRequest", "survivors"): IDS_BAD,
     ("UnmaskRequest", "dropped"): IDS_BAD,
-    ("UnmaskRequest", "signatures"): SIG_PAIRS_BAD + BLOB_PAIRS_BAD[2:],
+    ("UnmaskRequest", "signatures"): SIG_PAIRS_BAD + BLOB_PAIRS_BAD[2:] + _fixed_pairs_bad(64),
     ("RoundAborted", "reason"): NAME_BAD,
     ("Hello", "node"): NAME_BAD,
     ("Hello", "busy"): BOOL_BAD,
@@ -386,13 +530,84 @@ def test_bad_field_values_are_rejected(name: str, field: str, bad: Any) -> None:
     _rejected(_with_header(frames, header), "bad-field")
 
 
-def test_a_good_value_in_the_same_slot_is_accepted() -> None:
+GOOD_EDITS: list[tuple[str, dict[str, Any], Any]] = [
+    (
+        "ShareKeys",
+        {
+            "sender": 65535, "ciphertexts": [[1, X], [65535, _b64(b"x" * 4096)]],
+            "commitments": [[1, _b64(SC2)], [65535, _b64(SC1)]], "signature": _b64(SIG[::-1]),
+        },
+        ShareKeys(65535, ((1, b"x"), (65535, b"x" * 4096)), ((1, SC2), (65535, SC1)), SIG[::-1]),
+    ),
+    ("ShareKeys", {"ciphertexts": [], "commitments": []}, ShareKeys(2, (), (), SIG)),
+    ("AdvertiseKeys", {"seed_commitment": _b64(V2)}, AdvertiseKeys(1, K1, K2, V2, SIG)),
+    ("SeedReveal", {"sender": 65535, "value": _b64(bytes(32))}, SeedReveal(65535, bytes(32))),
+    ("SeedRevealList", {"reveals": [[2, _b64(V2)], [65535, _b64(V1)]]}, SeedRevealList(((2, V2), (65535, V1)))),
+    ("SeedRevealList", {"reveals": []}, SeedRevealList(())),
+    ("ShareRelay", {"ciphertexts": [[7, X]], "commitments": [[7, _b64(SC2)]]}, ShareRelay(((7, b"x"),), ((7, SC2),))),
+    (
+        "KeyList",
+        {"entries": [{**_ENTRY, "sender": 65535, "seed_commitment": _b64(V1)}]},
+        KeyList((AdvertiseKeys(65535, K1, K2, V1, SIG),)),
+    ),
+    ("UnmaskRequest", {"signatures": [[65535, _b64(SIG)]]}, UnmaskRequest((1, 2), (3,), ((65535, SIG),))),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name, changes, expected", GOOD_EDITS, ids=[f"{name}-{i}" for i, (name, _, _) in enumerate(GOOD_EDITS)])
+def test_a_good_value_in_the_same_slot_is_accepted(name: str, changes: dict[str, Any], expected: Any) -> None:
     """The bad-field test edits the header the way a valid change would be made: check that route works."""
-    frames = encode(BASE["ShareKeys"])
+    frames = encode(BASE[name])
     header = _header(frames)
-    header["sender"] = 65535
-    header["ciphertexts"] = [[1, X], [65535, _b64(b"x" * 4096)]]
-    assert decode(_with_header(frames, header)).body == ShareKeys(65535, ((1, b"x"), (65535, b"x" * 4096)))
+    assert changes.keys() <= header.keys()
+    header.update(changes)
+    decoded = decode(_with_header(frames, header))
+    assert decoded.body == expected
+    assert decoded == Envelope("task-a", 7, expected)
+
+
+def test_old_wire_formats_are_rejected() -> None:
+    """Messages shaped as before the reveal stage and the signed share commitments do not decode."""
+    advertise = _header(encode(BASE["AdvertiseKeys"]))
+    del advertise["seed_commitment"]
+    _rejected([VERSION, b"AdvertiseKeys", json.dumps(advertise).encode()], "bad-header")
+    share = _header(encode(BASE["ShareKeys"]))
+    del share["commitments"], share["signature"]
+    _rejected([VERSION, b"ShareKeys", json.dumps(share).encode()], "bad-header")
+    relay = _header(encode(BASE["ShareRelay"]))
+    del relay["commitments"]
+    _rejected([VERSION, b"ShareRelay", json.dumps(relay).encode()], "bad-header")
+    keylist = _header(encode(BASE["KeyList"]))
+    for entry in keylist["entries"]:
+        del entry["seed_commitment"]
+    _rejected([VERSION, b"KeyList", json.dumps(keylist).encode()], "bad-field")
+
+
+SIZE_SWAPS = [
+    ("ShareKeys", "commitments", [[1, _b64(V1)]]),  # one 32-byte hash where the 64-byte pair (s || b) belongs
+    ("ShareRelay", "commitments", [[1, _b64(V1)]]),
+    ("SeedRevealList", "reveals", [[1, _b64(SC1)]]),  # a 64-byte commitment pair where a 32-byte value belongs
+    ("SeedReveal", "value", _b64(SIG)),
+    ("AdvertiseKeys", "seed_commitment", _b64(SC1)),
+    ("KeyList", "entries", [{**_ENTRY, "seed_commitment": _b64(SC1)}]),
+    ("ShareKeys", "signature", _b64(V1)),
+]
+
+
+@pytest.mark.parametrize("name, field, value", SIZE_SWAPS, ids=[f"{name}.{field}" for name, field, _ in SIZE_SWAPS])
+def test_fixed_size_fields_refuse_the_other_protocol_size(name: str, field: str, value: Any) -> None:
+    """A well-formed value of a neighbouring field's size (32 vs 64 bytes) is refused: each field has its own size."""
+    frames = encode(BASE[name])
+    header = _header(frames)
+    header[field] = value
+    _rejected(_with_header(frames, header), "bad-field")
+
+
+def test_variable_size_fields_take_any_protocol_size() -> None:
+    frames = encode(BASE["ShareRelay"])
+    header = _header(frames)
+    header["ciphertexts"] = [[1, _b64(SC1)], [2, _b64(V1)]]
+    assert decode(_with_header(frames, header)).body == ShareRelay(((1, SC1), (2, V1)), ((1, SC1), (2, SC2)))
 
 
 # --- header structure ------------------------------------------------------------------
@@ -682,8 +897,33 @@ def test_list_and_string_limits_follow_the_limits_object() -> None:
     _rejected(frames, "bad-field", Limits(max_list_length=2))
     assert decode(frames, Limits(max_list_length=3)) == BASE["ConsistencyRequest"]
     _rejected(encode(Envelope("abcde", 1, Hello("n"))), "bad-field", Limits(max_string=4))
-    share = encode(Envelope("t", 1, ShareRelay(((1, b"12345"),))))
+    share = encode(Envelope("t", 1, ShareRelay(((1, b"12345"),), ((1, SC1),))))
     _rejected(share, "bad-field", Limits(max_blob_bytes=4))
+    assert decode(share, Limits(max_blob_bytes=5)).body == ShareRelay(((1, b"12345"),), ((1, SC1),))
+
+
+@pytest.mark.parametrize(
+    "name, field, length",
+    [("ShareKeys", "ciphertexts", 3), ("ShareKeys", "commitments", 4), ("ShareRelay", "ciphertexts", 2),
+     ("ShareRelay", "commitments", 2), ("SeedRevealList", "reveals", 2), ("KeyList", "entries", 2)],
+)  # fmt: skip
+def test_list_limit_applies_to_every_list_field(name: str, field: str, length: int) -> None:
+    header = _header(encode(BASE[name]))
+    assert len(header[field]) == length
+    for other, value in header.items():  # only the field under test is long
+        if other != field and isinstance(value, list):
+            header[other] = []
+    frames = _with_header(encode(BASE[name]), header)
+    assert len(getattr(decode(frames, Limits(max_list_length=length)).body, field)) == length
+    _rejected(frames, "bad-field", Limits(max_list_length=length - 1))
+
+
+def test_blob_limit_does_not_apply_to_fixed_size_fields() -> None:
+    """``max_blob_bytes`` bounds variable-length blobs only; keys, signatures, commitments and reveals have fixed sizes."""
+    limits = Limits(max_blob_bytes=2)
+    for name in ("AdvertiseKeys", "SeedReveal", "SeedRevealList", "KeyList", "ShareRelay", "ConsistencySignature"):
+        assert decode(encode(BASE[name], limits), limits) == BASE[name]
+    _rejected(encode(BASE["ShareRelay"]), "bad-field", Limits(max_blob_bytes=1))  # b"c1": the ciphertexts still count
 
 
 def test_reasons_are_documented() -> None:
@@ -694,3 +934,20 @@ def test_no_pickle_or_eval_in_the_codec() -> None:
     source = open(codec.__file__, encoding="utf-8").read()
     for banned in ("import pickle", "pickle.", "eval(", "exec(", "allow_pickle", "__import__"):
         assert banned not in source
+
+
+@pytest.mark.parametrize("direction", ["to_coordinator", "to_node"])
+def test_flood_corpus_fails_with_its_stated_reason(direction: str) -> None:
+    """The transport tests count drops by reason; every message of their corpus must fail decode with exactly that reason."""
+    from tests.integration import malformed
+
+    if direction == "to_coordinator":
+        build, new_types = (lambda: malformed.to_coordinator(3, "task-a")), {b"AdvertiseKeys", b"SeedReveal", b"ShareKeys"}
+    else:
+        build, new_types = (lambda: malformed.to_node(3, "task-a", "site-1")), {b"KeyList", b"SeedRevealList", b"ShareRelay"}
+    messages = build()
+    assert messages == build()  # deterministic per seed
+    for frames, reason in messages:
+        assert reason in REASONS
+        _rejected(frames, reason)
+    assert new_types <= {frames[1] for frames, _ in messages if len(frames) > 1}  # the new messages are in the flood

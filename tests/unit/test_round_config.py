@@ -1,11 +1,13 @@
-"""RoundConfig validation, ClientPolicy checks, and a node refusing a round weaker than its policy."""
+"""RoundConfig validation, ClientPolicy checks (incl. the colluder bound), and a node refusing a round weaker than its policy."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from securefed.crypto.identity import SigningKey
 from securefed.errors import InvalidParameter, LocalProtocolError, RemoteProtocolError
@@ -17,7 +19,7 @@ GOOD = {
     "task": "mnist",
     "round_id": 7,
     "cohort_size": 10,
-    "threshold": 6,
+    "threshold": 7,  # the smallest the default policy accepts for 10 nodes: 2t > 10 + 2
     "vector_length": 100,
     "context": CONTEXT,
     "neighbours": None,
@@ -195,7 +197,10 @@ def test_threshold_below_the_minimum_is_refused() -> None:
     ],
 )
 def test_threshold_not_above_the_fraction_is_refused(fraction: float, n: int, refused: int, accepted: int) -> None:
-    policy = ClientPolicy(min_threshold=1, min_cohort=1, min_threshold_fraction=fraction)
+    # Colluder bound switched off (curious, no colluders) so only the fraction floor speaks.
+    policy = ClientPolicy(
+        min_threshold=1, min_cohort=1, min_threshold_fraction=fraction, max_colluders=0, adversary="curious"
+    )
     error = _refusal(policy, RoundConfig("t", 0, n, refused, 1, CONTEXT))
     assert f"threshold {refused}" in str(error)
     assert f"neighbourhood of {n}" in str(error)
@@ -204,7 +209,7 @@ def test_threshold_not_above_the_fraction_is_refused(fraction: float, n: int, re
 
 
 def test_fraction_counts_within_the_sparse_neighbourhood() -> None:
-    policy = ClientPolicy(min_threshold=1, min_cohort=1, min_threshold_fraction=0.5)
+    policy = ClientPolicy(min_threshold=1, min_cohort=1, min_threshold_fraction=0.5, max_colluders=0, adversary="curious")
     # k=8: neighbourhoods of 9; t=5 exceeds 4.5 although it is far below half of 100.
     policy.check(RoundConfig("t", 0, 100, 5, 1, CONTEXT, 8))
     error = _refusal(policy, RoundConfig("t", 0, 100, 4, 1, CONTEXT, 8))
@@ -213,7 +218,7 @@ def test_fraction_counts_within_the_sparse_neighbourhood() -> None:
 
 def test_vector_longer_than_the_limit_is_refused() -> None:
     error = _refusal(ClientPolicy(max_vector_length=99), _config(vector_length=100))
-    assert "vector length 100" in str(error)
+    assert str(error) == "round refused: vector length 100 exceeds this site's limit"
     ClientPolicy(max_vector_length=100).check(_config(vector_length=100))
 
 
@@ -229,11 +234,20 @@ def test_every_shortfall_is_named_at_once() -> None:
 @pytest.mark.parametrize(
     ("policy", "config"),
     [
-        (ClientPolicy(), _config()),  # defaults: t >= 2, n >= 2, t > n/2
-        (ClientPolicy(min_threshold=6, min_cohort=10, min_threshold_fraction=0.5), _config(threshold=6)),
-        (ClientPolicy(min_threshold=1, min_cohort=1, min_threshold_fraction=0.0), _config(cohort_size=1, threshold=1)),
-        (ClientPolicy(min_threshold_fraction=0.0), _config(threshold=2)),
-        (ClientPolicy(min_threshold=3, min_cohort=100, min_threshold_fraction=0.5), RoundConfig("t", 0, 1000, 7, 1, CONTEXT, 10)),
+        (ClientPolicy(), _config()),  # defaults: t >= 2, n >= 2, t > n/2, 2t > N + c with c = 2
+        (ClientPolicy(), _config(threshold=10)),
+        # One colluder: 2t > 11, so t = 6 of 10 is enough.
+        (ClientPolicy(min_threshold=6, min_cohort=10, min_threshold_fraction=0.5, max_colluders=1), _config(threshold=6)),
+        (ClientPolicy(max_colluders=0.1), _config(threshold=6)),
+        (
+            ClientPolicy(min_threshold=1, min_cohort=1, min_threshold_fraction=0.0, max_colluders=0),
+            _config(cohort_size=1, threshold=1),
+        ),
+        (ClientPolicy(min_threshold_fraction=0.0, max_colluders=1, adversary="curious"), _config(threshold=2)),
+        # Sparse: what propose_parameters(1000, 0.05) gives for the default 200 colluders, and for 50.
+        (ClientPolicy(min_threshold=3, min_cohort=100), RoundConfig("t", 0, 1000, 75, 1, CONTEXT, 96)),
+        (ClientPolicy(max_colluders=0.05), RoundConfig("t", 0, 1000, 37, 1, CONTEXT, 52)),
+        (ClientPolicy(max_colluders=50), RoundConfig("t", 0, 1000, 37, 1, CONTEXT, 51)),  # 51 rounds up to 52
     ],
 )
 def test_compliant_rounds_are_accepted(policy: ClientPolicy, config: RoundConfig) -> None:
@@ -261,6 +275,9 @@ def _client(config: RoundConfig, policy: ClientPolicy | None) -> ClientProtocol:
         (ClientPolicy(min_cohort=20), _config(), "cohort of 10"),
         (ClientPolicy(min_threshold=7), _config(threshold=6), "threshold 6"),
         (ClientPolicy(min_threshold_fraction=0.6), _config(threshold=6), "does not exceed 0.6"),
+        (ClientPolicy(), _config(threshold=6), "needs 2t > N + c = 10 + 2, i.e. t >= 7"),
+        (ClientPolicy(adversary="curious", max_colluders=6), _config(threshold=6), "needs t > c, i.e. t >= 7"),
+        (ClientPolicy(allow_sparse_graph=False), _config(cohort_size=1000, threshold=75, neighbours=96), "sparse-graph"),
     ],
 )
 def test_client_refuses_a_weaker_round_before_advertising(policy: ClientPolicy, config: RoundConfig, words: str) -> None:
@@ -282,7 +299,7 @@ def test_client_refuses_a_weaker_round_before_advertising(policy: ClientPolicy, 
 
 
 def test_client_with_a_satisfied_policy_advertises() -> None:
-    client = _client(_config(threshold=6), ClientPolicy(min_threshold=6, min_cohort=10, min_threshold_fraction=0.5))
+    client = _client(_config(threshold=7), ClientPolicy(min_threshold=6, min_cohort=10, min_threshold_fraction=0.5))
     (advert,) = client.start()
     assert advert.sender == 1
     assert client.state is ClientState.AWAIT_KEY_LIST
@@ -301,3 +318,144 @@ def test_client_without_a_policy_uses_the_secure_defaults() -> None:
 def test_non_positive_max_vector_length_is_refused(length: int) -> None:
     with pytest.raises(InvalidParameter):
         ClientPolicy(max_vector_length=length)
+
+
+# --- the colluder bound ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_colluders": -1},
+        {"max_colluders": True},
+        {"max_colluders": 1.0},
+        {"max_colluders": 1.5},
+        {"max_colluders": -0.1},
+        {"max_colluders": float("nan")},
+        {"max_colluders": "2"},
+        {"adversary": "semi-malicious"},
+        {"adversary": ""},
+        {"adversary": None},
+        {"allow_sparse_graph": 1},
+        {"allow_sparse_graph": None},
+        {"min_neighbours": -1},
+        {"min_neighbours": 2.0},
+        {"min_neighbours": True},
+        {"security_bits": 0},
+        {"security_bits": 257},
+        {"security_bits": 40.0},
+    ],
+    ids=repr,
+)
+def test_bad_colluder_settings_are_refused(kwargs: dict) -> None:
+    with pytest.raises(InvalidParameter):
+        ClientPolicy(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("setting", "roster", "expected"),
+    [(None, 5, 1), (None, 10, 2), (None, 11, 3), (None, 1000, 200), (0, 10, 0), (3, 10, 3), (0.1, 10, 1), (0.1, 11, 2), (0.05, 1000, 50)],
+)
+def test_colluders_for_a_roster(setting: int | float | None, roster: int, expected: int) -> None:
+    assert ClientPolicy(max_colluders=setting).colluders(roster) == expected
+
+
+@pytest.mark.parametrize(
+    ("n", "refused", "accepted", "c"),
+    [(5, 3, 4, 1), (9, 5, 6, 2), (10, 6, 7, 2), (11, 7, 8, 3), (20, 12, 13, 4), (100, 60, 61, 20)],
+)
+def test_default_policy_needs_2t_above_n_plus_c(n: int, refused: int, accepted: int, c: int) -> None:
+    # The issue's attack: t > n/2 yet 2t <= n + c; two honest groups of (n - c) / 2 each reach t with the colluders.
+    assert 2 * refused <= n + c < 2 * accepted
+    error = _refusal(ClientPolicy(), RoundConfig("t", 0, n, refused, 1, CONTEXT))
+    assert f"threshold {refused} does not stop {c} colluding nodes (roster of {n})" in str(error)
+    assert f"t >= {accepted}" in str(error)
+    ClientPolicy().check(RoundConfig("t", 0, n, accepted, 1, CONTEXT))
+
+
+def test_the_roster_not_the_cohort_sets_n() -> None:
+    config = _config(threshold=7)  # 10 nodes
+    ClientPolicy().check(config)
+    ClientPolicy().check(config, 10)
+    ClientPolicy().check(config, 5)  # a roster can never count fewer than the cohort
+    # A roster of 12: c = ceil(12/5) = 3, so 2t > 15 and t = 7 is too low.
+    error = _refusal_with_roster(ClientPolicy(), config, 12)
+    assert "roster of 12" in str(error) and "2t > N + c = 12 + 3" in str(error)
+    ClientPolicy().check(_config(threshold=8), 12)
+    ClientPolicy(max_colluders=1).check(config, 12)  # 2t > 13
+
+
+def _refusal_with_roster(policy: ClientPolicy, config: RoundConfig, roster: int) -> RemoteProtocolError:
+    with pytest.raises(RemoteProtocolError) as info:
+        policy.check(config, roster)
+    assert info.value.reason == "weaker-than-policy"
+    return info.value
+
+
+def test_more_colluders_than_the_roster_refuses_every_round() -> None:
+    policy = ClientPolicy(max_colluders=10)
+    for t in range(1, 11):
+        _refusal(policy, _config(threshold=t))
+
+
+def test_a_curious_adversary_needs_only_t_above_c() -> None:
+    policy = ClientPolicy(adversary="curious", min_threshold_fraction=0.0)  # c = 2
+    policy.check(_config(threshold=3))
+    error = _refusal(policy, _config(threshold=2))
+    assert "needs t > c, i.e. t >= 3" in str(error)
+
+
+@pytest.mark.parametrize(("k", "t"), [(54, 39), (2, 2), (52, 37), (96, 74)])
+def test_default_policy_refuses_sparse_rounds_200_colluders_can_break(k: int, t: int) -> None:
+    # Recomputed with scipy: n * P[X >= 2t - (k + 1)], X ~ HG(999, 200, k), is above 2^-40.
+    failure = 1000 * stats.hypergeom.sf(2 * t - (k + 1) - 1, 999, 200, k)
+    assert failure > 2.0**-40
+    error = _refusal(ClientPolicy(), RoundConfig("t", 0, 1000, t, 1, CONTEXT, k))
+    assert f"with {k} neighbours and threshold {t}, 200 colluders break some neighbourhood" in str(error)
+    assert "(this site requires at most 2^-40)" in str(error)
+
+
+def test_the_issue_sparse_round_is_refused_with_its_probability() -> None:
+    error = _refusal(ClientPolicy(), RoundConfig("t", 0, 1000, 39, 1, CONTEXT, 54))
+    exponent = math.log2(1000 * stats.hypergeom.sf(2 * 39 - 55 - 1, 999, 200, 54))
+    assert f"probability up to 2^{exponent:.1f}" in str(error)
+
+
+def test_security_bits_set_the_sparse_target() -> None:
+    # n=1000, k=52, 50 colluders: t=36 fails with probability 2^-32.9 (scipy), t=37 with 2^-41.4.
+    assert 2.0**-40 < 1000 * stats.hypergeom.sf(2 * 36 - 53 - 1, 999, 50, 52) < 2.0**-30
+    weak = RoundConfig("t", 0, 1000, 36, 1, CONTEXT, 52)
+    _refusal(ClientPolicy(max_colluders=50), weak)
+    ClientPolicy(max_colluders=50, security_bits=30).check(weak)
+    ClientPolicy(max_colluders=50).check(RoundConfig("t", 0, 1000, 37, 1, CONTEXT, 52))
+
+
+def test_a_site_may_refuse_sparse_graphs_or_too_few_neighbours() -> None:
+    config = RoundConfig("t", 0, 1000, 75, 1, CONTEXT, 96)
+    ClientPolicy(min_neighbours=96).check(config)
+    error = _refusal(ClientPolicy(min_neighbours=100), config)
+    assert "96 neighbours is below this site's minimum of 100" in str(error)
+    error = _refusal(ClientPolicy(allow_sparse_graph=False), config)
+    assert "does not take part in sparse-graph" in str(error)
+    # The complete graph is not affected by either.
+    ClientPolicy(allow_sparse_graph=False, min_neighbours=100).check(_config())
+
+
+def test_a_client_counts_its_own_roster() -> None:
+    config = _config(threshold=7)
+    identities = {node: SigningKey.generate() for node in range(1, 13)}  # 12 members, 10 invited
+    roster = {node: key.public_bytes for node, key in identities.items()}
+    vector = np.zeros(config.vector_length, dtype=np.uint32)
+    refused = ClientProtocol(config, 1, identities[1], roster, vector)
+    with pytest.raises(RemoteProtocolError) as info:
+        refused.start()
+    assert info.value.reason == "weaker-than-policy" and "roster of 12" in str(info.value)
+    small = {node: roster[node] for node in config.ids}
+    assert len(ClientProtocol(config, 1, identities[1], small, vector).start()) == 1
+    # An explicit roster size counts too (e.g. members this node knows of but holds no key for).
+    explicit = ClientProtocol(config, 1, identities[1], small, vector, roster_size=12)
+    with pytest.raises(RemoteProtocolError):
+        explicit.start()
+    for bad in (9, 0, 12.0, True):
+        with pytest.raises(InvalidParameter):
+            ClientProtocol(config, 1, identities[1], small, vector, roster_size=bad)  # type: ignore[arg-type]

@@ -1,15 +1,22 @@
 """Exhaustive (state x message type) tests of the protocol's transition tables.
 
 For every state of each machine and every message type, a real machine is
-driven into that state by a small honest round (n=3, t=2) and handed a message
-of that type. In-table pairs must move to the table's state (given a valid
-message from that round); every other pair must raise
+driven into that state by a small honest round (n=4, t=3: the smallest
+threshold the default policy accepts for four nodes, 2t > n + c with c = 1)
+and handed a message of that type. In-table pairs must move to the table's
+state (given a valid message from that round); every other pair must raise
 :class:`RemoteProtocolError`. A client then ends ``ABORTED`` for good; the
 server, one machine facing many peers, ignores the message and stays put.
+
+The one in-table pair that cannot move where the table points is a deadline
+in ``COLLECT_REVEALS``: the reveal stage only moves on once every member of
+the key list revealed (and then the last reveal closes it), so a deadline
+there always finds a reveal missing and aborts the round, naming the node.
 """
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -17,7 +24,6 @@ from functools import cache
 import numpy as np
 import pytest
 
-from securefed.crypto.identity import SigningKey
 from securefed.errors import InvalidParameter, LocalProtocolError, ProtocolAborted, RemoteProtocolError
 from securefed.secagg import (
     CLIENT_TRANSITIONS,
@@ -37,6 +43,8 @@ from securefed.secagg.messages import (
     KeyList,
     MaskedInput,
     RoundAborted,
+    SeedReveal,
+    SeedRevealList,
     Send,
     ShareKeys,
     ShareRelay,
@@ -44,13 +52,16 @@ from securefed.secagg.messages import (
     UnmaskRequest,
     UnmaskShares,
 )
+from tests.secagg_harness import entropy_for, make_identities, safe_threshold
 
-N, T, D = 3, 2, 4
+N, D = 4, 4
+T = safe_threshold(N)  # 3: what the default ClientPolicy accepts for a roster of 4
 ME = 1  # the client under test
+ANSWERING = tuple(range(1, N))  # who answers before a deadline in the deadline tests (T of them)
 CLIENT_TERMINAL = (ClientState.DONE, ClientState.ABORTED)
 SERVER_TERMINAL = (ServerState.DONE, ServerState.ABORTED)
-CLIENT_MESSAGE_TYPES = (AdvertiseKeys, ShareKeys, MaskedInput, ConsistencySignature, UnmaskShares)
-SERVER_MESSAGE_TYPES = (KeyList, ShareRelay, ConsistencyRequest, UnmaskRequest, RoundAborted)
+CLIENT_MESSAGE_TYPES = (AdvertiseKeys, SeedReveal, ShareKeys, MaskedInput, ConsistencySignature, UnmaskShares)
+SERVER_MESSAGE_TYPES = (KeyList, SeedRevealList, ShareRelay, ConsistencyRequest, UnmaskRequest, RoundAborted)
 
 
 class _Junk:
@@ -68,7 +79,8 @@ DRIVER_EVENT_TYPES = tuple(DRIVER_EVENTS)
 
 # What a client answers to each in-table coordinator message.
 CLIENT_REPLY = {
-    KeyList: ShareKeys,
+    KeyList: SeedReveal,
+    SeedRevealList: ShareKeys,
     ShareRelay: MaskedInput,
     ConsistencyRequest: ConsistencySignature,
     UnmaskRequest: UnmaskShares,
@@ -88,14 +100,22 @@ class Round:
 
     @classmethod
     def new(cls, round_id: int = 0) -> Round:
+        """Default ClientPolicy; identities and every round secret are reproducible streams."""
         config = RoundConfig("transitions", round_id, N, T, D, bytes(range(32)))
-        identities = {node: SigningKey.generate() for node in config.ids}
+        identities = make_identities(N, seed=round_id)
         roster = {node: key.public_bytes for node, key in identities.items()}
         clients = {
-            node: ClientProtocol(config, node, identities[node], roster, np.full(D, node, dtype=np.uint32))
+            node: ClientProtocol(
+                config,
+                node,
+                identities[node],
+                roster,
+                np.full(D, node, dtype=np.uint32),
+                entropy=entropy_for(round_id, f"transitions/node/{node}"),
+            )
             for node in config.ids
         }
-        return cls(config, clients, ServerProtocol(config, roster))
+        return cls(config, clients, ServerProtocol(config, roster, entropy=entropy_for(round_id, "transitions/server")))
 
     def start(self) -> Round:
         self.to_server = {node: client.start() for node, client in self.clients.items()}
@@ -129,8 +149,9 @@ class Round:
 _CLIENT_PATH: dict[ClientState, Callable[[Round], Round]] = {
     ClientState.START: lambda r: r,
     ClientState.AWAIT_KEY_LIST: lambda r: r.start().flush_server(),
-    ClientState.AWAIT_SHARES: lambda r: r.start().flush_server().flush_clients().flush_server(),
-    ClientState.AWAIT_CONSISTENCY_REQUEST: lambda r: r.start().flush_server().flush_clients().flush_server().flush_clients().flush_server(),
+    ClientState.AWAIT_SEED_REVEALS: lambda r: _CLIENT_PATH[ClientState.AWAIT_KEY_LIST](r).flush_clients().flush_server(),
+    ClientState.AWAIT_SHARES: lambda r: _CLIENT_PATH[ClientState.AWAIT_SEED_REVEALS](r).flush_clients().flush_server(),
+    ClientState.AWAIT_CONSISTENCY_REQUEST: lambda r: _CLIENT_PATH[ClientState.AWAIT_SHARES](r).flush_clients().flush_server(),
     ClientState.AWAIT_UNMASK_REQUEST: lambda r: _CLIENT_PATH[ClientState.AWAIT_CONSISTENCY_REQUEST](r).flush_clients().flush_server(),
     ClientState.DONE: lambda r: _CLIENT_PATH[ClientState.AWAIT_UNMASK_REQUEST](r).flush_clients().flush_server(),
 }
@@ -148,7 +169,8 @@ def client_in(state: ClientState) -> Round:
 # server state -> steps that bring the server into it (with every node's next message held in to_server)
 _SERVER_PATH: dict[ServerState, Callable[[Round], Round]] = {
     ServerState.COLLECT_KEYS: lambda r: r.start(),
-    ServerState.COLLECT_SHARES: lambda r: r.start().flush_server().flush_clients(),
+    ServerState.COLLECT_REVEALS: lambda r: r.start().flush_server().flush_clients(),
+    ServerState.COLLECT_SHARES: lambda r: _SERVER_PATH[ServerState.COLLECT_REVEALS](r).flush_server().flush_clients(),
     ServerState.COLLECT_MASKED_INPUTS: lambda r: _SERVER_PATH[ServerState.COLLECT_SHARES](r).flush_server().flush_clients(),
     ServerState.COLLECT_SIGNATURES: lambda r: _SERVER_PATH[ServerState.COLLECT_MASKED_INPUTS](r).flush_server().flush_clients(),
     ServerState.COLLECT_UNMASK_SHARES: lambda r: _SERVER_PATH[ServerState.COLLECT_SIGNATURES](r).flush_server().flush_clients(),
@@ -254,10 +276,23 @@ def test_client_table_covers_the_non_terminal_states() -> None:
 
 def test_client_table_is_one_straight_path_to_done() -> None:
     path = [ClientState.AWAIT_KEY_LIST]
-    for message_type in (KeyList, ShareRelay, ConsistencyRequest, UnmaskRequest):
+    for message_type in (KeyList, SeedRevealList, ShareRelay, ConsistencyRequest, UnmaskRequest):
         path.append(CLIENT_TRANSITIONS[(path[-1], message_type)])
     assert path[-1] is ClientState.DONE
     assert len(set(path)) == len(path)
+    # The node reveals its graph randomness only once it holds the key list, and deals shares
+    # only once the reveals fixed the graph.
+    assert path[1:3] == [ClientState.AWAIT_SEED_REVEALS, ClientState.AWAIT_SHARES]
+
+
+def test_message_type_lists_cover_every_protocol_message() -> None:
+    """A new message type must show up in the exhaustive tests above, not slip past them."""
+    assert set(CLIENT_MESSAGE_TYPES) == set(typing.get_args(_messages.ClientMessage))
+    assert set(SERVER_MESSAGE_TYPES) == set(typing.get_args(_messages.ServerMessage))
+    assert set(CLIENT_REPLY) == {t for t in SERVER_MESSAGE_TYPES if t is not RoundAborted}
+    assert set(CLIENT_REPLY.values()) == set(CLIENT_MESSAGE_TYPES) - {AdvertiseKeys}
+    assert set(_CLIENT_PATH) | {ClientState.ABORTED} == set(ClientState)
+    assert set(_SERVER_PATH) | {ServerState.ABORTED} == set(ServerState)
 
 
 def test_start_twice_is_a_local_error() -> None:
@@ -290,7 +325,13 @@ def test_message_before_start_aborts() -> None:
 
 @pytest.mark.parametrize(
     "state",
-    [ClientState.AWAIT_KEY_LIST, ClientState.AWAIT_SHARES, ClientState.AWAIT_CONSISTENCY_REQUEST, ClientState.AWAIT_UNMASK_REQUEST],
+    [
+        ClientState.AWAIT_KEY_LIST,
+        ClientState.AWAIT_SEED_REVEALS,
+        ClientState.AWAIT_SHARES,
+        ClientState.AWAIT_CONSISTENCY_REQUEST,
+        ClientState.AWAIT_UNMASK_REQUEST,
+    ],
     ids=_id,
 )
 def test_client_aborted_by_a_bad_message_refuses_everything_afterwards(state: ClientState) -> None:
@@ -323,11 +364,25 @@ def test_message_of_a_subclass_is_not_in_the_table() -> None:
     assert client.state is ClientState.ABORTED
 
 
+def test_second_key_list_after_revealing_is_refused() -> None:
+    """Once a node has revealed its graph randomness, no other key list can reuse that reveal."""
+    r = client_in(ClientState.AWAIT_KEY_LIST)
+    client = r.clients[ME]
+    key_list = r.next_for(ME)
+    (reveal,) = client.receive(key_list)
+    assert isinstance(reveal, SeedReveal) and client.state is ClientState.AWAIT_SEED_REVEALS
+    shorter = KeyList(tuple(e for e in key_list.entries if e.sender != N))
+    with pytest.raises(RemoteProtocolError) as info:
+        client.receive(shorter)
+    assert info.value.reason == "unexpected-message" and client.state is ClientState.ABORTED
+
+
 # --- the server table ----------------------------------------------------------
 
 SERVER_EVENT_TYPES = (*CLIENT_MESSAGE_TYPES, *DRIVER_EVENT_TYPES, *SERVER_MESSAGE_TYPES, _Junk, type(None))
 _STAGE_OF = {
     ServerState.COLLECT_KEYS: Stage.ADVERTISE,
+    ServerState.COLLECT_REVEALS: Stage.REVEAL,
     ServerState.COLLECT_SHARES: Stage.SHARE,
     ServerState.COLLECT_MASKED_INPUTS: Stage.MASKED_INPUT,
     ServerState.COLLECT_SIGNATURES: Stage.CONSISTENCY,
@@ -352,16 +407,26 @@ def test_server_state_by_event_type(state: ServerState, event_type: type) -> Non
         return
 
     if event_type is Deadline:
-        # Two of three answer (t=2), then time is up for this stage.
-        r.flush_server(nodes=(1, 2))
+        # Three of four answer (t=3), then time is up for this stage.
+        r.flush_server(nodes=ANSWERING)
         assert server.state is state
+        if state is ServerState.COLLECT_REVEALS:
+            # By design: a key-list member without a reveal aborts the round and is named (going on
+            # without it would let the coordinator pick among seeds). The table's move happens when
+            # every reveal is in: the last one closes the stage (see the test after this one).
+            with pytest.raises(ProtocolAborted) as info:
+                server.receive(Deadline(Stage.REVEAL))
+            assert info.value.stage == "reveal" and info.value.culprits == (N,)
+            assert server.state is ServerState.ABORTED
+            assert server.answered[Stage.REVEAL] == ANSWERING
+            return
         sends = server.receive(Deadline(_STAGE_OF[state]))
         assert server.state is target
-        assert server.answered[_STAGE_OF[state]] == (1, 2)
+        assert server.answered[_STAGE_OF[state]] == ANSWERING
         if target is ServerState.DONE:
             assert sends == [] and server.result is not None
         else:
-            assert sends and {send.to for send in sends} <= {1, 2}
+            assert sends and {send.to for send in sends} <= set(ANSWERING)
         return
 
     if event_type in DRIVER_EVENTS:  # e.g. PeerGone(ME): stop waiting for ME, keep collecting
@@ -399,6 +464,7 @@ def test_server_table_deadlines_walk_the_stages_in_order() -> None:
         seen.append(state)
     assert seen == [
         ServerState.COLLECT_KEYS,
+        ServerState.COLLECT_REVEALS,
         ServerState.COLLECT_SHARES,
         ServerState.COLLECT_MASKED_INPUTS,
         ServerState.COLLECT_SIGNATURES,
@@ -415,12 +481,47 @@ def test_server_ignores_a_stale_deadline(state: ServerState) -> None:
     assert server.state is state and server.waiting_for == waiting
 
 
-def test_server_last_answer_closes_the_stage_without_a_deadline() -> None:
-    r = server_in(ServerState.COLLECT_KEYS)
+@pytest.mark.parametrize(
+    "state, sent",
+    [(ServerState.COLLECT_KEYS, KeyList), (ServerState.COLLECT_REVEALS, SeedRevealList)],
+    ids=["keys", "reveals"],
+)
+def test_server_last_answer_closes_the_stage_without_a_deadline(state: ServerState, sent: type) -> None:
+    r = server_in(state)
     r.flush_server()
-    assert r.server.state is ServerState.COLLECT_SHARES
-    assert sorted(r.to_client) == [1, 2, 3]
-    assert all(isinstance(r.next_for(node), KeyList) for node in (1, 2, 3))
+    assert r.server.state is SERVER_TRANSITIONS[(state, Deadline)]
+    assert sorted(r.to_client) == list(range(1, N + 1))
+    assert all(isinstance(r.next_for(node), sent) for node in range(1, N + 1))
+    if sent is SeedRevealList:
+        # Everyone gets the same list: every key-list member's reveal, sorted by id.
+        reveals = {r.next_for(node) for node in range(1, N + 1)}
+        assert len(reveals) == 1 and [i for i, _ in reveals.pop().reveals] == list(range(1, N + 1))
+
+
+def test_server_drops_a_reveal_that_does_not_open_the_commitment() -> None:
+    r = server_in(ServerState.COLLECT_REVEALS)
+    server = r.server
+    (reveal,) = r.to_server[ME]
+    waiting = server.waiting_for
+    forged = SeedReveal(ME, bytes(a ^ 1 for a in reveal.value))
+    with pytest.raises(RemoteProtocolError) as info:
+        server.receive(forged)
+    assert info.value.reason == "bad-reveal"
+    assert server.state is ServerState.COLLECT_REVEALS and server.waiting_for == waiting
+    # The bad one was dropped, not recorded: the node's real reveal still counts.
+    assert server.receive(reveal) == []
+    assert server.waiting_for == waiting - {ME}
+
+
+def test_server_refuses_a_reveal_from_outside_the_key_list() -> None:
+    r = server_in(ServerState.COLLECT_KEYS)
+    r.flush_server(nodes=ANSWERING)
+    r.server.receive(Deadline(Stage.ADVERTISE))
+    assert r.server.state is ServerState.COLLECT_REVEALS
+    with pytest.raises(RemoteProtocolError) as info:
+        r.server.receive(SeedReveal(N, bytes(32)))
+    assert info.value.reason == "unexpected-sender"
+    assert r.server.waiting_for == set(ANSWERING)
 
 
 def test_server_refuses_a_duplicate_without_changing_state() -> None:
