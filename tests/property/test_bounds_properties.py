@@ -167,5 +167,7 @@ def test_a_site_can_refuse_sparse_rounds_or_small_degrees(round_: tuple[int, int
         ClientPolicy(min_threshold=1, min_cohort=1, min_threshold_fraction=0.0, max_colluders=0, allow_sparse_graph=False),
         config,
     )
-    policy = ClientPolicy(min_threshold=1, min_cohort=1, min_threshold_fraction=0.0, max_colluders=0, min_neighbours=k + extra)
+    policy = ClientPolicy(
+        min_threshold=1, min_cohort=1, min_threshold_fraction=0.0, max_colluders=0, min_neighbours=k + extra
+    )
     assert accepts(policy, safe) is (extra == 0)

@@ -178,12 +178,12 @@ def test_pair_field_table_is_complete() -> None:
     assert found == set(PAIR_FIELDS)
 
 
-def _base64_variant(data: st.DataObject, raw: bytes, canonical: bool) -> str:
-    """Canonical base64 of ``raw``, or (unless ``canonical``) often one of the ways a peer can get it wrong."""
+def _mangle_base64(data: st.DataObject, raw: bytes) -> str:
+    """A string that is not the canonical base64 of ``raw`` but looks close to it (it may still decode)."""
     text = base64.b64encode(raw).decode("ascii")
-    ops = ["canonical"] if canonical else ["canonical"] * 4 + ["unused-bits", "no-padding", "urlsafe", "newline", "extra-padding"]
+    ops = ["no-padding", "urlsafe", "newline", "space", "extra-padding", "truncate"] + (["unused-bits"] * 3 if len(raw) % 3 else [])
     op = data.draw(st.sampled_from(ops))
-    if op == "unused-bits" and len(raw) % 3:
+    if op == "unused-bits":  # decodes to the same bytes: only the canonical check can refuse it
         body = text.rstrip("=")
         bits = data.draw(st.integers(1, 3 if len(raw) % 3 == 2 else 15))
         return body[:-1] + _ALPHABET[_ALPHABET.index(body[-1]) | bits] + text[len(body) :]
@@ -191,43 +191,54 @@ def _base64_variant(data: st.DataObject, raw: bytes, canonical: bool) -> str:
         return text.rstrip("=")
     if op == "urlsafe":
         return text.replace("+", "-").replace("/", "_")
-    if op == "newline":
+    if op in ("newline", "space"):
         at = data.draw(st.integers(0, len(text)))
-        return text[:at] + "\n" + text[at:]
+        return text[:at] + ("\n" if op == "newline" else " ") + text[at:]
     if op == "extra-padding":
         return text + "="
-    return text
+    return text[: data.draw(st.integers(0, max(0, len(text) - 1)))]
 
 
 @pytest.mark.parametrize("key", PAIR_FIELDS, ids=[f"{cls.__name__}.{field}" for cls, field in PAIR_FIELDS])
 @given(data=st.data())
 def test_pair_fields_accept_exactly_the_valid_lists(key: tuple[type, str], data: st.DataObject) -> None:
-    """Near-valid lists (half built valid, half with likely faults: ids, order, sizes, base64) against an independent oracle."""
+    """A valid list with at most one fault planted (so no other fault hides it), judged by an independent oracle."""
     cls, field = key
     size = PAIR_FIELDS[key]
     high = DEFAULT_LIMITS.max_blob_bytes
-    clean = data.draw(st.booleans(), label="clean")
-    if clean:
-        ident: st.SearchStrategy = st.integers(1, 65535)
-        lengths: st.SearchStrategy = st.just(size) if size else st.sampled_from([1, 2, 31, 32, 64, 65, high])
-    else:
-        ident = st.one_of(st.integers(1, 65535), st.sampled_from([0, -1, 65536, 1, 65535]))
-        odd = [size - 1, size + 1, 0, 32 if size == 64 else 64] if size else [0, high + 1]
-        lengths = st.one_of(st.just(size or 16), st.sampled_from(odd))
-    unique = (lambda item: item[0]) if clean else None
-    items = data.draw(st.lists(st.tuples(ident, lengths, st.integers(0, 255)), max_size=5, unique_by=unique))
-    if clean or data.draw(st.booleans()):
-        items = sorted(items, key=lambda item: item[0])
-    ids_ = [item[0] for item in items]
-    raws = [bytes([fill]) * length for _, length, fill in items]
-    texts_ = [_base64_variant(data, raw, canonical=clean) for raw in raws]
+    lengths = st.just(size) if size else st.sampled_from([1, 2, 31, 32, 64, 65, high])
+    items = data.draw(
+        st.lists(st.tuples(st.integers(1, 65535), lengths, st.integers(0, 255)), max_size=5, unique_by=lambda item: item[0])
+    )
+    ids_: list[Any] = sorted(item[0] for item in items)
+    raws = [bytes([fill]) * length for (_, length, fill) in sorted(items)]
+    texts_ = [base64.b64encode(raw).decode("ascii") for raw in raws]
+    faults = ["none", "id-range", "id-type", "size", "base64"] + (["unsorted", "duplicate"] if len(items) > 1 else [])
+    fault = data.draw(st.sampled_from(faults)) if items else "none"
+    at = data.draw(st.integers(0, len(items) - 1)) if items else 0
+    if fault == "id-range":
+        ids_[at] = data.draw(st.sampled_from([0, -1, 65536, 2**31]))
+    elif fault == "id-type":
+        ids_[at] = data.draw(st.sampled_from([True, float(ids_[at]), str(ids_[at]), None, [ids_[at]]]))
+    elif fault == "size":
+        wrong = [size - 1, size + 1, 0, 32 if size == 64 else 64] if size else [0, high + 1]
+        raws[at] = bytes([data.draw(st.integers(0, 255))]) * data.draw(st.sampled_from(wrong))
+        texts_[at] = base64.b64encode(raws[at]).decode("ascii")
+    elif fault == "base64":
+        texts_[at] = _mangle_base64(data, raws[at])
+    elif fault == "unsorted":
+        at = min(at, len(items) - 2)
+        ids_[at], ids_[at + 1] = ids_[at + 1], ids_[at]
+    elif fault == "duplicate":
+        at = min(at, len(items) - 2)
+        ids_[at + 1] = ids_[at]
     valid = (
-        all(1 <= i <= 65535 for i in ids_)
+        all(type(i) is int and 1 <= i <= 65535 for i in ids_)
         and all(a < b for a, b in zip(ids_, ids_[1:]))
         and all((len(raw) == size) if size else (1 <= len(raw) <= high) for raw in raws)
         and all(text == base64.b64encode(raw).decode("ascii") for raw, text in zip(raws, texts_))
     )
-    event("valid" if valid else "invalid")
+    event(f"fault: {fault}, {'valid' if valid else 'invalid'}")
     template = encode(Envelope("task", 1, data.draw(BODIES[cls])))
     header = json.loads(template[2])
     header[field] = [[i, text] for i, text in zip(ids_, texts_)]
@@ -240,7 +251,7 @@ def test_pair_fields_accept_exactly_the_valid_lists(key: tuple[type, str], data:
         except RemoteProtocolError as error:
             assert error.reason == "bad-field", error
         else:
-            raise AssertionError(f"{cls.__name__}.{field} accepted {header[field]!r}")
+            raise AssertionError(f"{cls.__name__}.{field} accepted {header[field]!r} ({fault})")
 
 
 # --- the invariant ----------------------------------------------------------------------------

@@ -326,10 +326,12 @@ def scenarios(
 class Run:
     result: object | None
     aborted: ProtocolAborted | None
+    refused: RemoteProtocolError | None  # a node's policy refused the round before it began
     server: _RecordingServer
 
 
 def _simulate(scenario: Scenario, **kwargs: object) -> Run:
+    result = aborted = refused = None
     with _recording() as servers:
         try:
             result = simulate(
@@ -341,11 +343,17 @@ def _simulate(scenario: Scenario, **kwargs: object) -> Run:
                 **kwargs,
             )
         except ProtocolAborted as exc:
-            result, aborted = None, exc
-        else:
-            aborted = None
+            aborted = exc
+        except RemoteProtocolError as exc:
+            refused = exc
     (server,) = servers
-    return Run(result, aborted, server)
+    return Run(result, aborted, refused, server)
+
+
+def _refused_by_policy(config: RoundConfig) -> bool:
+    """simulate()'s policy (curious coordinator, no colluders) still wants t >= 2 on a sparse graph:
+    with t = 1 a node's own share would unmask it, a component of one node."""
+    return not config.is_complete_graph and config.threshold < 2
 
 
 def _check_wire(server: _RecordingServer, model: Model) -> None:
@@ -369,6 +377,13 @@ def _run_and_check(scenario: Scenario) -> Model:
     run = _simulate(scenario)
     server = run.server
     config: RoundConfig = server.config
+    if _refused_by_policy(config):
+        event("refused: sparse graph with t = 1")
+        assert run.refused is not None, "a sparse round with t = 1 must be refused"
+        assert run.refused.reason == "weaker-than-policy"
+        assert server.received == [], "a refused round sends nothing"
+        return Model(Outcome("refused", frozenset(), ()), {})
+    assert run.refused is None, f"refused unexpectedly: {run.refused}"
 
     def hoods_for(u1: frozenset[int]) -> Mapping[int, frozenset[int]]:
         assert set(server.adverts) == u1, "the coordinator received advertisements from exactly U1"
@@ -470,8 +485,10 @@ def test_complete_graph_aborts_iff_a_reveal_is_missing_or_fewer_than_t_talk(para
 @given(scenarios(max_n=10, max_d=6, seeded=True))
 def test_one_seed_gives_one_round_message_for_message(scenario: Scenario) -> None:
     first, second = _simulate(scenario), _simulate(scenario)
-    if first.aborted is None:
-        assert second.aborted is None, f"second run aborted: {second.aborted}"
+    if first.refused is not None:
+        assert second.refused is not None and str(first.refused) == str(second.refused)
+    elif first.aborted is None:
+        assert second.aborted is None and second.refused is None, f"second run: {second.aborted or second.refused}"
         np.testing.assert_array_equal(first.result.sum, second.result.sum)
         assert first.result.survivors == second.result.survivors
         assert dict(first.result.excluded) == dict(second.result.excluded)
@@ -695,8 +712,9 @@ def plans(draw: st.DrawFn, max_n: int = 8) -> Plan:
     """A round that gets past the reveal stage: nodes only drop from the masked-input stage on."""
     n = draw(st.integers(3, max_n), label="n")
     neighbours = draw(st.sampled_from([None, None, 2, 4]), label="neighbours")
-    size = make_config(n, 1, neighbours=neighbours).neighbourhood_size
-    t = draw(st.integers(1, size), label="threshold")
+    config = make_config(n, 1, neighbours=neighbours)
+    # A sparse round needs t >= 2 even without colluders (no node may be a component of its own).
+    t = draw(st.integers(1 if config.is_complete_graph else 2, config.neighbourhood_size), label="threshold")
     later = [None] * 6 + [Stage.MASKED_INPUT, Stage.CONSISTENCY, Stage.UNMASK]
     stages = draw(st.lists(st.sampled_from(later), min_size=n, max_size=n), label="silent-from")
     silent = {node: stage for node, stage in enumerate(stages, start=1) if stage is not None}

@@ -184,8 +184,8 @@ def test_a_node_s_neighbours_are_a_uniform_subset(m: int, degree: int, samples: 
 
 
 def _config(**overrides: object) -> RoundConfig:
-    fields = {"task": "task", "round_id": 3, "cohort_size": 30, "threshold": 5, "vector_length": 8, "context": SEED, "neighbours": 4}
-    return RoundConfig(**{**fields, **overrides})
+    fields = {"task": "task", "round_id": 3, "cohort_size": 30, "threshold": 5, "vector_length": 8}
+    return RoundConfig(**{**fields, "context": SEED, "neighbours": 4, **overrides})
 
 
 def _reveals(ids: range | list[int]) -> list[tuple[int, bytes]]:

@@ -1,5 +1,10 @@
 """The site's DP policy, enforced by the node: a round weaker than the policy is refused before training.
 
+Every round here meets the default colluder bound of the node's own roster (2t > N + c with c = max(1,
+ceil(N/5))): a single site sees a roster of 4 (c = 1), so a cohort of 3 needs t = 3; the in-process
+federations below have rosters of 3 or 4 (t = 3 either way), and the coordinator picks that threshold itself
+(TaskDefinition.threshold unset). So a refusal below is about DP, not about the threshold.
+
 A :class:`securefed.federation.node.Node` is driven in-process through a fake
 socket (``poll`` / ``send``); ``RoundStart`` envelopes are built by hand. The
 adapter's ``fit_local`` is replaced by a spy so a test can tell whether the
@@ -28,7 +33,7 @@ from securefed.federation.messages import Envelope, Hello, Refusal, RoundStart
 from securefed.federation.node import Node, NodePolicy, NodeState
 from securefed.federation.spec import RoundSpec
 from securefed.federation.store import CoordinatorStore
-from securefed.federation.task import NodeEntry, TaskDefinition
+from securefed.federation.task import STAGE_NAMES, NodeEntry, TaskDefinition
 from securefed.learning.data import LocalDataset
 from securefed.learning.models import ModelAdapter, make_adapter
 from securefed.secagg.messages import AdvertiseKeys, MaskedInput
@@ -100,7 +105,11 @@ class Site:
             self.ledger.close()
 
 
-def _spec(dp: dict | None, threshold: int = 2, phase: str = "train", round_number: int = 1) -> dict:
+#: the smallest threshold a default policy with a roster of 4 (NAMES) accepts: 2t > 4 + 1
+SAFE_T = 3
+
+
+def _spec(dp: dict | None, threshold: int = SAFE_T, phase: str = "train", round_number: int = 1) -> dict:
     return RoundSpec(
         task=TASK,
         round=round_number,
@@ -122,7 +131,7 @@ def _spec(dp: dict | None, threshold: int = 2, phase: str = "train", round_numbe
     ).to_json()
 
 
-def _dp(target: float = 4.0, rounds: int = 3, cohort: int = 3, threshold: int = 2) -> tuple[dict, SkellamParameters]:
+def _dp(target: float = 4.0, rounds: int = 3, cohort: int = 3, threshold: int = SAFE_T) -> tuple[dict, SkellamParameters]:
     plan = plan_skellam(target, DELTA, rounds, 0.5, _adapter().parameter_count, cohort, threshold)
     return plan.to_spec(DELTA, target, rounds), plan
 
@@ -241,15 +250,17 @@ def test_a_spent_ledger_refuses_the_next_round(tmp_path: Path, training: Trainin
 
 @pytest.mark.parametrize("weak", ["threshold", "cohort"])
 def test_threshold_or_cohort_below_policy_is_refused_before_training(tmp_path: Path, training: TrainingSpy, weak: str) -> None:
+    # t = 3 of 3 meets the colluder bound (2 * 3 > 4 + 1), so the site's own minimum is the only shortfall.
     if weak == "threshold":
-        policy, threshold = NodePolicy(max_epsilon=100.0, min_threshold=3), 2
+        policy, says = NodePolicy(max_epsilon=100.0, min_threshold=4), "threshold 3 is below this site's minimum of 4"
     else:
-        policy, threshold = NodePolicy(max_epsilon=100.0, min_cohort=4), 2
-    dp, _ = _dp(cohort=3, threshold=threshold)
+        policy, says = NodePolicy(max_epsilon=100.0, min_cohort=4), "cohort of 3 is below this site's minimum of 4"
+    dp, _ = _dp(cohort=3, threshold=SAFE_T)
     site = Site(tmp_path, policy)
-    site.start(1, _spec(dp, threshold=threshold))
+    site.start(1, _spec(dp, threshold=SAFE_T))
     assert [r.reason for r in site.refusals()] == ["weaker-than-policy"]
-    assert "below this site's minimum" in site.refusals()[0].detail
+    detail = site.refusals()[0].detail
+    assert says in detail and "colluding" not in detail, detail
     assert training.calls == 0, "the node trained on a round its policy refuses"
     site.close()
 
@@ -338,9 +349,8 @@ class InProcessFederation:
             learning_rate=0.1,
             batch_size=8,
             min_nodes=len(self.names),
-            threshold=0.6,
-            evaluate=False,
-            deadlines=dict.fromkeys(("advertise", "share", "masked_input", "consistency", "unmask"), 10.0),
+            evaluate=False,  # threshold unset: the smallest the nodes' colluder bound accepts (t = 3 here)
+            deadlines=dict.fromkeys(STAGE_NAMES, 10.0),
             dp={"epsilon": target, "delta": DELTA, "clip_norm": 0.5},
         )
         self.hub = Hub()
@@ -425,38 +435,40 @@ def test_site_with_epsilon_one_stops_once_its_ledger_reaches_it_and_says_so(tmp_
 
 def test_budget_spent_elsewhere_mid_round_stops_the_masked_input(tmp_path: Path) -> None:
     """The check before training passed, but by the time the masked input is due the site's total budget was
-    spent on another task (another node process on the same ledger): the charge refuses, and no input leaves."""
+    spent on another task (another node process on the same ledger): the charge refuses, and no input leaves.
+
+    Four sites, t = 3 (2t > 4 + 1): the round completes from the other three."""
     rounds, target = 1, 2.0
-    names = NAMES[:3]
-    plan = plan_skellam(target, DELTA, rounds, 0.5, _adapter().parameter_count, 3, 2)
+    names, spender = NAMES, "site-4"
+    plan = plan_skellam(target, DELTA, rounds, 0.5, _adapter().parameter_count, 4, 3)
     one_round = plan.epsilon(1, DELTA)
     other = SkellamRelease((2.0 * 1000.0) ** 2, 1000.0, 30_000.0)
     other_epsilon = skellam_epsilon([other], DELTA)
     total = other_epsilon + one_round / 2  # the other task fits; the other task plus this round does not
-    policies = {name: NodePolicy(max_epsilon=10.0, max_epsilon_total=total if name == "site-3" else None) for name in names}
+    policies = {name: NodePolicy(max_epsilon=10.0, max_epsilon_total=total if name == spender else None) for name in names}
     federation = InProcessFederation(tmp_path, rounds, target, policies)
     spent_elsewhere = []
 
     def spend_after_advertising(fed: InProcessFederation) -> None:
-        if not spent_elsewhere and fed.said("site-3", AdvertiseKeys):
-            fed.ledgers["site-3"].charge("another-task", 1, 1, other, {"mechanism": "skellam"}, "h")
+        if not spent_elsewhere and fed.said(spender, AdvertiseKeys):
+            fed.ledgers[spender].charge("another-task", 1, 1, other, {"mechanism": "skellam"}, "h")
             spent_elsewhere.append(True)
 
     try:
         federation.run(hook=spend_after_advertising)
         history = list(federation.store.rounds())
         refusals = federation.refusals()
-        site3 = federation.ledgers["site-3"].entries()
+        spender_rows = federation.ledgers[spender].entries()
     finally:
         federation.close()
 
     assert spent_elsewhere
-    assert [r.round for r in history] == [1] and sorted(history[0].survivors) == ["site-1", "site-2"]
-    assert [(e.task, e.aggregation) for e in site3] == [("another-task", 1)]  # nothing charged for this task
-    assert federation.said("site-3", MaskedInput) == []  # and nothing released
-    reasons = [body for _, body in federation.said("site-3", Refusal)]
+    assert [r.round for r in history] == [1] and sorted(history[0].survivors) == ["site-1", "site-2", "site-3"]
+    assert [(e.task, e.aggregation) for e in spender_rows] == [("another-task", 1)]  # nothing charged for this task
+    assert federation.said(spender, MaskedInput) == []  # and nothing released
+    reasons = [body for _, body in federation.said(spender, Refusal)]
     assert [r.reason for r in reasons] == ["budget-exhausted"] and "site's total epsilon" in reasons[0].detail
-    assert [(node, reason) for _, node, reason, _ in refusals] == [("site-3", "budget-exhausted")]
+    assert [(node, reason) for _, node, reason, _ in refusals] == [(spender, "budget-exhausted")]
 
 
 def test_the_charge_is_committed_before_the_masked_input_is_sent(tmp_path: Path) -> None:

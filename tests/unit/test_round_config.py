@@ -1,4 +1,5 @@
-"""RoundConfig validation, ClientPolicy checks (incl. the colluder bound), and a node refusing a round weaker than its policy."""
+"""RoundConfig validation, ClientPolicy checks (the colluder bound included), and a node refusing
+a round weaker than its policy."""
 
 from __future__ import annotations
 
@@ -354,7 +355,17 @@ def test_bad_colluder_settings_are_refused(kwargs: dict) -> None:
 
 @pytest.mark.parametrize(
     ("setting", "roster", "expected"),
-    [(None, 5, 1), (None, 10, 2), (None, 11, 3), (None, 1000, 200), (0, 10, 0), (3, 10, 3), (0.1, 10, 1), (0.1, 11, 2), (0.05, 1000, 50)],
+    [
+        (None, 5, 1),
+        (None, 10, 2),
+        (None, 11, 3),
+        (None, 1000, 200),
+        (0, 10, 0),
+        (3, 10, 3),
+        (0.1, 10, 1),
+        (0.1, 11, 2),
+        (0.05, 1000, 50),
+    ],
 )
 def test_colluders_for_a_roster(setting: int | float | None, roster: int, expected: int) -> None:
     assert ClientPolicy(max_colluders=setting).colluders(roster) == expected
