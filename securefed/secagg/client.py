@@ -192,6 +192,7 @@ class ClientProtocol:
         self._entries: dict[int, AdvertiseKeys] = {}
         self._graph_seed = b""
         self._held: dict[int, tuple[Share, Share]] = {}
+        self._share_keys: dict[int, bytes] = {}
         self._shared_with: frozenset[int] = frozenset()
         self._signed_survivors: tuple[int, ...] | None = None
 
@@ -361,6 +362,7 @@ class ClientProtocol:
                 self._held[peer] = (s_share, b_share)
                 continue
             key = share_key(config, self._c_keys, self._entries[peer].c_pk, self.node_id, peer)
+            self._share_keys[peer] = key  # the same key opens what that peer sends back
             associated = share_associated_data_for(config, self.node_id, peer)
             ciphertexts.append((peer, seal(key, s_bytes + b_bytes, associated, nonce=self._random(NONCE_SIZE))))
         commitments_t = tuple(commitments)
@@ -380,7 +382,9 @@ class ClientProtocol:
         bad: set[int] = set()
         for (sender, ciphertext), (_, commitment) in zip(message.ciphertexts, message.commitments):
             require(len(commitment) == 2 * COMMITMENT_SIZE, "share commitment has the wrong size")
-            key = share_key(config, self._c_keys, self._entries[sender].c_pk, self.node_id, sender)
+            key = self._share_keys.get(sender)
+            if key is None:
+                key = share_key(config, self._c_keys, self._entries[sender].c_pk, self.node_id, sender)
             try:
                 plaintext = open_sealed(key, ciphertext, share_associated_data_for(config, sender, self.node_id))
                 if len(plaintext) != 2 * SHARE_SIZE:
@@ -412,6 +416,7 @@ class ClientProtocol:
         masked = MaskAccumulator(self._input)
         masked.apply(masks)
         # The secrets behind the mask live on only as Shamir shares now.
+        self._share_keys.clear()
         self._input = None
         self._b_seed = None
         self._s_keys = None
@@ -520,6 +525,7 @@ class ClientProtocol:
         self._s_keys = None
         self._c_keys = None
         self._graph_value = None
+        self._share_keys.clear()
         self._held.clear()
 
 

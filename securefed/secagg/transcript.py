@@ -55,24 +55,31 @@ def advertise_transcript(config: RoundConfig, sender: int, c_pk: bytes, s_pk: by
     return b"securefed/advertise/v2" + round_binding(config) + encode_fields(sender, c_pk, s_pk, commitment)
 
 
+@lru_cache(maxsize=64)
+def _prefixed_hash(label: bytes, config: RoundConfig) -> hashlib._Hash:
+    """SHA-256 state after ``label || round_binding``; callers ``copy()`` it (saves rehashing per item)."""
+    return hashlib.sha256(label + round_binding(config))
+
+
 def seed_commitment(config: RoundConfig, sender: int, value: bytes) -> bytes:
     """A hiding, binding commitment to a node's graph randomness (32 random bytes)."""
-    return hashlib.sha256(b"securefed/graph-commitment/v1" + round_binding(config) + encode_fields(sender, value)).digest()
+    digest = _prefixed_hash(b"securefed/graph-commitment/v1", config).copy()
+    digest.update(encode_fields(sender, value))
+    return digest.digest()
 
 
 def graph_seed(config: RoundConfig, reveals: Iterable[tuple[int, bytes]]) -> bytes:
     """SHA-256 over every revealed graph randomness of the key list, in id order."""
-    digest = hashlib.sha256(b"securefed/graph/v2" + round_binding(config))
-    for sender, value in sorted(reveals):
-        digest.update(encode_fields(sender, value))
+    digest = _prefixed_hash(b"securefed/graph/v2", config).copy()
+    digest.update(b"".join(encode_fields(sender, value) for sender, value in sorted(reveals)))
     return digest.digest()
 
 
 def share_commitment(config: RoundConfig, dealer: int, holder: int, kind: str, share: bytes) -> bytes:
     """Commitment to one share (``kind`` "s" or "b"); shares are uniform 256-bit values, so it hides them."""
-    return hashlib.sha256(
-        b"securefed/share-commitment/v1" + round_binding(config) + encode_fields(dealer, holder, kind, share)
-    ).digest()
+    digest = _prefixed_hash(b"securefed/share-commitment/v1", config).copy()
+    digest.update(encode_fields(dealer, holder, kind, share))
+    return digest.digest()
 
 
 def commitments_transcript(

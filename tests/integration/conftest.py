@@ -13,14 +13,22 @@ the test's ``tmp_path`` and driven through a :class:`Federation` harness that
 * reads the store read-only while the coordinator runs (WAL mode makes that
   safe), and through :class:`CoordinatorStore` once it has stopped.
 
-Deadlines are short (advertise 5 s, every other stage 3 s) so that a dropout
-costs seconds, and the data is scikit-learn's bundled digits set split over a
-handful of nodes.
+Stage deadlines are short, so that a dropout costs seconds, yet derived from
+step times measured on this machine in this session (:class:`StepTimes`), so
+that an honest node on a busy machine is never mistaken for a dropout: every
+stage gets at least its floor (advertise 5 s, every other stage 3 s) and
+``DEADLINE_HEADROOM`` times what its work took here. The reveal stage also
+covers local training (a node advertises its keys, trains, and only then
+answers the key list), with the nodes of a federation sharing this machine's
+cores. Test timeouts come from the same figures (:meth:`Federation.time_budget`).
+The data is scikit-learn's bundled digits set split over a handful of nodes.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
 import signal
 import sqlite3
@@ -37,16 +45,22 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from securefed.crypto.identity import SigningKey
+from securefed.federation.task import STAGE_NAMES
 from securefed.learning.datasets import BundledDataset, Split, load_bundled, train_test_split_stratified
-from securefed.learning.models import DEFAULT_TRAINING
+from securefed.learning.models import DEFAULT_TRAINING, make_adapter
 from securefed.learning.partition import partition
 from securefed.localfed import LocalFederation
+from securefed.secagg import simulate
 from securefed.wire.keys import CurveKeyPair
 
 T = TypeVar("T")
 
-#: Short stage deadlines: a node that went silent costs at most a few seconds.
-FAST_DEADLINES = {"advertise": 5, "reveal": 3, "share": 3, "masked_input": 3, "consistency": 3, "unmask": 3}
+#: The shortest stage deadlines: a node that went silent costs a few seconds.
+DEADLINE_FLOORS = {"advertise": 5.0, "reveal": 3.0, "share": 3.0, "masked_input": 3.0, "consistency": 3.0, "unmask": 3.0}
+#: How many times the measured duration of a stage's work its deadline allows (a busy machine).
+DEADLINE_HEADROOM = 6.0
+#: Starting the daemons, loading data and connecting, before the first round (test timeouts only).
+STARTUP_BUDGET = 30.0
 
 #: Local training slow enough (about half a second of CPU per node and round on
 #: this machine) that a signal sent right after a round starts lands while the
@@ -75,8 +89,89 @@ def digits() -> Digits:
     return Digits(dataset, train_test_split_stratified(dataset.X, dataset.y, 0.25, 0))
 
 
+class StepTimes:
+    """How long the steps of a round take on this machine, measured here (single-threaded, like the daemons).
+
+    ``training(task, samples)`` is one node's local training for a [task] table on that many samples;
+    ``secagg(n, length)`` one whole in-memory secure round, every party in one process, which bounds the
+    work of any one stage of one node. Each is measured once per session and kept.
+    """
+
+    def __init__(self, digits: Digits) -> None:
+        self.digits = digits
+        self.cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self._cache: dict[tuple, float] = {}
+
+    def training(self, task: dict, samples: int) -> float:
+        options = task.get("model_options", {})
+        key = ("train", task["model"], json.dumps(options, sort_keys=True), task["local_epochs"],
+               task["learning_rate"], task["batch_size"], samples)  # fmt: skip
+        if key not in self._cache:
+            dataset, split = self.digits.dataset, self.digits.split
+            adapter = make_adapter(task["model"], dataset.n_features, dataset.classes, **options)
+            model = adapter.initial_parameters(0)
+            X, y = split.X_train[:samples], split.y_train[:samples]
+
+            def train() -> None:
+                adapter.fit_local(model, X, y, epochs=task["local_epochs"], learning_rate=task["learning_rate"],
+                                  batch_size=task["batch_size"], seed=0)  # fmt: skip
+
+            self._cache[key] = _timed(train)
+        return self._cache[key]
+
+    def secagg(self, n: int, length: int) -> float:
+        key = ("secagg", n, length)
+        if key not in self._cache:
+            rng = np.random.default_rng(0)
+            inputs = [rng.integers(0, 1 << 32, length, dtype=np.uint32) for _ in range(n)]
+            self._cache[key] = _timed(lambda: simulate(inputs, n, seed=0))
+        return self._cache[key]
+
+
+def _timed(work: Callable[[], object], repeats: int = 3) -> float:
+    """The median of a few runs (after one to warm up), with the BLAS pools at one thread as in the daemons."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - scikit-learn depends on it
+        limits = None
+    else:
+        limits = threadpool_limits(1)
+    try:
+        work()
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            work()
+            times.append(time.perf_counter() - started)
+    finally:
+        if limits is not None:
+            limits.restore_original_limits()
+    return sorted(times)[len(times) // 2]
+
+
+@pytest.fixture(scope="session")
+def step_times(digits: Digits) -> StepTimes:
+    return StepTimes(digits)
+
+
+def derive_deadlines(times: StepTimes, task: dict, n_nodes: int, samples: int) -> dict[str, float]:
+    """Stage deadlines for this federation on this machine (see the module docstring)."""
+    dataset = times.digits.dataset
+    length = make_adapter(task["model"], dataset.n_features, dataset.classes, **task.get("model_options", {})).parameter_count + 1
+    contention = math.ceil((n_nodes + 1) / times.cpus)  # the nodes and the coordinator share the cores
+    stage = times.secagg(max(n_nodes, 2), length) * contention
+    training = times.training(task, samples) * contention
+    work = {name: stage for name in STAGE_NAMES}
+    work["reveal"] += training
+    return {name: round(max(DEADLINE_FLOORS[name], DEADLINE_HEADROOM * work[name]), 2) for name in STAGE_NAMES}
+
+
 def task_table(name: str, digits: Digits, rounds: int, min_nodes: int, **overrides: Any) -> dict:
-    """A coordinator [task] table for the digits data (sgd_logistic unless overridden)."""
+    """A coordinator [task] table for the digits data (sgd_logistic unless overridden).
+
+    No threshold: the coordinator picks the smallest one the nodes' default colluder bound accepts
+    (2t > N + c for their roster of N, c = max(1, ceil(N/5))); t = 3 for three or four nodes.
+    """
     model = overrides.get("model", "sgd_logistic")
     training = DEFAULT_TRAINING[model]
     table = {
@@ -89,7 +184,6 @@ def task_table(name: str, digits: Digits, rounds: int, min_nodes: int, **overrid
         "learning_rate": training["learning_rate"],
         "batch_size": training["batch_size"],
         "min_nodes": min_nodes,
-        "threshold": 0.6,
         "clip_norm": 100.0,
     }
     table.update(overrides)
@@ -113,13 +207,29 @@ def _terminate(processes: list[subprocess.Popen]) -> None:
 class Federation:
     """A LocalFederation plus the processes a test started for it."""
 
-    def __init__(self, federation: LocalFederation, names: list[str], digits: Digits, task: dict) -> None:
+    def __init__(
+        self, federation: LocalFederation, names: list[str], digits: Digits, task: dict, deadlines: dict[str, float],
+        training: float,
+    ) -> None:  # fmt: skip
         self.fed = federation
         self.names = names
         self.digits = digits
         self.task = task
+        #: the coordinator's stage deadlines (seconds)
+        self.deadlines = deadlines
+        #: measured seconds for every node of this federation to train once, side by side on this machine
+        self.training_time = training
         self.processes: dict[str, subprocess.Popen] = {}
         self._retired: list[subprocess.Popen] = []
+
+    def time_budget(self, rounds: int, stalls: int = 1) -> float:
+        """A bound on how long ``rounds`` rounds may take here: startup, then every aggregation (two per round
+        with federated evaluation) at worst one deadline per stage, plus ``stalls`` aggregations that run out
+        every deadline and are retried. A passing test never waits that long; a failing one ends by then."""
+        per_round = 2 if self.task.get("evaluate", True) and not self.task.get("dp") else 1
+        aggregation = self.training_time + max(self.deadlines.values()) * 2
+        stalled = sum(self.deadlines.values()) + 1.0  # plus the coordinator's retry delay
+        return STARTUP_BUDGET + rounds * per_round * aggregation + stalls * stalled
 
     # --- paths and keys -------------------------------------------------------
 
@@ -283,8 +393,10 @@ class Federation:
 
 
 @pytest.fixture
-def launch(tmp_path: Path, digits: Digits) -> Iterator[Callable[..., Federation]]:
-    """Factory: ``launch(n_nodes, rounds, min_nodes=..., extra_nodes=..., sizes=..., **task)`` -> Federation (not started)."""
+def launch(tmp_path: Path, digits: Digits, step_times: StepTimes) -> Iterator[Callable[..., Federation]]:
+    """Factory: ``launch(n_nodes, rounds, min_nodes=..., extra_nodes=..., sizes=..., **task)`` -> Federation (not started).
+
+    Stage deadlines are derived from measured step times unless ``deadlines`` is given."""
     made: list[Federation] = []
 
     def make(
@@ -309,17 +421,22 @@ def launch(tmp_path: Path, digits: Digits) -> Iterator[Callable[..., Federation]
             parts = [order[cuts[i] : cuts[i + 1]] for i in range(n_nodes)]
         node_data = {name: (split.X_train[idx], split.y_train[idx]) for name, idx in zip(names, parts)}
         task = task_table(f"it-{len(made)}", digits, rounds, n_nodes if min_nodes is None else min_nodes, **task_overrides)
+        largest = max(len(y) for _, y in node_data.values())
+        samples = largest - round(0.2 * largest)  # what a node trains on after its validation split
+        training = step_times.training(task, samples) * math.ceil((n_nodes + 1) / step_times.cpus)
+        if deadlines is None:
+            deadlines = derive_deadlines(step_times, task, n_nodes, samples)
         root = tmp_path / f"federation-{len(made)}"
         local = LocalFederation.create(
             root,
             node_data,
             list(digits.dataset.feature_names),
             task,
-            deadlines=dict(FAST_DEADLINES if deadlines is None else deadlines),
+            deadlines=dict(deadlines),
             policy=policy,
             extra_nodes=extra_nodes,
         )
-        federation = Federation(local, names, digits, task)
+        federation = Federation(local, names, digits, task, dict(deadlines), training)
         made.append(federation)
         return federation
 

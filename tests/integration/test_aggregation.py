@@ -143,7 +143,7 @@ def test_daemon_round_equals_fedavg_recomputed_from_node_data(launch) -> None:
     assert federation.task.get("masking", True) is True  # secure aggregation on (nodes refuse it off anyway)
     federation.start_coordinator()
     federation.start_nodes()
-    assert federation.wait_coordinator_exit(timeout=90) == 0, federation.diagnostics()
+    assert federation.wait_coordinator_exit(timeout=federation.time_budget(1)) == 0, federation.diagnostics()
     (row,) = federation.rounds()
     assert row["participants"] == 3 and sorted(row["survivors"]) == federation.names, row
     model0, model1 = federation.model(0), federation.model(1)

@@ -23,7 +23,7 @@ def test_small_task_completes_with_every_node_in_every_round(launch) -> None:
     federation.start_coordinator()
     federation.start_nodes()
 
-    assert federation.wait_coordinator_exit(timeout=90) == 0, federation.diagnostics()
+    assert federation.wait_coordinator_exit(timeout=federation.time_budget(3)) == 0, federation.diagnostics()
 
     rounds = federation.rounds()
     assert [row["round"] for row in rounds] == [1, 2, 3], federation.diagnostics()

@@ -586,14 +586,15 @@ def check_node_budget_refusal(directory: Path, max_epsilon: float = 1.0, delta: 
     rng = np.random.default_rng(3)
     dataset = LocalDataset(rng.standard_normal((40, 3)), rng.integers(0, 2, 40).astype(np.int64), None)
     adapter = make_adapter("sgd_logistic", 3, (0, 1))
-    plan = mechanism.plan_skellam(0.45 * max_epsilon, delta, 1, 1.0, adapter.parameter_count, 3, 2)
+    # t = 3 of 3: the smallest threshold the default node policy accepts for a roster of 3 (2t > N + c, c = 1)
+    plan = mechanism.plan_skellam(0.45 * max_epsilon, delta, 1, 1.0, adapter.parameter_count, 3, 3)
     identities = {name: SigningKey.generate() for name in ("site-a", "site-b", "site-c")}
     roster = {name: key.public_bytes for name, key in identities.items()}
     cohort = ((1, "site-a"), (2, "site-b"), (3, "site-c"))
 
     def round_start(number: int) -> RoundStart:
         spec = RoundSpec(
-            "task", number, "train", "sgd_logistic", {}, 3, (0, 1), 1, 0.1, 8, 1.0, 16, 1000, 2, None, True,
+            "task", number, "train", "sgd_logistic", {}, 3, (0, 1), 1, 0.1, 8, 1.0, 16, 1000, 3, None, True,
             plan.to_spec(delta, 0.45 * max_epsilon, 1),
         )
         return RoundStart(1, cohort, spec.to_json(), np.zeros(adapter.parameter_count))

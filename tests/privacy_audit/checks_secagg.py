@@ -8,6 +8,12 @@ functions on a deliberately broken variant of the implementation and require at 
 them to fail. A check that cannot fail proves nothing, so every statistical check also comes
 with a power control in its test (the same function on plaintext must fail).
 
+The adversary is the one the nodes defend against: an actively malicious coordinator working
+with up to c colluding nodes, c from the node's own policy (default max(1, ceil(N/5)) for a
+roster of N). Scripted attacks run the real state machines (``tests/secagg_harness.py``) at the
+parameters the default policy accepts (2t > N + c for the complete graph); where an attack uses
+colluders it uses exactly c of them, the most the policy promises to withstand.
+
 Statistics. All tests run at the 1e-6 level per p-value (``ALPHA``):
 
 * uniformity of a uint32 vector mod 2^32: Pearson chi-square on each of the 4 byte lanes of the
@@ -22,28 +28,28 @@ Statistics. All tests run at the 1e-6 level per p-value (``ALPHA``):
 * correlation: Pearson r between a masked vector and a reference; under independence r is about
   N(0, 1/d), and the bound is 5/sqrt(d) (two-sided p ~ 6e-7).
 
-In-memory masked inputs are deterministic (round keys and self-mask seeds derived from a fixed
-seed, see :func:`fixed_round_randomness`), so the masked-input checks never flake; share
-ciphertexts keep their fresh nonces and Shamir coefficients. Checks over the real daemons use the
-daemons' own randomness; with about 150 p-values per run of the audit suite's secure-aggregation
-side, the family-wise false-alarm rate is below 2e-4.
+In-memory rounds are deterministic: the state machines take their randomness as a parameter, and
+:func:`recorded_round` and the attacks give every party a seeded stream
+(:func:`tests.secagg_harness.entropy_for`), so round keys, self-mask seeds, graph randomness,
+Shamir coefficients and AEAD nonces are fixed by the seed and the checks never flake. Checks over
+the real daemons use the daemons' own randomness; with about 150 p-values per run of the audit
+suite's secure-aggregation side, the family-wise false-alarm rate is below 2e-4.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
-import itertools
 import math
 import signal
 import socket
 import subprocess
 import threading
 import time
-import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from unittest import mock
 
@@ -57,32 +63,48 @@ import securefed.crypto.prg as prg
 import securefed.secagg.client as client_module
 from securefed.crypto.agreement import AgreementKeyPair, hkdf_sha256, kdf_info
 from securefed.crypto.identity import SigningKey
-from securefed.crypto.shamir import SHARE_SIZE
-from securefed.errors import InvalidShare, SecureFedError
+from securefed.crypto.shamir import PRIME, SHARE_SIZE, Share
+from securefed.errors import InvalidShare, ProtocolAborted, RemoteProtocolError, SecureFedError
 from securefed.federation.messages import Envelope, RoundStart
-from securefed.federation.spec import round_context
-from securefed.secagg.config import ClientPolicy
+from securefed.federation.spec import parse_spec, round_context
+from securefed.secagg.bounds import default_colluders, smallest_safe_threshold
+from securefed.secagg.client import ClientProtocol
+from securefed.secagg.config import ClientPolicy, RoundConfig
+from securefed.secagg.graph import NeighbourGraph, propose_parameters
 from securefed.secagg.messages import (
     AdvertiseKeys,
     ConsistencyRequest,
+    ConsistencySignature,
     Deadline,
     KeyList,
     MaskedInput,
     PeerGone,
+    SeedReveal,
+    SeedRevealList,
     Send,
     ShareKeys,
     ShareRelay,
+    Stage,
     UnmaskRequest,
     UnmaskShares,
 )
-from securefed.secagg.transcript import advertise_transcript, consistency_transcript
+from securefed.secagg.transcript import (
+    advertise_transcript,
+    consistency_transcript,
+    graph_seed,
+    round_binding,
+    seed_commitment,
+    share_associated_data_for,
+    share_key,
+)
 from securefed.wire.codec import encode
 from securefed.wire.transcript import read_transcript
 from tests.fakes import FakeNodeSocket as _FakeNodeSocket
 from tests.secagg_harness import (
     HonestRound,
     assert_no_double_reveal,
-    deterministic_round_keys,
+    entropy_for,
+    exact_sum,
     make_config,
     make_identities,
 )
@@ -93,8 +115,53 @@ AUDIT_TASK = "privacy-audit"
 SHARE_CIPHERTEXT_SIZE = aead.NONCE_SIZE + 2 * SHARE_SIZE + aead.TAG_SIZE
 #: The coordinator's own identity key: valid Ed25519, but in nobody's roster.
 COORDINATOR_IDENTITY = SigningKey.generate()
+#: The security level of the default ClientPolicy for sparse graphs (failure probability 2^-40).
+SECURITY_BITS = 40
 
 
+# --- the auditor's own bounds (computed here, independently of securefed.secagg.bounds) ---------------
+
+
+def auditor_colluders(roster_size: int) -> int:
+    """The default adversary a node defends against: max(1, ceil(N / 5)) colluders."""
+    return max(1, -(-roster_size // 5))
+
+
+def auditor_safe_threshold(n: int, degree: int | None, colluders: int | None = None) -> int:
+    """The smallest t that stops ``colluders`` (default: the policy's) in a split view, from first principles.
+
+    Complete graph: the coordinator shows honest group A one survivor list and honest group B
+    another; both groups plus the c colluders must reach t, and |A| + |B| <= N - c, so the
+    attack needs 2(t - c) <= N - c: safe iff 2t > N + c. Sparse graph of degree k (even): the
+    same inside a target's closed neighbourhood of k + 1 nodes holding X colluders, X
+    hypergeometric (k of the other n - 1 nodes, c of them corrupt); safe iff a union bound over
+    the n targets of P[X >= 2t - (k + 1)] is at most 2^-40. Returns k + 2 if no t is safe.
+    """
+    c = auditor_colluders(n) if colluders is None else colluders
+    if degree is None:
+        return (n + c) // 2 + 1
+    corrupt = min(c, n - 1)
+    total = math.comb(n - 1, degree)
+    for t in range(1, degree + 2):
+        need = max(0, 2 * t - (degree + 1))
+        tail = sum(math.comb(corrupt, x) * math.comb(n - 1 - corrupt, degree - x) for x in range(need, min(corrupt, degree) + 1))
+        if Fraction(n * tail, total) <= Fraction(1, 1 << SECURITY_BITS):
+            return t
+    return degree + 2
+
+
+def _degree(n: int, neighbours: int | None) -> int | None:
+    """The graph degree a round of n nodes with ``neighbours`` really uses (k rounded up to even; None = complete)."""
+    return make_config(n, 1, neighbours=neighbours).degree
+
+
+def _int_seed(seed: bytes | int) -> int:
+    return seed if isinstance(seed, int) else int.from_bytes(hashlib.sha256(seed).digest()[:8], "big")
+
+
+@functools.lru_cache(maxsize=8)
+def _identities(n: int, seed: int = 0) -> dict[int, SigningKey]:
+    return make_identities(n, seed)
 # --- results ---------------------------------------------------------------------------------
 
 
@@ -271,12 +338,14 @@ class Record:
 
 @dataclass
 class Transcript:
-    """Everything the coordinator saw: records, plus per-aggregation cohort ids and round context."""
+    """Everything the coordinator saw: records, plus per-aggregation cohort ids, round context and
+    round parameters (the :class:`RoundConfig` every node of that aggregation bound into its keys)."""
 
     records: list[Record]
     cohorts: dict[int, dict[str, int]] = field(default_factory=dict)
     contexts: dict[int, bytes] = field(default_factory=dict)
     task: str = AUDIT_TASK
+    configs: dict[int, RoundConfig] = field(default_factory=dict)
 
     def of(self, message_type: type, direction: str | None = None) -> list[Record]:
         return [
@@ -288,9 +357,11 @@ class Transcript:
 
 
 def transcript_from_file(path: str | Path) -> Transcript:
-    """Read a daemon's ``transcript_file``; cohorts and contexts are recomputed from its RoundStarts."""
+    """Read a daemon's ``transcript_file``; cohorts, contexts and round parameters are recomputed from its
+    RoundStarts (as each node computes them) and the length of the masked inputs."""
     records = []
     transcript = Transcript(records)
+    starts: dict[int, RoundStart] = {}
     for raw in read_transcript(path):
         envelope = raw.envelope  # every recorded message already passed the strict codec once
         records.append(Record(raw.direction, raw.node, envelope, raw.frames))
@@ -299,6 +370,17 @@ def transcript_from_file(path: str | Path) -> Transcript:
         if isinstance(body, RoundStart) and raw.direction == "sent":
             transcript.cohorts[envelope.aggregation] = {name: i for i, name in body.cohort}
             transcript.contexts[envelope.aggregation] = round_context(body.spec, body.cohort, body.model)
+            starts.setdefault(envelope.aggregation, body)
+    for record in transcript.of(MaskedInput, "received"):
+        aggregation = record.aggregation
+        start = starts.get(aggregation)
+        if start is None or aggregation in transcript.configs:
+            continue
+        spec = parse_spec(start.spec)
+        transcript.configs[aggregation] = RoundConfig(
+            transcript.task, aggregation, len(start.cohort), spec.threshold, int(record.body.vector.size),
+            transcript.contexts[aggregation], spec.neighbours,
+        )  # fmt: skip
     return transcript
 
 
@@ -332,22 +414,8 @@ def transcript_from_recording(recording: RecordingServer, round_: HonestRound) -
         cohorts={config.round_id: {f"node-{i}": i for i in config.ids}},
         contexts={config.round_id: config.context},
         task=config.task,
+        configs={config.round_id: config},
     )
-
-
-@contextmanager
-def fixed_round_randomness(seed: bytes) -> Iterator[None]:
-    """Derive the nodes' round key pairs and self-mask seeds b_u from ``seed`` (test-only determinism).
-
-    AEAD nonces and Shamir coefficients stay random: they do not affect the masked inputs.
-    """
-    counter = itertools.count()
-
-    def urandom(size: int) -> bytes:
-        return hashlib.shake_256(seed + b"/self-mask/%d" % next(counter)).digest(size)
-
-    with deterministic_round_keys(seed), mock.patch.object(client_module, "os", types.SimpleNamespace(urandom=urandom)):
-        yield
 
 
 @dataclass
@@ -362,10 +430,16 @@ class RecordedRound:
         return self.round.server.result
 
 
+def default_policy_threshold(n: int, neighbours: int | None = None) -> int:
+    """The smallest threshold the default ClientPolicy accepts for n nodes (roster n) with this graph, by the
+    library's own bound (k + 2 if none is safe). The split-view check holds it to :func:`auditor_safe_threshold`."""
+    return smallest_safe_threshold(n, _degree(n, neighbours), default_colluders(n))
+
+
 def recorded_round(
     inputs: Mapping[int, np.ndarray],
     *,
-    t: int = 3,
+    t: int | None = None,
     neighbours: int | None = None,
     seed: bytes = b"audit",
     silent: Mapping | None = None,
@@ -373,15 +447,18 @@ def recorded_round(
     """One honest round of the real client and server machines, with the coordinator's view recorded.
 
     ``inputs`` maps ids 1..n to uint32 vectors; ``neighbours`` None is the complete graph, k the
-    SecAgg+ graph; ``silent`` maps a node to the stage from which it stops answering.
+    SecAgg+ graph; ``t`` None is the smallest threshold the nodes' default policy accepts (the
+    nodes run that policy); ``silent`` maps a node to the stage from which it stops answering.
+    ``seed`` fixes identities and every party's randomness.
     """
     inputs = {node: _as_u32(vector) for node, vector in inputs.items()}
     n, d = len(inputs), len(next(iter(inputs.values())))
-    with fixed_round_randomness(seed):
-        r = HonestRound(n, t, d=d, neighbours=neighbours, task=AUDIT_TASK, inputs=inputs, silent=silent)
-        recording = RecordingServer(r.server)
-        r.server = recording
-        r.run()
+    if t is None:
+        t = default_policy_threshold(n, neighbours)
+    r = HonestRound(n, t, d=d, neighbours=neighbours, task=AUDIT_TASK, inputs=inputs, silent=silent, seed=_int_seed(seed))
+    recording = RecordingServer(r.server)
+    r.server = recording
+    r.run()
     return RecordedRound(r, transcript_from_recording(recording, r), inputs)
 
 
@@ -582,12 +659,21 @@ def check_share_ciphertexts_unopenable(transcript: Transcript) -> CheckResult:
             problems.append(f"{where}: no advertised keys for {sender}->{recipient}")
             continue
         context = transcript.contexts.get(aggregation, b"")
+        config = transcript.configs.get(aggregation)
+        if config is None:
+            problems.append(f"{where}: no round parameters for aggregation {aggregation} (cannot rebuild the binding)")
+            continue
+        binding = round_binding(config)
         infos = [
             kdf_info(purpose, transcript.task, aggregation, sender, recipient, ctx)
             for purpose in ("share-encryption", "pairwise-mask")
-            for ctx in {context, b""}
+            for ctx in (context, binding, b"")
         ]
-        ads = [aead.share_associated_data(transcript.task, aggregation, sender, recipient, context), b""]
+        ads = [
+            share_associated_data_for(config, sender, recipient),
+            aead.share_associated_data(transcript.task, aggregation, sender, recipient, context),
+            b"",
+        ]
         for key in _coordinator_key_guesses(u.c_pk, v.c_pk, u.s_pk, v.s_pk, infos):
             for ad in ads:
                 attempts += 1
@@ -654,28 +740,41 @@ def check_mask_depends_on_every_seed_bit(length: int = 8) -> CheckResult:
 
 
 def check_share_ciphertext_bound_to_address() -> CheckResult:
-    """A share sealed for (task, round, u -> v, context) opens under exactly that associated data and no other."""
+    """A share sealed under the associated data the node uses for (round, u -> v) opens under exactly that and no other.
+
+    The associated data is the node's own (``securefed.secagg.client.share_associated_data_for``,
+    looked up when the check runs); the round is a SecAgg+ round so that every public parameter
+    of the binding (task, round, context, n, t, k, d) can be varied on its own.
+    """
     name = "share-ciphertext-bound-to-address"
     key = hashlib.sha256(b"securefed/audit/aead-key").digest()
-    context = hashlib.sha256(b"model A").digest()
-    address = (AUDIT_TASK, 7, 1, 2, context)
-    sealed = aead.seal(key, bytes(range(70)), aead.share_associated_data(*address))
+    config = make_config(9, 4, neighbours=4, task=AUDIT_TASK, round_id=7, context=hashlib.sha256(b"model A").digest())
+
+    def address(cfg: RoundConfig, sender: int, recipient: int) -> bytes:
+        return client_module.share_associated_data_for(cfg, sender, recipient)
+
+    sealed = aead.seal(key, bytes(range(70)), address(config, 1, 2))
     problems = []
     try:
-        aead.open_sealed(key, sealed, aead.share_associated_data(*address))
+        aead.open_sealed(key, sealed, address(config, 1, 2))
     except InvalidShare:
         problems.append("the ciphertext does not open at its own address (positive control)")
+    other = functools.partial(dataclasses.replace, config)
     variants = {
-        "reversed direction": (AUDIT_TASK, 7, 2, 1, context),
-        "other recipient": (AUDIT_TASK, 7, 1, 3, context),
-        "other sender": (AUDIT_TASK, 7, 3, 2, context),
-        "other round": (AUDIT_TASK, 8, 1, 2, context),
-        "other task": ("another-task", 7, 1, 2, context),
-        "other model context": (AUDIT_TASK, 7, 1, 2, hashlib.sha256(b"model B").digest()),
+        "reversed direction": (config, 2, 1),
+        "other recipient": (config, 1, 3),
+        "other sender": (config, 3, 2),
+        "other round": (other(round_id=8), 1, 2),
+        "other task": (other(task="another-task"), 1, 2),
+        "other model context": (other(context=hashlib.sha256(b"model B").digest()), 1, 2),
+        "other cohort size": (other(cohort_size=10), 1, 2),
+        "other threshold": (other(threshold=5), 1, 2),
+        "other neighbour count": (other(neighbours=6), 1, 2),
+        "other vector length": (other(vector_length=5), 1, 2),
     }
-    for label, other in variants.items():
+    for label, (cfg, sender, recipient) in variants.items():
         try:
-            aead.open_sealed(key, sealed, aead.share_associated_data(*other))
+            aead.open_sealed(key, sealed, address(cfg, sender, recipient))
         except InvalidShare:
             continue
         problems.append(f"opens when re-addressed ({label})")
@@ -694,6 +793,12 @@ def no_double_reveal(r: HonestRound) -> tuple[bool, str]:
     return True, ""
 
 
+def _why(error: BaseException) -> str:
+    """An error as the report shows it: its type and reason code (or, for an abort, its stage)."""
+    code = getattr(error, "reason", None) or getattr(error, "stage", None) or ""
+    return f"{type(error).__name__}({code})"
+
+
 def _refused(r: HonestRound, node: int, message: object) -> tuple[bool, str]:
     """Deliver a tampered message; the node must raise one of securefed's errors, abort and answer nothing."""
     before = r.errors.get(node)
@@ -703,7 +808,23 @@ def _refused(r: HonestRound, node: int, message: object) -> tuple[bool, str]:
         return False, f"node {node} accepted {type(message).__name__} and answered {[type(m).__name__ for m in replies]}"
     if not r.clients[node].aborted or replies:
         return False, f"node {node} raised {type(error).__name__} but did not end ABORTED and silent"
-    return True, f"node {node}: {type(error).__name__}({getattr(error, 'reason', '')})"
+    return True, f"node {node}: {_why(error)}"
+
+
+def _refused_at_key_list_or(r: HonestRound, node: int, replies: Sequence[object], then: object) -> tuple[bool, str]:
+    """The node already refused the (tampered) key list it was given, or it refuses ``then`` now.
+
+    Answering a key list with the graph-randomness reveal is allowed: it holds no secret of the node,
+    and nothing is dealt before the graph is fixed and the neighbours' signatures are checked.
+    """
+    error = r.errors.get(node)
+    if error is not None:
+        if not r.clients[node].aborted or replies:
+            return False, f"node {node} raised {type(error).__name__} on the key list but did not end ABORTED and silent"
+        return True, f"node {node}: {_why(error)} on the key list"
+    if any(not isinstance(m, SeedReveal) for m in replies):
+        return False, f"node {node} answered the key list with {[type(m).__name__ for m in replies]}"
+    return _refused(r, node, then)
 
 
 def _attack_result(name: str, r: HonestRound | Sequence[HonestRound], refusals: Sequence[tuple[bool, str]]) -> CheckResult:
@@ -722,9 +843,67 @@ def _replace_entry(key_list: KeyList, sender: int, **changes: object) -> KeyList
     return KeyList(tuple(dataclasses.replace(e, **changes) if e.sender == sender else e for e in key_list.entries))
 
 
+def _reveal_list(replies: Iterable[object]) -> SeedRevealList:
+    """The reveal list a coordinator builds from the SeedReveal messages it collected."""
+    return SeedRevealList(tuple(sorted((m.sender, m.value) for m in replies if isinstance(m, SeedReveal))))
+
+
+def _flip(value: bytes) -> bytes:
+    return value[:-1] + bytes([value[-1] ^ 1])
+
+
+def _run_to_end(r: HonestRound, outbox: list[object]) -> ProtocolAborted | None:
+    """Run the rest of the round honestly from ``outbox`` (node messages for the coordinator); the abort, if any."""
+    try:
+        for _ in range(len(Stage) + 1):
+            if r.server.state.value in ("done", "aborted"):
+                break
+            outbox = r.to_clients(r.to_server(outbox))
+    except ProtocolAborted as exc:
+        return exc
+    return None
+
+
+def _round_outcome(r: HonestRound, abort: ProtocolAborted | None) -> tuple[bool, str]:
+    """How the round ended: a completed round must carry the exact sum of its survivors' inputs."""
+    result = r.server.result
+    if result is None:
+        return True, f"the round then aborted ({_why(abort) if abort else r.server.state.value})"
+    if not np.array_equal(result.sum, exact_sum(r.inputs, result.survivors)):
+        return False, f"the round completed with a WRONG sum (survivors {result.survivors})"
+    named = f", excluded {dict(result.excluded)}" if result.excluded else ""
+    return True, f"the round then completed with the exact sum of {len(result.survivors)} survivors{named}"
+
+
+def _shares_not_taken(r: HonestRound, node: int, relay: ShareRelay, dealers: Iterable[int]) -> tuple[tuple[bool, str], list[object]]:
+    """Deliver a tampered ShareRelay. The holder may refuse the round; if it goes on, every dealer whose share it
+    cannot vouch for must be in its ``bad_dealers`` (and is then never revealed: see :func:`_never_revealed`).
+
+    Holders no longer abort over a bad dealer (that would give one corrupt dealer a veto over every round).
+    """
+    before = r.errors.get(node)
+    replies = r.deliver(node, relay)
+    client = r.clients[node]
+    error = r.errors.get(node)
+    if error is not None and error is not before:
+        ok = client.aborted and not replies
+        return (ok, f"node {node}: {_why(error)}" + ("" if ok else " but it did not end ABORTED and silent")), []
+    taken = sorted(set(dealers) - client.bad_dealers)
+    if taken:
+        return (False, f"node {node} took the shares of {taken} from a tampered relay"), replies
+    return (True, f"node {node} took no share of {sorted(dealers)} (bad dealers {sorted(client.bad_dealers)}) and went on"), replies
+
+
+def _never_revealed(r: HonestRound, node: int, dealers: Iterable[int]) -> list[tuple[bool, str]]:
+    """The node released no share of ``dealers`` (neither in its UnmaskShares nor in its own record)."""
+    sent = {owner for m in r.unmask_outputs.get(node, ()) for owner, _ in (*m.b_shares, *m.s_shares)}
+    leaked = (sent | set(r.clients[node].revealed)) & set(dealers)
+    return [(False, f"node {node} revealed shares of {sorted(leaked)} that it could not vouch for")] if leaked else []
+
+
 def attack_double_reveal() -> CheckResult:
     """The coordinator lists survivor 3 as dropped too, asking nodes 1 and 5 for s_3 while 2 and 4 reveal b_3."""
-    r = HonestRound(5, 3, task=AUDIT_TASK)
+    r = HonestRound(5, task=AUDIT_TASK)
     sends = r.run_until(UnmaskRequest)
     refusals = []
     for send in sends:
@@ -736,61 +915,93 @@ def attack_double_reveal() -> CheckResult:
 
 
 def attack_split_survivor_view() -> CheckResult:
-    """U3 with node 5 to {1, 2, 5} and U3 without it to {3, 4}; then {3, 4} are asked for s_5."""
-    r = HonestRound(5, 3, task=AUDIT_TASK, policy=ClientPolicy())
+    """Coordinator + 1 colluder (node 1: the default policy's c for a roster of 5, so t = 4 by 2t > N + c).
+
+    U3 with node 5 goes to {2, 4, 5}, U3 without it to {3}. The colluder signs both views, so the first
+    group holds t valid signatures over its view and legitimately reveals b_5. Node 3 can be shown only
+    its own and the colluder's signature over its view, padded with the others' (made over the other
+    view), and is asked for s_5: it must refuse, so the adversary never holds t s-shares of node 5.
+    """
+    colluder, group_a, group_b = 1, (2, 4, 5), (3,)
+    r = HonestRound(5, task=AUDIT_TASK, policy=ClientPolicy())
     r.run_until(ConsistencyRequest)
     full, split = (1, 2, 3, 4, 5), (1, 2, 3, 4)
     signatures = {}
-    for node in r.config.ids:
-        (reply,) = r.deliver(node, ConsistencyRequest(split if node in (3, 4) else full))
+    for node in (*group_a, *group_b):
+        (reply,) = r.deliver(node, ConsistencyRequest(split if node in group_b else full))
         signatures[node] = reply.signature
-    for node in (1, 2, 5):  # the first group legitimately reveals b_5
-        r.deliver(node, UnmaskRequest(full, (), tuple((s, signatures[s]) for s in (1, 2, 5))))
-    everyone = tuple(sorted(signatures.items()))
-    refusals = [
-        _refused(r, 3, UnmaskRequest(split, (5,), tuple(p for p in everyone if p[0] != 5))),
-        _refused(r, 4, UnmaskRequest(split, (5,), ((3, signatures[3]), (4, signatures[4])))),
-    ]
+    seed = r.graph_seed()
+    colluding = {view: r.identities[colluder].sign(consistency_transcript(r.config, seed, view)) for view in (full, split)}
+    for node in group_a:  # t valid signatures over the full view: b_5 leaves these nodes legitimately
+        valid = sorted([(colluder, colluding[full]), *((s, signatures[s]) for s in group_a)])
+        r.deliver(node, UnmaskRequest(full, (), tuple(valid)))
+    padded = sorted([(colluder, colluding[split]), *((s, signatures[s]) for s in (2, 3, 4))])
+    refusals = [_refused(r, 3, UnmaskRequest(split, (5,), tuple(padded)))]
+    not_set_up = [node for node in group_a if r.clients[node].revealed.get(5) != "b"]
+    if not_set_up:
+        refusals.append((False, f"set-up failed: nodes {not_set_up} did not reveal b_5 for the view with t signatures"))
+    # The ideal-world check: the adversary's s-shares of node 5 are the colluder's own plus what honest nodes released.
+    s_holders = {colluder} | {node for node in group_a + group_b if r.clients[node].revealed.get(5) == "s"}
+    if len(s_holders) >= r.config.threshold:
+        refusals.append((False, f"the adversary holds {len(s_holders)} >= t s-shares of node 5 (from {sorted(s_holders)})"))
     return _attack_result("refuses-inconsistent-survivor-lists", r, refusals)
 
 
 def attack_key_substitution() -> CheckResult:
-    """The coordinator swaps node 2's round keys for its own (re-signed with its own identity) and node 4's own keys."""
-    r = HonestRound(5, 3, task=AUDIT_TASK)
-    sends = r.run_until(KeyList)
+    """The coordinator swaps node 2's round keys for its own in node 1's key list (re-signed with its own identity);
+    in a second round it swaps node 4's own keys in node 4's key list (validly signed by node 4: the worst case).
+
+    Node 1 may answer the key list with its graph-randomness reveal, but must refuse once the graph is
+    fixed and it checks its neighbours' signatures, before it deals a share; node 4 must refuse at once.
+    """
     fake_c, fake_s = AgreementKeyPair.generate().public_bytes, AgreementKeyPair.generate().public_bytes
-    forged = COORDINATOR_IDENTITY.sign(advertise_transcript(r.config, 2, fake_c, fake_s))
-    peer_swap = _replace_entry(r.sends_to(sends, 1), 2, c_pk=fake_c, s_pk=fake_s, signature=forged)
-    own = r.identities[4].sign(advertise_transcript(r.config, 4, fake_c, fake_s))  # worst case: validly signed
-    own_swap = _replace_entry(r.sends_to(sends, 4), 4, c_pk=fake_c, s_pk=fake_s, signature=own)
-    refusals = [_refused(r, 1, peer_swap), _refused(r, 4, own_swap)]
-    return _attack_result("refuses-key-substitution", r, refusals)
+    peer = HonestRound(5, task=AUDIT_TASK)
+    key_list = peer.sends_to(peer.run_until(KeyList), 1)
+    commitment = {e.sender: e.seed_commitment for e in key_list.entries}
+    forged = COORDINATOR_IDENTITY.sign(advertise_transcript(peer.config, 2, fake_c, fake_s, commitment[2]))
+    lists = {node: key_list for node in peer.config.ids}
+    lists[1] = _replace_entry(key_list, 2, c_pk=fake_c, s_pk=fake_s, signature=forged)
+    replies = {node: peer.deliver(node, message) for node, message in lists.items()}
+    reveal_list = _reveal_list(m for out in replies.values() for m in out)
+    refusals = [_refused_at_key_list_or(peer, 1, replies[1], reveal_list)]
+
+    own = HonestRound(5, task=AUDIT_TASK, seed=1)
+    key_list = own.sends_to(own.run_until(KeyList), 4)
+    commitment = {e.sender: e.seed_commitment for e in key_list.entries}
+    signature = own.identities[4].sign(advertise_transcript(own.config, 4, fake_c, fake_s, commitment[4]))
+    refusals.append(_refused(own, 4, _replace_entry(key_list, 4, c_pk=fake_c, s_pk=fake_s, signature=signature)))
+    return _attack_result("refuses-key-substitution", [peer, own], refusals)
 
 
 def attack_forged_consistency_signatures() -> CheckResult:
-    """Split view, and the coordinator forges nodes 1 and 2's consistency signatures over the smaller U3 for node 3."""
-    r = HonestRound(5, 3, task=AUDIT_TASK)
+    """Split view (U3 without node 5 to nodes 3 and 4), and the coordinator forges nodes 1 and 2's consistency
+    signatures over the smaller U3 (one with its own key, one garbled) to make up t = 4 for node 3."""
+    r = HonestRound(5, task=AUDIT_TASK)
     r.run_until(ConsistencyRequest)
     full, split = (1, 2, 3, 4, 5), (1, 2, 3, 4)
     signatures = {}
     for node in r.config.ids:
         (reply,) = r.deliver(node, ConsistencyRequest(split if node in (3, 4) else full))
         signatures[node] = reply.signature
-    for node in (1, 2, 5):
-        r.deliver(node, UnmaskRequest(full, (), tuple((s, signatures[s]) for s in (1, 2, 5))))
     transcript = consistency_transcript(r.config, r.graph_seed(), split)
     forged = {1: COORDINATOR_IDENTITY.sign(transcript), 2: bytes(reversed(signatures[2]))}
-    request = UnmaskRequest(split, (5,), ((1, forged[1]), (2, forged[2]), (3, signatures[3])))
+    request = UnmaskRequest(split, (5,), ((1, forged[1]), (2, forged[2]), (3, signatures[3]), (4, signatures[4])))
     return _attack_result("refuses-forged-consistency-signatures", r, [_refused(r, 3, request)])
 
 
 def attack_different_models() -> CheckResult:
-    """Nodes 1-3 are handed model A and nodes 4-5 model B; the coordinator sends all five one key list."""
-    other = dataclasses.replace(make_config(5, 3, task=AUDIT_TASK), context=hashlib.sha256(b"another model").digest())
-    r = HonestRound(5, 3, task=AUDIT_TASK, configs={4: other, 5: other})
+    """Nodes 1-3 are handed model A and nodes 4-5 model B; the coordinator sends all five one key list, then one
+    reveal list built from everyone's reveals. Every node must refuse before it deals a share."""
+    other = dataclasses.replace(
+        make_config(5, default_policy_threshold(5), task=AUDIT_TASK), context=hashlib.sha256(b"another model").digest()
+    )
+    r = HonestRound(5, task=AUDIT_TASK, configs={4: other, 5: other})
     adverts = r.start()
     mixed = KeyList(tuple(sorted(adverts, key=lambda a: a.sender)))
-    return _attack_result("refuses-different-models", r, [_refused(r, node, mixed) for node in r.config.ids])
+    replies = {node: r.deliver(node, mixed) for node in r.config.ids}
+    reveal_list = _reveal_list(m for out in replies.values() for m in out)
+    refusals = [_refused_at_key_list_or(r, node, replies[node], reveal_list) for node in r.config.ids]
+    return _attack_result("refuses-different-models", r, refusals)
 
 
 def attack_weaker_than_policy() -> CheckResult:
@@ -810,30 +1021,434 @@ def attack_weaker_than_policy() -> CheckResult:
 
 
 def attack_replay(kind: str) -> CheckResult:
-    """Round 1 completes; in round 2 (same identities, roster, model) the coordinator replays a round-1 message."""
+    """Round 1 completes; in round 2 (same identities, roster, model) the coordinator replays a round-1 message to node 1.
+
+    A replayed key list, reveal list or unmask request must be refused. A replayed share relay is not
+    refused outright (a holder never aborts over a dealer's bad shares): node 1 must take none of its
+    shares, never reveal a share of those dealers, and the round must not produce a wrong sum.
+    """
     identities = make_identities(5, seed=11)
-    first = HonestRound(5, 3, task=AUDIT_TASK, identities=identities, seed=11)
+    first = HonestRound(5, task=AUDIT_TASK, identities=identities, seed=11)
     first.run()
-    second = HonestRound(5, 3, task=AUDIT_TASK, identities=identities, seed=11, round_id=2)
-    wanted = {"key-list": KeyList, "share-relay": ShareRelay, "unmask-request": UnmaskRequest}[kind]
+    second = HonestRound(5, task=AUDIT_TASK, identities=identities, seed=11, round_id=2)
+    wanted = {"key-list": KeyList, "seed-reveals": SeedRevealList, "share-relay": ShareRelay, "unmask-request": UnmaskRequest}[kind]
+    old = next(send.message for send in first.server_log if send.to == 1 and isinstance(send.message, wanted))
     if wanted is KeyList:
         second.start()
+        refusals = [_refused(second, 1, old)]
+    elif wanted is ShareRelay:
+        sends = second.run_until(ShareRelay)
+        dealers = [sender for sender, _ in old.ciphertexts]
+        outcome, outbox = _shares_not_taken(second, 1, old, dealers)
+        outbox += second.to_clients([send for send in sends if send.to != 1])
+        abort = _run_to_end(second, outbox)
+        refusals = [outcome, *_never_revealed(second, 1, dealers), _round_outcome(second, abort)]
     else:
         second.run_until(wanted)
-    old = next(send.message for send in first.server_log if send.to == 1 and isinstance(send.message, wanted))
-    return _attack_result(f"refuses-replay-{kind}", [first, second], [_refused(second, 1, old)])
+        refusals = [_refused(second, 1, old)]
+    return _attack_result(f"refuses-replay-{kind}", [first, second], refusals)
 
 
 def attack_readdressed_ciphertexts() -> CheckResult:
-    """Node 2's ciphertext for node 1 is relayed to node 3, and node 1's own ciphertext is reflected back to it."""
-    r = HonestRound(5, 3, task=AUDIT_TASK)
+    """Node 2's ciphertext (and commitment) for node 1 is relayed to node 3, and node 1's own ciphertext and
+    commitment for node 2 are reflected back to it as if from node 2. Neither holder may take the share
+    (refuse, or mark node 2 a bad dealer), and neither may ever reveal a share of node 2."""
+    r = HonestRound(5, task=AUDIT_TASK)
     sends = r.run_until(ShareRelay)
     for_1, for_3 = r.sends_to(sends, 1), r.sends_to(sends, 3)
-    redirected = ShareRelay(tuple((s, dict(for_1.ciphertexts)[2] if s == 2 else c) for s, c in for_3.ciphertexts))
-    own_to_2 = next(dict(m.ciphertexts)[2] for m in r.client_log if isinstance(m, ShareKeys) and m.sender == 1)
-    reflected = ShareRelay(tuple((s, own_to_2 if s == 2 else c) for s, c in for_1.ciphertexts))
-    refusals = [_refused(r, 3, redirected), _refused(r, 1, reflected)]
-    return _attack_result("refuses-readdressed-ciphertexts", r, refusals)
+    to_1 = (dict(for_1.ciphertexts)[2], dict(for_1.commitments)[2])
+    own = next(m for m in r.client_log if isinstance(m, ShareKeys) and m.sender == 1)
+    own_to_2 = (dict(own.ciphertexts)[2], dict(own.commitments)[2])
+
+    def swap(relay: ShareRelay, replacement: tuple[bytes, bytes]) -> ShareRelay:
+        return ShareRelay(
+            tuple((s, replacement[0] if s == 2 else c) for s, c in relay.ciphertexts),
+            tuple((s, replacement[1] if s == 2 else m) for s, m in relay.commitments),
+        )
+
+    outcomes, outbox = [], []
+    for node, relay in ((3, swap(for_3, to_1)), (1, swap(for_1, own_to_2))):
+        outcome, replies = _shares_not_taken(r, node, relay, [2])
+        outcomes.append(outcome)
+        outbox += replies
+    outbox += r.to_clients([send for send in sends if send.to not in (1, 3)])
+    abort = _run_to_end(r, outbox)
+    outcomes += [*_never_revealed(r, 1, [2]), *_never_revealed(r, 3, [2]), _round_outcome(r, abort)]
+    return _attack_result("refuses-readdressed-ciphertexts", r, outcomes)
+
+
+# --- (a) the round parameters of the split-view attack ---------------------------------------------------
+
+#: (n, neighbours, threshold) that a node defending against no colluder accepts (t > n/2) but that the
+#: default adversary (c = max(1, ceil(n/5)) colluders, roster of n) breaks with a split view.
+SPLIT_VIEW_PARAMETERS: tuple[tuple[int, int | None, int], ...] = (
+    (10, None, 6),
+    (9, None, 5),
+    (11, None, 6),
+    (12, 2, 2),
+    (1000, 54, 39),
+)
+
+
+@functools.lru_cache(maxsize=8)
+def _roster(n: int) -> dict[int, bytes]:
+    return {node: key.public_bytes for node, key in _identities(n).items()}
+
+
+def _node_start(n: int, neighbours: int | None, t: int) -> tuple[ClientProtocol, SecureFedError | None, list[object]]:
+    """Node 1 with the default ClientPolicy (its roster: n members) is offered (n, k, t): what it sends, or its refusal."""
+    config = make_config(n, t, neighbours=neighbours, task=AUDIT_TASK)
+    client = ClientProtocol(config, 1, _identities(n)[1], _roster(n), None)
+    try:
+        return client, None, client.start()
+    except SecureFedError as exc:
+        return client, exc, []
+
+
+def attack_split_view_parameters() -> CheckResult:
+    """Each round of ``SPLIT_VIEW_PARAMETERS`` is refused by a node with the default policy before it advertises.
+
+    The auditor computes its own floor (:func:`auditor_safe_threshold`: 2t > N + c, or the sparse
+    split-view bound at 2^-40). The node must refuse the attack's threshold and the one just below
+    the floor; the library's stated smallest safe threshold may be stricter than the floor (it also
+    guards the sparse graph against isolating a node) but never weaker, and is exactly the floor for
+    the complete graph, where the bound is exact. The node must accept that threshold where one
+    exists (and refuse the whole range where none does), and accept what ``propose_parameters``
+    proposes for the default adversary.
+    """
+    name = "refuses-split-view-parameters"
+    problems, seen = [], []
+    for n, k, t in SPLIT_VIEW_PARAMETERS:
+        degree = _degree(n, k)
+        floor, stated = auditor_safe_threshold(n, degree), default_policy_threshold(n, k)
+        pool = n if degree is None else degree + 1
+        label = f"n={n}" + ("" if degree is None else f", k={degree}") + f", c={auditor_colluders(n)}"
+        if t >= floor:
+            problems.append(f"{label}: t={t} is not below the auditor's floor {floor} (bad test vector)")
+        if stated < floor or (degree is None and stated != floor):
+            problems.append(f"{label}: the library's smallest safe threshold {stated} disagrees with the auditor's {floor}")
+        refused = sorted({t, floor - 1, min(stated, pool + 1) - 1} - {0})
+        for offered in refused:
+            client, error, sent = _node_start(n, k, offered)
+            if error is None or getattr(error, "reason", None) != "weaker-than-policy" or sent or not client.aborted:
+                problems.append(f"{label}: t={offered} accepted ({len(sent)} messages sent, error {error!r})")
+        if stated <= pool:
+            _, error, sent = _node_start(n, k, stated)
+            if error is not None or [type(m) for m in sent] != [AdvertiseKeys]:
+                problems.append(f"{label}: the safe t={stated} was refused ({error})")
+            seen.append(f"{label}: t in {refused} refused, t={stated} accepted")
+        else:
+            seen.append(f"{label}: t in {refused} refused (no threshold is safe for this graph)")
+    for n in (10, 1000):
+        proposal = propose_parameters(n, 0.05)
+        _, error, sent = _node_start(n, proposal.neighbours, proposal.threshold)
+        if error is not None or not sent:
+            problems.append(f"n={n}: the coordinator's own proposal k={proposal.neighbours}, t={proposal.threshold} was refused ({error})")
+        seen.append(f"proposal for n={n} (k={proposal.neighbours}, t={proposal.threshold}) accepted")
+    return _result(name, problems, "; ".join(seen))
+
+
+# --- (b) the graph seed cannot be steered --------------------------------------------------------------
+
+
+def _colluder_advert(config: RoundConfig, identity: SigningKey, sender: int, value: bytes) -> AdvertiseKeys:
+    """A colluding node's advertisement: valid round keys and a commitment to graph randomness the adversary chose."""
+    material = hashlib.sha256(b"securefed/audit/colluder-keys/%d" % sender).digest()
+    c_pk = AgreementKeyPair.from_private_bytes(material).public_bytes
+    s_pk = AgreementKeyPair.from_private_bytes(hashlib.sha256(material).digest()).public_bytes
+    commitment = seed_commitment(config, sender, value)
+    return AdvertiseKeys(sender, c_pk, s_pk, commitment, identity.sign(advertise_transcript(config, sender, c_pk, s_pk, commitment)))
+
+
+def attack_colluder_key_list() -> CheckResult:
+    """The coordinator shows target node 1 a key list of only itself and its c colluders (c = the default
+    policy's bound, validly signed, their graph randomness chosen by the adversary) and a matching reveal list.
+
+    Complete graph (n = 10, t = 7): 1 + c entries are fewer than t; the target must refuse the key list.
+    Sparse graph (n = 1000, k = 54, t safe for c = 200): 1 + c entries pass the count, but the graph is
+    drawn over the whole cohort from a seed that includes the target's own reveal, so only the colluders
+    that happen to be its neighbours are live; the target must refuse (too few live neighbours) before
+    it deals a share. A graph drawn over the key list would make every neighbour a colluder.
+    """
+    name = "refuses-colluder-only-key-list"
+    problems, seen = [], []
+    for n, k in ((10, None), (1000, 54)):
+        t, c, degree = default_policy_threshold(n, k), auditor_colluders(n), _degree(n, k)
+        config = make_config(n, t, neighbours=k, task=AUDIT_TASK)
+        identities = _identities(n)
+        colluders = tuple(range(n - c + 1, n + 1))
+        label = f"n={n}" + ("" if degree is None else f", k={degree}") + f", t={t}, {c} colluders"
+        target = ClientProtocol(
+            config, 1, identities[1], _roster(n), np.zeros(config.vector_length, dtype=np.uint32),
+            entropy=entropy_for(b"audit/colluder-key-list", f"{n}/target"),
+        )  # fmt: skip
+        (advert,) = target.start()
+        values = {j: hashlib.sha256(b"securefed/audit/colluder-graph-value/%d" % j).digest() for j in colluders}
+        adverts = [advert, *(_colluder_advert(config, identities[j], j, values[j]) for j in colluders)]
+        live = None
+        try:
+            (reveal,) = target.receive(KeyList(tuple(sorted(adverts, key=lambda a: a.sender))))
+            reveals = tuple(sorted([(1, reveal.value), *values.items()]))
+            graph = NeighbourGraph.build(config.ids, config.degree, graph_seed(config, reveals))
+            live = graph.neighbours(1) & {1, *colluders}
+            dealt = target.receive(SeedRevealList(reveals))
+        except ProtocolAborted as exc:
+            where = "the key list" if live is None else f"the reveal list ({len(live)} live neighbours)"
+            if exc.stage != "advertise" or not target.aborted:
+                problems.append(f"{label}: refused {where} with {_why(exc)}, not for too few peers")
+            seen.append(f"{label}: refused {where}, {_why(exc)}")
+            continue
+        except SecureFedError as exc:
+            problems.append(f"{label}: refused for another reason ({_why(exc)}: {exc}); the attack was not delivered")
+            continue
+        holders = {h for m in dealt if isinstance(m, ShareKeys) for h, _ in m.commitments} - {1}
+        problems.append(
+            f"{label}: the target dealt shares to {len(holders)} holders, {len(holders & set(colluders))} of them colluders"
+        )
+    return _result(name, problems, "; ".join(seen))
+
+
+def check_graph_randomness_hidden(run: RecordedRound | None = None) -> CheckResult:
+    """Nothing the coordinator receives before it sends the key list reveals any node's graph randomness.
+
+    Over an honest SecAgg+ round (9 nodes, k = 4): no reveal arrives before the key list is sent; no
+    message or wire frame before it holds any 16-byte excerpt of a value revealed later; the graph seed
+    cannot be computed from the advertisements' fields; and each reveal opens its commitment under the
+    protocol's commitment scheme (so the commitment, not the value, went into the advertisement).
+    """
+    name = "graph-randomness-hidden-until-key-list"
+    if run is None:
+        run = recorded_round(structured_inputs(64, 9), neighbours=4, seed=b"audit/graph-randomness")
+    config = run.round.config
+    records = run.transcript.records
+    cut = next((i for i, r in enumerate(records) if r.direction == "sent" and isinstance(r.body, KeyList)), None)
+    reveals = {r.body.sender: r.body.value for r in run.transcript.of(SeedReveal, "received")}
+    problems: list[str] = []
+    if cut is None or not reveals:
+        return _result(name, ["no key list or no reveal in the transcript (nothing to test)"], "")
+    early = records[:cut]
+    if any(isinstance(r.body, SeedReveal) for r in early):
+        problems.append("graph randomness reached the coordinator before it sent the key list")
+    haystacks, where = [], []
+    for i, record in enumerate(early):
+        for blob in (*record.frames, *_blobs(record.body)):
+            haystacks.append(blob)
+            where.append(f"record {i} ({type(record.body).__name__} from {record.node})")
+    for node, value in sorted(reveals.items()):
+        hits = shared_windows(value, haystacks, window=16, step=4)
+        if hits:
+            problems.append(f"node {node}'s graph randomness is in {where[hits[0][0]]}, before the key list")
+    adverts = {r.body.sender: r.body for r in early if isinstance(r.body, AdvertiseKeys)}
+    actual = graph_seed(config, tuple(sorted(reveals.items())))
+    for field_name in ("c_pk", "s_pk", "seed_commitment"):
+        guess = graph_seed(config, tuple(sorted((s, getattr(a, field_name)) for s, a in adverts.items())))
+        if guess == actual:
+            problems.append(f"the graph seed follows from the advertisements' {field_name} fields, before the key list")
+    unopened = [node for node, value in reveals.items() if node not in adverts or seed_commitment(config, node, value) != adverts[node].seed_commitment]
+    if unopened:
+        problems.append(f"the reveals of {sorted(unopened)} do not open the commitments in their advertisements")
+    return _result(name, problems, f"{len(reveals)} reveals, none visible in the {cut} messages before the key list")
+
+
+def attack_withheld_or_altered_reveal() -> CheckResult:
+    """The graph seed is all the key list's reveals or nothing.
+
+    A malicious coordinator withholds node 3's reveal from the list it sends node 1, alters node 4's in
+    the list it sends node 2, and (in a round where node 5 never advertised) adds a reveal for node 5 to
+    the list it sends node 1: each node must refuse. With an honest coordinator, a node that withholds
+    its reveal, or reveals a value that does not open its commitment, aborts the round at the reveal
+    stage, named as the culprit, before anyone deals a share.
+    """
+    outcomes = []
+    r = HonestRound(5, task=AUDIT_TASK)
+    honest = r.sends_to(r.run_until(SeedRevealList), 1)
+    outcomes.append(_refused(r, 1, SeedRevealList(tuple(p for p in honest.reveals if p[0] != 3))))
+    outcomes.append(_refused(r, 2, SeedRevealList(tuple((s, _flip(v) if s == 4 else v) for s, v in honest.reveals))))
+
+    extra = HonestRound(5, task=AUDIT_TASK, silent={5: Stage.ADVERTISE}, seed=1)
+    listed = extra.sends_to(extra.run_until(SeedRevealList), 1)
+    outcomes.append(_refused(extra, 1, SeedRevealList((*listed.reveals, (5, hashlib.sha256(b"not in the key list").digest())))))
+
+    def aborted_naming(round_: HonestRound, culprit: int, run: Callable[[], object], what: str) -> tuple[bool, str]:
+        try:
+            run()
+        except ProtocolAborted as exc:
+            dealt = [m for m in round_.client_log if isinstance(m, ShareKeys)]
+            ok = exc.stage == "reveal" and tuple(exc.culprits) == (culprit,) and not dealt
+            return ok, f"{what}: aborted at {exc.stage}, culprits {tuple(exc.culprits)}, {len(dealt)} shares dealt"
+        return False, f"{what}: the round went on ({round_.server.state.value})"
+
+    silent = HonestRound(5, task=AUDIT_TASK, silent={3: Stage.REVEAL}, seed=2)
+    outcomes.append(aborted_naming(silent, 3, silent.run, "node 3 withholds its reveal"))
+
+    bad = HonestRound(5, task=AUDIT_TASK, seed=3)
+    replies = bad.to_clients(bad.run_until(KeyList))
+    tampered = [SeedReveal(m.sender, _flip(m.value)) if m.sender == 2 else m for m in replies]
+    outcomes.append(aborted_naming(bad, 2, lambda: bad.to_server(tampered), "node 2 reveals a value its commitment does not open"))
+    reasons = [getattr(error, "reason", None) for _, error in bad.server_rejections]
+    if "bad-reveal" not in reasons:
+        outcomes.append((False, f"the coordinator did not refuse node 2's reveal as bad-reveal ({reasons})"))
+    return _attack_result("refuses-withheld-or-altered-reveal", [r, extra, silent, bad], outcomes)
+
+
+# --- (c) robust, identifiable reconstruction --------------------------------------------------------------
+
+
+def _off_by_one(raw: bytes) -> bytes:
+    share = Share.from_bytes(raw)
+    return Share(share.x, (share.y + 1) % PRIME).to_bytes()
+
+
+def attack_wrong_share_revealed() -> CheckResult:
+    """A corrupt holder (a colluder; the coordinator is honest here) reveals a share its dealer never dealt.
+
+    Every revealed share is checked against its dealer's signed commitment: the holder must be named
+    and all its shares dropped. (n=5, t=4) all survive, the liar alters a b-share: 4 good shares of
+    every secret remain, so the round completes with the exact sum. (n=7, t=5) node 7 drops, the liar
+    alters its s-share of node 7: 5 good shares remain, exact sum. (n=5, t=4) node 5 drops, the liar
+    alters its s-share of node 5: only 3 good shares remain, so the round aborts naming the liar.
+    """
+    name = "excludes-holder-revealing-wrong-share"
+    problems, seen, rounds = [], [], []
+    for n, dropped, liar, kind, owner in ((5, None, 2, "b", 4), (7, 7, 3, "s", 7), (5, 5, 2, "s", 5)):
+        r = HonestRound(n, task=AUDIT_TASK, silent={dropped: Stage.MASKED_INPUT} if dropped else None, seed=30 + n)
+        rounds.append(r)
+        replies = r.to_clients(r.run_until(UnmaskRequest))
+        field_name = f"{kind}_shares"
+        tampered = [
+            dataclasses.replace(m, **{field_name: tuple((o, _off_by_one(raw) if o == owner else raw) for o, raw in getattr(m, field_name))})
+            if isinstance(m, UnmaskShares) and m.sender == liar
+            else m
+            for m in replies
+        ]
+        label = f"n={n}, t={r.config.threshold}" + (f", node {dropped} dropped" if dropped else "") + f", liar {liar} ({kind}-share of {owner})"
+        good = n - (1 if dropped else 0) - 1
+        try:
+            r.to_server(tampered)
+        except ProtocolAborted as exc:
+            if good >= r.config.threshold or exc.stage != "unmask" or tuple(exc.culprits) != (liar,):
+                problems.append(f"{label}: aborted at {exc.stage} naming {tuple(exc.culprits)}")
+            seen.append(f"{label}: aborted naming {tuple(exc.culprits)}")
+            continue
+        result = r.server.result
+        if result is None:
+            problems.append(f"{label}: no result and no abort ({r.server.state.value})")
+            continue
+        survivors = tuple(i for i in r.config.ids if i != dropped)
+        if set(result.excluded) != {liar}:
+            problems.append(f"{label}: excluded {dict(result.excluded)}, not exactly the liar")
+        if result.survivors != survivors or not np.array_equal(result.sum, exact_sum(r.inputs, survivors)):
+            problems.append(f"{label}: the sum is not the exact sum of {survivors}")
+        seen.append(f"{label}: excluded {sorted(result.excluded)}, exact sum")
+    problems += [detail for each in rounds for ok, detail in [no_double_reveal(each)] if not ok]
+    return _result(name, problems, "; ".join(seen))
+
+
+def _off_polynomial(holder: int) -> Callable[..., list[Share]]:
+    """A dealer's sharing with the share for ``holder`` moved off the polynomial (it then commits to that share)."""
+    real = client_module.split_at
+
+    def split_at(secret: bytes, xs: Iterable[int], t: int, *, entropy: Callable[[int], bytes] | None = None) -> list[Share]:
+        return [Share(s.x, (s.y + 1) % PRIME) if s.x == holder else s for s in real(secret, xs, t, entropy=entropy)]
+
+    return split_at
+
+
+def attack_inconsistent_dealer() -> CheckResult:
+    """A corrupt dealer (node 3) deals holder 5 shares off its polynomial, and signs commitments to exactly what it dealt.
+
+    No holder can tell (each share matches its commitment), but the coordinator decodes each secret from
+    all its shares: the round must abort at unmask naming the dealer, and only the dealer. With n = 5,
+    t = 4 the error is detected; with n = 7, t = 5 it is corrected and located, and still blamed on the dealer.
+    """
+    name = "identifiable-abort-names-bad-dealer"
+    dealer, holder = 3, 5
+    problems, seen, rounds = [], [], []
+    for n in (5, 7):
+        r = HonestRound(n, task=AUDIT_TASK, seed=40 + n)
+        rounds.append(r)
+        outbox = []
+        for send in r.run_until(SeedRevealList):
+            if send.to == dealer:
+                with mock.patch.object(client_module, "split_at", _off_polynomial(holder)):
+                    outbox += r.deliver(send.to, send.message)
+            else:
+                outbox += r.deliver(send.to, send.message)
+        abort = _run_to_end(r, outbox)
+        label = f"n={n}, t={r.config.threshold}"
+        if dealer in r.clients[holder].bad_dealers:
+            problems.append(f"{label}: set-up failed: holder {holder} saw a share that does not match its commitment")
+        if abort is None or abort.stage != "unmask" or tuple(abort.culprits) != (dealer,):
+            state = "no abort" if abort is None else f"aborted at {abort.stage} naming {tuple(abort.culprits)}"
+            problems.append(f"{label}: {state}, result {'present' if r.server.result is not None else 'none'}")
+        else:
+            seen.append(f"{label}: aborted at unmask naming {tuple(abort.culprits)}")
+    problems += [detail for each in rounds for ok, detail in [no_double_reveal(each)] if not ok]
+    return _result(name, problems, "; ".join(seen))
+
+
+def attack_dealer_share_mismatch() -> CheckResult:
+    """A corrupt dealer (node 3) signs commitments to its real shares but encrypts other shares for holder 5.
+
+    Holder 5 must see the mismatch, mark node 3 a bad dealer, go on, and never reveal a share of it:
+    revealing it would get the honest holder excluded (a dealer could frame any holder). The round
+    must then complete with the exact sum and name nobody. The adversary runs the dealer's node, so
+    it uses that node's own round keys to seal the substituted shares.
+    """
+    name = "holder-never-reveals-uncommitted-share"
+    dealer, holder = 3, 5
+    r = HonestRound(5, task=AUDIT_TASK, seed=51)
+    replies = r.to_clients(r.run_until(SeedRevealList))
+    corrupt = r.clients[dealer]
+    key = share_key(r.config, corrupt._c_keys, corrupt._entries[holder].c_pk, dealer, holder)
+    payload = Share(holder, 12345).to_bytes() + Share(holder, 67890).to_bytes()
+    forged = aead.seal(key, payload, share_associated_data_for(r.config, dealer, holder), nonce=bytes(range(12)))
+    replies = [
+        dataclasses.replace(m, ciphertexts=tuple((h, forged if h == holder else c) for h, c in m.ciphertexts))
+        if isinstance(m, ShareKeys) and m.sender == dealer
+        else m
+        for m in replies
+    ]
+    abort = _run_to_end(r, replies)
+    outcomes = []
+    if dealer not in r.clients[holder].bad_dealers:
+        outcomes.append((False, f"holder {holder} took node {dealer}'s shares that fail its commitment"))
+    if r.clients[holder].aborted:
+        outcomes.append((False, f"holder {holder} aborted ({r.clients[holder].abort_reason}) instead of going on"))
+    outcomes += _never_revealed(r, holder, [dealer])
+    ok, detail = _round_outcome(r, abort)
+    result = r.server.result
+    if result is None:
+        outcomes.append((False, detail))
+    elif result.excluded:
+        outcomes.append((False, f"the coordinator named {dict(result.excluded)}"))
+    else:
+        outcomes.append((ok, f"holder {holder} marked node {dealer} bad and revealed none of its shares; {detail}, nobody named"))
+    return _attack_result(name, r, outcomes)
+
+
+# --- real Node objects -----------------------------------------------------------------------------------
+
+
+def _node_fixture(names: Sequence[str]):  # noqa: ANN202 - (keys, roster, dataset, model, spec builder)
+    from securefed.federation.spec import RoundSpec  # noqa: PLC0415
+    from securefed.learning.data import LocalDataset  # noqa: PLC0415
+    from securefed.learning.models import make_adapter  # noqa: PLC0415
+
+    keys = {name: SigningKey.generate() for name in names}
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(40, 4))
+    dataset = LocalDataset(X, (X[:, 0] > 0).astype(np.int64), None)
+    model = make_adapter("sgd_logistic", 4, (0, 1)).initial_parameters()
+
+    def spec(masking: bool = True, threshold: int = 3, round_number: int = 1) -> dict:
+        return RoundSpec(
+            task=AUDIT_TASK, round=round_number, phase="train", model_kind="sgd_logistic", model_options={}, n_features=4,
+            classes=(0, 1), epochs=1, learning_rate=0.1, batch_size=8, clip_norm=10.0, fractional_bits=16,
+            weight_cap=100, threshold=threshold, neighbours=None, masking=masking, dp=None,
+        ).to_json()  # fmt: skip
+
+    return keys, {n: k.public_bytes for n, k in keys.items()}, dataset, model, spec
 
 
 def attack_node_round_start(kind: str, policy: object | None = None) -> CheckResult:
@@ -846,39 +1461,29 @@ def attack_node_round_start(kind: str, policy: object | None = None) -> CheckRes
     * ``"replayed"``: the same aggregation id again after the node joined it; the node must refuse
       and advertise no second set of keys;
     * ``"small-cohort"``: a cohort of 2 to a site whose minimum is 3; the node must refuse, and
-      (as the node module promises) before it trains on its data.
+      (as the node module promises) before it trains on its data;
+    * ``"weak-threshold"``: a cohort of 10 with t = 6 (a majority, but 2t > N + c needs 7 against
+      the default c = 2): the split-view parameters; the node must refuse before it trains.
 
-    Training is observed (not changed) by wrapping ``ModelAdapter.fit_local``.
+    Rounds the node should join use the safe threshold (t = 3 for a roster of 3). Training is
+    observed (not changed) by wrapping ``ModelAdapter.fit_local``.
     """
     import tempfile  # noqa: PLC0415
 
     from securefed.federation.messages import Refusal  # noqa: PLC0415
     from securefed.federation.node import Node, NodeState  # noqa: PLC0415
-    from securefed.federation.spec import RoundSpec  # noqa: PLC0415
-    from securefed.learning.data import LocalDataset  # noqa: PLC0415
-    from securefed.learning.models import ModelAdapter, make_adapter  # noqa: PLC0415
+    from securefed.learning.models import ModelAdapter  # noqa: PLC0415
 
-    names = ["site-1", "site-2", "site-3"]
-    keys = {name: SigningKey.generate() for name in names}
-    rng = np.random.default_rng(3)
-    X = rng.normal(size=(40, 4))
-    dataset = LocalDataset(X, (X[:, 0] > 0).astype(np.int64), None)
-    model = make_adapter("sgd_logistic", 4, (0, 1)).initial_parameters()
-
-    def spec(masking: bool) -> dict:
-        return RoundSpec(
-            task=AUDIT_TASK, round=1, phase="train", model_kind="sgd_logistic", model_options={}, n_features=4,
-            classes=(0, 1), epochs=1, learning_rate=0.1, batch_size=8, clip_norm=10.0, fractional_bits=16,
-            weight_cap=100, threshold=2, neighbours=None, masking=masking, dp=None,
-        ).to_json()  # fmt: skip
-
+    names = [f"site-{i}" for i in range(1, (10 if kind == "weak-threshold" else 3) + 1)]
+    keys, roster, dataset, model, spec = _node_fixture(names)
     cohort = tuple((i, name) for i, name in enumerate(names, start=1))
     starts = {
         "unmasked": [RoundStart(1, cohort, spec(False), model)],
         "replayed": [RoundStart(1, cohort, spec(True), model)] * 2,
-        "small-cohort": [RoundStart(1, cohort[:2], spec(True), model)],
+        "small-cohort": [RoundStart(1, cohort[:2], spec(True, threshold=2), model)],
+        "weak-threshold": [RoundStart(1, cohort, spec(True, threshold=6), model)],
     }[kind]
-    expected = {"unmasked": "masking-required", "replayed": "replay", "small-cohort": "weaker-than-policy"}[kind]
+    expected = {"unmasked": "masking-required", "replayed": "replay"}.get(kind, "weaker-than-policy")
     trainings = []
     real_fit = ModelAdapter.fit_local
 
@@ -890,7 +1495,6 @@ def attack_node_round_start(kind: str, policy: object | None = None) -> CheckRes
         state = NodeState(Path(folder) / "node.sqlite")
         sock = _FakeNodeSocket()
         try:
-            roster = {n: k.public_bytes for n, k in keys.items()}
             node = Node("site-1", AUDIT_TASK, sock, keys["site-1"], roster, dataset, state, policy)
             for start in starts:
                 sock.inbox.append(Envelope(AUDIT_TASK, 5, start))
@@ -912,6 +1516,96 @@ def attack_node_round_start(kind: str, policy: object | None = None) -> CheckRes
     return _result(f"refuses-{kind}-round-start", problems, f"site-1 refused ({expected}) {trained}")
 
 
+_NODE_MESSAGES = (AdvertiseKeys, SeedReveal, ShareKeys, MaskedInput, ConsistencySignature, UnmaskShares)
+
+
+def attack_rerun_after_release() -> CheckResult:
+    """Three real Nodes complete a training aggregation (a real ServerProtocol drives it) and so release their
+    unmasking shares. Then the coordinator starts the same (task, round) again for site-1 under a new
+    aggregation id with another model, and then a later round from the very model site-1 already trained
+    on: rerun-and-subtract would give a victim's update as the difference of two sums. Site-1 must refuse
+    both with reason "rerun", before it trains or advertises; a genuinely new round it must still join.
+    """
+    import tempfile  # noqa: PLC0415
+
+    from securefed.federation.messages import Refusal  # noqa: PLC0415
+    from securefed.federation.node import Node, NodeState  # noqa: PLC0415
+    from securefed.learning.models import ModelAdapter  # noqa: PLC0415
+    from securefed.secagg.server import ServerProtocol  # noqa: PLC0415
+
+    name = "refuses-rerun-after-release"
+    names = ["site-1", "site-2", "site-3"]
+    keys, roster, dataset, model, spec = _node_fixture(names)
+    other_model = model + 0.25
+    cohort = tuple((i, n) for i, n in enumerate(names, start=1))
+    by_id = dict(cohort)
+    trainings: list[int] = []
+    real_fit = ModelAdapter.fit_local
+
+    def observed_fit(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        trainings.append(1)
+        return real_fit(self, *args, **kwargs)
+
+    problems, seen = [], []
+    with tempfile.TemporaryDirectory() as folder, mock.patch.object(ModelAdapter, "fit_local", observed_fit):
+        states = {n: NodeState(Path(folder) / f"{n}.sqlite") for n in names}
+        sockets = {n: _FakeNodeSocket() for n in names}
+        try:
+            nodes = {n: Node(n, AUDIT_TASK, sockets[n], keys[n], roster, dataset, states[n]) for n in names}
+            for i, n in cohort:
+                sockets[n].inbox.append(Envelope(AUDIT_TASK, 5, RoundStart(i, cohort, spec(round_number=1), model)))
+                nodes[n].step(0)
+            if any(nodes[n].current is None for n in names):
+                problems.append("set-up failed: a node did not join the first aggregation")
+            else:
+                server = ServerProtocol(nodes["site-1"].current.client.config, {i: roster[n] for i, n in cohort})
+                cursor = dict.fromkeys(names, 0)
+                for _ in range(4 * len(Stage)):
+                    for n in names:
+                        fresh, cursor[n] = sockets[n].sent[cursor[n] :], len(sockets[n].sent)
+                        for envelope in fresh:
+                            if envelope.aggregation == 5 and isinstance(envelope.body, _NODE_MESSAGES):
+                                for send in server.receive(envelope.body):
+                                    sockets[by_id[send.to]].inbox.append(Envelope(AUDIT_TASK, 5, send.message))
+                    if server.result is not None:
+                        break
+                    for node in nodes.values():
+                        node.step(0)
+                released = [n for n in names if any(isinstance(e.body, UnmaskShares) for e in sockets[n].sent)]
+                if server.result is None or released != names:
+                    problems.append(f"set-up failed: aggregation 5 ended {server.state.value}, unmasking shares from {released}")
+                else:
+                    seen.append("aggregation 5 completed, all three released their unmasking shares")
+            attempts = (
+                (6, 1, other_model, "rerun", "same round, another model"),
+                (7, 2, model, "rerun", "a later round, the model site-1 already trained on"),
+                (8, 2, other_model, None, "a new round and model (control)"),
+            )
+            sock = sockets["site-1"]
+            for aggregation, round_number, start_model, expected, what in attempts:
+                before, trained = len(sock.sent), len(trainings)
+                sock.inbox.append(Envelope(AUDIT_TASK, aggregation, RoundStart(1, cohort, spec(round_number=round_number), start_model)))
+                nodes["site-1"].step(0)
+                answer = [e.body for e in sock.sent[before:] if e.aggregation == aggregation]
+                reasons = [b.reason for b in answer if isinstance(b, Refusal)]
+                advertised = any(isinstance(b, AdvertiseKeys) for b in answer)
+                if expected is None:
+                    if reasons or not advertised:
+                        problems.append(f"{what}: not joined (refusals {reasons})")
+                    else:
+                        seen.append(f"{what}: joined")
+                elif reasons != [expected] or advertised or len(trainings) != trained:
+                    problems.append(
+                        f"{what}: refusals {reasons}, advertised {advertised}, trained {len(trainings) - trained} time(s)"
+                    )
+                else:
+                    seen.append(f"{what}: refused ({expected}) before training")
+        finally:
+            for state in states.values():
+                state.close()
+    return _result(name, problems, "; ".join(seen))
+
+
 #: name -> (promise, attack). The name is the audit-report check name.
 ATTACKS: dict[str, tuple[str, Callable[[], CheckResult]]] = {
     "refuses-double-reveal-request": (
@@ -919,11 +1613,11 @@ ATTACKS: dict[str, tuple[str, Callable[[], CheckResult]]] = {
         attack_double_reveal,
     ),
     "refuses-inconsistent-survivor-lists": (
-        "nodes shown different survivor sets cannot be made to release both shares of a peer",
+        "nodes shown different survivor sets (coordinator + c colluders) cannot be made to release both shares of a peer",
         attack_split_survivor_view,
     ),
     "refuses-key-substitution": (
-        "peers' round keys are accepted only under the node's own roster, and its own keys only unchanged",
+        "peers' round keys are used only under the node's own roster, and its own keys only unchanged",
         attack_key_substitution,
     ),
     "refuses-forged-consistency-signatures": (
@@ -931,7 +1625,7 @@ ATTACKS: dict[str, tuple[str, Callable[[], CheckResult]]] = {
         attack_forged_consistency_signatures,
     ),
     "refuses-different-models": (
-        "nodes handed different models (round contexts) do not accept each other's keys",
+        "nodes handed different models (round contexts) do not accept each other's keys or graph randomness",
         attack_different_models,
     ),
     "refuses-cohort-below-policy": (
@@ -942,8 +1636,12 @@ ATTACKS: dict[str, tuple[str, Callable[[], CheckResult]]] = {
         "messages from an earlier round are refused (round id bound into signatures and keys)",
         lambda: attack_replay("key-list"),
     ),
+    "refuses-replay-seed-reveals": (
+        "messages from an earlier round are refused (round id bound into the graph commitments)",
+        lambda: attack_replay("seed-reveals"),
+    ),
     "refuses-replay-share-relay": (
-        "messages from an earlier round are refused (round id bound into signatures and keys)",
+        "shares replayed from an earlier round are never taken nor revealed (round id bound into keys and commitments)",
         lambda: attack_replay("share-relay"),
     ),
     "refuses-replay-unmask-request": (
@@ -951,8 +1649,38 @@ ATTACKS: dict[str, tuple[str, Callable[[], CheckResult]]] = {
         lambda: attack_replay("unmask-request"),
     ),
     "refuses-readdressed-ciphertexts": (
-        "a relayed share opens only for its sender -> recipient direction",
+        "a relayed share is taken only for its own sender -> recipient; a re-addressed one is never used or revealed",
         attack_readdressed_ciphertexts,
+    ),
+    "refuses-split-view-parameters": (
+        "a node refuses every round whose threshold does not stop its policy's colluders (2t > N + c, or the sparse "
+        "bound at 2^-40), before it advertises, and accepts the safe ones",
+        attack_split_view_parameters,
+    ),
+    "refuses-colluder-only-key-list": (
+        "a key list of the target and its colluders leaves the target too few live neighbours: the graph is drawn "
+        "over the cohort, so the coordinator cannot choose who holds the target's shares",
+        attack_colluder_key_list,
+    ),
+    "graph-randomness-hidden-until-key-list": (
+        "the coordinator learns no node's graph randomness before it has fixed the key list (it cannot grind the graph)",
+        check_graph_randomness_hidden,
+    ),
+    "refuses-withheld-or-altered-reveal": (
+        "a withheld or altered reveal makes nodes refuse, or aborts the round naming the node, before any share is dealt",
+        attack_withheld_or_altered_reveal,
+    ),
+    "excludes-holder-revealing-wrong-share": (
+        "a holder that reveals a share its dealer never committed to is named and excluded; the sum stays exact",
+        attack_wrong_share_revealed,
+    ),
+    "identifiable-abort-names-bad-dealer": (
+        "a dealer whose committed shares are inconsistent causes an abort that names it, and only it",
+        attack_inconsistent_dealer,
+    ),
+    "holder-never-reveals-uncommitted-share": (
+        "a holder never reveals a share that fails its dealer's commitment, so a dealer cannot frame an honest holder",
+        attack_dealer_share_mismatch,
     ),
     "refuses-unmasked-round-start": (
         "a site never sends an unmasked update unless its own policy allows it",
@@ -965,6 +1693,14 @@ ATTACKS: dict[str, tuple[str, Callable[[], CheckResult]]] = {
     "refuses-small-cohort-round-start": (
         "a site refuses a round weaker than its policy before it trains on its data",
         lambda: attack_node_round_start("small-cohort"),
+    ),
+    "refuses-weak-threshold-round-start": (
+        "a site refuses the split-view parameters (n = 10, t = 6 against c = 2) before it trains on its data",
+        lambda: attack_node_round_start("weak-threshold"),
+    ),
+    "refuses-rerun-after-release": (
+        "a site that released its unmasking shares never contributes again to that (task, round) nor from that model",
+        attack_rerun_after_release,
     ),
 }
 
@@ -1161,7 +1897,7 @@ class TcpTap:
 # --- real daemons on loopback ---------------------------------------------------------------------------
 
 
-FAST_DEADLINES = {"advertise": 5, "share": 3, "masked_input": 3, "consistency": 3, "unmask": 3}
+FAST_DEADLINES = {"advertise": 5, "reveal": 3, "share": 3, "masked_input": 3, "consistency": 3, "unmask": 3}
 
 
 class AuditFederation:

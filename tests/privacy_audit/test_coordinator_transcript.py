@@ -40,6 +40,7 @@ from tests.privacy_audit.checks_secagg import (
     check_share_ciphertexts_look_random,
     check_share_ciphertexts_unopenable,
     check_share_ciphertexts_well_formed,
+    default_policy_threshold,
     recorded_round,
     structured_inputs,
     transcript_from_file,
@@ -71,9 +72,11 @@ def record(audit, result: CheckResult, where: str) -> None:
 
 
 GRAPHS = {
-    # name: (nodes, threshold, neighbours, the node that goes silent before its masked input, d)
-    "complete": (5, 3, None, 5, D),
-    "sparse": (9, 3, 4, 2, 4096),
+    # name: (nodes, threshold, neighbours, the node that goes silent before its masked input, d).
+    # Thresholds are the smallest the nodes' default policy accepts (c = max(1, ceil(n/5)) colluders):
+    # t = 4 of 5 (2t > N + c) and t = 4 per neighbourhood of 5 for the sparse graph.
+    "complete": (5, 4, None, 5, D),
+    "sparse": (9, 4, 4, 2, 4096),
 }
 
 
@@ -81,6 +84,7 @@ GRAPHS = {
 def observed(request) -> RecordedRound:
     """Structured inputs on the complete graph (5 nodes) and a SecAgg+ graph (9 nodes, 4 neighbours); one node drops."""
     n, t, neighbours, silent, d = GRAPHS[request.param]
+    assert t == default_policy_threshold(n, neighbours)  # the nodes run their default policy
     run = recorded_round(
         structured_inputs(d, n), t=t, neighbours=neighbours, seed=b"audit/" + request.param.encode(),
         silent={silent: Stage.MASKED_INPUT},

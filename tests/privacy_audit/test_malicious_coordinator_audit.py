@@ -26,7 +26,7 @@ from tests.secagg_harness import HonestRound, exact_sum
 
 def test_untampered_script_completes():
     """Positive control: the honest round the attacks cut into completes with the right sum and no refusal."""
-    r = HonestRound(5, 3, task=AUDIT_TASK)
+    r = HonestRound(5, task=AUDIT_TASK)  # t = 4: the smallest the nodes' default policy accepts
     result = r.run()
     assert np.array_equal(result.sum, exact_sum(r.inputs, r.config.ids))
     assert not r.errors and not r.server_rejections

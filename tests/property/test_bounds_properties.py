@@ -4,9 +4,11 @@ The bound is restated here from the docs, not taken from the code: for the
 complete graph 2t > N + c against a malicious coordinator (t > c against a
 curious one), N = max(cohort, roster), c from ``max_colluders`` (None:
 max(1, ceil(N/5)); an int: that count; a float: that decimal fraction of N,
-rounded up). For the sparse graph the union bound n * P[X >= need], X
-hypergeometric, is recomputed exactly by a draw-by-draw recursion (not the
-binomial-coefficient sum the library uses) and compared to 2^-security_bits.
+rounded up). For the sparse graph the cohort must hold the consistency quorum
+(2T > N + c, T <= n; T > c if curious) and the union bound n * P[X >= need],
+need = min(2t - (k + 1), t - 1) (t - 1 if curious), X hypergeometric, is
+recomputed exactly by a draw-by-draw recursion (not the binomial-coefficient
+sum the library uses) and compared to 2^-security_bits.
 """
 
 from __future__ import annotations
@@ -139,21 +141,31 @@ def sparse_rounds(draw: st.DrawFn) -> tuple[int, int, int]:
     return n, k, t
 
 
-@given(sparse_rounds(), st.integers(0, 70), adversaries_, st.sampled_from([4, 8, 16, 40]))
+@given(
+    sparse_rounds(),
+    st.one_of(st.integers(0, 6), st.integers(0, 70)),
+    adversaries_,
+    st.sampled_from([4, 8, 16, 40]),
+    st.one_of(st.none(), st.integers(0, 30)),
+)
 def test_sparse_graph_accepted_iff_union_bound_is_small_enough(
-    round_: tuple[int, int, int], c: int, adversary: str, bits: int
+    round_: tuple[int, int, int], c: int, adversary: str, bits: int, extra_roster: int | None
 ) -> None:
     n, k, t = round_
+    roster = None if extra_roster is None else n + extra_roster
+    population = max(n, roster or 0)
     config = RoundConfig("task", 0, n, t, 1, CONTEXT, k)
     assert config.degree == k
-    need = t if adversary == "curious" else 2 * t - (k + 1)
+    need = t - 1 if adversary == "curious" else min(2 * t - (k + 1), t - 1)
     failure = min(Fraction(1), n * tail_by_recursion(n - 1, min(c, n - 1), k, need))
-    holds = failure <= Fraction(1, 1 << bits)
+    # Some T <= n with 2T > n + c (T > c if curious): both say the cohort outnumbers the colluders.
+    quorum_possible = any((q > c if adversary == "curious" else 2 * q > population + c) for q in range(1, n + 1))
+    holds = quorum_possible and failure <= Fraction(1, 1 << bits)
     # scipy agrees with the exact recursion (a third, floating-point opinion)
     approx = min(1.0, n * float(stats.hypergeom.sf(need - 1, n - 1, min(c, n - 1), k)))
     assert math.isclose(float(failure), approx, rel_tol=1e-6, abs_tol=1e-300)
     event("accepted" if holds else "refused")
-    assert accepts(permissive(c, adversary, bits), config) is holds
+    assert accepts(permissive(c, adversary, bits), config, roster) is holds
 
 
 @given(sparse_rounds(), st.integers(0, 10))

@@ -206,15 +206,17 @@ def test_pair_fields_accept_exactly_the_valid_lists(key: tuple[type, str], data:
     cls, field = key
     size = PAIR_FIELDS[key]
     high = DEFAULT_LIMITS.max_blob_bytes
+    fault = data.draw(st.sampled_from(["none", "id-range", "id-type", "size", "base64", "unsorted", "duplicate"]))
     lengths = st.just(size) if size else st.sampled_from([1, 2, 31, 32, 64, 65, high])
+    least = {"none": 0, "unsorted": 2, "duplicate": 2}.get(fault, 1)
     items = data.draw(
-        st.lists(st.tuples(st.integers(1, 65535), lengths, st.integers(0, 255)), max_size=5, unique_by=lambda item: item[0])
+        st.lists(
+            st.tuples(st.integers(1, 65535), lengths, st.integers(0, 255)), min_size=least, max_size=5, unique_by=lambda item: item[0]
+        )
     )
     ids_: list[Any] = sorted(item[0] for item in items)
     raws = [bytes([fill]) * length for (_, length, fill) in sorted(items)]
     texts_ = [base64.b64encode(raw).decode("ascii") for raw in raws]
-    faults = ["none", "id-range", "id-type", "size", "base64"] + (["unsorted", "duplicate"] if len(items) > 1 else [])
-    fault = data.draw(st.sampled_from(faults)) if items else "none"
     at = data.draw(st.integers(0, len(items) - 1)) if items else 0
     if fault == "id-range":
         ids_[at] = data.draw(st.sampled_from([0, -1, 65536, 2**31]))

@@ -3,10 +3,11 @@
 Every expected value in this file comes from something other than the code
 under test: ``scipy.stats`` (hypergeometric and binomial tails), brute-force
 enumeration (all k-subsets of a tiny population; every split of the honest
-share holders of a target into the two groups a split-view coordinator needs),
-exact decimal arithmetic for fractions of a roster, or a number written out by
-hand. The adversary is the one the docs state: a coordinator that may deviate
-from the protocol, working with up to c colluding nodes (c from the policy).
+share holders of a target into the two groups a split-view coordinator needs;
+every set of honest neighbours it could declare dropped), exact decimal
+arithmetic for fractions of a roster, or a number written out by hand. The
+adversary is the one the docs state: a coordinator that may deviate from the
+protocol, working with up to c colluding nodes (c from the policy).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from securefed.secagg.bounds import (
     minimum_safe_threshold,
     resolve_colluders,
     smallest_safe_threshold,
+    sparse_breaking_colluders,
     sparse_failure_probability,
 )
 
@@ -100,29 +102,53 @@ def hypergeom_tail_brute(population: int, successes: int, draws: int, at_least: 
     return Fraction(hits, len(subsets))
 
 
+def can_be_isolated(degree: int, corrupt: int, threshold: int) -> bool:
+    """Can the coordinator leave an honest target with no honest neighbour among the survivors it lists,
+    while the target's own check (t survivors in its closed neighbourhood) still passes? Then the
+    target's masked input is unmasked on its own: the colluders know their pairwise masks, the
+    declared-dropped neighbours' masks are removed via their s-shares, and its b is reconstructed."""
+    honest_neighbours = degree - corrupt
+    for declared_alive in itertools.chain.from_iterable(
+        itertools.combinations(range(honest_neighbours), size) for size in range(honest_neighbours + 1)
+    ):
+        survivors_in_hood = 1 + corrupt + len(declared_alive)  # the target itself, the colluders, the listed
+        if survivors_in_hood >= threshold and not declared_alive:
+            return True
+    return False
+
+
+def neighbourhood_breaks(degree: int, corrupt: int, threshold: int, adversary: str = "malicious") -> bool:
+    """One closed neighbourhood of k + 1 nodes with ``corrupt`` colluding neighbours: a split view of the
+    target's shares, or an isolated target."""
+    return split_view_breaks(degree + 1, corrupt, threshold, adversary) or can_be_isolated(degree, corrupt, threshold)
+
+
 def sparse_failure_brute(n: int, k: int, t: int, c: int, adversary: str = "malicious") -> Fraction:
     """Union bound over n targets: an honest target's k neighbours are a uniform k-subset of the other
-    n - 1 nodes, ``c`` of which collude; list every such subset and run the split-view search on the
+    n - 1 nodes, ``c`` of which collude; list every such subset and run the brute-force searches on the
     closed neighbourhood (k + 1 holders, X of them corrupt)."""
     others = n - 1
     corrupt = min(c, others)
     subsets = list(itertools.combinations(range(others), k))
     broken = sum(
-        1 for subset in subsets if split_view_breaks(k + 1, sum(1 for v in subset if v < corrupt), t, adversary)
+        1 for subset in subsets if neighbourhood_breaks(k, sum(1 for v in subset if v < corrupt), t, adversary)
     )
     return min(Fraction(1), n * Fraction(broken, len(subsets)))
 
 
+def breaking_need(k: int, t: int, adversary: str = "malicious") -> int:
+    """The documented count: X >= min(2t - (k + 1), t - 1) colluding neighbours break (t - 1 if curious).
+    Checked against the brute-force searches in test_breaking_colluders_matches_brute_force."""
+    return t - 1 if adversary == "curious" else min(2 * t - (k + 1), t - 1)
+
+
 def sparse_failure_scipy(n: int, k: int, t: int, c: int, adversary: str = "malicious") -> float:
-    need = t if adversary == "curious" else 2 * t - (k + 1)
-    return min(1.0, n * hypergeom_tail_scipy(n - 1, min(c, n - 1), k, need))
+    return min(1.0, n * hypergeom_tail_scipy(n - 1, min(c, n - 1), k, breaking_need(k, t, adversary)))
 
 
 def privacy_tails_scipy(n: int, k: int, c: int, adversary: str = "malicious") -> np.ndarray:
     """Union-bounded failure probability for t = 1..k+1 (index t - 1), one scipy call per k."""
-    m = k + 1
-    ts = np.arange(1, m + 1)
-    need = ts if adversary == "curious" else 2 * ts - m
+    need = np.array([breaking_need(k, t, adversary) for t in range(1, k + 2)])
     tails = stats.hypergeom.sf(need - 1, n - 1, min(c, n - 1), k)
     return np.minimum(1.0, n * tails)
 
@@ -135,10 +161,13 @@ def liveness_scipy(m: int, dropout: float, t: int) -> float:
 def reference_proposal(
     n: int, dropout: float, c: int, population: int, adversary: str = "malicious"
 ) -> tuple[int | None, int] | None:
-    """The documented selection rule, recomputed: the smallest even k (2(k+1) < n) admitting a t with
-    privacy <= 2^-40 and liveness <= 2^-20 / n, the smallest such t; else the complete graph's
-    closed form; None when that cannot survive the expected dropouts."""
-    for k in range(2, n, 2):
+    """The documented selection rule, recomputed: if the consistency quorum T (2T > N + c) survives
+    Binomial(n, dropout) dropouts except with probability 2^-20, the smallest even k (2(k+1) < n)
+    admitting a t with privacy <= 2^-40 and liveness <= 2^-20 / n, and the smallest such t; else the
+    complete graph's closed form; None when that cannot survive the expected dropouts."""
+    quorum = c + 1 if adversary == "curious" else (population + c) // 2 + 1
+    sparse_possible = quorum <= n and float(stats.binom.sf(n - quorum, n, dropout)) <= 2.0**-20 * (1 + REL)
+    for k in range(2, n if sparse_possible else 0, 2):
         m = k + 1
         if 2 * m >= n:
             break
@@ -325,6 +354,29 @@ def test_hypergeometric_tail_edges() -> None:
     assert hypergeometric_tail(10, -2, 4, 1) == 0
 
 
+# --- sparse_breaking_colluders -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("adversary", ADVERSARIES)
+def test_breaking_colluders_matches_brute_force(adversary: str) -> None:
+    for k in range(1, 11):
+        for t in range(1, k + 2):
+            need = sparse_breaking_colluders(k, t, adversary)
+            assert need == breaking_need(k, t, adversary)
+            for corrupt in range(0, k + 1):
+                assert (corrupt >= need) is neighbourhood_breaks(k, corrupt, t, adversary), (k, t, corrupt)
+
+
+def test_a_neighbourhood_of_all_colluders_breaks_even_at_t_equal_k_plus_1() -> None:
+    # t = k + 1 leaves no room for a split view (it would need k + 1 colluders), but a target whose
+    # k neighbours all collude is unmasked in an honest run: its own b-share and theirs make t.
+    for k in (2, 4, 10):
+        assert not split_view_breaks(k + 1, k, k + 1)
+        assert can_be_isolated(k, k, k + 1)
+        assert not can_be_isolated(k, k - 1, k + 1)
+        assert sparse_breaking_colluders(k, k + 1) == k
+
+
 # --- sparse_failure_probability ------------------------------------------------------------
 
 
@@ -452,7 +504,7 @@ COLLUDER_SETTINGS = [None, 0, 1, 10, 0.05, 0.1, 0.2]
 
 @pytest.mark.parametrize("n", [5, 10, 20, 100, 1000])
 @pytest.mark.parametrize("colluders", COLLUDER_SETTINGS, ids=repr)
-@pytest.mark.parametrize("dropout", [0.05, 0.1])
+@pytest.mark.parametrize("dropout", [0.0, 0.05, 0.1])
 def test_propose_parameters_matches_the_recomputed_rule(n: int, colluders: int | float | None, dropout: float) -> None:
     c = expected_colluders(colluders, n)
     expected = reference_proposal(n, dropout, c, n)
@@ -594,18 +646,19 @@ def test_the_proposal_for_1000_nodes_is_accepted_by_a_default_node() -> None:
     ClientPolicy(max_colluders=0.05).check(config)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "suspected bug: the sparse bound counts only the split view (X >= 2t-(k+1)); with t = k + 1 that "
-        "needs X = k + 1, impossible, so any k is accepted, yet an honest node whose k neighbours all "
-        "collude has its input unmasked in an honest run (its own b-share plus k colluder shares = t)"
-    ),
-)
 def test_a_node_whose_neighbours_can_all_collude_is_refused() -> None:
+    # n=1000, k=2, t=3 against the default 200 colluders: about 32 honest nodes are expected to have
+    # both neighbours colluding (the union bound is >= 1). A split-view-only bound would call it safe.
     n, k, t, c = 1000, 2, 3, 200
-    # P[some honest node's 2 neighbours both collude] is about 1 - exp(-32); the union bound is >= 1.
     isolated = n * hypergeom_tail_scipy(n - 1, c, k, k)
     assert isolated > 1
-    with pytest.raises(RemoteProtocolError):
+    with pytest.raises(RemoteProtocolError) as info:
         ClientPolicy().check(RoundConfig("t", 0, n, t, 1, CONTEXT, k))
+    assert info.value.reason == "weaker-than-policy"
+    # The same with 10 neighbours: 1000 * P[all 10 collude] is about 1e-4, far above 2^-40.
+    assert 1e-5 < n * hypergeom_tail_scipy(n - 1, c, 10, 10) < 1e-3
+    with pytest.raises(RemoteProtocolError):
+        ClientPolicy().check(RoundConfig("t", 0, n, 11, 1, CONTEXT, 10))
+    # From k = 22 on, all-colluding neighbourhoods are rare enough (union bound below 2^-40).
+    assert n * hypergeom_tail_scipy(n - 1, c, 22, 22) <= TARGET_40
+    ClientPolicy().check(RoundConfig("t", 0, n, 23, 1, CONTEXT, 22))

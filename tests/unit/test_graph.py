@@ -348,8 +348,9 @@ def test_sparse_graph_for_n_1000(
     assert k <= n // 4, "the sparse graph should be much smaller than the cohort"
     assert 1 <= t <= k + 1
     m = k + 1
-    # The stated bound, exactly: union over n targets of a hypergeometric neighbourhood tail.
-    need = t if adversary == "curious" else 2 * t - m
+    # The stated bound, exactly: union over n targets of a hypergeometric neighbourhood tail, with
+    # X >= min(2t - m, t - 1) colluding neighbours breaking one (t - 1 against a curious coordinator).
+    need = t - 1 if adversary == "curious" else min(2 * t - m, t - 1)
     assert need >= 1
     exact = min(Fraction(1), n * Fraction(
         sum(math.comb(c, x) * math.comb(n - 1 - c, k - x) for x in range(need, min(c, k) + 1)), math.comb(n - 1, k)
@@ -380,21 +381,26 @@ def test_sparse_k_is_the_smallest_even_k_that_works() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "suspected bug: with no expected dropouts propose_parameters picks k=2, t=k+1=3; the split-view "
-        "bound is then 0, but an honest node whose 2 neighbours both collude is unmasked in an honest run"
-    ),
+@pytest.mark.parametrize(
+    ("n", "colluders", "expected"),
+    [(10, None, (None, 7)), (20, 0.2, (6, 6)), (100, None, (16, 17)), (1000, 0.05, (12, 13)), (1000, None, (22, 23))],
 )
-@pytest.mark.parametrize(("n", "colluders"), [(10, None), (20, 0.2), (1000, 0.05)])
-def test_no_dropouts_does_not_give_a_graph_where_all_neighbours_can_collude(n: int, colluders: float | None) -> None:
+def test_no_dropouts_does_not_give_a_graph_where_all_neighbours_can_collude(
+    n: int, colluders: float | None, expected: tuple[int | None, int]
+) -> None:
+    # With no dropouts t = k + 1 is live, and a split view is impossible; what limits k then is a
+    # target whose k neighbours all collude (it is unmasked in an honest run). An earlier version
+    # proposed k = 2, t = 3 here.
     proposal = propose_parameters(n, 0.0, colluders)
+    assert (proposal.neighbours, proposal.threshold) == expected
     if proposal.neighbours is None:
         return
     k, c = proposal.neighbours, _colluders(colluders, n)
-    # Union bound over targets on "all k neighbours collude" (scipy): must also be <= 2^-40.
+    # Union bound over targets on "all k neighbours collude" (scipy): at most 2^-40 ...
     assert n * stats.hypergeom.sf(k - 1, n - 1, min(c, n - 1), k) <= 2.0**-40
+    # ... and not for the next smaller even k (when the colluders can fill it at all).
+    if k > 2 and c >= k - 2:
+        assert n * stats.hypergeom.sf(k - 3, n - 1, min(c, n - 1), k - 2) > 2.0**-40
 
 
 def test_a_count_and_the_same_fraction_give_the_same_proposal() -> None:

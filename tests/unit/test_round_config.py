@@ -470,3 +470,39 @@ def test_a_client_counts_its_own_roster() -> None:
     for bad in (9, 0, 12.0, True):
         with pytest.raises(InvalidParameter):
             ClientProtocol(config, 1, identities[1], small, vector, roster_size=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("setting", "adversary", "roster", "expected"),
+    [
+        (None, "malicious", 10, 7),
+        (None, "malicious", 1000, 601),
+        (1, "malicious", 10, 6),
+        (0, "malicious", 9, 5),
+        (None, "curious", 10, 3),
+        (0.05, "malicious", 1000, 526),
+    ],
+)
+def test_consistency_quorum_is_the_smallest_t_with_2t_above_n_plus_c(
+    setting: int | float | None, adversary: str, roster: int, expected: int
+) -> None:
+    policy = ClientPolicy(max_colluders=setting, adversary=adversary)
+    assert policy.consistency_quorum(roster) == expected
+    c = policy.colluders(roster)
+    if adversary == "curious":
+        assert expected == c + 1
+    else:
+        assert 2 * expected > roster + c >= 2 * (expected - 1)
+
+
+def test_a_sparse_cohort_too_small_for_the_consistency_quorum_is_refused() -> None:
+    # 100 of a roster of 1000 invited, k=48, t=35: fine on its own (quorum 61 of 100) ...
+    config = RoundConfig("t", 0, 100, 35, 1, CONTEXT, 48)
+    ClientPolicy().check(config)
+    # ... but with a roster of 1000 (c = 200) a survivor list needs 601 signatures, which 100 cannot give.
+    error = _refusal_with_roster(ClientPolicy(), config, 1000)
+    assert "a cohort of 100 cannot gather the 601 consistent survivors" in str(error)
+    assert "roster of 1000" in str(error)
+    # The curious quorum is c + 1 (named alongside the neighbourhood bound, which fails too).
+    error = _refusal_with_roster(ClientPolicy(adversary="curious", max_colluders=100), config, 1000)
+    assert "cannot gather the 101 consistent survivors" in str(error)
