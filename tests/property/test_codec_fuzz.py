@@ -256,6 +256,67 @@ def test_pair_fields_accept_exactly_the_valid_lists(key: tuple[type, str], data:
             raise AssertionError(f"{cls.__name__}.{field} accepted {header[field]!r} ({fault})")
 
 
+# Every byte-string field (all fixed-size), and the same fields inside a KeyList entry.
+BYTES_FIELDS: dict[tuple[type, str], int] = {
+    (AdvertiseKeys, "c_pk"): 32,
+    (AdvertiseKeys, "s_pk"): 32,
+    (AdvertiseKeys, "seed_commitment"): 32,
+    (AdvertiseKeys, "signature"): 64,
+    (SeedReveal, "value"): 32,
+    (ShareKeys, "signature"): 64,
+    (ConsistencySignature, "signature"): 64,
+}
+
+
+def test_bytes_field_table_is_complete() -> None:
+    found = {(cls, f.name) for cls in MESSAGE_TYPES.values() for f in dataclasses.fields(cls) if str(f.type) == "bytes"}
+    assert found == set(BYTES_FIELDS)
+
+
+@pytest.mark.parametrize("in_key_list", [False, True], ids=["message", "key-list-entry"])
+@pytest.mark.parametrize("key", BYTES_FIELDS, ids=[f"{cls.__name__}.{field}" for cls, field in BYTES_FIELDS])
+@given(data=st.data())
+def test_bytes_fields_accept_exactly_canonical_base64_of_their_size(
+    key: tuple[type, str], in_key_list: bool, data: st.DataObject
+) -> None:
+    cls, field = key
+    if in_key_list and cls is not AdvertiseKeys:
+        return  # only advertisements travel inside a KeyList
+    size = BYTES_FIELDS[key]
+    fault = data.draw(st.sampled_from(["none", "size", "base64", "type"]))
+    raw = data.draw(st.binary(min_size=size, max_size=size))
+    text: Any = base64.b64encode(raw).decode("ascii")
+    if fault == "size":
+        raw = data.draw(st.sampled_from([raw[:-1], raw + b"\x00", b"", raw[:32] if size == 64 else raw + raw]))
+        text = base64.b64encode(raw).decode("ascii")
+    elif fault == "base64":
+        text = _mangle_base64(data, raw)
+    elif fault == "type":
+        text = data.draw(st.sampled_from([None, size, list(raw), {"b64": text}, [text]]))
+    valid = type(text) is str and len(raw) == size and text == base64.b64encode(raw).decode("ascii")
+    event(f"fault: {fault}, {'valid' if valid else 'invalid'}")
+    if in_key_list:
+        body = KeyList((data.draw(advertise),))
+        template = encode(Envelope("task", 1, body))
+        header = json.loads(template[2])
+        header["entries"][0][field] = text
+    else:
+        template = encode(Envelope("task", 1, data.draw(BODIES[cls])))
+        header = json.loads(template[2])
+        header[field] = text
+    frames = [template[0], template[1], json.dumps(header).encode(), *template[3:]]
+    if valid:
+        body = decode(frames).body
+        assert getattr(body.entries[0] if in_key_list else body, field) == raw
+    else:
+        try:
+            decode(frames)
+        except RemoteProtocolError as error:
+            assert error.reason == "bad-field", error
+        else:
+            raise AssertionError(f"{cls.__name__}.{field} accepted {text!r} ({fault})")
+
+
 # --- the invariant ----------------------------------------------------------------------------
 
 

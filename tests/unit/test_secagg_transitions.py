@@ -146,14 +146,19 @@ class Round:
 
 
 # client state -> steps that bring client ME into it (with its next message, if any, held in to_client)
+def _one_stage_after(previous: ClientState) -> Callable[[Round], Round]:
+    """Reach ``previous``, let the clients answer and the server close the stage."""
+    return lambda r: _CLIENT_PATH[previous](r).flush_clients().flush_server()
+
+
 _CLIENT_PATH: dict[ClientState, Callable[[Round], Round]] = {
     ClientState.START: lambda r: r,
     ClientState.AWAIT_KEY_LIST: lambda r: r.start().flush_server(),
-    ClientState.AWAIT_SEED_REVEALS: lambda r: _CLIENT_PATH[ClientState.AWAIT_KEY_LIST](r).flush_clients().flush_server(),
-    ClientState.AWAIT_SHARES: lambda r: _CLIENT_PATH[ClientState.AWAIT_SEED_REVEALS](r).flush_clients().flush_server(),
-    ClientState.AWAIT_CONSISTENCY_REQUEST: lambda r: _CLIENT_PATH[ClientState.AWAIT_SHARES](r).flush_clients().flush_server(),
-    ClientState.AWAIT_UNMASK_REQUEST: lambda r: _CLIENT_PATH[ClientState.AWAIT_CONSISTENCY_REQUEST](r).flush_clients().flush_server(),
-    ClientState.DONE: lambda r: _CLIENT_PATH[ClientState.AWAIT_UNMASK_REQUEST](r).flush_clients().flush_server(),
+    ClientState.AWAIT_SEED_REVEALS: _one_stage_after(ClientState.AWAIT_KEY_LIST),
+    ClientState.AWAIT_SHARES: _one_stage_after(ClientState.AWAIT_SEED_REVEALS),
+    ClientState.AWAIT_CONSISTENCY_REQUEST: _one_stage_after(ClientState.AWAIT_SHARES),
+    ClientState.AWAIT_UNMASK_REQUEST: _one_stage_after(ClientState.AWAIT_CONSISTENCY_REQUEST),
+    ClientState.DONE: _one_stage_after(ClientState.AWAIT_UNMASK_REQUEST),
 }
 
 
