@@ -45,6 +45,10 @@ def _write_status(config: CoordinatorConfig, coordinator: Coordinator, socket: C
             "stage": current.stage.value if current.stage else None,
             "cohort": current.cohort,
         },
+        "excluded_nodes": {
+            **{name: f"this round: {why}" for name, why in coordinator.excluded_for_round.items()},
+            **{name: f"until restart: {why}" for name, why in coordinator.excluded_for_run.items()},
+        },
         "dropped_messages": dict(socket.dropped) | dict(coordinator.counters),
         "refused_connections": socket.allow_list.refused,
         "updated_at": time.time(),

@@ -44,6 +44,8 @@ def print_status(config_path: str) -> int:
     if live and age < 10:
         print(f"listening:  {live.get('listen')}")
         print(f"connected:  {', '.join(live.get('connected_nodes', [])) or 'none'}")
+        for name, why in sorted(live.get("excluded_nodes", {}).items()):
+            print(f"left out:   {name} ({why[:200]})")
         current = live.get("current")
         if current:
             print(

@@ -421,7 +421,7 @@ class ClientProtocol:
         self._b_seed = None
         self._s_keys = None
         self._c_keys = None
-        return [MaskedInput(self.node_id, masked.value)]
+        return [MaskedInput(self.node_id, masked.value, tuple(sorted(self.bad_dealers)))]
 
     def _on_consistency_request(self, message: ConsistencyRequest) -> list[ClientMessage]:
         survivors = message.survivors

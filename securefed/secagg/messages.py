@@ -99,15 +99,25 @@ class ShareKeys:
 
 @dataclass(frozen=True, eq=False)
 class MaskedInput:
-    """Stage 2: y_u = x_u + PRG(b_u) + sum of signed pairwise masks, mod 2^32."""
+    """Stage 2: y_u = x_u + PRG(b_u) + sum of signed pairwise masks, mod 2^32.
+
+    ``bad_dealers`` lists the neighbours whose shares did not open or did not match their
+    commitments: this node will never reveal anything for them, and says so before anything
+    is revealed, so the coordinator can stop a round that could not be unmasked.
+    """
 
     sender: int
     vector: np.ndarray
+    bad_dealers: tuple[int, ...] = ()
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, MaskedInput):
             return NotImplemented
-        return self.sender == other.sender and np.array_equal(self.vector, other.vector)
+        return (
+            self.sender == other.sender
+            and self.bad_dealers == other.bad_dealers
+            and np.array_equal(self.vector, other.vector)
+        )
 
     __hash__ = None  # type: ignore[assignment]
 

@@ -88,7 +88,7 @@ from securefed.secagg.transcript import (
     seed_commitment,
     share_commitment,
 )
-from securefed.secagg.validate import check_id_pairs, require
+from securefed.secagg.validate import check_id_pairs, check_sorted_ids, require
 
 __all__ = ["ServerState", "ServerProtocol", "AggregateResult", "SERVER_TRANSITIONS"]
 
@@ -189,6 +189,8 @@ class ServerProtocol:
         self._survivors: tuple[int, ...] = ()
         self._masked_sum: np.ndarray | None = None
         self._signatures: dict[int, bytes] = {}
+        #: holder -> dealers whose shares it reported as unusable (it will never reveal them)
+        self._withheld: dict[int, frozenset[int]] = {}
         key_material = (entropy or os.urandom)(32)
         if not isinstance(key_material, bytes) or len(key_material) != 32:
             raise LocalProtocolError("the entropy source must return the bytes asked for")
@@ -306,13 +308,18 @@ class ServerProtocol:
         }
         return dict(message.ciphertexts), commitments
 
-    def _validate_masked_input(self, message: MaskedInput) -> np.ndarray:
+    def _validate_masked_input(self, message: MaskedInput) -> tuple[np.ndarray, frozenset[int]]:
         vector = message.vector
         require(
             isinstance(vector, np.ndarray) and vector.dtype == np.uint32 and vector.shape == (self.config.vector_length,),
             f"masked input must be uint32[{self.config.vector_length}]",
         )
-        return vector
+        accused = check_sorted_ids(message.bad_dealers, self.config.cohort_size, "bad dealers")
+        require(
+            set(accused) <= (self._neighbourhoods[message.sender] & self._shared) - {message.sender},
+            "bad dealers must be neighbours that shared",
+        )
+        return vector, frozenset(accused)
 
     def _validate_signature(self, message: ConsistencySignature) -> bytes:
         require(isinstance(message.signature, bytes), "bad signature")
@@ -419,10 +426,12 @@ class ServerProtocol:
 
     def _close_masked_inputs(self, answered: tuple[int, ...], inbox: dict) -> list[Send]:
         survivors = set(answered)
+        # Holders that could not open a dealer's shares will never reveal them: they do not count.
+        self._withheld = {sender: inbox[sender][1] for sender in answered if inbox[sender][1]}
         self._require_recoverable(Stage.MASKED_INPUT, survivors)
         total = np.zeros(self.config.vector_length, dtype=np.uint32)
         for sender in answered:
-            np.add(total, inbox[sender], out=total)
+            np.add(total, inbox[sender][0], out=total)
         self._masked_sum = total
         self._survivors = answered
         request = ConsistencyRequest(answered)
@@ -527,11 +536,31 @@ class ServerProtocol:
         return decoded.secret
 
     def _require_recoverable(self, stage: Stage, holders: set[int]) -> None:
-        """Every node that shared must keep at least t share holders among ``holders``."""
-        worst = min(
-            (len(self._neighbourhoods[node] & holders), node) for node in self._shared
+        """Every node that shared must keep at least t share holders among ``holders`` that can open its shares.
+
+        Checked before anything is revealed, so a round that could not be unmasked stops while it
+        can still be retried. If it stops because holders reported a dealer's shares as bad, that
+        dealer is named: the reports cannot be checked (only the holder saw the share), so a corrupt
+        holder could frame an honest dealer this way, but only to keep it out of one retry.
+        """
+        withheld = self._withheld
+        worst, owner = min(
+            (len({h for h in self._neighbourhoods[node] & holders if node not in withheld.get(h, ())}), node)
+            for node in self._shared
         )
-        self._shortfall(stage, worst[0], f"share holders remain for node {worst[1]}")
+        if worst >= self.config.threshold:
+            return
+        accusers = sorted(h for h in self._neighbourhoods[owner] & holders if owner in withheld.get(h, ()))
+        need = self.config.threshold
+        if accusers and len(self._neighbourhoods[owner] & holders) >= need:
+            raise ProtocolAborted(
+                f"{stage.value} stage: node {owner} keeps {worst} share holders that can open its shares, threshold "
+                f"is {need} (short by {need - worst}); nodes {accusers} reported its shares as bad (retry without {owner})",
+                stage=stage.value,
+                shortfall=need - worst,
+                culprits=(owner,),
+            )
+        self._shortfall(stage, worst, f"share holders remain for node {owner}")
 
     def abort_messages(self, reason: str) -> list[Send]:
         """Tell every node still in the round that it is over (for drivers after an abort)."""

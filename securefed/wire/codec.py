@@ -462,7 +462,7 @@ _SCHEMAS: tuple[_Schema, ...] = (
             "signature": _Bytes(SIGNATURE_SIZE),
         },
     ),
-    _Schema(MaskedInput, {"sender": _ID, "vector": _Array("<u4", min_length=1)}),
+    _Schema(MaskedInput, {"sender": _ID, "vector": _Array("<u4", min_length=1), "bad_dealers": _Ids()}),
     _Schema(ConsistencySignature, {"sender": _ID, "signature": _Bytes(SIGNATURE_SIZE)}),
     _Schema(UnmaskShares, {"sender": _ID, "b_shares": _Pairs(_Bytes()), "s_shares": _Pairs(_Bytes())}),
     _Schema(KeyList, {"entries": _Entries()}),

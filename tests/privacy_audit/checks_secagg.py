@@ -64,7 +64,7 @@ import securefed.secagg.client as client_module
 from securefed.crypto.agreement import AgreementKeyPair, hkdf_sha256, kdf_info
 from securefed.crypto.identity import SigningKey
 from securefed.crypto.shamir import PRIME, SHARE_SIZE, Share
-from securefed.errors import InvalidShare, ProtocolAborted, RemoteProtocolError, SecureFedError
+from securefed.errors import InvalidShare, ProtocolAborted, SecureFedError
 from securefed.federation.messages import Envelope, RoundStart
 from securefed.federation.spec import parse_spec, round_context
 from securefed.secagg.bounds import default_colluders, smallest_safe_threshold

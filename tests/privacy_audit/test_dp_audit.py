@@ -31,7 +31,8 @@ def test_clipping_bound_on_generated_updates(audit):
     """A node's integer contribution never exceeds the accounted L2/L1 sensitivity, for any finite update hypothesis generates."""
     seen: list[float] = []
 
-    @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    # as many examples as the active hypothesis profile asks for (ci: bounded; dev: more)
+    @settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(data=st.data(), config=st.sampled_from(_SMALL_CONFIGS), mode=st.sampled_from(checks_dp.ROUNDING_MODES))
     def run(data, config, mode):
         clip_norm, bits, dimension, cohort = config

@@ -1,11 +1,17 @@
-"""A malicious coordinator, scripted: every attack ends with honest nodes refusing, and no secret leaves.
+"""A malicious coordinator (with up to c colluding nodes), scripted: every attack ends with honest nodes refusing, and no secret leaves.
 
 Each attack (``ATTACKS`` in ``checks_secagg.py``) runs the real ``ClientProtocol`` nodes and the
 real ``ServerProtocol`` of an honest round up to some stage with ``tests/secagg_harness.py``'s
-``HonestRound``, then tampers with what the coordinator sends. It passes only if every tampered
-message makes its node raise, end ``ABORTED`` and answer nothing, *and* no honest node released
-both the b-share and the s-share of any peer (per node and across nodes). A positive control shows
-the untampered script completes, so a refusal cannot come from the harness itself.
+``HonestRound``, then tampers with what the coordinator sends (or, for a colluder, with what that
+node sends). Rounds use the smallest threshold the nodes' default policy accepts (2t > N + c).
+An attack passes only if every tampered message makes its node raise, end ``ABORTED`` and answer
+nothing — except tampered *shares*: an honest holder never aborts over a dealer's shares (that would
+hand one corrupt dealer a veto over every round), so there it must take none of them, never reveal
+them, and the round must not end with a wrong sum — *and* no honest node released both the b-share
+and the s-share of any peer (per node and across nodes). The robust-reconstruction checks require
+the coordinator to name the culprit (a lying holder, a dealer of inconsistent shares) and nobody
+else. A positive control shows the untampered script completes, so a refusal cannot come from the
+harness itself.
 """
 
 from __future__ import annotations

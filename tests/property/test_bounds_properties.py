@@ -161,6 +161,8 @@ def test_sparse_graph_accepted_iff_union_bound_is_small_enough(
     # Some T <= n with 2T > n + c (T > c if curious): both say the cohort outnumbers the colluders.
     quorum_possible = any((q > c if adversary == "curious" else 2 * q > population + c) for q in range(1, n + 1))
     holds = quorum_possible and failure <= Fraction(1, 1 << bits)
+    if not quorum_possible:
+        event("cohort too small for the consistency quorum")
     # scipy agrees with the exact recursion (a third, floating-point opinion)
     approx = min(1.0, n * float(stats.hypergeom.sf(need - 1, n - 1, min(c, n - 1), k)))
     assert math.isclose(float(failure), approx, rel_tol=1e-6, abs_tol=1e-300)

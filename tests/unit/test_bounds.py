@@ -450,6 +450,16 @@ def test_smallest_safe_threshold_for_a_sparse_graph_agrees_with_scipy(
         assert sparse_failure_scipy(n, k, t - 1, c, adversary) > target * (1 - REL)
 
 
+@pytest.mark.parametrize(("k", "expected"), [(2, 4), (10, 12), (20, 22), (22, 23)])
+def test_smallest_safe_threshold_past_the_neighbourhood_means_none_is_safe(k: int, expected: int) -> None:
+    # n=1000, 200 colluders: below k=22 even t = k + 1 fails, because all k neighbours of some honest
+    # node collude with probability above 2^-40 (scipy); the answer k + 2 says "no threshold".
+    t = smallest_safe_threshold(1000, k, 200)
+    assert t == expected
+    safe = [s for s in range(1, k + 2) if sparse_failure_scipy(1000, k, s, 200) <= TARGET_40]
+    assert (min(safe) if safe else k + 2) == expected
+
+
 def test_smallest_safe_threshold_known_sparse_values() -> None:
     # Recomputed with scipy: at n=1000 against 50 colluders, k=52 needs t=37 (the propose_parameters pick).
     assert smallest_safe_threshold(1000, 52, 50) == 37
@@ -585,7 +595,7 @@ def test_propose_parameters_counts_the_whole_roster(n: int, roster: int, c: int)
 
 @pytest.mark.parametrize("n", [5, 10, 20, 100, 1000])
 @pytest.mark.parametrize("colluders", [1, None, 0.1], ids=repr)
-def test_propose_parameters_curious_complete_graph_is_c_plus_one(n: int, colluders: int | float | None) -> None:
+def test_propose_parameters_for_a_curious_coordinator(n: int, colluders: int | float | None) -> None:
     c = expected_colluders(colluders, n)
     expected = reference_proposal(n, 0.1, c, n, "curious")
     proposal = propose_parameters(n, 0.1, colluders, adversary="curious")
