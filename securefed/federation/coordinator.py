@@ -21,6 +21,7 @@ still there.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -33,7 +34,7 @@ import numpy as np
 from securefed.dp.mechanism import SkellamParameters, plan_skellam
 from securefed.errors import EncodingError, InvalidParameter, ProtocolAborted, RemoteProtocolError
 from securefed.federation.messages import Envelope, Hello, Refusal, RoundResult, RoundStart
-from securefed.federation.spec import RoundSpec, round_context
+from securefed.federation.spec import RoundSpec, parse_spec, round_context
 from securefed.federation.store import CoordinatorStore
 from securefed.federation.task import NodeEntry, TaskDefinition
 from securefed.federation.update import EvaluationCodec, TrainingUpdateCodec, choose_fractional_bits
@@ -120,6 +121,7 @@ class _Aggregation:
     stage: Stage | None
     deadline: float
     ids: dict[str, int] = field(default_factory=dict)
+    rerun_refusals: set[str] = field(default_factory=set)
 
 
 class Coordinator:
@@ -154,6 +156,8 @@ class Coordinator:
         self.excluded_for_round: dict[str, str] = {}
         self.excluded_for_run: dict[str, str] = {}
         self._waiting_logged: str | None = None
+        #: unmask requests to send again, by node, after a restart in the middle of unmasking
+        self._resend: dict[str, object] = {}
         store.bind_task(task.name, task.fingerprint())
         latest = store.latest_model()
         if latest is None:
@@ -174,6 +178,7 @@ class Coordinator:
             task.rounds,
             self.phase,
         )
+        self._resume_unmasking()
 
     # --- running ----------------------------------------------------------
 
@@ -211,6 +216,9 @@ class Coordinator:
             return
         self.presence[node] = self.clock()
         if isinstance(body, Hello):
+            request = self._resend.pop(node, None)
+            if request is not None and self.current is not None:
+                self.socket.send(node, Envelope(self.task.name, self.current.id, request))
             return
         current = self.current
         if current is None or envelope.aggregation != current.id or node not in current.ids:
@@ -220,6 +228,8 @@ class Coordinator:
         if isinstance(body, Refusal):
             log.warning("node %s refused aggregation %d: %s (%s)", node, current.id, body.reason, body.detail)
             self.store.record_refusal(current.id, node, body.reason, body.detail)
+            if body.reason == "rerun":
+                current.rerun_refusals.add(node)
             self._feed(PeerGone(current.ids[node]))
             return
         if not isinstance(body, _NODE_MESSAGES):
@@ -245,6 +255,15 @@ class Coordinator:
             self._exclude_culprits(exc)
             self._abort(str(exc))
             return
+        if current.server.stage is Stage.UNMASK and current.stage is not Stage.UNMASK:
+            # Nodes are about to release their shares and will never contribute to this round again:
+            # keep what finishing it needs, so a restarted coordinator can collect the same shares again.
+            try:
+                self._save_unmask_state(current)
+            except (sqlite3.Error, InvalidParameter) as exc:
+                log.error("aggregation %d: could not save the unmasking state durably (%s); aborting before any share is released", current.id, exc)
+                self._abort(f"could not save the unmasking state: {exc}")
+                return
         for send in sends:
             self.socket.send(current.cohort[send.to - 1], Envelope(self.task.name, current.id, send.message))
         if current.server.stage is not current.stage:
@@ -259,6 +278,83 @@ class Coordinator:
                 current.deadline = self.clock() + self.task.deadlines[current.stage.value]
         if current.server.result is not None:
             self._complete(current.server.result)
+
+    def _save_unmask_state(self, current: _Aggregation) -> None:
+        server = current.server
+        data, masked_sum = server.unmask_snapshot()
+        config = server.config
+        state = {
+            "server": data,
+            "config": {
+                "cohort_size": config.cohort_size,
+                "threshold": config.threshold,
+                "vector_length": config.vector_length,
+                "context": config.context.hex(),
+                "neighbours": config.neighbours,
+            },
+            "spec": current.spec.to_json(),
+            "cohort": list(current.cohort),
+        }
+        self.store.save_unmask_state(current.id, current.round, current.phase, state, masked_sum)
+
+    def _resume_unmasking(self) -> None:
+        """After a restart: finish the unmasking a crash interrupted, by asking for the same shares again."""
+        try:
+            pending = self.store.pending_unmask_state()
+        except InvalidParameter as exc:
+            log.error("task %s: %s; that round will be run again from scratch", self.task.name, exc)
+            self.store.clear_unmask_state()
+            return
+        if pending is None:
+            return
+        aggregation, round_number, phase, state, masked_sum = pending
+        expected = (self.completed_round + 1, "train") if self.phase == "train" else (self.completed_round, "evaluate")
+        if (round_number, phase) != expected:
+            self.store.clear_unmask_state()
+            return
+        try:
+            cohort = [str(name) for name in state["cohort"]]
+            ids = {name: i for i, name in enumerate(cohort, start=1)}
+            roster = {i: self.nodes[name].identity_public_key for name, i in ids.items()}
+            raw = state["config"]
+            config = RoundConfig(
+                self.task.name,
+                aggregation,
+                int(raw["cohort_size"]),
+                int(raw["threshold"]),
+                int(raw["vector_length"]),
+                bytes.fromhex(raw["context"]),
+                raw["neighbours"],
+            )
+            server = ServerProtocol.resume_unmasking(config, roster, state["server"], masked_sum)
+            spec = parse_spec(state["spec"])
+        except (KeyError, TypeError, ValueError, InvalidParameter, RemoteProtocolError) as exc:
+            log.error("task %s: cannot resume the unmasking of aggregation %d (%s)", self.task.name, aggregation, exc)
+            self.store.finish_attempt(aggregation, "aborted", f"could not resume after a restart: {exc}")
+            self.store.clear_unmask_state()
+            return
+        now = self.clock()
+        self.current = _Aggregation(
+            id=aggregation,
+            round=round_number,
+            phase=phase,
+            cohort=cohort,
+            spec=spec,
+            server=server,
+            started=now,
+            stage=Stage.UNMASK,
+            # time for the nodes to reconnect and greet, then the stage's own deadline
+            deadline=now + 2 * PRESENCE_TIMEOUT + self.task.deadlines["unmask"],
+            ids=ids,
+        )
+        self._resend = {cohort[send.to - 1]: send.message for send in server.unmask_requests()}
+        log.info(
+            "round %d %s: resuming the unmasking of aggregation %d after a restart; asking %d nodes for their shares again",
+            round_number,
+            phase,
+            aggregation,
+            len(self._resend),
+        )
 
     def _name_of(self, event: object) -> str:
         sender = getattr(event, "sender", None) or getattr(event, "node", None)
@@ -403,7 +499,7 @@ class Coordinator:
         if current.phase == "train":
             epsilon = None
             if spec.dp is not None:
-                plan = self._dp_plans[(n, spec.threshold)]
+                plan = self._dp_plan(n, spec.threshold)
                 mean_delta = plan.decode_mean(result.sum, len(survivors))  # range-checked
                 total_weight = float(len(survivors))
                 epsilon = plan.epsilon(current.round, self.task.dp["delta"])
@@ -452,6 +548,8 @@ class Coordinator:
             log.info("round %d/%d: federated accuracy %.4f, loss %.4f over %d samples from %d nodes", current.round, self.task.rounds, totals.accuracy, totals.mean_loss, totals.count, len(survivors))
         for name in current.cohort:
             self.socket.send(name, Envelope(self.task.name, current.id, RoundResult(True, len(survivors), detail)))
+        self.store.clear_unmask_state()
+        self._resend.clear()
         self.current = None
         self.excluded_for_round.clear()
 
@@ -487,7 +585,29 @@ class Coordinator:
         current = self.current
         log.warning("aggregation %d (round %d %s) aborted: %s", current.id, current.round, current.phase, reason)
         self.store.finish_attempt(current.id, "aborted", reason)
+        self.store.clear_unmask_state()
+        self._resend.clear()
         for name in current.cohort:
             self.socket.send(name, Envelope(self.task.name, current.id, RoundAborted("too-few-nodes")))
         self.current = None
         self._not_before = self.clock() + RETRY_DELAY
+        if current.rerun_refusals:
+            nodes = ", ".join(sorted(current.rerun_refusals))
+            if current.phase == "evaluate":
+                # An evaluation is optional: never block training on one that can no longer run.
+                log.warning(
+                    "round %d: evaluation skipped: %s already released an evaluation of this model in an attempt "
+                    "that did not complete, and refuse a second one (rerun protection)",
+                    current.round,
+                    nodes,
+                )
+                self.phase = "train"
+            else:
+                log.error(
+                    "round %d cannot be retried with %s: they released their update to an earlier attempt of "
+                    "this round that did not complete, and refuse to contribute twice (a second sum could be "
+                    "subtracted from the first). Only nodes that took no part in that attempt can run it; "
+                    "see docs/deployment.md (rerun protection).",
+                    current.round,
+                    nodes,
+                )

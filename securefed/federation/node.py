@@ -18,7 +18,9 @@ after a restart.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import logging
 import math
 import sqlite3
@@ -134,7 +136,12 @@ CREATE TABLE IF NOT EXISTS released_rounds (
 CREATE TABLE IF NOT EXISTS released_models (
     task TEXT NOT NULL, phase TEXT NOT NULL, model_hash TEXT NOT NULL, aggregation INTEGER NOT NULL,
     PRIMARY KEY (task, phase, model_hash));
+CREATE TABLE IF NOT EXISTS released_shares (
+    task TEXT NOT NULL, aggregation INTEGER NOT NULL, request TEXT NOT NULL, shares TEXT NOT NULL,
+    PRIMARY KEY (task, aggregation));
 """
+
+_KEPT_RELEASES = 8  # unmasking shares kept per task, to answer a restarted coordinator again
 
 
 class NodeState:
@@ -186,10 +193,34 @@ class NodeState:
             return f"this node already released a {phase} contribution computed from this exact model (aggregation {row[0]})"
         return None
 
-    def record_release(self, task: str, phase: str, round_number: int, model_hash: str, aggregation: int) -> None:
-        """Durably mark the round and the model as released, before anything leaves the node."""
+    def record_release(
+        self,
+        task: str,
+        phase: str,
+        round_number: int,
+        model_hash: str,
+        aggregation: int,
+        request: UnmaskRequest | None = None,
+        shares: UnmaskShares | None = None,
+    ) -> None:
+        """Durably mark the round and the model as released, before anything leaves the node.
+
+        With ``request`` and ``shares``, also keep the unmasking shares sent in answer to that
+        request: a coordinator that crashed while collecting them may ask for them again, and
+        sending the very same shares again reveals nothing new.
+        """
         self._db.execute("BEGIN IMMEDIATE")
         try:
+            if request is not None and shares is not None:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO released_shares (task, aggregation, request, shares) VALUES (?, ?, ?, ?)",
+                    (task, aggregation, _request_key(request), _encode_shares(shares)),
+                )
+                self._db.execute(
+                    "DELETE FROM released_shares WHERE task = ? AND aggregation NOT IN "
+                    "(SELECT aggregation FROM released_shares WHERE task = ? ORDER BY aggregation DESC LIMIT ?)",
+                    (task, task, _KEPT_RELEASES),
+                )
             self._db.execute(
                 "INSERT OR IGNORE INTO released_rounds (task, phase, round, aggregation) VALUES (?, ?, ?, ?)",
                 (task, phase, round_number, aggregation),
@@ -203,6 +234,15 @@ class NodeState:
             self._db.execute("ROLLBACK")
             raise
 
+    def released_shares(self, task: str, aggregation: int, request: UnmaskRequest) -> UnmaskShares | None:
+        """The shares this node sent for ``aggregation`` in answer to this very request, if it kept them."""
+        row = self._db.execute(
+            "SELECT request, shares FROM released_shares WHERE task = ? AND aggregation = ?", (task, aggregation)
+        ).fetchone()
+        if row is None or row[0] != _request_key(request):
+            return None
+        return _decode_shares(row[1])
+
     def audit_head(self) -> tuple[int, str] | None:
         row = self._db.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
         return None if row is None else (int(row[0]), str(row[1]))
@@ -212,6 +252,30 @@ class NodeState:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _request_key(request: UnmaskRequest) -> str:
+    """What identifies an unmask request: the survivors and the dropped (signatures may come in any subset)."""
+    return json.dumps([list(request.survivors), list(request.dropped)], separators=(",", ":"))
+
+
+def _encode_shares(shares: UnmaskShares) -> str:
+    return json.dumps(
+        {
+            "sender": shares.sender,
+            "b": [[owner, base64.b64encode(raw).decode()] for owner, raw in shares.b_shares],
+            "s": [[owner, base64.b64encode(raw).decode()] for owner, raw in shares.s_shares],
+        }
+    )
+
+
+def _decode_shares(text: str) -> UnmaskShares:
+    data = json.loads(text)
+    return UnmaskShares(
+        int(data["sender"]),
+        tuple((int(owner), base64.b64decode(raw, validate=True)) for owner, raw in data["b"]),
+        tuple((int(owner), base64.b64decode(raw, validate=True)) for owner, raw in data["s"]),
+    )
 
 
 class _Refused(Exception):
@@ -467,6 +531,8 @@ class Node:
     def _on_protocol_message(self, aggregation: int, message: object) -> None:
         current = self.current
         if current is None or current.aggregation != aggregation or current.client is None:
+            if isinstance(message, UnmaskRequest) and self._answer_again(aggregation, message):
+                return
             log.debug("ignored %s for aggregation %d", type(message).__name__, aggregation)
             return
         try:
@@ -492,7 +558,7 @@ class Node:
                 if self.current is None:  # the ledger refused at the last moment
                     return
             elif isinstance(reply, UnmaskShares):
-                if not self._record_release():
+                if not self._record_release(message, reply):
                     return
                 self._send(aggregation, reply)
             else:
@@ -547,12 +613,25 @@ class Node:
         current.sent_input = True
         self._send(current.aggregation, message)
 
-    def _record_release(self) -> bool:
+    def _answer_again(self, aggregation: int, request: UnmaskRequest) -> bool:
+        """A restarted coordinator asks for unmasking shares this node already sent: send the same ones."""
+        try:
+            shares = self.state.released_shares(self.task, aggregation, request)
+        except (sqlite3.Error, ValueError, KeyError, TypeError) as exc:
+            log.warning("aggregation %d: could not read the shares released earlier (%s)", aggregation, exc)
+            return False
+        if shares is None:
+            return False
+        log.info("aggregation %d: sent the same unmasking shares again (the coordinator restarted)", aggregation)
+        self._send(aggregation, shares)
+        return True
+
+    def _record_release(self, request: UnmaskRequest | None = None, shares: UnmaskShares | None = None) -> bool:
         """Durably mark this round and model as released before the release leaves; False if that failed."""
         current = self.current
         try:
             self.state.record_release(
-                self.task, current.spec.phase, current.spec.round, current.model_hash, current.aggregation
+                self.task, current.spec.phase, current.spec.round, current.model_hash, current.aggregation, request, shares
             )
         except sqlite3.Error as exc:
             log.error("aggregation %d: could not record the release durably (%s); not sending it", current.aggregation, exc)

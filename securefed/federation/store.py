@@ -53,6 +53,14 @@ CREATE TABLE IF NOT EXISTS attempts (
     detail TEXT NOT NULL DEFAULT '',
     started_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS unmask_state (
+    aggregation INTEGER PRIMARY KEY,
+    round INTEGER NOT NULL,
+    phase TEXT NOT NULL,
+    state TEXT NOT NULL,
+    masked_sum BLOB NOT NULL,
+    sha256 TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS refusals (
     aggregation INTEGER NOT NULL,
     node TEXT NOT NULL,
@@ -139,6 +147,35 @@ class CoordinatorStore:
             "INSERT INTO refusals (aggregation, node, reason, detail, at) VALUES (?, ?, ?, ?, ?)",
             (aggregation, node, reason, detail[:2000], time.time()),
         )
+
+    # --- unmasking that must survive a restart -------------------------------
+
+    def save_unmask_state(self, aggregation: int, round_number: int, phase: str, state: dict, masked_sum: bytes) -> None:
+        """Durably keep what finishing ``aggregation``'s unmasking needs, before any node releases a share."""
+        text = json.dumps(state, sort_keys=True, separators=(",", ":"))
+        digest = hashlib.sha256(text.encode() + masked_sum).hexdigest()
+        with self._transaction():
+            self._db.execute("DELETE FROM unmask_state")
+            self._db.execute(
+                "INSERT INTO unmask_state (aggregation, round, phase, state, masked_sum, sha256) VALUES (?, ?, ?, ?, ?, ?)",
+                (aggregation, round_number, phase, text, masked_sum, digest),
+            )
+
+    def pending_unmask_state(self) -> tuple[int, int, str, dict, bytes] | None:
+        """(aggregation, round, phase, state, masked sum) of an unmasking a crash interrupted, if any."""
+        row = self._db.execute(
+            "SELECT u.aggregation, u.round, u.phase, u.state, u.masked_sum, u.sha256 FROM unmask_state u "
+            "JOIN attempts a ON a.aggregation = u.aggregation WHERE a.status = 'running'"
+        ).fetchone()
+        if row is None:
+            return None
+        aggregation, round_number, phase, text, blob, digest = row
+        if hashlib.sha256(text.encode() + bytes(blob)).hexdigest() != digest:
+            raise InvalidParameter(f"the saved unmasking state of aggregation {aggregation} fails its checksum")
+        return int(aggregation), int(round_number), str(phase), json.loads(text), bytes(blob)
+
+    def clear_unmask_state(self) -> None:
+        self._db.execute("DELETE FROM unmask_state")
 
     # --- model and rounds ---------------------------------------------------
 

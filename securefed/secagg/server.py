@@ -37,6 +37,7 @@ both: honest nodes enforce that. So it learns only the sum.
 
 from __future__ import annotations
 
+import base64
 import hmac
 import os
 from collections.abc import Callable, Mapping
@@ -91,6 +92,14 @@ from securefed.secagg.transcript import (
 from securefed.secagg.validate import check_id_pairs, check_sorted_ids, require
 
 __all__ = ["ServerState", "ServerProtocol", "AggregateResult", "SERVER_TRANSITIONS"]
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text, validate=True)
 
 
 class ServerState(Enum):
@@ -561,6 +570,99 @@ class ServerProtocol:
                 culprits=(owner,),
             )
         self._shortfall(stage, worst, f"share holders remain for node {owner}")
+
+    # --- surviving a coordinator restart during unmasking ---------------------
+
+    def unmask_snapshot(self) -> tuple[dict, bytes]:
+        """What a restarted coordinator needs to finish this round's unmasking: (JSON-able dict, masked sum bytes).
+
+        Taken once the consistency stage has closed and *before* the unmask requests go out:
+        from then on nodes release shares and will never contribute to this round again, so
+        the only way to finish it after a crash is to collect those same shares again.
+        Everything here is public or already held by the coordinator (no node secret).
+        """
+        if self.state is not ServerState.COLLECT_UNMASK_SHARES:
+            raise LocalProtocolError("a snapshot is taken in the unmask stage only")
+        b64 = _b64
+        data = {
+            "version": 1,
+            "answered": {stage.value: list(ids) for stage, ids in self.answered.items()},
+            "keys": [
+                [e.sender, b64(e.c_pk), b64(e.s_pk), b64(e.seed_commitment), b64(e.signature)] for e in self._keys.values()
+            ],
+            "seed": b64(self._seed),
+            "commitments": [
+                [dealer, holder, b64(pair[0]), b64(pair[1])]
+                for dealer, holders in sorted(self._commitments.items())
+                for holder, pair in sorted(holders.items())
+            ],
+            "shared": sorted(self._shared),
+            "survivors": list(self._survivors),
+            "signatures": [[signer, b64(signature)] for signer, signature in sorted(self._signatures.items())],
+            "withheld": [[holder, sorted(dealers)] for holder, dealers in sorted(self._withheld.items())],
+            "expected": sorted(self._expected),
+        }
+        return data, np.ascontiguousarray(self._masked_sum, dtype="<u4").tobytes()
+
+    @classmethod
+    def resume_unmasking(
+        cls,
+        config: RoundConfig,
+        roster: Mapping[int, bytes],
+        data: dict,
+        masked_sum: bytes,
+        *,
+        entropy: Callable[[int], bytes] | None = None,
+    ) -> ServerProtocol:
+        """Rebuild a server waiting for unmask shares from :meth:`unmask_snapshot`'s output.
+
+        Raises :class:`InvalidParameter` if the snapshot does not fit ``config`` (a damaged or
+        foreign file): a coordinator must then give the round up, not guess.
+        """
+        server = cls(config, roster, entropy=entropy)
+        try:
+            if data.get("version") != 1:
+                raise ValueError("unknown snapshot version")
+            unb64 = _unb64
+            server.answered = {Stage(name): tuple(ids) for name, ids in data["answered"].items()}
+            server._keys = {
+                int(sender): AdvertiseKeys(int(sender), unb64(c_pk), unb64(s_pk), unb64(commitment), unb64(signature))
+                for sender, c_pk, s_pk, commitment, signature in data["keys"]
+            }
+            server._seed = unb64(data["seed"])
+            commitments: dict[int, dict[int, tuple[bytes, bytes]]] = {}
+            for dealer, holder, s_commitment, b_commitment in data["commitments"]:
+                commitments.setdefault(int(dealer), {})[int(holder)] = (unb64(s_commitment), unb64(b_commitment))
+            server._commitments = commitments
+            server._shared = frozenset(int(i) for i in data["shared"])
+            server._survivors = tuple(int(i) for i in data["survivors"])
+            server._signatures = {int(signer): unb64(signature) for signer, signature in data["signatures"]}
+            server._withheld = {int(holder): frozenset(int(d) for d in dealers) for holder, dealers in data["withheld"]}
+            server._expected = {int(i) for i in data["expected"]}
+            total = np.frombuffer(masked_sum, dtype="<u4").astype(np.uint32)
+            if total.shape != (config.vector_length,) or not server._survivors:
+                raise ValueError("masked sum or survivors do not fit the round")
+            if not set(server._survivors) <= server._shared <= set(server._keys) <= set(config.ids):
+                raise ValueError("inconsistent survivor, sharer and key sets")
+            server._masked_sum = total
+            graph = NeighbourGraph.build(config.ids, config.degree, server._seed)
+            live = frozenset(server._keys)
+            server._graph = graph
+            server._neighbourhoods = {node: graph.neighbours(node) & live for node in live}
+        except (KeyError, TypeError, ValueError, AttributeError, InvalidParameter) as exc:
+            raise InvalidParameter(f"cannot resume unmasking from this snapshot: {exc}") from None
+        server.state = ServerState.COLLECT_UNMASK_SHARES
+        return server
+
+    def unmask_requests(self) -> list[Send]:
+        """The unmask requests of this round (again), for nodes that have not answered yet."""
+        if self.state is not ServerState.COLLECT_UNMASK_SHARES:
+            raise LocalProtocolError("unmask requests exist in the unmask stage only")
+        dropped = tuple(sorted(self._shared - set(self._survivors)))
+        request = UnmaskRequest(
+            self._survivors, dropped, tuple((signer, self._signatures[signer]) for signer in sorted(self._signatures))
+        )
+        return [Send(node, request) for node in sorted(self.waiting_for)]
 
     def abort_messages(self, reason: str) -> list[Send]:
         """Tell every node still in the round that it is over (for drivers after an abort)."""

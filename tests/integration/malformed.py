@@ -120,7 +120,8 @@ def _field_faults(template: Message, changes: list[tuple[object, str]]) -> list[
 
 
 def _reveal_and_commitment_faults(rng: random.Random, task: str) -> list[tuple[Message, str]]:
-    """Node -> coordinator: the reveal stage's and the signed share commitments' fields, each gone wrong."""
+    """Node -> coordinator: the fields of the reveal stage, of the signed share commitments and of the
+    bad-dealer report, each gone wrong."""
     value, commitment, pair, signature = rng.randbytes(32), rng.randbytes(32), rng.randbytes(64), rng.randbytes(64)
     advertise = encode(Envelope(task, 1, AdvertiseKeys(1, rng.randbytes(32), rng.randbytes(32), commitment, signature)))
     reveal = encode(Envelope(task, 1, SeedReveal(1, value)))
@@ -145,6 +146,17 @@ def _reveal_and_commitment_faults(rng: random.Random, task: str) -> list[tuple[M
             (lambda h: h.update(sender=0), "bad-field"),
             (lambda h: h.pop("value"), "bad-header"),
             (lambda h: h.update(seed=h["value"]), "bad-header"),
+        ],
+    )
+    masked = encode(Envelope(task, 1, MaskedInput(1, np.arange(3, dtype=np.uint32), (2, 3))))
+    out += _field_faults(
+        masked,
+        [
+            (lambda h: h.update(bad_dealers=[3, 2]), "bad-field"),
+            (lambda h: h.update(bad_dealers=[2, 2]), "bad-field"),
+            (lambda h: h.update(bad_dealers=[0]), "bad-field"),
+            (lambda h: h.update(bad_dealers="2,3"), "bad-field"),
+            (lambda h: h.pop("bad_dealers"), "bad-header"),  # a masked input from before bad-dealer reports
         ],
     )
     out += _field_faults(
@@ -208,7 +220,7 @@ def _reveal_list_and_relay_faults(rng: random.Random, task: str) -> list[tuple[M
 
 def to_coordinator(seed: int, task: str) -> list[tuple[Message, str]]:
     """Node -> coordinator garbage (a Hello and a MaskedInput are the templates, plus every field of the
-    reveal stage and of the signed share commitments gone wrong)."""
+    reveal stage, of the signed share commitments and of the bad-dealer report gone wrong)."""
     rng = random.Random(seed)
     hello = encode(Envelope(task, 0, Hello("site-1")))
     masked = encode(Envelope(task, 1, MaskedInput(1, np.arange(3, dtype=np.uint32))))

@@ -1,8 +1,10 @@
 """Hypothesis invariants of the wire codec.
 
 1. Round trip: ``decode(encode(e)) == e`` for generated valid envelopes of every type.
-2. The ``(id, bytes)`` pair fields accept exactly the valid lists: strictly increasing
-   ids in range, canonical base64 of the field's size (checked against an oracle).
+2. Field by field, against an independent oracle: the ``(id, bytes)`` pair fields, the
+   id lists and the byte-string fields accept exactly the valid values (strictly
+   increasing ids in range, canonical base64 of the field's size) and refuse a valid
+   value with one fault planted in it.
 3. h11's invariant: ``decode`` of *any* frames returns an Envelope or raises
    ``RemoteProtocolError`` with a documented reason, never anything else; and
    whatever it returns is valid (it encodes again and round-trips). Inputs are
@@ -110,7 +112,7 @@ BODIES: dict[type, st.SearchStrategy] = {
     AdvertiseKeys: advertise,
     SeedReveal: st.builds(SeedReveal, ids, bytes32),
     ShareKeys: share_keys(),
-    MaskedInput: st.builds(MaskedInput, ids, vectors),
+    MaskedInput: st.builds(MaskedInput, ids, vectors, sorted_ids),
     ConsistencySignature: st.builds(ConsistencySignature, ids, bytes64),
     UnmaskShares: st.builds(UnmaskShares, ids, pairs(blobs), pairs(blobs)),
     KeyList: st.lists(advertise, unique_by=lambda a: a.sender, max_size=4).map(
@@ -254,6 +256,47 @@ def test_pair_fields_accept_exactly_the_valid_lists(key: tuple[type, str], data:
             assert error.reason == "bad-field", error
         else:
             raise AssertionError(f"{cls.__name__}.{field} accepted {header[field]!r} ({fault})")
+
+
+# Every list-of-ids field.
+IDS_FIELDS = [(MaskedInput, "bad_dealers"), (ConsistencyRequest, "survivors"), (UnmaskRequest, "survivors"), (UnmaskRequest, "dropped")]
+
+
+def test_ids_field_table_is_complete() -> None:
+    found = {(cls, f.name) for cls in MESSAGE_TYPES.values() for f in dataclasses.fields(cls) if str(f.type) == "tuple[int, ...]"}
+    assert found == set(IDS_FIELDS)
+
+
+@pytest.mark.parametrize("key", IDS_FIELDS, ids=[f"{cls.__name__}.{field}" for cls, field in IDS_FIELDS])
+@given(data=st.data())
+def test_ids_fields_accept_exactly_strictly_increasing_ids(key: tuple[type, str], data: st.DataObject) -> None:
+    cls, field = key
+    fault = data.draw(st.sampled_from(["none", "id-range", "id-type", "unsorted", "duplicate"]))
+    values: list[Any] = sorted(data.draw(st.lists(ids, unique=True, min_size=0 if fault == "none" else 2, max_size=6)))
+    at = data.draw(st.integers(0, len(values) - 2)) if len(values) > 1 else 0
+    if fault == "id-range":
+        values[at] = data.draw(st.sampled_from([0, -1, 65536, 2**40]))
+    elif fault == "id-type":
+        values[at] = data.draw(st.sampled_from([True, float(values[at]), str(values[at]), None, [values[at]]]))
+    elif fault == "unsorted":
+        values[at], values[at + 1] = values[at + 1], values[at]
+    elif fault == "duplicate":
+        values[at + 1] = values[at]
+    valid = all(type(i) is int and 1 <= i <= 65535 for i in values) and all(a < b for a, b in zip(values, values[1:]))
+    event(f"fault: {fault}, {'valid' if valid else 'invalid'}")
+    template = encode(Envelope("task", 1, data.draw(BODIES[cls])))
+    header = json.loads(template[2])
+    header[field] = values
+    frames = [template[0], template[1], json.dumps(header).encode(), *template[3:]]
+    if valid:
+        assert getattr(decode(frames).body, field) == tuple(values)
+    else:
+        try:
+            decode(frames)
+        except RemoteProtocolError as error:
+            assert error.reason == "bad-field", error
+        else:
+            raise AssertionError(f"{cls.__name__}.{field} accepted {values!r} ({fault})")
 
 
 # Every byte-string field (all fixed-size), and the same fields inside a KeyList entry.

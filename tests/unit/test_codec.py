@@ -80,7 +80,7 @@ EXAMPLES: list[Envelope] = [
             SIG,
         ),
     ),
-    Envelope("task-a", 7, MaskedInput(3, np.array([0, 1, 2**32 - 1, 12345], dtype=np.uint32))),
+    Envelope("task-a", 7, MaskedInput(3, np.array([0, 1, 2**32 - 1, 12345], dtype=np.uint32), (2, 7))),
     Envelope("task-a", 7, ConsistencySignature(4, SIG)),
     Envelope("task-a", 7, UnmaskShares(5, ((1, b"b1"), (2, b"b2")), ((7, b"s7"),))),
     Envelope("task-a", 7, KeyList((AdvertiseKeys(1, K1, K2, C1, SIG), AdvertiseKeys(4, K2, K1, C1[::-1], SIG)))),
@@ -123,6 +123,7 @@ EDGE_EXAMPLES: list[Envelope] = [
     Envelope("t", 1, RoundStart(65535, (), {}, np.zeros(0))),
     Envelope("t", 1, RoundStart(1, ((1, "a"),), {"deep": _nested(MAX_SPEC_DEPTH - 1), "s": "[[[[[[[[{{{{{{\\\""}, np.ones(1))),
     Envelope("t", 1, MaskedInput(1, np.zeros(1, dtype=np.uint32))),
+    Envelope("t", 1, MaskedInput(65535, np.zeros(1, dtype=np.uint32), (1, 65535))),
     Envelope("t", 1, RoundResult(False, 0, "line\nline\x00\t")),
     Envelope("t", 1, RoundAborted("ü")),
 ]
@@ -176,7 +177,9 @@ def test_round_trip(envelope: Envelope) -> None:
 def test_header_layout_is_flat_json_with_descriptors() -> None:
     frames = encode(BASE["MaskedInput"])
     assert len(frames) == 4
-    assert _header(frames) == {"task": "task-a", "aggregation": 7, "sender": 3, "vector": {"dtype": "<u4", "shape": [4]}}
+    assert _header(frames) == {
+        "task": "task-a", "aggregation": 7, "sender": 3, "vector": {"dtype": "<u4", "shape": [4]}, "bad_dealers": [2, 7]
+    }  # fmt: skip
     assert frames[3] == np.array([0, 1, 2**32 - 1, 12345], dtype="<u4").tobytes()
     header = _header(encode(BASE["UnmaskRequest"]))
     assert header["signatures"] == [[1, _b64(SIG)], [2, _b64(SIG[::-1])]]
@@ -262,6 +265,7 @@ def test_real_protocol_messages_survive_the_wire(
         assert body.sender in holders and holders - {body.sender} == {recipient for recipient, _ in body.ciphertexts}
         assert all(len(commitment) == 64 for _, commitment in body.commitments) and len(body.signature) == 64
         assert len(holders) == (n if neighbours is None else neighbours + 1)
+    assert all(body.bad_dealers == () for body in seen["MaskedInput"])  # every dealer was honest
     for body in seen["ShareRelay"]:
         assert body.commitments and [i for i, _ in body.commitments] == [i for i, _ in body.ciphertexts]
 
@@ -349,6 +353,11 @@ BAD_BODIES = {
     "vector-2d": MaskedInput(1, np.zeros((2, 2), dtype=np.uint32)),
     "vector-empty": MaskedInput(1, np.zeros(0, dtype=np.uint32)),
     "vector-list": MaskedInput(1, [1, 2, 3]),
+    "bad-dealers-list": MaskedInput(1, np.zeros(1, dtype=np.uint32), [2]),
+    "bad-dealers-unsorted": MaskedInput(1, np.zeros(1, dtype=np.uint32), (3, 2)),
+    "bad-dealers-duplicate": MaskedInput(1, np.zeros(1, dtype=np.uint32), (2, 2)),
+    "bad-dealers-zero": MaskedInput(1, np.zeros(1, dtype=np.uint32), (0,)),
+    "bad-dealers-numpy": MaskedInput(1, np.zeros(1, dtype=np.uint32), (np.int64(2),)),
     "model-float32": RoundStart(1, (), {}, np.zeros(2, dtype=np.float32)),
     "model-nan": RoundStart(1, (), {}, np.array([1.0, np.nan])),
     "model-inf": RoundStart(1, (), {}, np.array([np.inf])),
@@ -477,6 +486,7 @@ FIELD_BAD: dict[tuple[str, str], list[Any]] = {
     ("ShareKeys", "commitments"): COMMITMENT_PAIRS_BAD,
     ("ShareKeys", "signature"): SIG_BAD,
     ("MaskedInput", "sender"): ID_BAD,
+    ("MaskedInput", "bad_dealers"): IDS_BAD,
     ("ConsistencySignature", "sender"): ID_BAD,
     ("ConsistencySignature", "signature"): SIG_BAD,
     ("UnmaskShares", "sender"): ID_BAD,
@@ -551,6 +561,8 @@ GOOD_EDITS: list[tuple[str, dict[str, Any], Any]] = [
         KeyList((AdvertiseKeys(65535, K1, K2, V1, SIG),)),
     ),
     ("UnmaskRequest", {"signatures": [[65535, _b64(SIG)]]}, UnmaskRequest((1, 2), (3,), ((65535, SIG),))),
+    ("MaskedInput", {"bad_dealers": [1, 65535]}, MaskedInput(3, np.array([0, 1, 2**32 - 1, 12345], dtype=np.uint32), (1, 65535))),
+    ("MaskedInput", {"bad_dealers": []}, MaskedInput(3, np.array([0, 1, 2**32 - 1, 12345], dtype=np.uint32))),
 ]  # fmt: skip
 
 
@@ -567,7 +579,7 @@ def test_a_good_value_in_the_same_slot_is_accepted(name: str, changes: dict[str,
 
 
 def test_old_wire_formats_are_rejected() -> None:
-    """Messages shaped as before the reveal stage and the signed share commitments do not decode."""
+    """Messages shaped as before the reveal stage, the signed share commitments and bad-dealer reports do not decode."""
     advertise = _header(encode(BASE["AdvertiseKeys"]))
     del advertise["seed_commitment"]
     _rejected([VERSION, b"AdvertiseKeys", json.dumps(advertise).encode()], "bad-header")
@@ -577,6 +589,10 @@ def test_old_wire_formats_are_rejected() -> None:
     relay = _header(encode(BASE["ShareRelay"]))
     del relay["commitments"]
     _rejected([VERSION, b"ShareRelay", json.dumps(relay).encode()], "bad-header")
+    masked = encode(BASE["MaskedInput"])
+    header = _header(masked)
+    del header["bad_dealers"]
+    _rejected(_with_header(masked, header), "bad-header")
     keylist = _header(encode(BASE["KeyList"]))
     for entry in keylist["entries"]:
         del entry["seed_commitment"]
@@ -905,7 +921,8 @@ def test_list_and_string_limits_follow_the_limits_object() -> None:
 @pytest.mark.parametrize(
     "name, field, length",
     [("ShareKeys", "ciphertexts", 3), ("ShareKeys", "commitments", 4), ("ShareRelay", "ciphertexts", 2),
-     ("ShareRelay", "commitments", 2), ("SeedRevealList", "reveals", 2), ("KeyList", "entries", 2)],
+     ("ShareRelay", "commitments", 2), ("SeedRevealList", "reveals", 2), ("KeyList", "entries", 2),
+     ("MaskedInput", "bad_dealers", 2)],
 )  # fmt: skip
 def test_list_limit_applies_to_every_list_field(name: str, field: str, length: int) -> None:
     header = _header(encode(BASE[name]))
