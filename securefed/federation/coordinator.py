@@ -40,6 +40,7 @@ from securefed.federation.task import NodeEntry, TaskDefinition
 from securefed.federation.update import EvaluationCodec, TrainingUpdateCodec, choose_fractional_bits
 from securefed.learning.models import make_adapter
 from securefed.learning.strategies import make_strategy
+from securefed.secagg.bounds import minimum_safe_threshold
 from securefed.secagg.config import RoundConfig
 from securefed.secagg.messages import (
     AdvertiseKeys,
@@ -400,10 +401,14 @@ class Coordinator:
         except InvalidParameter as exc:
             self._log_waiting(f"cannot run a round with {n} nodes: {exc}")
             return
-        if threshold > n:
+        pool = n if neighbours is None or neighbours + neighbours % 2 >= n - 1 else neighbours + neighbours % 2 + 1
+        if threshold > pool:
+            c = task.colluders(len(self.nodes))
+            quorum = minimum_safe_threshold(max(n, len(self.nodes)), c)
             self._log_waiting(
-                f"waiting for nodes: {n} usable connected, but withstanding {task.colluders(len(self.nodes))} "
-                f"colluders among {len(self.nodes)} nodes needs a threshold of {threshold}"
+                f"waiting for nodes: {n} usable connected, but withstanding {c} colluders among "
+                f"{len(self.nodes)} nodes needs {min(threshold, pool + 1) if threshold <= pool + 1 else 'more than ' + str(pool)} "
+                f"of every {pool} share holders and {quorum} nodes in the round"
             )
             return
         self._waiting_logged = None

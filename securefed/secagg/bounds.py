@@ -82,7 +82,9 @@ def resolve_colluders(setting: int | float | None, roster_size: int) -> int:
             raise InvalidParameter("max_colluders must not be negative")
         return setting
     if isinstance(setting, float) and 0.0 <= setting < 1.0:
-        return math.ceil(setting * roster_size - 1e-9)
+        # The fraction as written (0.07, not the float nearest it), so 0.07 of 100 is 7, not 8;
+        # any positive fraction counts at least one colluder.
+        return math.ceil(Fraction(repr(setting)) * roster_size)
     raise InvalidParameter("max_colluders is a count, a fraction in [0, 1), or unset")
 
 
@@ -95,6 +97,11 @@ def minimum_safe_threshold(population: int, colluders: int, adversary: str = "ma
 
 def hypergeometric_tail(population: int, successes: int, draws: int, at_least: int) -> Fraction:
     """P[X >= at_least] for X ~ Hypergeometric (drawing ``draws`` of ``population``), exactly."""
+    for name, value in (("population", population), ("successes", successes), ("draws", draws), ("at_least", at_least)):
+        if type(value) is not int:
+            raise InvalidParameter(f"{name} must be an integer")
+    if population < 0 or not 0 <= draws <= population:
+        raise InvalidParameter("need 0 <= draws <= population")
     successes = max(0, min(successes, population))
     if at_least <= 0:
         return Fraction(1)
@@ -159,6 +166,8 @@ def smallest_safe_threshold(
     population = max(cohort_size, roster_size or 0)
     if degree is None:
         return minimum_safe_threshold(population, colluders, adversary)
+    if cohort_size < minimum_safe_threshold(population, colluders, adversary):
+        return degree + 2  # the consistency quorum cannot be reached with this cohort: nothing is safe
     target = Fraction(1, 1 << security_bits)
     for t in range(1, degree + 2):
         if sparse_failure_probability(cohort_size, degree, t, colluders, adversary) <= target:

@@ -354,6 +354,18 @@ def test_hypergeometric_tail_edges() -> None:
     assert hypergeometric_tail(10, -2, 4, 1) == 0
 
 
+@pytest.mark.parametrize("args", [(5, 2, 7, 1), (5, 2, -1, 1), (-1, 0, 0, 0), (5.0, 2, 2, 1), (5, 2, 2, True)])
+def test_hypergeometric_tail_rejects_impossible_draws_with_a_clear_error(args) -> None:
+    with pytest.raises(InvalidParameter):
+        hypergeometric_tail(*args)
+
+
+def test_any_positive_fraction_counts_at_least_one_colluder() -> None:
+    assert resolve_colluders(1e-12, 1000) == 1
+    assert resolve_colluders(0.07, 100) == 7
+    assert resolve_colluders(0.0, 1000) == 0
+
+
 # --- sparse_breaking_colluders -------------------------------------------------------------------
 
 
