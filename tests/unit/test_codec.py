@@ -43,6 +43,7 @@ from securefed.wire import (
     max_message_size,
 )
 from securefed.wire import codec
+from tests.integration import malformed
 
 K1 = bytes(range(32))
 K2 = bytes(range(32, 64))
@@ -956,8 +957,6 @@ def test_no_pickle_or_eval_in_the_codec() -> None:
 @pytest.mark.parametrize("direction", ["to_coordinator", "to_node"])
 def test_flood_corpus_fails_with_its_stated_reason(direction: str) -> None:
     """The transport tests count drops by reason; every message of their corpus must fail decode with exactly that reason."""
-    from tests.integration import malformed
-
     if direction == "to_coordinator":
         build, new_types = (lambda: malformed.to_coordinator(3, "task-a")), {b"AdvertiseKeys", b"SeedReveal", b"ShareKeys"}
     else:
