@@ -207,11 +207,14 @@ def corrupt(data: st.DataObject, message: object, n: int) -> Corruption | None:
         return Corruption(dataclasses.replace(message, **{field: pairs}))
     if isinstance(message, MaskedInput):
         vector = message.vector.copy()
-        if data.draw(st.booleans(), label="truncate vector"):
-            return Corruption(MaskedInput(message.sender, vector[:-1]))
+        what = data.draw(st.sampled_from(["vector", "vector", "truncate", "reports"]), label="masked input field")
+        if what == "truncate":
+            return Corruption(dataclasses.replace(message, vector=vector[:-1]))
+        if what == "reports":  # forge or drop a report of a bad dealer (it can frame that dealer)
+            return Corruption(dataclasses.replace(message, bad_dealers=_mutate_ids(data, message.bad_dealers, n)))
         i = data.draw(st.integers(0, len(vector) - 1), label="vector index")
         vector[i] = (int(vector[i]) + data.draw(st.integers(1, (1 << 32) - 1), label="vector delta")) % (1 << 32)
-        return Corruption(MaskedInput(message.sender, vector))
+        return Corruption(dataclasses.replace(message, vector=vector))
     if isinstance(message, ConsistencySignature):
         if data.draw(st.booleans(), label="change signer"):
             return Corruption(dataclasses.replace(message, sender=_other_id(data, n, message.sender)))
@@ -314,6 +317,7 @@ class HostileNetworkRound(RuleBasedStateMachine):
         self.server = ServerProtocol(self.config, roster, entropy=entropy_for(seed, "server"))
         self.pending: list[InFlight] = []
         self.produced_masked: dict[int, np.ndarray] = {}  # what each node actually sent
+        self.produced_reports: dict[int, list[tuple[int, ...]]] = {}  # the bad dealers it reported with it
         self.accepted_masked: dict[int, np.ndarray] = {}  # what the coordinator kept
         self.outputs: dict[int, list[UnmaskShares]] = {}
         self.taints: list[str] = []
@@ -321,6 +325,7 @@ class HostileNetworkRound(RuleBasedStateMachine):
         self.tampered_relays: set[int] = set()  # nodes whose ShareRelay a copy of was changed
         self.tampered_unmask: set[int] = set()  # holders whose UnmaskShares a copy of was changed
         self.accepted_forgeries: dict[int, str] = {}  # holder -> op, for changed unmask shares the coordinator took
+        self.reported: set[int] = set()  # dealers reported as bad in masked inputs the coordinator took
         self.server_abort: ProtocolAborted | None = None
         for node, client in self.clients.items():
             (advert,) = client.start()
@@ -354,6 +359,7 @@ class HostileNetworkRound(RuleBasedStateMachine):
             accepted, _ = self._server_receive(item.message)
             if accepted and isinstance(item.message, MaskedInput):
                 self.accepted_masked[item.node] = item.message.vector
+                self.reported.update(item.message.bad_dealers)
             if accepted and item.taint:
                 self.taints.append(item.taint)
             if accepted and item.forged:
@@ -373,6 +379,7 @@ class HostileNetworkRound(RuleBasedStateMachine):
             if isinstance(reply, MaskedInput):
                 assert item.node not in self.produced_masked, "a node masked its input twice"
                 self.produced_masked[item.node] = reply.vector.copy()
+                self.produced_reports.setdefault(item.node, []).append(reply.bad_dealers)
             if isinstance(reply, UnmaskShares):
                 self.outputs.setdefault(item.node, []).append(reply)
             self.pending.append(InFlight(True, item.node, reply))
@@ -462,6 +469,11 @@ class HostileNetworkRound(RuleBasedStateMachine):
         for node, client in self.clients.items():
             if node not in self.tampered_relays:
                 assert client.bad_dealers <= self.tampered_share_keys, (node, client.bad_dealers)
+            if client.bad_dealers:
+                event("a holder skipped a dealer whose shares it could not use")
+            # What a node reports with its masked input is exactly what it will never reveal.
+            for message in self.produced_reports.get(node, ()):
+                assert set(message) == set(client.bad_dealers), (node, message, client.bad_dealers)
 
     @invariant()
     def nobody_named_without_cause(self) -> None:
@@ -480,6 +492,13 @@ class HostileNetworkRound(RuleBasedStateMachine):
         elif abort.stage == Stage.UNMASK.value:
             # Dealers are honest and their commitments signed: only forging holders can be named.
             assert abort.culprits == forged, (abort.culprits, forged)
+        elif abort.stage in (Stage.MASKED_INPUT.value, Stage.CONSISTENCY.value):
+            # Before any reveal, a dealer is named only when holders reported its shares as bad
+            # (and an honest holder reports only after a ShareKeys or ShareRelay was tampered with).
+            assert abort.culprits == () or (len(abort.culprits) == 1 and set(abort.culprits) <= self.reported), (
+                abort.culprits,
+                self.reported,
+            )
         else:
             assert abort.culprits == (), abort.culprits
 
