@@ -323,7 +323,6 @@ class HostileNetworkRound(RuleBasedStateMachine):
         self.taints: list[str] = []
         self.tampered_share_keys: set[int] = set()  # dealers whose ShareKeys a copy of was changed
         self.tampered_relays: set[int] = set()  # nodes whose ShareRelay a copy of was changed
-        self.tampered_unmask: set[int] = set()  # holders whose UnmaskShares a copy of was changed
         self.accepted_forgeries: dict[int, str] = {}  # holder -> op, for changed unmask shares the coordinator took
         self.reported: set[int] = set()  # dealers reported as bad in masked inputs the coordinator took
         self.server_abort: ProtocolAborted | None = None
@@ -423,8 +422,6 @@ class HostileNetworkRound(RuleBasedStateMachine):
             self.tampered_share_keys.add(item.node)
         elif isinstance(item.message, ShareRelay):
             self.tampered_relays.add(item.node)
-        elif isinstance(item.message, UnmaskShares):
-            self.tampered_unmask.add(item.node)
         self.pending[i] = InFlight(
             item.up, item.node, changed.message, item.taint or changed.taint, item.forged or changed.forged
         )

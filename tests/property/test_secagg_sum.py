@@ -13,6 +13,9 @@ For any cohort, threshold, neighbour count and dropout pattern, a round either
   :class:`ProtocolAborted` at stage ``"reveal"`` naming exactly those nodes in
   ``culprits`` (going on without them would let the coordinator pick a seed).
 
+(A sparse round with t = 1 is refused by every node's policy, even without
+colluders: each node's own share would unmask it.)
+
 Which of these happens, and with which survivors, is predicted by an
 independent model of the protocol's rules (:func:`predict`). The model needs
 the neighbour graph; it rebuilds it from public data only: the signed
@@ -35,7 +38,9 @@ Against misbehaving participants (built on ``HonestRound``):
   commitments and a valid signature, is named alone (``culprits == (dealer,)``)
   whenever more than t good shares of its revealed secret reach the
   coordinator; a dealer whose share fails its own commitment is recorded by
-  the holder, which goes on and never reveals it; no honest node is ever named.
+  the holder, which goes on, never reveals it and reports it with its masked
+  input (if that leaves the dealer short of t usable holders, the round stops
+  before anything is revealed, naming the dealer); no honest node is ever named.
 """
 
 from __future__ import annotations
@@ -227,7 +232,8 @@ def predict(
                 for owner in shared
                 if counts[owner] == worst
             )
-            outcome = Outcome(STAGE_NAMES[index], frozenset({t - worst}), (), (), choices)
+            first = min(choices)
+            outcome = Outcome(STAGE_NAMES[index], frozenset({t - worst}), (), first, choices - {first})
             return Model(outcome, talking, shared, hood)
     u5 = talking[UNMASK] = _talking(silent, u4, UNMASK)
     model = Model(Outcome(None, frozenset(), tuple(sorted(u3))), talking, shared, hood)
