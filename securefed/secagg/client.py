@@ -83,6 +83,7 @@ from securefed.secagg.transcript import (
     commitments_transcript,
     consistency_transcript,
     graph_seed,
+    mask_seed_commitment,
     mask_sign,
     pairwise_mask_seed,
     seed_commitment,
@@ -366,8 +367,11 @@ class ClientProtocol:
             associated = share_associated_data_for(config, self.node_id, peer)
             ciphertexts.append((peer, seal(key, s_bytes + b_bytes, associated, nonce=self._random(NONCE_SIZE))))
         commitments_t = tuple(commitments)
-        signature = self._identity.sign(commitments_transcript(config, self._graph_seed, self.node_id, commitments_t))
-        return [ShareKeys(self.node_id, tuple(ciphertexts), commitments_t, signature)]
+        mask_commitment = mask_seed_commitment(config, self.node_id, self._b_seed)
+        signature = self._identity.sign(
+            commitments_transcript(config, self._graph_seed, self.node_id, commitments_t, mask_commitment)
+        )
+        return [ShareKeys(self.node_id, tuple(ciphertexts), commitments_t, signature, mask_commitment)]
 
     def _on_share_relay(self, message: ShareRelay) -> list[ClientMessage]:
         config = self.config

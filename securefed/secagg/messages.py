@@ -86,15 +86,19 @@ class ShareKeys:
     """Stage 1: ``(recipient, AEAD ciphertext)`` per neighbour, and the dealer's share commitments.
 
     ``commitments`` holds ``(holder, commitment to the s-share || commitment to
-    the b-share)`` for every holder, the dealer itself included; ``signature``
-    (the dealer's identity key) covers all of them, so a revealed share can be
-    checked against what its dealer dealt and nobody can frame anybody.
+    the b-share)`` for every holder, the dealer itself included, and
+    ``mask_commitment`` is a commitment to the self-mask seed b itself (so a
+    sharing that does not open to it is caught even when only t shares
+    arrive); ``signature`` (the dealer's identity key) covers all of them, so a
+    revealed share can be checked against what its dealer dealt and nobody can
+    frame anybody.
     """
 
     sender: int
     ciphertexts: tuple[tuple[int, bytes], ...]
     commitments: tuple[tuple[int, bytes], ...]
     signature: bytes
+    mask_commitment: bytes
 
 
 @dataclass(frozen=True, eq=False)

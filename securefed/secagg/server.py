@@ -84,6 +84,7 @@ from securefed.secagg.transcript import (
     commitments_transcript,
     consistency_transcript,
     graph_seed,
+    mask_seed_commitment,
     mask_sign,
     pairwise_mask_seed,
     seed_commitment,
@@ -194,12 +195,16 @@ class ServerProtocol:
         self._seed = b""
         #: dealer -> holder -> (commitment to the s-share, commitment to the b-share)
         self._commitments: dict[int, dict[int, tuple[bytes, bytes]]] = {}
+        #: dealer -> commitment to its self-mask seed
+        self._mask_commitments: dict[int, bytes] = {}
         self._shared: frozenset[int] = frozenset()
         self._survivors: tuple[int, ...] = ()
         self._masked_sum: np.ndarray | None = None
         self._signatures: dict[int, bytes] = {}
         #: holder -> dealers whose shares it reported as unusable (it will never reveal them)
         self._withheld: dict[int, frozenset[int]] = {}
+        #: nodes whose unmasking answer was refused outright, and why
+        self._malformed_unmask: dict[int, str] = {}
         key_material = (entropy or os.urandom)(32)
         if not isinstance(key_material, bytes) or len(key_material) != 32:
             raise LocalProtocolError("the entropy source must return the bytes asked for")
@@ -250,9 +255,12 @@ class ServerProtocol:
             raise RemoteProtocolError(f"duplicate message from {sender}", reason="duplicate")
         try:
             validated = _VALIDATORS[type(message)](self, message)
-        except SecureFedError:
-            raise
-        except (TypeError, ValueError, AttributeError, IndexError, KeyError, OverflowError) as exc:
+        except (SecureFedError, TypeError, ValueError, AttributeError, IndexError, KeyError, OverflowError) as exc:
+            if isinstance(message, UnmaskShares):
+                # An unmasking answer that breaks the rules is as good as none, but its sender is named.
+                self._malformed_unmask.setdefault(sender, f"sent malformed unmasking shares ({exc})")
+            if isinstance(exc, SecureFedError):
+                raise
             raise RemoteProtocolError(f"malformed {type(message).__name__} from {sender}: {exc}", reason="malformed") from None
         self._inbox[sender] = validated
 
@@ -304,18 +312,22 @@ class ServerProtocol:
             "share commitments have the wrong size",
         )
         require(isinstance(message.signature, bytes), "bad signature")
+        require(
+            isinstance(message.mask_commitment, bytes) and len(message.mask_commitment) == COMMITMENT_SIZE,
+            "bad self-mask commitment",
+        )
         try:
             verify(
                 self._roster[sender],
                 message.signature,
-                commitments_transcript(self.config, self._seed, sender, message.commitments),
+                commitments_transcript(self.config, self._seed, sender, message.commitments, message.mask_commitment),
             )
         except InvalidShare:
             raise RemoteProtocolError(f"bad share-commitment signature from {sender}", reason="bad-signature") from None
         commitments = {
             holder: (commitment[:COMMITMENT_SIZE], commitment[COMMITMENT_SIZE:]) for holder, commitment in message.commitments
         }
-        return dict(message.ciphertexts), commitments
+        return dict(message.ciphertexts), commitments, message.mask_commitment
 
     def _validate_masked_input(self, message: MaskedInput) -> tuple[np.ndarray, frozenset[int]]:
         vector = message.vector
@@ -421,6 +433,7 @@ class ServerProtocol:
         self._shortfall(Stage.SHARE, len(shared), "nodes shared keys with enough neighbours")
         self._shared = frozenset(shared)
         self._commitments = {sender: inbox[sender][1] for sender in shared}
+        self._mask_commitments = {sender: inbox[sender][2] for sender in shared}
         sends = [
             Send(node, RoundAborted("too-few-neighbours")) for node in answered if node not in shared
         ]
@@ -461,7 +474,7 @@ class ServerProtocol:
         dropped = self._shared - survivors
         # 1. Every revealed share must be the one its dealer committed to; a holder caught
         #    revealing anything else is excluded with all its shares.
-        excluded: dict[int, str] = {}
+        excluded: dict[int, str] = dict(self._malformed_unmask)
         for sender in answered:
             b_shares, s_shares = inbox[sender]
             for kind, shares, index in (("b", b_shares, 1), ("s", s_shares, 0)):
@@ -501,8 +514,12 @@ class ServerProtocol:
         s_keys: dict[int, AgreementKeyPair] = {}
         for owner, shares in b_pool.items():
             secret = self._decode(owner, shares, bad_dealers)
-            if secret is not None:
-                b_secrets[owner] = secret
+            if secret is None:
+                continue
+            if not hmac.compare_digest(mask_seed_commitment(config, owner, secret), self._mask_commitments[owner]):
+                bad_dealers.setdefault(owner, "its shares reconstruct a self-mask seed it never committed to")
+                continue
+            b_secrets[owner] = secret
         for owner, shares in s_pool.items():
             secret = self._decode(owner, shares, bad_dealers)
             if secret is None:
@@ -596,6 +613,7 @@ class ServerProtocol:
                 for dealer, holders in sorted(self._commitments.items())
                 for holder, pair in sorted(holders.items())
             ],
+            "mask_commitments": [[dealer, b64(value)] for dealer, value in sorted(self._mask_commitments.items())],
             "shared": sorted(self._shared),
             "survivors": list(self._survivors),
             "signatures": [[signer, b64(signature)] for signer, signature in sorted(self._signatures.items())],
@@ -634,6 +652,7 @@ class ServerProtocol:
             for dealer, holder, s_commitment, b_commitment in data["commitments"]:
                 commitments.setdefault(int(dealer), {})[int(holder)] = (unb64(s_commitment), unb64(b_commitment))
             server._commitments = commitments
+            server._mask_commitments = {int(dealer): unb64(value) for dealer, value in data["mask_commitments"]}
             server._shared = frozenset(int(i) for i in data["shared"])
             server._survivors = tuple(int(i) for i in data["survivors"])
             server._signatures = {int(signer): unb64(signature) for signer, signature in data["signatures"]}

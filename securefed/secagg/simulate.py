@@ -52,6 +52,17 @@ def _silent_from(dropouts: Mapping[str, Sequence[int]] | None, n: int) -> dict[i
     return silent
 
 
+class _AnyRound(ClientPolicy):
+    """The simulator's policy when no colluder count is given: every threshold and graph is used as
+    given (tests explore t = 1 too); real nodes use ClientPolicy's colluder bounds."""
+
+    def check(self, config: RoundConfig, roster_size: int | None = None) -> None:
+        return None
+
+    def consistency_quorum(self, roster_size: int) -> int:
+        return 1
+
+
 def _entropy_for(seed: bytes | int | None, party: str) -> Callable[[int], bytes]:
     if seed is None:
         return os.urandom
@@ -103,11 +114,7 @@ def simulate(
     identities = {node: _identity_for(seed, node) for node in config.ids}
     roster = {node: key.public_bytes for node, key in identities.items()}
     if colluders is None:
-        # Any threshold the caller asks for (tests explore t = 1 too), against a coordinator that
-        # follows the protocol; real nodes default to ClientPolicy()'s colluder bound.
-        policy = ClientPolicy(
-            min_threshold=1, min_cohort=1, min_threshold_fraction=0.0, max_colluders=0, adversary="curious"
-        )
+        policy: ClientPolicy = _AnyRound(min_threshold=1, min_cohort=1, min_threshold_fraction=0.0, max_colluders=0)
     else:
         policy = ClientPolicy(min_threshold=1, min_cohort=1, min_threshold_fraction=0.0, max_colluders=colluders)
     verified: set[bytes] = set()

@@ -27,6 +27,7 @@ __all__ = [
     "graph_seed",
     "share_commitment",
     "commitments_transcript",
+    "mask_seed_commitment",
     "consistency_transcript",
     "share_associated_data_for",
     "share_key",
@@ -82,11 +83,22 @@ def share_commitment(config: RoundConfig, dealer: int, holder: int, kind: str, s
     return digest.digest()
 
 
+def mask_seed_commitment(config: RoundConfig, dealer: int, seed: bytes) -> bytes:
+    """Commitment to a node's self-mask seed b (32 random bytes, so it hides it)."""
+    digest = _prefixed_hash(b"securefed/mask-seed-commitment/v1", config).copy()
+    digest.update(encode_fields(dealer, seed))
+    return digest.digest()
+
+
 def commitments_transcript(
-    config: RoundConfig, seed: bytes, dealer: int, commitments: Sequence[tuple[int, bytes]]
+    config: RoundConfig,
+    seed: bytes,
+    dealer: int,
+    commitments: Sequence[tuple[int, bytes]],
+    mask_commitment: bytes,
 ) -> bytes:
     """What a dealer signs over its share commitments (one signature per dealer and round)."""
-    parts = [b"securefed/share-commitments/v1", round_binding(config), encode_fields(seed, dealer)]
+    parts = [b"securefed/share-commitments/v2", round_binding(config), encode_fields(seed, dealer, mask_commitment)]
     parts.extend(encode_fields(holder, commitment) for holder, commitment in commitments)
     return b"".join(parts)
 

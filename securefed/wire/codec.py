@@ -460,6 +460,7 @@ _SCHEMAS: tuple[_Schema, ...] = (
             "ciphertexts": _Pairs(_Bytes()),
             "commitments": _Pairs(_Bytes(SHARE_COMMITMENT_SIZE)),
             "signature": _Bytes(SIGNATURE_SIZE),
+            "mask_commitment": _Bytes(COMMITMENT_SIZE),
         },
     ),
     _Schema(MaskedInput, {"sender": _ID, "vector": _Array("<u4", min_length=1), "bad_dealers": _Ids()}),

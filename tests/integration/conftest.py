@@ -116,7 +116,7 @@ class StepTimes:
                 adapter.fit_local(model, X, y, epochs=task["local_epochs"], learning_rate=task["learning_rate"],
                                   batch_size=task["batch_size"], seed=0)  # fmt: skip
 
-            self._cache[key] = _timed(train)
+            self._cache[key] = timed(train)
         return self._cache[key]
 
     def secagg(self, n: int, length: int) -> float:
@@ -124,12 +124,13 @@ class StepTimes:
         if key not in self._cache:
             rng = np.random.default_rng(0)
             inputs = [rng.integers(0, 1 << 32, length, dtype=np.uint32) for _ in range(n)]
-            self._cache[key] = _timed(lambda: simulate(inputs, n, seed=0))
+            self._cache[key] = timed(lambda: simulate(inputs, n, seed=0))
         return self._cache[key]
 
 
-def _timed(work: Callable[[], object], repeats: int = 3) -> float:
-    """The median of a few runs (after one to warm up), with the BLAS pools at one thread as in the daemons."""
+def timed(work: Callable[[], object], repeats: int = 3) -> float:
+    """Seconds ``work`` takes here: the median of a few runs (after one to warm up), with the BLAS pools at one
+    thread as in the daemons."""
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - scikit-learn depends on it

@@ -126,7 +126,7 @@ def _reveal_and_commitment_faults(rng: random.Random, task: str) -> list[tuple[M
     advertise = encode(Envelope(task, 1, AdvertiseKeys(1, rng.randbytes(32), rng.randbytes(32), commitment, signature)))
     reveal = encode(Envelope(task, 1, SeedReveal(1, value)))
     ciphertexts = ((2, rng.randbytes(80)), (3, rng.randbytes(80)))
-    share = encode(Envelope(task, 1, ShareKeys(1, ciphertexts, ((1, pair), (2, pair), (3, pair)), signature)))
+    share = encode(Envelope(task, 1, ShareKeys(1, ciphertexts, ((1, pair), (2, pair), (3, pair)), signature, bytes(32))))
     out = _field_faults(
         advertise,
         [

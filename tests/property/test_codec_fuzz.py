@@ -74,7 +74,7 @@ def share_keys(draw: st.DrawFn) -> ShareKeys:
         commitments = tuple((holder, draw(bytes64)) for holder in holders)
     else:
         ciphertexts, commitments = draw(pairs(blobs)), draw(pairs(bytes64))
-    return ShareKeys(sender, ciphertexts, commitments, draw(bytes64))
+    return ShareKeys(sender, ciphertexts, commitments, draw(bytes64), draw(bytes32))
 
 
 @st.composite
@@ -307,6 +307,7 @@ BYTES_FIELDS: dict[tuple[type, str], int] = {
     (AdvertiseKeys, "signature"): 64,
     (SeedReveal, "value"): 32,
     (ShareKeys, "signature"): 64,
+    (ShareKeys, "mask_commitment"): 32,
     (ConsistencySignature, "signature"): 64,
 }
 

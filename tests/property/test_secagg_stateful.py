@@ -324,6 +324,7 @@ class HostileNetworkRound(RuleBasedStateMachine):
         self.tampered_share_keys: set[int] = set()  # dealers whose ShareKeys a copy of was changed
         self.tampered_relays: set[int] = set()  # nodes whose ShareRelay a copy of was changed
         self.accepted_forgeries: dict[int, str] = {}  # holder -> op, for changed unmask shares the coordinator took
+        self.refused_forgeries: set[int] = set()  # holders whose changed unmask shares were refused as malformed
         self.reported: set[int] = set()  # dealers reported as bad in masked inputs the coordinator took
         self.server_abort: ProtocolAborted | None = None
         for node, client in self.clients.items():
@@ -363,6 +364,10 @@ class HostileNetworkRound(RuleBasedStateMachine):
                 self.taints.append(item.taint)
             if accepted and item.forged:
                 self.accepted_forgeries[item.node] = item.forged
+            if not accepted and isinstance(item.message, UnmaskShares) and item.node in self.server._malformed_unmask:
+                # refused as malformed after the coordinator looked at it: its sender is named too
+                assert item.forged, "an untouched unmasking answer was refused as malformed"
+                self.refused_forgeries.add(item.node)
             return
         client = self.clients[item.node]
         was_terminal = client.state in TERMINAL_CLIENT
@@ -476,7 +481,9 @@ class HostileNetworkRound(RuleBasedStateMachine):
     def nobody_named_without_cause(self) -> None:
         if not self.ready:
             return
-        forged = tuple(sorted(h for h, op in self.accepted_forgeries.items() if op in FORGING_OPS))
+        forged = tuple(
+            sorted({h for h, op in self.accepted_forgeries.items() if op in FORGING_OPS} | self.refused_forgeries)
+        )
         if self.server.result is not None:
             assert set(self.server.result.excluded) == set(forged), (self.server.result.excluded, forged)
         abort = self.server_abort

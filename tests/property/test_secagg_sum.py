@@ -718,12 +718,15 @@ def test_simulate_enforces_the_colluder_bound_n6(colluders: int) -> None:
 
 
 @pytest.mark.parametrize("neighbours", [2, 4])
-def test_simulate_refuses_a_sparse_round_with_t_1(neighbours: int) -> None:
-    # Even with no colluders: with t = 1 every node's own share unmasks it (a component of one).
+def test_simulate_uses_any_threshold_as_given_unless_colluders_are_named(neighbours: int) -> None:
+    # DESIGN §6: the threshold passed is used as given, even t = 1 on a sparse graph (every node's
+    # own share unmasks it there). Naming colluders makes the nodes enforce their bounds: refused.
+    vectors = _vectors(12, 2)
+    result = simulate(vectors, 1, neighbours=neighbours)
+    np.testing.assert_array_equal(result.sum, exact_sum(dict(enumerate(vectors, 1)), result.survivors))
     with pytest.raises(RemoteProtocolError) as info:
-        simulate(_vectors(12, 2), 1, neighbours=neighbours)
+        simulate(vectors, 1, neighbours=neighbours, colluders=0)
     assert info.value.reason == "weaker-than-policy"
-    simulate(_vectors(12, 2), 2, neighbours=neighbours)  # t = 2 is fine
 
 
 def test_simulate_with_colluders_refuses_a_thin_sparse_graph() -> None:
@@ -855,25 +858,25 @@ def test_any_corrupted_unmask_share_excludes_exactly_its_holder(plan: Plan, data
     rejected = any(message is tampered for message, _ in r.server_rejections)
     event(f"corrupted {kind}-share ({'own' if owner == holder else 'peer'}), {'rejected' if rejected else 'accepted'}")
     assert not r.errors, f"an honest node aborted: {r.errors}"
-    # Either way the holder's shares are gone: caught (accepted, then excluded) or dropped (rejected).
+    # Either way the holder's shares are gone and it is named: caught (accepted, then excluded) or
+    # refused outright (malformed).
     short = model.unmask_shortfalls(plan.t, lambda o: model.hood[o] & (u5 - {holder}))
     expected_sum = exact_sum(r.inputs, model.outcome.survivors) if not short else None
     if short:
         event("too few good shares left: abort")
         assert aborted is not None, "expected an abort: too few good shares remain"
         assert aborted.stage == "unmask" and aborted.shortfall in short
-        assert aborted.culprits == (() if rejected else (holder,)), aborted.culprits
+        assert aborted.culprits == (holder,), aborted.culprits  # named, whether refused or caught
     else:
         event("enough good shares left: exact sum")
         assert aborted is None, f"unexpected abort: {aborted} (culprits {aborted.culprits})"
         result = r.server.result
         assert result.survivors == model.outcome.survivors
         np.testing.assert_array_equal(result.sum, expected_sum)
-        if rejected:  # a malformed message is dropped like a silent node; nobody is named
-            assert dict(result.excluded) == {}
-        else:
-            assert set(result.excluded) == {holder}, result.excluded
-            assert isinstance(result.excluded[holder], str) and result.excluded[holder]
+        # A malformed answer is refused outright, a well-formed wrong one caught by its commitment:
+        # either way the holder is named and none of its shares is used.
+        assert set(result.excluded) == {holder}, result.excluded
+        assert isinstance(result.excluded[holder], str) and result.excluded[holder]
     if how == "off-polynomial":
         assert not rejected, "a well-formed share must be judged by its commitment, not dropped"
     if how == "other-x":
@@ -920,8 +923,10 @@ def _redeal(
         config, dealer, holder, "b", shares["b"]
     )
     commitments = tuple((h, commitment if h == holder else c) for h, c in message.commitments)
-    signature = r.identities[dealer].sign(commitments_transcript(config, r.graph_seed(), dealer, commitments))
-    return ShareKeys(dealer, new_ciphertexts, commitments, signature)
+    signature = r.identities[dealer].sign(
+        commitments_transcript(config, r.graph_seed(), dealer, commitments, message.mask_commitment)
+    )
+    return ShareKeys(dealer, new_ciphertexts, commitments, signature, message.mask_commitment)
 
 
 def _dealer_case(
@@ -998,18 +1003,12 @@ def _dealer_case(
         assert (aborted.stage, aborted.culprits) == ("unmask", (dealer,))
         assert str(dealer) in str(aborted)
         return f"more than t shares of {revealed_kind}: dealer named"
-    # Exactly t shares: no redundancy to see the bad one. A wrong mask key does not match its
-    # advertised public key (dealer named); a wrong self-mask seed goes unnoticed, which is no
-    # worse than the dealer changing its own input (see the examples below).
+    # Exactly t shares: no redundancy to see the bad one, but the secret they give does not open
+    # the dealer's commitment (its advertised s_pk for a mask key, its signed self-mask commitment
+    # for b): the dealer is named either way.
     assert len(revealers) == t
-    if revealed_kind == "s":
-        assert aborted is not None and (aborted.stage, aborted.culprits) == ("unmask", (dealer,))
-        return "exactly t shares of s: dealer named"
-    if aborted is not None:
-        assert (aborted.stage, aborted.culprits) == ("unmask", (dealer,))
-        return "exactly t shares of b: dealer named"
-    assert result.survivors == outcome.survivors
-    return "exactly t shares of b: undetected" + ("" if not np.array_equal(result.sum, exact) else " (sum exact)")
+    assert aborted is not None and (aborted.stage, aborted.culprits) == ("unmask", (dealer,)), aborted
+    return f"exactly t shares of {revealed_kind}: dealer named"
 
 
 @settings(max_examples=_budget(100))
@@ -1053,12 +1052,11 @@ def test_a_dealer_named_with_more_than_t_shares() -> None:
     assert _dealer_case(plan, 6, 1, {"b": PRIME - 1}, recommit=True) == "more than t shares of b: dealer named"
 
 
-def test_a_wrong_self_mask_seed_from_exactly_t_shares_goes_unnoticed() -> None:
-    # Documents a limit, not a goal: with exactly t b-shares there is no redundancy and nothing
-    # public to check b against, so a dealer can spoil its own self-mask, i.e. its own input
-    # (which it could always do by changing the input). Nobody honest is blamed.
+def test_a_wrong_self_mask_seed_from_exactly_t_shares_names_the_dealer() -> None:
+    # With exactly t b-shares there is no redundancy to locate the bad share, but the seed they
+    # give does not open the dealer's signed self-mask commitment. Nobody honest is blamed.
     plan = Plan(5, 3, None, {4: Stage.UNMASK, 5: Stage.UNMASK}, seed=5)
-    assert _dealer_case(plan, 1, 2, {"b": 1}, recommit=True) == "exactly t shares of b: undetected"
+    assert _dealer_case(plan, 1, 2, {"b": 1}, recommit=True) == "exactly t shares of b: dealer named"
 
 
 def test_a_holder_keeps_going_past_a_share_that_fails_its_commitment() -> None:
