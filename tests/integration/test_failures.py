@@ -16,6 +16,7 @@ among graph seeds); the coordinator retries the round without it.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import time
@@ -35,9 +36,13 @@ _ADVERTISED = r"aggregation {aggregation}: advertise closed at"
 def _start_with_stage_log(federation, monkeypatch: pytest.MonkeyPatch) -> None:
     """Start the nodes, then a coordinator that logs when each stage closes (debug level)."""
     federation.start_nodes_ready()  # all of them are retrying their connection when the coordinator binds
+    previous = os.environ.get("SECUREFED_LOG_LEVEL")
     monkeypatch.setenv("SECUREFED_LOG_LEVEL", "DEBUG")
     federation.start_coordinator()
-    monkeypatch.delenv("SECUREFED_LOG_LEVEL")
+    if previous is None:  # nodes started later (restarts) log as before
+        monkeypatch.delenv("SECUREFED_LOG_LEVEL")
+    else:
+        monkeypatch.setenv("SECUREFED_LOG_LEVEL", previous)
 
 
 def _kill_while_training(federation, victim: str, aggregation: int) -> None:
@@ -118,7 +123,7 @@ def test_node_killed_mid_round_and_restarted_the_task_still_finishes(launch, mon
 
     Liveness under the new protocol: the coordinator leaves a reveal-stage culprit out of the round's
     retries, so a crash of one honest node must not stall a task whose rounds need every node."""
-    rounds_total = 2
+    rounds_total = 1
     federation = launch(n_nodes=4, rounds=rounds_total, evaluate=False, **SLOW_MLP)  # min_nodes = 4
     _start_with_stage_log(federation, monkeypatch)
     match = federation.wait_log("coordinator", _TRAIN_START.format(rounds=rounds_total, n=4), federation.time_budget(1))
