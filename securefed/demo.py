@@ -91,7 +91,7 @@ def run_demo(args) -> int:
         policy = {"max_epsilon": args.epsilon, "max_epsilon_total": args.epsilon, "delta": args.delta}
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="securefed-demo-"))
     keep = args.workdir is not None
-    deadlines = {"advertise": 60, "reveal": 20, "share": 20, "masked_input": 20, "consistency": 20, "unmask": 20}
+    deadlines = {"advertise": 20, "reveal": 20, "share": 20, "masked_input": 60, "consistency": 20, "unmask": 20}
     federation = LocalFederation.create(workdir, node_data, list(dataset.feature_names), task, deadlines, policy)
     if args.epsilon is not None:
         # The coordinator evaluates each (public, noised) model on held-out data it owns.

@@ -63,6 +63,7 @@ log = logging.getLogger("securefed.coordinator")
 _NODE_MESSAGES = (AdvertiseKeys, SeedReveal, ShareKeys, MaskedInput, ConsistencySignature, UnmaskShares)
 PRESENCE_TIMEOUT = 5.0  # nodes greet every second; five missed greetings and a node is not picked
 RETRY_DELAY = 1.0
+MAX_RERUN_BACKOFF = 300.0  # a round its nodes refuse to rerun is retried at most this often
 
 
 class CoordinatorSocketLike(Protocol):
@@ -159,6 +160,7 @@ class Coordinator:
         self._waiting_logged: str | None = None
         #: unmask requests to send again, by node, after a restart in the middle of unmasking
         self._resend: dict[str, object] = {}
+        self._rerun_backoff = 0.0
         store.bind_task(task.name, task.fingerprint())
         latest = store.latest_model()
         if latest is None:
@@ -375,15 +377,21 @@ class Coordinator:
             return
         if self.finished or now < self._not_before:
             return
-        live = [
-            name
-            for name in self.connected_nodes()
-            if name in self.nodes and name not in self.excluded_for_round and name not in self.excluded_for_run
-        ]
+        usable = [name for name in self.connected_nodes() if name in self.nodes and name not in self.excluded_for_run]
+        live = [name for name in usable if name not in self.excluded_for_round]
+        if len(live) < len(usable) and len(live) < self._smallest_cohort():
+            # Leaving out the nodes that stalled the last attempt would leave too few to run at all:
+            # try again with them rather than wait forever (a crashed node that came back is one).
+            live = usable
         if len(live) >= self.task.min_nodes:
             self._start(live[: self.task.max_nodes])
         else:
             self._log_waiting(f"waiting for nodes: {len(live)} usable connected, min_nodes is {self.task.min_nodes}")
+
+    def _smallest_cohort(self) -> int:
+        """The fewest nodes a round can run with: min_nodes, and the threshold the colluder bound needs."""
+        roster = len(self.nodes)
+        return max(self.task.min_nodes, minimum_safe_threshold(roster, self.task.colluders(roster)))
 
     def _log_waiting(self, why: str) -> None:
         """Say once (per distinct reason) why no round is starting."""
@@ -557,6 +565,7 @@ class Coordinator:
         self._resend.clear()
         self.current = None
         self.excluded_for_round.clear()
+        self._rerun_backoff = 0.0
 
     def _dp_plan(self, n: int, threshold: int) -> SkellamParameters:
         key = (n, threshold)
@@ -596,6 +605,10 @@ class Coordinator:
             self.socket.send(name, Envelope(self.task.name, current.id, RoundAborted("too-few-nodes")))
         self.current = None
         self._not_before = self.clock() + RETRY_DELAY
+        if current.rerun_refusals and current.phase == "train":
+            # The same refusals will come back at once: retry rarely, not in a tight loop.
+            self._rerun_backoff = min(MAX_RERUN_BACKOFF, max(RETRY_DELAY, 2 * self._rerun_backoff))
+            self._not_before = self.clock() + self._rerun_backoff
         if current.rerun_refusals:
             nodes = ", ".join(sorted(current.rerun_refusals))
             if current.phase == "evaluate":
@@ -611,8 +624,9 @@ class Coordinator:
                 log.error(
                     "round %d cannot be retried with %s: they released their update to an earlier attempt of "
                     "this round that did not complete, and refuse to contribute twice (a second sum could be "
-                    "subtracted from the first). Only nodes that took no part in that attempt can run it; "
-                    "see docs/deployment.md (rerun protection).",
+                    "subtracted from the first). Only nodes that took no part in that attempt can run it; next "
+                    "try in %.0f s. See docs/deployment.md (rerun protection).",
                     current.round,
                     nodes,
+                    self._rerun_backoff,
                 )

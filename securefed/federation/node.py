@@ -4,16 +4,20 @@ Theory of operation. :class:`Node` is a loop around a socket (``poll`` and
 ``send``) that greets the coordinator every second and answers its
 ``RoundStart`` messages. Before it trains on anything it checks the request
 against the site's own rules (task, model kind, feature and class layout,
-cohort and threshold minimums, roster, replay) and refuses with a
-:class:`Refusal` that says why. Then it trains from the global model it was
-sent, encodes the weighted, clipped update, and runs one
-:class:`~securefed.secagg.client.ClientProtocol` for the aggregation, whose
-checks (signatures against the node's *own* roster, consistency, never both
-shares of a peer) decide whether it goes on.
+cohort and threshold minimums, the colluder bound computed from its own
+roster, replay, rerun) and refuses with a :class:`Refusal` that says why.
+Then it runs one :class:`~securefed.secagg.client.ClientProtocol` for the
+aggregation: it advertises its round keys, reveals its graph randomness and
+deals its shares at once, and only then trains from the global model it was
+sent and encodes the weighted, clipped update (the shares do not depend on
+it, and a slow trainer then merely misses the masked-input deadline). The
+client's checks (signatures against the node's *own* roster, consistency,
+never both shares of a peer) decide whether it goes on.
 
 The last aggregation id a node has joined is stored durably before the node
 answers, so a replayed ``RoundStart`` (same or older id) is refused even
-after a restart.
+after a restart; every round and model it released a contribution for is
+stored before the release leaves, so it never contributes to them again.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from securefed.secagg.messages import (
     MaskedInput,
     RoundAborted,
     SeedRevealList,
+    ShareKeys,
     ShareRelay,
     UnmaskRequest,
     UnmaskShares,
@@ -305,6 +310,7 @@ class _Participation:
     sent_input: bool = False
     epsilon: float | None = None
     model_hash: str = ""
+    pending_input: Callable[[], np.ndarray] | None = None
     started: float = field(default_factory=time.monotonic)
 
 
@@ -488,8 +494,9 @@ class Node:
             length = codec.vector_length
         client = None
         if spec.masking:
-            # Advertise the round keys first and train while the coordinator collects them: the
-            # key exchange's first round trip overlaps local training.
+            # Set up the round's keys and shares first (they do not depend on the input) and train
+            # once the shares are dealt: the whole key exchange happens before training, and a node
+            # that trains slowly only misses the masked-input deadline, where it is a dropout.
             config = RoundConfig(self.task, aggregation, n, spec.threshold, length, context, spec.neighbours)
             roster = {i: self.roster[name] for i, name in start.cohort}
             client = ClientProtocol(
@@ -506,27 +513,38 @@ class Node:
                 outgoing = client.start()
             except RemoteProtocolError as exc:
                 raise _Refused(exc.reason, str(exc)) from None
+            self.current.pending_input = lambda: self._local_input(adapter, model, spec, charge, codec, n)
             for message in outgoing:
                 self._send(aggregation, message)
         else:
             self.current = _Participation(aggregation, None, spec, charge, context.hex(), n, model_hash=model_hash)
+            vector = self._local_input(adapter, model, spec, charge, codec, n)
+            self._charge_and_send(MaskedInput(start.node_id, vector))
+
+    def _local_input(self, adapter, model: np.ndarray, spec: RoundSpec, charge: _Charge | None, codec, n: int) -> np.ndarray:
+        """Train (or evaluate) on local data and encode the result: this node's input to the sum."""
         if spec.phase == "train":
             X, y = self.dataset.X[self._train_idx], self.dataset.y[self._train_idx]
             trained = adapter.fit_local(
                 model, X, y, epochs=spec.epochs, learning_rate=spec.learning_rate, batch_size=spec.batch_size, seed=None
             )
             if charge is not None:
-                vector = charge.parameters.encode(trained - model)
-            else:
-                vector = codec.encode(trained - model, len(y))
-        else:
-            X, y = self.dataset.X[self._val_idx], self.dataset.y[self._val_idx]
-            metrics = adapter.evaluate(model, X, y)
-            vector = EvaluationCodec(n).encode(metrics.correct, metrics.count, metrics.loss_sum)
-        if client is not None:
-            client.provide_input(vector)
-        else:
-            self._charge_and_send(MaskedInput(start.node_id, vector))
+                return charge.parameters.encode(trained - model)
+            return codec.encode(trained - model, len(y))
+        X, y = self.dataset.X[self._val_idx], self.dataset.y[self._val_idx]
+        metrics = adapter.evaluate(model, X, y)
+        return EvaluationCodec(n).encode(metrics.correct, metrics.count, metrics.loss_sum)
+
+    def _provide_input(self, current: _Participation) -> bool:
+        """Compute the input once the shares are dealt; False (and the round given up) if that failed."""
+        compute, current.pending_input = current.pending_input, None
+        try:
+            current.client.provide_input(compute())
+        except SecureFedError as exc:
+            reason = str(getattr(exc, "reason", "") or type(exc).__name__)
+            self._refuse(current.aggregation, reason, f"could not compute this node's input: {exc}")
+            return False
+        return True
 
     def _on_protocol_message(self, aggregation: int, message: object) -> None:
         current = self.current
@@ -553,7 +571,11 @@ class Node:
             self._finish("aborted-by-coordinator", message.reason)
             return
         for reply in outgoing:
-            if isinstance(reply, MaskedInput):
+            if isinstance(reply, ShareKeys):
+                self._send(aggregation, reply)
+                if current.pending_input is not None and not self._provide_input(current):
+                    return
+            elif isinstance(reply, MaskedInput):
                 self._charge_and_send(reply)
                 if self.current is None:  # the ledger refused at the last moment
                     return

@@ -14,11 +14,13 @@ from securefed.secagg.graph import propose_parameters
 __all__ = ["TaskDefinition", "NodeEntry", "STAGE_NAMES", "DEFAULT_DEADLINES"]
 
 STAGE_NAMES = ("advertise", "reveal", "share", "masked_input", "consistency", "unmask")
+#: Seconds per stage. Nodes advertise, reveal and deal their shares as soon as a round starts and
+#: train after that, so local training falls in the masked-input stage.
 DEFAULT_DEADLINES = {
-    "advertise": 120.0,
+    "advertise": 30.0,
     "reveal": 30.0,
     "share": 30.0,
-    "masked_input": 30.0,
+    "masked_input": 120.0,
     "consistency": 30.0,
     "unmask": 30.0,
 }

@@ -17,10 +17,10 @@ Stage deadlines are short, so that a dropout costs seconds, yet derived from
 step times measured on this machine in this session (:class:`StepTimes`), so
 that an honest node on a busy machine is never mistaken for a dropout: every
 stage gets at least its floor (advertise 5 s, every other stage 3 s) and
-``DEADLINE_HEADROOM`` times what its work took here. The reveal stage also
-covers local training (a node advertises its keys, trains, and only then
-answers the key list), with the nodes of a federation sharing this machine's
-cores. Test timeouts come from the same figures (:meth:`Federation.time_budget`).
+``DEADLINE_HEADROOM`` times what its work took here. The masked-input stage
+also covers local training (a node advertises its keys, reveals and deals its
+shares at once, then trains, and only then answers the share relay), with the
+nodes of a federation sharing this machine's cores. Test timeouts come from the same figures (:meth:`Federation.time_budget`).
 The data is scikit-learn's bundled digits set split over a handful of nodes.
 """
 
@@ -56,7 +56,7 @@ from securefed.wire.keys import CurveKeyPair
 T = TypeVar("T")
 
 #: The shortest stage deadlines: a node that went silent costs a few seconds.
-DEADLINE_FLOORS = {"advertise": 5.0, "reveal": 3.0, "share": 3.0, "masked_input": 3.0, "consistency": 3.0, "unmask": 3.0}
+DEADLINE_FLOORS = {"advertise": 3.0, "reveal": 3.0, "share": 3.0, "masked_input": 5.0, "consistency": 3.0, "unmask": 3.0}
 #: How many times the measured duration of a stage's work its deadline allows (a busy machine).
 DEADLINE_HEADROOM = 6.0
 #: Starting the daemons, loading data and connecting, before the first round (test timeouts only).
@@ -163,7 +163,7 @@ def derive_deadlines(times: StepTimes, task: dict, n_nodes: int, samples: int) -
     stage = times.secagg(max(n_nodes, 2), length) * contention
     training = times.training(task, samples) * contention
     work = {name: stage for name in STAGE_NAMES}
-    work["reveal"] += training
+    work["masked_input"] += training
     return {name: round(max(DEADLINE_FLOORS[name], DEADLINE_HEADROOM * work[name]), 2) for name in STAGE_NAMES}
 
 

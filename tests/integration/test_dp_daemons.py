@@ -182,10 +182,9 @@ def test_kill_9_during_rounds_never_leaves_spent_epsilon_unrecorded(launch) -> N
     Local training is slow on purpose (an MLP with many epochs, about half a second per round) so that the
     random kills land inside the round; the random moment is drawn from the training time measured on this
     machine. t = 3 of 4: a node killed right after charging is usually still counted (its masked input made
-    it), which is the case this is about. A node killed while it trains has advertised its keys, so that
-    attempt aborts at the reveal stage and the round is retried without it: min_nodes is 3 so that the retry
-    can run (test_failures.py::test_node_killed_mid_round_and_restarted_the_task_still_finishes covers a task
-    whose rounds need every node). A kill can spill into the next round (the round ended just before it), so
+    it), which is the case this is about. A node killed while it trains has dealt its shares and drops out
+    at the masked-input stage; the round goes on without it (min_nodes is 3 so that later rounds can start
+    while it restarts). A kill can spill into the next round (the round ended just before it), so
     the next kill waits for the round after that: two kills never hit one round.
     (Whether the charge precedes the send is checked exactly, in-process, in tests/unit/test_node_dp_policy.py.)
 

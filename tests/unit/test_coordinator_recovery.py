@@ -1,0 +1,155 @@
+"""The coordinator's liveness and recovery under the release guard, with real Nodes in one thread.
+
+Nodes never contribute twice to a round they released (rerun protection), so what a coordinator
+does when an attempt fails matters: it must not stall on an honest crash, must finish an
+unmasking a restart interrupted by collecting the same shares again, and must not spin when
+released nodes refuse a retry.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from securefed.federation.messages import Refusal
+from securefed.secagg.messages import SeedReveal, UnmaskRequest, UnmaskShares
+from tests.inprocess import InProcessFederation
+
+NAMES = ["site-1", "site-2", "site-3", "site-4"]
+
+
+@pytest.fixture
+def federation(tmp_path: Path):
+    made: list[InProcessFederation] = []
+
+    def make(**options) -> InProcessFederation:
+        made.append(InProcessFederation(tmp_path, NAMES, **options))
+        return made[-1]
+
+    yield make
+    for f in made:
+        f.close()
+
+
+def _rounds(f: InProcessFederation) -> list[int]:
+    return [r.round for r in f.store.rounds()]
+
+
+def test_a_node_that_never_reveals_aborts_the_attempt_and_the_retry_runs_without_it(federation) -> None:
+    f = federation(rounds=1, min_nodes=3)
+    lost = {"done": False}
+
+    def drop_first_reveal(direction: str, node: str, envelope) -> bool:
+        if direction == "up" and node == "site-4" and isinstance(envelope.body, SeedReveal) and not lost["done"]:
+            lost["done"] = True
+            return True
+        return False
+
+    f.hub.drop = drop_first_reveal
+    f.run_until(lambda f: f.coordinator.finished)
+    (record,) = f.store.rounds()
+    assert "site-4" not in record.survivors and len(record.survivors) == 3
+    attempts = f.store._db.execute("SELECT status, detail FROM attempts ORDER BY aggregation").fetchall()
+    assert attempts[0][0] == "aborted" and attempts[0][1].startswith("reveal stage: nodes [4]")
+    assert attempts[1][0] == "completed"
+
+
+def test_a_stalled_node_is_taken_back_when_the_round_cannot_run_without_it(federation) -> None:
+    """min_nodes = 4: leaving out the node that missed its reveal would stall the task for good."""
+    f = federation(rounds=1)
+    lost = {"done": False}
+
+    def drop_first_reveal(direction: str, node: str, envelope) -> bool:
+        if direction == "up" and node == "site-4" and isinstance(envelope.body, SeedReveal) and not lost["done"]:
+            lost["done"] = True
+            return True
+        return False
+
+    f.hub.drop = drop_first_reveal
+    f.run_until(lambda f: f.coordinator.finished)
+    (record,) = f.store.rounds()
+    assert sorted(record.survivors) == NAMES
+
+
+def test_a_restart_during_unmasking_finishes_the_round_with_the_same_shares(federation) -> None:
+    f = federation(rounds=2)
+    seen: dict[str, object] = {}
+
+    def hold_unmask_answers(direction: str, node: str, envelope) -> bool:
+        # The coordinator dies after sending the unmask requests: the answers never reach it.
+        if direction == "up" and isinstance(envelope.body, UnmaskShares) and not seen.get("restarted"):
+            seen.setdefault("first", {})[node] = envelope.body
+            return True
+        return False
+
+    f.hub.drop = hold_unmask_answers
+    f.run_until(lambda f: len(seen.get("first", {})) == len(NAMES))
+    assert _rounds(f) == []
+    seen["restarted"] = True
+    f.restart_coordinator()
+    assert f.coordinator.current is not None and f.coordinator.current.stage.value == "unmask"
+    f.run_until(lambda f: f.coordinator.finished)
+    assert _rounds(f) == [1, 2]
+    first = f.store.rounds()[0]
+    assert sorted(first.survivors) == NAMES
+    # Each node answered again with exactly the shares it had sent, and refused nothing.
+    for name in NAMES:
+        answers = [body for aggregation, body in f.said(name, UnmaskShares) if aggregation == first.aggregation]
+        assert len(answers) == 2 and answers[0] == answers[1] == seen["first"][name]
+        assert not [r for _, r in f.said(name, Refusal) if r.reason == "rerun"]
+
+
+def test_released_nodes_refusing_a_retry_do_not_make_the_coordinator_spin(federation) -> None:
+    """An attempt that fails after the shares left cannot be retried: the coordinator backs off and says why."""
+    f = federation(rounds=1)
+
+    def drop_all_unmask_answers(direction: str, node: str, envelope) -> bool:
+        return direction == "up" and isinstance(envelope.body, UnmaskShares)
+
+    f.hub.drop = drop_all_unmask_answers
+    steps = 0
+    for steps in range(1, 3000):  # 750 simulated seconds
+        f.step()
+    attempts = f.store._db.execute("SELECT COUNT(*) FROM attempts").fetchone()[0]
+    refusals = [r for name in NAMES for _, r in f.said(name, Refusal) if r.reason == "rerun"]
+    assert refusals, "released nodes must refuse the retry"
+    assert attempts <= 15, f"{attempts} attempts in {steps * 0.25:.0f} s: the coordinator retried in a tight loop"
+    assert _rounds(f) == []
+
+
+def test_a_node_answers_an_unmask_request_again_only_for_the_same_survivors(federation) -> None:
+    f = federation(rounds=1)
+    f.run_until(lambda f: f.coordinator.finished)
+    (record,) = f.store.rounds()
+    node = f.nodes["site-1"]
+    requests = [e.body for e in f.hub.delivered["site-1"] if isinstance(e.body, UnmaskRequest)]
+    assert requests
+    before = len(f.said("site-1", UnmaskShares))
+    node._on_protocol_message(record.aggregation, requests[0])
+    assert len(f.said("site-1", UnmaskShares)) == before + 1
+    other = UnmaskRequest(requests[0].survivors[:-1], requests[0].dropped, requests[0].signatures)
+    node._on_protocol_message(record.aggregation, other)
+    assert len(f.said("site-1", UnmaskShares)) == before + 1  # a different list gets nothing
+
+
+def test_an_evaluation_that_can_no_longer_run_is_skipped_and_training_goes_on(federation) -> None:
+    f = federation(rounds=2, evaluate=True)
+    evaluation_ids: set[int] = set()
+
+    def drop_first_evaluation_answers(direction: str, node: str, envelope) -> bool:
+        if direction == "down" and type(envelope.body).__name__ == "RoundStart":
+            if envelope.body.spec["phase"] == "evaluate" and envelope.body.spec["round"] == 1:
+                evaluation_ids.add(envelope.aggregation)
+        return (
+            direction == "up"
+            and isinstance(envelope.body, UnmaskShares)
+            and envelope.aggregation == min(evaluation_ids, default=-1)
+        )
+
+    f.hub.drop = drop_first_evaluation_answers
+    f.run_until(lambda f: f.coordinator.finished)
+    records = f.store.rounds()
+    assert [r.round for r in records] == [1, 2]
+    assert records[0].accuracy is None  # its evaluation was released once and could not be run again
+    assert records[1].accuracy is not None
