@@ -337,7 +337,6 @@ def test_rerun_of_an_unmasked_round_without_the_victim_is_refused_by_every_hones
 
     # Control: the genuine next round (a new model) is joined by everyone, victim included.
     _complete(coordinator, coordinator.start(4, 2, names, _model(0.5), T))
-    # Nodes train once their shares are dealt: an attempt stopped right after advertising trained nobody.
     assert training.calls == 2 * ROSTER
     for site in sites.values():
         site.close()
