@@ -178,6 +178,7 @@ class HonestRound:
         silent: Mapping[int, Stage] | None = None,
         configs: Mapping[int, RoundConfig] | None = None,
         seed: int = 0,
+        roster_size: int | None = None,
     ) -> None:
         if t is None:
             t = safe_threshold(n)
@@ -196,6 +197,7 @@ class HonestRound:
                 self.inputs[node],
                 policy=(policies or {}).get(node, policy),
                 entropy=entropy_for(seed, f"{task}/{round_id}/node/{node}"),
+                roster_size=roster_size,
             )
             for node in self.config.ids
         }

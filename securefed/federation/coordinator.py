@@ -459,7 +459,9 @@ class Coordinator:
             task.name, aggregation, n, threshold, length, round_context(raw_spec, pairs, self.model), neighbours
         )
         roster = {i: self.nodes[name].identity_public_key for i, name in pairs}
-        server = ServerProtocol(config, roster) if task.masking else _PlainSum(config)
+        roster_size = max(n, len(self.nodes))
+        quorum = minimum_safe_threshold(roster_size, task.colluders(roster_size))
+        server = ServerProtocol(config, roster, quorum=min(quorum, n)) if task.masking else _PlainSum(config)
         now = self.clock()
         first_stage = Stage.ADVERTISE if task.masking else Stage.MASKED_INPUT
         self.current = _Aggregation(
@@ -588,7 +590,7 @@ class Coordinator:
             if not 1 <= node_id <= len(current.cohort):
                 continue
             name = current.cohort[node_id - 1]
-            if exc.stage == Stage.UNMASK.value:  # provable: it signed commitments to a bad sharing, or lied
+            if exc.stage == Stage.UNMASK.value:  # seen by this coordinator: a bad sharing it signed, or a lie
                 self.excluded_for_run[name] = str(exc)
                 log.error("aggregation %d: node %s is left out for the rest of this run: %s", current.id, name, exc)
             else:

@@ -185,11 +185,16 @@ class NodeState:
     def released(self, task: str, phase: str, round_number: int, model_hash: str) -> str | None:
         """Why a contribution to this round or model would be a second release, or None."""
         row = self._db.execute(
-            "SELECT aggregation FROM released_rounds WHERE task = ? AND phase = ? AND round = ?",
+            "SELECT round, aggregation FROM released_rounds WHERE task = ? AND phase = ? AND round >= ? "
+            "ORDER BY round DESC LIMIT 1",
             (task, phase, round_number),
         ).fetchone()
         if row is not None:
-            return f"this node already released its {phase} contribution to round {round_number} (aggregation {row[0]})"
+            # Rounds only move forward: a round at or below one already released is a rerun.
+            return (
+                f"this node already released its {phase} contribution to round {row[0]} (aggregation {row[1]}), "
+                f"so it takes no {phase} part in round {round_number} or any earlier one"
+            )
         row = self._db.execute(
             "SELECT aggregation FROM released_models WHERE task = ? AND phase = ? AND model_hash = ?",
             (task, phase, model_hash),
@@ -391,12 +396,13 @@ class Node:
             log.warning("ignored an unexpected %s from the coordinator", type(body).__name__)
 
     def _on_round_start(self, aggregation: int, start: RoundStart) -> None:
-        if self.current is not None:
-            self._finish("abandoned", "a new round started before this one ended")
         try:
             spec = self._check_round(aggregation, start)
             if not self.state.claim(self.task, aggregation):
                 raise _Refused("replay", f"aggregation {aggregation} is not newer than one already joined")
+            # Only a start this node accepts ends the round it is in (a refused one must not).
+            if self.current is not None:
+                self._finish("abandoned", "a new round started before this one ended")
             self._participate(aggregation, start, spec)
         except _Refused as refusal:
             self._refuse(aggregation, refusal.reason, refusal.detail)
@@ -474,7 +480,8 @@ class Node:
             raise _Refused("model-mismatch", f"model has {model.shape[0]} parameters, {spec.model_kind} needs {adapter.parameter_count}")
         if not np.all(np.isfinite(model)):
             raise _Refused("model-mismatch", "the global model contains NaN or infinity")
-        model_hash = hashlib.sha256(np.ascontiguousarray(model, dtype="<f8").tobytes()).hexdigest()
+        # + 0.0 turns -0.0 into 0.0: the same model must have one hash, whatever its zeros' signs.
+        model_hash = hashlib.sha256(np.ascontiguousarray(model + 0.0, dtype="<f8").tobytes()).hexdigest()
         earlier = self.state.released(self.task, spec.phase, spec.round, model_hash)
         if earlier is not None:
             # Rerun and subtract: the same round (or the same model) aggregated again without a

@@ -172,11 +172,17 @@ class ServerProtocol:
         roster: Mapping[int, bytes],
         *,
         entropy: Callable[[int], bytes] | None = None,
+        quorum: int = 1,
     ) -> None:
         if not isinstance(config, RoundConfig):
             raise TypeError("config must be a RoundConfig")
         if entropy is not None and not callable(entropy):
             raise TypeError("entropy must be a callable returning random bytes")
+        if type(quorum) is not int or quorum < 1:
+            raise InvalidParameter("quorum must be a positive integer")
+        #: consistency signatures the nodes need before they reveal anything (2T > N + c): with
+        #: fewer, some would reveal and others refuse, and the round could neither finish nor rerun
+        self.quorum = quorum
         missing = [i for i in config.ids if i not in roster]
         if missing:
             raise InvalidParameter(f"roster has no identity key for ids {missing[:5]}")
@@ -461,6 +467,13 @@ class ServerProtocol:
 
     def _close_signatures(self, answered: tuple[int, ...], inbox: dict) -> list[Send]:
         self._require_recoverable(Stage.CONSISTENCY, set(answered))
+        if len(answered) < self.quorum:
+            raise ProtocolAborted(
+                f"consistency stage: {len(answered)} consistency signatures, the nodes need {self.quorum} before "
+                f"they reveal anything (short by {self.quorum - len(answered)})",
+                stage=Stage.CONSISTENCY.value,
+                shortfall=self.quorum - len(answered),
+            )
         self._signatures = dict(inbox)
         dropped = tuple(sorted(self._shared - set(self._survivors)))
         # Every node gets every signature: besides t from its neighbours it checks a quorum from the
@@ -567,7 +580,8 @@ class ServerProtocol:
         Checked before anything is revealed, so a round that could not be unmasked stops while it
         can still be retried. If it stops because holders reported a dealer's shares as bad, that
         dealer is named: the reports cannot be checked (only the holder saw the share), so a corrupt
-        holder could frame an honest dealer this way, but only to keep it out of one retry.
+        holder could frame an honest dealer this way, but only to keep it out of the retries of this
+        round (and the coordinator takes it back when the round cannot run without it).
         """
         withheld = self._withheld
         worst, owner = min(
@@ -619,6 +633,7 @@ class ServerProtocol:
             "signatures": [[signer, b64(signature)] for signer, signature in sorted(self._signatures.items())],
             "withheld": [[holder, sorted(dealers)] for holder, dealers in sorted(self._withheld.items())],
             "expected": sorted(self._expected),
+            "quorum": self.quorum,
         }
         return data, np.ascontiguousarray(self._masked_sum, dtype="<u4").tobytes()
 
@@ -637,7 +652,7 @@ class ServerProtocol:
         Raises :class:`InvalidParameter` if the snapshot does not fit ``config`` (a damaged or
         foreign file): a coordinator must then give the round up, not guess.
         """
-        server = cls(config, roster, entropy=entropy)
+        server = cls(config, roster, entropy=entropy, quorum=int(data.get("quorum", 1)))
         try:
             if data.get("version") != 1:
                 raise ValueError("unknown snapshot version")

@@ -90,7 +90,7 @@ def _model(shift: float = 0.0) -> np.ndarray:
 
 
 def _model_hash(model: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(model, dtype="<f8").tobytes()).hexdigest()
+    return hashlib.sha256(np.ascontiguousarray(model + 0.0, dtype="<f8").tobytes()).hexdigest()
 
 
 # --- sites: one real Node each, with durable state and an audit log --------------------------------
@@ -338,6 +338,32 @@ def test_rerun_of_an_unmasked_round_without_the_victim_is_refused_by_every_hones
     # Control: the genuine next round (a new model) is joined by everyone, victim included.
     _complete(coordinator, coordinator.start(4, 2, names, _model(0.5), T))
     assert training.calls == 2 * ROSTER
+    for site in sites.values():
+        site.close()
+
+
+def test_a_signed_zero_twin_of_a_released_model_or_an_earlier_round_number_is_refused(
+    tmp_path: Path, training: TrainingSpy
+) -> None:
+    """The same model with a zero written as -0.0 is the same model (it evaluates and trains the same):
+    it must not get past the guard under a new round number. Nor may a round number go backwards."""
+    sites, roster = make_sites(tmp_path, ROSTER, ROSTER)
+    names = list(sites)
+    honest = names[:-1]
+    coordinator = PlayingCoordinator(sites, roster)
+    model = _model()
+    model[0] = 0.0
+    _complete(coordinator, coordinator.start(1, 2, names, model, T))  # round 2 released
+    twin = model.copy()
+    twin[0] = -0.0
+    assert twin.tobytes() != model.tobytes() and np.array_equal(twin, model)
+    renumbered = coordinator.run(coordinator.start(2, 5, honest, twin, T))
+    for name in honest:
+        _assert_refused_before_training(sites[name], renumbered, "rerun", ROSTER, training, "computed from this exact model")
+    earlier = coordinator.run(coordinator.start(3, 1, honest, _model(0.25), T))
+    for name in honest:
+        _assert_refused_before_training(sites[name], earlier, "rerun", ROSTER, training, "round 1 or any earlier one")
+    _complete(coordinator, coordinator.start(4, 3, names, _model(0.5), T))  # the next round is joined
     for site in sites.values():
         site.close()
 
