@@ -36,17 +36,22 @@ def _rounds(f: InProcessFederation) -> list[int]:
     return [r.round for r in f.store.rounds()]
 
 
-def test_a_node_that_never_reveals_aborts_the_attempt_and_the_retry_runs_without_it(federation) -> None:
-    f = federation(rounds=1, min_nodes=3)
+def _lose_first_reveal_of(victim: str):
+    """A drop rule: the victim's first graph-randomness reveal never arrives (it crashed right after advertising)."""
     lost = {"done": False}
 
-    def drop_first_reveal(direction: str, node: str, envelope) -> bool:
-        if direction == "up" and node == "site-4" and isinstance(envelope.body, SeedReveal) and not lost["done"]:
+    def drop(direction: str, node: str, envelope) -> bool:
+        if direction == "up" and node == victim and isinstance(envelope.body, SeedReveal) and not lost["done"]:
             lost["done"] = True
             return True
         return False
 
-    f.hub.drop = drop_first_reveal
+    return drop
+
+
+def test_a_node_that_never_reveals_aborts_the_attempt_and_the_retry_runs_without_it(federation) -> None:
+    f = federation(rounds=1, min_nodes=3)
+    f.hub.drop = _lose_first_reveal_of("site-4")
     f.run_until(lambda f: f.coordinator.finished)
     (record,) = f.store.rounds()
     assert "site-4" not in record.survivors and len(record.survivors) == 3
@@ -58,15 +63,7 @@ def test_a_node_that_never_reveals_aborts_the_attempt_and_the_retry_runs_without
 def test_a_stalled_node_is_taken_back_when_the_round_cannot_run_without_it(federation) -> None:
     """min_nodes = 4: leaving out the node that missed its reveal would stall the task for good."""
     f = federation(rounds=1)
-    lost = {"done": False}
-
-    def drop_first_reveal(direction: str, node: str, envelope) -> bool:
-        if direction == "up" and node == "site-4" and isinstance(envelope.body, SeedReveal) and not lost["done"]:
-            lost["done"] = True
-            return True
-        return False
-
-    f.hub.drop = drop_first_reveal
+    f.hub.drop = _lose_first_reveal_of("site-4")
     f.run_until(lambda f: f.coordinator.finished)
     (record,) = f.store.rounds()
     assert sorted(record.survivors) == NAMES

@@ -38,6 +38,7 @@ from securefed.learning.data import LocalDataset
 from securefed.learning.models import ModelAdapter, make_adapter
 from securefed.secagg.messages import AdvertiseKeys, MaskedInput
 from tests.fakes import FakeNodeSocket
+from tests.inprocess import Hub
 
 TASK = "dp-policy-task"
 DELTA = 1e-5
@@ -290,46 +291,6 @@ def test_a_damaged_ledger_makes_the_node_refuse_not_crash(tmp_path: Path, traini
 
 
 # --- acceptance: a site with epsilon 1 stops once its ledger gets there, and says so --------------
-
-
-class Hub:
-    """In-memory transport between one Coordinator and several Nodes (what ZeroMQ does in the daemons)."""
-
-    def __init__(self) -> None:
-        self.to_coordinator: list[tuple[str, Envelope]] = []
-        self.to_node: dict[str, list[Envelope]] = {}
-        self.from_node: dict[str, list[Envelope]] = {}
-
-    def coordinator_socket(self) -> object:
-        hub = self
-
-        class _Socket:
-            def poll(self, timeout_ms: int) -> list[tuple[str, Envelope]]:
-                out, hub.to_coordinator = hub.to_coordinator, []
-                return out
-
-            def send(self, node: str, envelope: Envelope) -> bool:
-                hub.to_node.setdefault(node, []).append(envelope)
-                return True
-
-        return _Socket()
-
-    def node_socket(self, name: str) -> object:
-        hub = self
-        hub.to_node.setdefault(name, [])
-        hub.from_node.setdefault(name, [])
-
-        class _Socket:
-            def poll(self, timeout_ms: int) -> list[Envelope]:
-                out, hub.to_node[name] = hub.to_node[name], []
-                return out
-
-            def send(self, envelope: Envelope) -> bool:
-                hub.from_node[name].append(envelope)
-                hub.to_coordinator.append((name, envelope))
-                return True
-
-        return _Socket()
 
 
 class InProcessFederation:
