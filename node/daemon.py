@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from pathlib import Path
 
 from node.config import load_node_config
 from securefed.crypto.identity import SigningKey
 from securefed.audit.log import AuditLog, verify_log
-from securefed.dp.ledger import PrivacyLedger
+from securefed.dp.ledger import PrivacyLedger, audited_releases
 from securefed.errors import InvalidParameter
 from securefed.federation.node import Node, NodeState
 from securefed.learning.data import load_local_dataset
@@ -43,6 +44,18 @@ def run_node(config_path: str | Path, stop: threading.Event | None = None) -> in
         )
     if report.extends_head:  # a crash between appending a receipt and checkpointing the head
         state.set_audit_head(report.last_seq, report.last_hash)
+    audited, _ = audited_releases([(entry.time, entry.receipt) for entry in report.entries])
+    lacking = ledger.missing(audited)
+    if lacking:
+        state.close()
+        ledger.close()
+        first = lacking[0]
+        raise InvalidParameter(
+            f"the privacy ledger {config.ledger_path} lacks {len(lacking)} DP release(s) that this site's signed "
+            f"audit log records (first: task {first.task!r}, round {first.round}, aggregation {first.aggregation}): "
+            "it was deleted or replaced, and the budget it shows is too low. Restore ledger.sqlite from a backup, "
+            f"or rebuild the missing rows from the audit log with: securefed node ledger --config {config_path} --rebuild"
+        )
     audit_log = AuditLog(config.audit_path, identity, on_append=state.set_audit_head)
     socket = NodeSocket(config.coordinator, keys, config.coordinator_curve_public_key)
     stop = stop or threading.Event()
@@ -86,6 +99,37 @@ def run_node(config_path: str | Path, stop: threading.Event | None = None) -> in
         state.close()
         ledger.close()
     return 0
+
+
+def rebuild_ledger(config_path: str | Path) -> int:
+    """``securefed node ledger --rebuild``: put back the ledger rows the signed audit log proves.
+
+    For a ledger that was deleted or replaced: every DP release the site's verified audit log
+    records and the ledger lacks is added back, so the budget it shows is true again.
+    """
+    config = load_node_config(config_path)
+    identity = SigningKey.load(config.identity_key_file)
+    state = NodeState(config.state_path)
+    try:
+        report = verify_log(config.audit_path, identity.public_bytes, state.audit_head())
+    finally:
+        state.close()
+    if not report.ok:
+        print(f"error: the audit log {config.audit_path} fails verification ({report.problems[0]}); it cannot be "
+              "used to rebuild the ledger: restore the ledger from a backup", file=sys.stderr)  # fmt: skip
+        return 1
+    audited, problems = audited_releases([(entry.time, entry.receipt) for entry in report.entries])
+    ledger = PrivacyLedger(config.ledger_path, config.policy.budget())
+    try:
+        lacking = ledger.missing(audited)
+        added = ledger.restore(lacking)
+        print(f"rebuilt {added} ledger row(s) from {len(report.entries)} audit receipts; "
+              f"{config.task}: spent {ledger.spent(config.task):.3f}, site total {ledger.spent_total():.3f}")  # fmt: skip
+    finally:
+        ledger.close()
+    for problem in problems:
+        print(f"warning: {problem}; restore the ledger from a backup to account for it", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def print_ledger(config_path: str | Path) -> int:

@@ -60,9 +60,9 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
 
 def _cmd_node(args: argparse.Namespace) -> int:
     if args.action == "ledger":
-        from node.daemon import print_ledger
+        from node.daemon import print_ledger, rebuild_ledger
 
-        return print_ledger(args.config)
+        return rebuild_ledger(args.config) if args.rebuild else print_ledger(args.config)
     if args.action == "audit":
         from node.daemon import print_audit
 
@@ -165,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run (default), ledger (privacy budget spent), or audit (verify the site's audit log)",
     )
     node.add_argument("--config", required=True, help="node TOML config")
+    node.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="with 'ledger': put back the ledger rows that the site's signed audit log proves (after a ledger was lost)",
+    )
     node.set_defaults(func=_cmd_node)
 
     status = sub.add_parser("status", help="show a coordinator's task, round, connected nodes and metrics")

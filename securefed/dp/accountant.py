@@ -131,15 +131,33 @@ def skellam_epsilon(releases: Iterable[SkellamRelease], delta: float, orders: Se
 
 
 def calibrate_skellam_variance(
-    target_epsilon: float, rounds: int, delta: float, l2_sensitivity: float, l1_sensitivity: float
+    target_epsilon: float,
+    rounds: int,
+    delta: float,
+    l2_sensitivity: float,
+    l1_sensitivity: float,
+    spent: Sequence[SkellamRelease] = (),
 ) -> float:
-    """The smallest total noise variance (to 0.1%) for which ``rounds`` releases stay within the target."""
+    """The smallest total noise variance (to 0.1%) for which ``rounds`` more releases stay within the target.
+
+    ``spent`` are the releases already made (recorded, with their actual noise and sensitivity):
+    the new ones are calibrated so that *all* of them together cost at most ``target_epsilon``.
+    Raises :class:`InvalidParameter` if what is spent leaves no room at all.
+    """
     if not (math.isfinite(target_epsilon) and target_epsilon > 0) or rounds < 1:
         raise InvalidParameter("need a positive target epsilon and at least one round")
+    spent = list(spent)
+    if spent:
+        already = skellam_epsilon(spent, delta)
+        if already >= target_epsilon:
+            raise InvalidParameter(
+                f"the releases already made cost epsilon {already:.4f}, which leaves nothing of the target "
+                f"{target_epsilon:g} for {rounds} more rounds"
+            )
 
     def epsilon_for(noise_multiplier: float) -> float:
         variance = (noise_multiplier * l2_sensitivity) ** 2
-        return skellam_epsilon([SkellamRelease(variance, l2_sensitivity, l1_sensitivity)] * rounds, delta)
+        return skellam_epsilon([*spent, *([SkellamRelease(variance, l2_sensitivity, l1_sensitivity)] * rounds)], delta)
 
     z = _bisect_decreasing(epsilon_for, target_epsilon, low=0.05, high=1000.0)
     return (z * l2_sensitivity) ** 2

@@ -4,7 +4,8 @@ One SQLite row per round, written (fsync'd, ``synchronous=FULL``) *before*
 the node's masked input leaves it: a crash after the row commits overstates
 what was spent, never understates it. The epsilon a task has cost is
 recomputed from the rows (Renyi DP adds up over rounds, whatever their
-parameters) at the site's own delta, never taken from the coordinator.
+parameters) at the site's own delta, never taken from the coordinator; the
+site's total composes every release of every task at that same delta.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from securefed._db import open_durable
 from securefed.dp.accountant import SkellamRelease, skellam_epsilon
 from securefed.errors import InvalidParameter, PrivacyBudgetExhausted
 
-__all__ = ["PrivacyLedger", "LedgerEntry", "Budget"]
+__all__ = ["PrivacyLedger", "LedgerEntry", "Budget", "AuditedRelease", "audited_releases"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS charges (
@@ -95,16 +96,22 @@ class PrivacyLedger:
         return skellam_epsilon(self._releases(task).get(task, []), self.budget.delta)
 
     def spent_total(self) -> float:
-        """Over all tasks (basic composition: the per-task epsilons add up)."""
-        return sum(skellam_epsilon(releases, self.budget.delta) for releases in self._releases(None).values())
+        """Over all tasks: every release of every task composed together, at the site's one delta.
+
+        (Adding per-task epsilons would hold only at k x delta for k tasks, and is looser besides.)
+        """
+        return skellam_epsilon(
+            [release for releases in self._releases(None).values() for release in releases], self.budget.delta
+        )
 
     def preview(self, task: str, release: SkellamRelease) -> tuple[float, float]:
-        """(task epsilon, total epsilon) if ``release`` were charged now."""
+        """(task epsilon, site total epsilon) if ``release`` were charged now."""
         grouped = self._releases(None)
-        own = grouped.pop(task, [])
+        own = grouped.get(task, [])
+        everything = [r for releases in grouped.values() for r in releases]
         task_epsilon = skellam_epsilon([*own, release], self.budget.delta)
-        others = sum(skellam_epsilon(releases, self.budget.delta) for releases in grouped.values())
-        return task_epsilon, others + task_epsilon
+        total = skellam_epsilon([*everything, release], self.budget.delta)
+        return task_epsilon, total
 
     def check(self, task: str, release: SkellamRelease) -> tuple[float, float]:
         """Raise :class:`PrivacyBudgetExhausted` if charging ``release`` would cross a limit."""
@@ -152,6 +159,44 @@ class PrivacyLedger:
             raise
         return task_epsilon
 
+    def recorded(self) -> set[tuple[str, int]]:
+        """(task, aggregation) of every row."""
+        return {(task, int(aggregation)) for task, aggregation in self._db.execute("SELECT task, aggregation FROM charges")}
+
+    def missing(self, audited: list[AuditedRelease]) -> list[AuditedRelease]:
+        """The releases the site's audit log records that this ledger lacks (it was deleted or replaced)."""
+        have = self.recorded()
+        return [release for release in audited if (release.task, release.aggregation) not in have]
+
+    def restore(self, releases: list[AuditedRelease]) -> int:
+        """Put back rows for releases the audit log proves happened (no budget check: they did happen)."""
+        added = 0
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for item in releases:
+                if (item.task, item.aggregation) in self.recorded():
+                    continue
+                previous = self._releases(None)
+                own = previous.get(item.task, [])
+                everything = [r for group in previous.values() for r in group]
+                task_epsilon = skellam_epsilon([*own, item.release], self.budget.delta)
+                total = skellam_epsilon([*everything, item.release], self.budget.delta)
+                self._db.execute(
+                    "INSERT INTO charges (task, round, aggregation, mechanism, variance, l2_sensitivity, l1_sensitivity, "
+                    "epsilon_task, epsilon_total, delta, model_hash, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        item.task, item.round, item.aggregation, json.dumps(item.mechanism, sort_keys=True),
+                        item.release.variance, item.release.l2_sensitivity, item.release.l1_sensitivity,
+                        task_epsilon, total, self.budget.delta, item.model_hash, item.at,
+                    ),
+                )  # fmt: skip
+                added += 1
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return added
+
     def entries(self, task: str | None = None) -> list[LedgerEntry]:
         query = (
             "SELECT task, round, aggregation, mechanism, epsilon_task, epsilon_total, model_hash, at FROM charges"
@@ -160,3 +205,46 @@ class PrivacyLedger:
         )
         rows = self._db.execute(query, (task,) if task else ()).fetchall()
         return [LedgerEntry(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7]) for r in rows]
+
+
+@dataclass(frozen=True)
+class AuditedRelease:
+    """A DP release as the site's signed audit log records it."""
+
+    task: str
+    round: int
+    aggregation: int
+    release: SkellamRelease
+    mechanism: dict
+    model_hash: str
+    at: float
+
+
+def audited_releases(receipts: list[tuple[float, dict]]) -> tuple[list[AuditedRelease], list[str]]:
+    """The DP releases in audit receipts ``(time, receipt)``, and the problems that stop rebuilding any.
+
+    A receipt counts when the node sent its (noised) masked input under DP. Its ``dp`` field
+    carries the release's variance and sensitivities (receipts written before they were recorded
+    there cannot be rebuilt from, and are reported).
+    """
+    found: list[AuditedRelease] = []
+    problems: list[str] = []
+    for at, receipt in receipts:
+        mechanism = receipt.get("dp")
+        if not mechanism or not receipt.get("sent_masked_input"):
+            continue
+        where = f"task {receipt.get('task')!r} aggregation {receipt.get('aggregation')}"
+        numbers = mechanism.get("release") if isinstance(mechanism, dict) else None
+        try:
+            release = SkellamRelease(
+                float(numbers["variance"]), float(numbers["l2_sensitivity"]), float(numbers["l1_sensitivity"])
+            )
+            found.append(
+                AuditedRelease(
+                    str(receipt["task"]), int(receipt["round"]), int(receipt["aggregation"]), release,
+                    dict(mechanism), str(receipt.get("model_hash", "")), float(at),
+                )
+            )  # fmt: skip
+        except (KeyError, TypeError, ValueError, InvalidParameter):
+            problems.append(f"{where}: the receipt does not carry the release's noise and sensitivity")
+    return found, problems

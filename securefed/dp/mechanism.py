@@ -5,10 +5,24 @@ s = 2^f, rounds it stochastically to integers (unbiased), adds its share of
 Skellam noise (variance V_node per coordinate) and reduces mod 2^32; secure
 aggregation then masks it. The coordinator only ever sees the *sum*, which
 carries Skellam noise of variance (number of survivors) x V_node. Nodes size
-their share for the worst case the protocol allows, exactly t survivors:
-V_node = V_total / t, so any aggregate that completes carries at least the
-calibrated V_total (typical case: all n survive, and the noise is n/t times
+their share for the worst case the protocol and the stated adversary allow:
+exactly t survivors of which c collude with the coordinator and add nothing,
+so t - c honest shares: V_node = V_total / (t - c), and any aggregate that
+completes carries at least the calibrated V_total from honest nodes alone
+(typical case: all n survive honestly, and the noise is n/(t - c) times
 larger than needed).
+
+Exactness of the noise. A Skellam variate is Poisson(V/2) - Poisson(V/2);
+numpy's Poisson sampler (PTRS, Hoermann 1993, for rates >= 10) is exact in
+exact arithmetic but works in floating point, and at the rates the finest
+scale would need (1e13 and more) it drifts measurably (variance off by 1.5%
+at 6e13, non-Skellam tails at 1e15). So the planner never asks a node for
+more than ``MAX_NODE_VARIANCE`` = 2^33 per coordinate (Poisson rate 2^32),
+where the sampler's variance, kurtosis and tails are checked against the
+Skellam distribution with millions of draws (tests/unit/test_dp_noise.py),
+and nodes refuse plans above it; it lowers the scale instead, which costs
+almost nothing (the rounding term sqrt(d) in the sensitivity stays small
+against C 2^f).
 
 Sensitivity in the integer domain. Stochastic rounding moves each coordinate
 by less than 1, so the rounded vector has L2 norm at most C s + sqrt(d)
@@ -25,6 +39,7 @@ refused.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,9 +50,12 @@ from securefed.dp.noise import NoiseSource
 from securefed.encoding import clip_l2
 from securefed.errors import EncodingError, InvalidParameter
 
-__all__ = ["SkellamParameters", "MAX_WRAP_PROBABILITY", "plan_skellam"]
+__all__ = ["SkellamParameters", "MAX_WRAP_PROBABILITY", "MAX_NODE_VARIANCE", "plan_skellam"]
 
 MAX_WRAP_PROBABILITY = 2.0**-40
+#: The largest per-coordinate noise variance a node samples: Poisson rates up to 2^32, where
+#: numpy's sampler is validated (see the module docstring).
+MAX_NODE_VARIANCE = float(1 << 33)
 _LIMIT = float(1 << 31)
 
 
@@ -48,6 +66,7 @@ class SkellamParameters:
     clip_norm: float
     scale_bits: int
     node_variance: float
+    #: honest survivors the noise is sized for: t - c (threshold minus the colluders assumed)
     assumed_survivors: int
     dimension: int
     cohort_size: int
@@ -59,6 +78,11 @@ class SkellamParameters:
             raise InvalidParameter("scale_bits must be an integer in 0..30")
         if not (math.isfinite(self.node_variance) and self.node_variance > 0):
             raise InvalidParameter("node noise variance must be positive")
+        if self.node_variance > MAX_NODE_VARIANCE:
+            raise InvalidParameter(
+                f"node noise variance {self.node_variance:.4g} is above {MAX_NODE_VARIANCE:.4g}, where the noise "
+                "sampler is validated to be Skellam: use a smaller scale"
+            )
         if type(self.assumed_survivors) is not int or not 1 <= self.assumed_survivors <= self.cohort_size:
             raise InvalidParameter("assumed survivors must be in 1..cohort size")
         if self.dimension < 1:
@@ -85,7 +109,7 @@ class SkellamParameters:
 
     @property
     def total_variance(self) -> float:
-        """The noise variance per coordinate in the worst case the round allows (t survivors)."""
+        """The noise variance per coordinate in the worst case the round allows (t - c honest survivors)."""
         return self.node_variance * self.assumed_survivors
 
     @property
@@ -186,20 +210,25 @@ def plan_skellam(
     clip_norm: float,
     dimension: int,
     cohort_size: int,
-    threshold: int,
+    honest_survivors: int,
+    spent: Sequence[SkellamRelease] = (),
 ) -> SkellamParameters:
-    """The coordinator's plan: the finest scale that cannot wrap, with noise calibrated to the target.
+    """The coordinator's plan: the finest scale that cannot wrap and keeps the sampler exact.
 
-    The total variance is calibrated so that ``rounds`` releases cost at most
-    ``target_epsilon`` at ``delta``; each node adds 1/threshold of it.
+    The total variance is calibrated so that ``rounds`` more releases, together
+    with the ``spent`` ones already recorded, cost at most ``target_epsilon`` at
+    ``delta``; each node adds 1/``honest_survivors`` of it (t - c: the threshold
+    minus the colluders the task assumes, who may add nothing).
     """
+    if type(honest_survivors) is not int or honest_survivors < 1:
+        raise InvalidParameter("the noise must be sized for at least one honest survivor (t - c >= 1)")
     last_error: InvalidParameter | None = None
     for bits in range(24, 0, -1):
         d2 = clip_norm * (1 << bits) + math.sqrt(dimension)
         d1 = min(math.sqrt(dimension) * d2, d2 * d2)
-        total = calibrate_skellam_variance(target_epsilon, rounds, delta, d2, d1)
+        total = calibrate_skellam_variance(target_epsilon, rounds, delta, d2, d1, spent)
         try:
-            return SkellamParameters(clip_norm, bits, total / threshold, threshold, dimension, cohort_size)
+            return SkellamParameters(clip_norm, bits, total / honest_survivors, honest_survivors, dimension, cohort_size)
         except InvalidParameter as exc:
             last_error = exc
     raise InvalidParameter(f"no safe DP scale for this cohort: {last_error}")

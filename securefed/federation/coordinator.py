@@ -31,6 +31,7 @@ from typing import Protocol
 
 import numpy as np
 
+from securefed.dp.accountant import SkellamRelease, skellam_epsilon
 from securefed.dp.mechanism import SkellamParameters, plan_skellam
 from securefed.errors import EncodingError, InvalidParameter, ProtocolAborted, RemoteProtocolError
 from securefed.federation.messages import Envelope, Hello, Refusal, RoundResult, RoundStart
@@ -423,7 +424,11 @@ class Coordinator:
         round_number = self.completed_round + 1 if self.phase == "train" else self.completed_round
         dp_spec = None
         if task.dp is not None and self.phase == "train":
-            plan = self._dp_plan(n, threshold)
+            try:
+                plan = self._dp_plan(n, threshold)
+            except InvalidParameter as exc:
+                self._log_waiting(f"no round can run within the task's epsilon: {exc}")
+                return
             dp_spec = plan.to_spec(task.dp["delta"], task.dp["epsilon"], task.rounds)
         aggregation = self.store.next_aggregation(round_number, self.phase)
         spec = RoundSpec(
@@ -513,11 +518,16 @@ class Coordinator:
         n = len(current.cohort)
         if current.phase == "train":
             epsilon = None
+            release = None
             if spec.dp is not None:
-                plan = self._dp_plan(n, spec.threshold)
-                mean_delta = plan.decode_mean(result.sum, len(survivors))  # range-checked
+                # Decode with the parameters this round actually used, and compose its cost with
+                # every release recorded before it: the task's epsilon comes from records, never a plan.
+                params = SkellamParameters.from_spec(spec.dp, self.adapter.parameter_count, n)
+                mean_delta = params.decode_mean(result.sum, len(survivors))  # range-checked
                 total_weight = float(len(survivors))
-                epsilon = plan.epsilon(current.round, self.task.dp["delta"])
+                made = params.release
+                release = (made.variance, made.l2_sensitivity, made.l1_sensitivity)
+                epsilon = skellam_epsilon([*self._recorded_releases(), made], self.task.dp["delta"])
             else:
                 codec = TrainingUpdateCodec(
                     self.adapter.parameter_count, spec.clip_norm, spec.fractional_bits, spec.weight_cap, n
@@ -534,6 +544,7 @@ class Coordinator:
                 total_weight,
                 epsilon,
                 duration,
+                release,
             )
             self.model = new_model
             self.completed_round = current.round
@@ -569,18 +580,30 @@ class Coordinator:
         self.excluded_for_round.clear()
         self._rerun_backoff = 0.0
 
+    def _recorded_releases(self) -> list[SkellamRelease]:
+        return [SkellamRelease(v, l2, l1) for _, v, l2, l1 in self.store.dp_releases()]
+
     def _dp_plan(self, n: int, threshold: int) -> SkellamParameters:
+        """Noise for the remaining rounds, calibrated so that they and every release already recorded
+        stay within the task's epsilon; sized for t - c honest survivors. Raises InvalidParameter when
+        the recorded releases leave no room (e.g. ``rounds`` was raised after the budget was spent)."""
         key = (n, threshold)
         if key not in self._dp_plans:
             dp = self.task.dp
+            roster = max(n, len(self.nodes))
+            honest = threshold - self.task.colluders(roster)
+            spent = self._recorded_releases()
+            remaining = self.task.rounds - self.completed_round
             self._dp_plans[key] = plan_skellam(
-                dp["epsilon"], dp["delta"], self.task.rounds, dp["clip_norm"], self.adapter.parameter_count, n, threshold
+                dp["epsilon"], dp["delta"], remaining, dp["clip_norm"], self.adapter.parameter_count, n, honest, spent
             )
             plan = self._dp_plans[key]
             log.info(
-                "DP plan for %d nodes (t=%d): Skellam noise multiplier %.3f, scale 2^%d, epsilon <= %g over %d rounds at delta %g",
-                n, threshold, plan.noise_multiplier, plan.scale_bits, dp["epsilon"], self.task.rounds, dp["delta"],
-            )
+                "DP plan for %d nodes (t=%d, noise sized for %d honest survivors): Skellam noise multiplier %.3f, "
+                "scale 2^%d; %d rounds recorded, %d to go, epsilon <= %g in all at delta %g",
+                n, threshold, honest, plan.noise_multiplier, plan.scale_bits, len(spent), remaining,
+                dp["epsilon"], dp["delta"],
+            )  # fmt: skip
         return self._dp_plans[key]
 
     def _exclude_culprits(self, exc: ProtocolAborted) -> None:

@@ -601,10 +601,17 @@ class Node:
             parameters = SkellamParameters.from_spec(spec.dp, dimension, cohort_size)
         except InvalidParameter as exc:
             raise _Refused("dp-mismatch", str(exc)) from None
-        if parameters.assumed_survivors != spec.threshold:
+        if not spec.masking:
+            # Unmasked, this node's own vector would carry only its share of the noise, which is
+            # not what the ledger could charge for: refuse rather than undercharge.
+            raise _Refused("dp-requires-masking", "differential privacy rounds must use secure aggregation")
+        colluders = self.policy.client_policy().colluders(max(len(self.roster), cohort_size))
+        honest = spec.threshold - colluders
+        if parameters.assumed_survivors > honest:
             raise _Refused(
-                "dp-mismatch",
-                f"noise is sized for {parameters.assumed_survivors} survivors but the threshold is {spec.threshold}",
+                "weaker-than-policy",
+                f"noise is sized for {parameters.assumed_survivors} honest survivors, but with threshold "
+                f"{spec.threshold} and {colluders} colluders (this site's bound) only {honest} are certain",
             )
         if parameters.noise_multiplier < self.policy.min_noise_multiplier:
             raise _Refused(
@@ -618,7 +625,16 @@ class Node:
             self.ledger.check(self.task, parameters.release)
         except PrivacyBudgetExhausted as exc:
             raise _Refused("budget-exhausted", str(exc)) from None
-        mechanism = {**spec.dp, "noise_multiplier": round(parameters.noise_multiplier, 4)}
+        mechanism = {
+            **spec.dp,
+            "noise_multiplier": round(parameters.noise_multiplier, 4),
+            "dimension": dimension,
+            "release": {
+                "variance": parameters.release.variance,
+                "l2_sensitivity": parameters.release.l2_sensitivity,
+                "l1_sensitivity": parameters.release.l1_sensitivity,
+            },
+        }
         return _Charge(parameters, spec.round, aggregation, context.hex(), mechanism)
 
     def _charge_and_send(self, message: MaskedInput) -> None:

@@ -53,6 +53,13 @@ CREATE TABLE IF NOT EXISTS attempts (
     detail TEXT NOT NULL DEFAULT '',
     started_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS dp_releases (
+    round INTEGER PRIMARY KEY,
+    aggregation INTEGER NOT NULL,
+    variance REAL NOT NULL,
+    l2_sensitivity REAL NOT NULL,
+    l1_sensitivity REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS unmask_state (
     aggregation INTEGER PRIMARY KEY,
     round INTEGER NOT NULL,
@@ -195,10 +202,22 @@ class CoordinatorStore:
         total_weight: float,
         epsilon: float | None,
         duration: float,
+        release: tuple[float, float, float] | None = None,
     ) -> None:
-        """Everything a completed round changes, in one transaction."""
+        """Everything a completed round changes, in one transaction.
+
+        ``release`` is the round's DP release as accounted (total noise variance for the honest
+        survivors it was sized for, L2 and L1 sensitivity, integer domain): the task's epsilon is
+        always composed from these records, never from a plan.
+        """
         with self._transaction():
             self._insert_model(round_number, weights, strategy_state)
+            if release is not None:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO dp_releases (round, aggregation, variance, l2_sensitivity, l1_sensitivity) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (round_number, aggregation, *release),
+                )
             self._db.execute(
                 "INSERT OR REPLACE INTO rounds (round, aggregation, participants, survivors, total_weight, "
                 "epsilon, duration, completed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -244,6 +263,13 @@ class CoordinatorStore:
             with np.load(io.BytesIO(state_blob), allow_pickle=False) as archive:
                 state = {name: archive[name] for name in archive.files}
         return int(round_number), weights, state
+
+    def dp_releases(self) -> list[tuple[int, float, float, float]]:
+        """(round, variance, L2 sensitivity, L1 sensitivity) of every DP release made, in round order."""
+        rows = self._db.execute(
+            "SELECT round, variance, l2_sensitivity, l1_sensitivity FROM dp_releases ORDER BY round"
+        ).fetchall()
+        return [(int(r[0]), float(r[1]), float(r[2]), float(r[3])) for r in rows]
 
     def rounds(self) -> list[RoundRecord]:
         rows = self._db.execute(

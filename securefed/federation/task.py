@@ -93,6 +93,10 @@ class TaskDefinition:
                     raise InvalidParameter(f"[task.dp] {key} must be a positive number")
             if dp["delta"] >= 1:
                 raise InvalidParameter("[task.dp] delta must be below 1")
+            if not self.masking:
+                raise InvalidParameter(
+                    "[task.dp] needs masking = true: unmasked, each node's vector would carry only its share of the noise"
+                )
 
     def fingerprint(self) -> str:
         """Identifies the task's definition; ``rounds`` may grow on restart, nothing else may change."""
