@@ -158,3 +158,66 @@ def test_uniform_is_in_unit_interval_and_uniform() -> None:
     u = NoiseSource(_seed("uniform")).uniform(200_000)
     assert u.min() >= 0.0 and u.max() < 1.0
     assert stats.kstest(u, "uniform").pvalue > P_REJECT
+
+
+# --- the noise at the scales the planner really picks -------------------------------------------
+#
+# Skellam(V) has mean 0, variance V, excess kurtosis 1/V (about 0 here) and, at these variances,
+# normal tails to within a relative 1e-4. numpy's Poisson sampler works in floating point and
+# drifts above rates of ~1e12 (variance off by 1.5% at 6e13, kurtosis 0.22 at 1e15): the planner
+# must never ask for that, and at every operating point it does produce, 4 million draws must
+# show the calibrated variance, no excess kurtosis and normal tails (|z| < 5 each, p ~ 6e-7).
+
+OPERATING_DRAWS = 4_000_000
+#: (target epsilon, rounds, clip norm, dimension, cohort, honest survivors t - c): the demo's digits
+#: model (5 sites, t = 4, c = 1) at epsilon 8 and 1, and the benchmark MLP with 10 sites (t = 7, c = 2)
+OPERATING_POINTS = {
+    "demo digits, epsilon 8": (8.0, 10, 0.5, 650, 5, 3),
+    "demo digits, epsilon 1": (1.0, 10, 0.5, 650, 5, 3),
+    "MLP d=105010, 10 sites, epsilon 8": (8.0, 10, 1.0, 105_010, 10, 5),
+}
+
+
+def _moments(samples: np.ndarray, variance: float) -> tuple[float, float, float]:
+    """z-scores of (variance ratio - 1), excess kurtosis, and the 4-sigma tail frequency."""
+    n = samples.size
+    x = samples.astype(np.float64)
+    ratio = float(x.var()) / variance
+    z_variance = (ratio - 1) / math.sqrt(2 / n)
+    standardised = x / math.sqrt(variance)
+    kurtosis = float(np.mean(standardised**4)) - 3
+    z_kurtosis = kurtosis / math.sqrt(24 / n)
+    tail = 2 * stats.norm.sf(4)
+    observed = float(np.mean(np.abs(standardised) > 4))
+    z_tail = (observed - tail) / math.sqrt(tail * (1 - tail) / n)
+    return z_variance, z_kurtosis, z_tail
+
+
+@pytest.mark.parametrize("point", list(OPERATING_POINTS))
+def test_noise_at_each_planned_operating_point_is_skellam(point: str) -> None:
+    from securefed.dp.mechanism import MAX_NODE_VARIANCE, plan_skellam
+
+    epsilon, rounds, clip, dimension, cohort, honest = OPERATING_POINTS[point]
+    plan = plan_skellam(epsilon, 1e-5, rounds, clip, dimension, cohort, honest)
+    assert plan.node_variance <= MAX_NODE_VARIANCE, f"{point}: the planner asked for V_node {plan.node_variance:.3g}"
+    samples = NoiseSource(_seed(point)).skellam(plan.node_variance, OPERATING_DRAWS)
+    z_variance, z_kurtosis, z_tail = _moments(samples, plan.node_variance)
+    assert abs(z_variance) < 5, f"{point}: variance off by {z_variance:.1f} standard errors (V_node {plan.node_variance:.3g})"
+    assert abs(z_kurtosis) < 5, f"{point}: excess kurtosis {z_kurtosis:.1f} standard errors from 0"
+    assert abs(z_tail) < 5, f"{point}: 4-sigma tails {z_tail:.1f} standard errors from normal"
+    assert abs(float(samples.mean())) < 5 * math.sqrt(plan.node_variance / OPERATING_DRAWS)
+
+
+def test_the_moment_checks_catch_the_sampler_beyond_its_validated_range() -> None:
+    """The power check: at a rate the old planner used (6e13 per Poisson, V = 1.2e14) the same checks
+    reject numpy's sampler; the planner's bound keeps it out of that range."""
+    variance = 1.2e14
+    samples = NoiseSource(_seed("beyond")).skellam(variance, OPERATING_DRAWS)
+    z_variance, _, _ = _moments(samples, variance)
+    assert abs(z_variance) >= 5, f"expected the drift to show (z = {z_variance:.1f})"
+
+
+def test_the_moment_checks_catch_half_the_variance() -> None:
+    samples = NoiseSource(_seed("half")).skellam(4e9, OPERATING_DRAWS)
+    z_variance, _, _ = _moments(samples, 8e9)
+    assert z_variance < -5
