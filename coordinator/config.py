@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from securefed.config_util import field, load_toml, parse_identity_key, resolve_path, section
+from securefed.dp.settings import DpSettings
 from securefed.errors import InvalidParameter
 from securefed.federation.task import DEFAULT_DEADLINES, NodeEntry, TaskDefinition
 from securefed.wire.keys import parse_public_key
@@ -133,16 +134,11 @@ def _model_options(options: dict) -> dict:
     return cleaned
 
 
-def _dp_settings(task_table: dict) -> dict | None:
+def _dp_settings(task_table: dict) -> DpSettings | None:
     """``[task.dp]``: epsilon for the whole task, delta (default 1e-5), clip_norm (default 1.0)."""
     if "dp" not in task_table:
         return None
     table = task_table["dp"]
     if not isinstance(table, dict):
         raise InvalidParameter("[task.dp] must be a table with epsilon, delta and clip_norm")
-    return {
-        "epsilon": float(field(table, "task.dp", "epsilon", (int, float))),
-        "delta": float(field(table, "task.dp", "delta", (int, float), 1e-5)),
-        "clip_norm": float(field(table, "task.dp", "clip_norm", (int, float), 1.0)),
-        **{key: value for key, value in table.items() if key not in ("epsilon", "delta", "clip_norm")},
-    }
+    return DpSettings.from_mapping(table)

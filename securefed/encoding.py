@@ -14,9 +14,10 @@ That read-back is only correct while the true integer sum stays inside
 magnitude, so the encoder is built for a maximum number of summands n and
 refuses any (clip, f, n) with n * ceil(max_abs * 2^f) >= 2^31.
 
-Rounding randomness comes from :class:`securefed.crypto.prg.SecureRandom`
-(AES-256-CTR keyed from ``os.urandom``): rounding bits are correlated with
-the input, so they must not be predictable to an observer.
+Rounding randomness comes from :class:`securefed.dp.noise.NoiseSource` (AES
+counter mode keyed from ``os.urandom``), the one generator every encoding
+uses, DP noise included: rounding bits are correlated with the input, so they
+must not be predictable to an observer.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from securefed.crypto.prg import SecureRandom
+from securefed.dp.noise import NoiseSource, UniformSource
 from securefed.errors import EncodingError, InvalidParameter
 
 __all__ = ["MODULUS", "FixedPointEncoder", "clip_l2", "max_safe_fractional_bits"]
@@ -141,11 +142,11 @@ class FixedPointEncoder:
         clipped = clip_l2(vector, self.clip_norm)
         return np.clip(clipped, -self.effective_max_abs, self.effective_max_abs)
 
-    def encode(self, x: np.ndarray, rng: SecureRandom | None = None) -> np.ndarray:
+    def encode(self, x: np.ndarray, rng: UniformSource | None = None) -> np.ndarray:
         """Clip, scale, round stochastically and reduce mod 2^32 into a uint32 vector."""
         scaled = self.clip(x) * self.scale
         floor = np.floor(scaled)
-        generator = rng if rng is not None else SecureRandom()
+        generator = rng if rng is not None else NoiseSource()
         round_up = generator.uniform(scaled.shape[0]) < (scaled - floor)
         integers = floor.astype(np.int64) + round_up
         return integers.astype(np.int32).view(np.uint32)

@@ -47,7 +47,7 @@ import numpy as np
 
 from securefed.dp.accountant import SkellamRelease, calibrate_skellam_variance, skellam_epsilon
 from securefed.dp.noise import NoiseSource
-from securefed.encoding import clip_l2
+from securefed.encoding import FixedPointEncoder
 from securefed.errors import EncodingError, InvalidParameter
 
 __all__ = ["SkellamParameters", "MAX_WRAP_PROBABILITY", "MAX_NODE_VARIANCE", "plan_skellam"]
@@ -137,16 +137,20 @@ class SkellamParameters:
     # --- the node's side and the coordinator's side --------------------------
 
     def encode(self, update: np.ndarray, noise: NoiseSource | None = None) -> np.ndarray:
-        """Clip, scale, round stochastically, add this node's noise share, reduce mod 2^32."""
+        """Clip, scale, round stochastically, add this node's noise share, reduce mod 2^32.
+
+        The clipping and rounding are the one fixed-point encoder every update goes through (L2
+        clip, L-infinity guard, unbiased rounding); the rounding bits and the noise come from one
+        generator.
+        """
         vector = np.asarray(update, dtype=np.float64)
         if vector.shape != (self.dimension,) or not np.all(np.isfinite(vector)):
             raise EncodingError(f"update must be a finite vector of length {self.dimension}")
         source = noise if noise is not None else NoiseSource()
-        scaled = clip_l2(vector, self.clip_norm) * self.scale
-        floor = np.floor(scaled)
-        integers = floor.astype(np.int64) + (source.uniform(self.dimension) < (scaled - floor))
-        integers += source.skellam(self.node_variance, self.dimension)
-        return (integers & 0xFFFFFFFF).astype(np.uint32)
+        encoder = FixedPointEncoder(self.clip_norm, self.scale_bits, self.cohort_size, max_abs=self.clip_norm)
+        rounded = encoder.encode(vector, source).view(np.int32).astype(np.int64)
+        rounded += source.skellam(self.node_variance, self.dimension)
+        return (rounded & 0xFFFFFFFF).astype(np.uint32)
 
     def decode_mean(self, total: np.ndarray, survivors: int) -> np.ndarray:
         """The noisy mean update from the unmasked sum of ``survivors`` encodings.

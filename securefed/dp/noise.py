@@ -12,13 +12,20 @@ Skellam again, which is what lets each node add only its share.
 from __future__ import annotations
 
 import os
+from typing import Protocol
 
 import numpy as np
 from randomgen import AESCounter
 
 from securefed.errors import InvalidParameter
 
-__all__ = ["NoiseSource"]
+__all__ = ["NoiseSource", "UniformSource"]
+
+
+class UniformSource(Protocol):
+    """Anything that gives uniform floats in [0, 1) from a cryptographic generator."""
+
+    def uniform(self, size: int) -> np.ndarray: ...
 
 
 class NoiseSource:

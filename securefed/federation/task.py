@@ -7,6 +7,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 
+from securefed.dp.settings import DpSettings
 from securefed.errors import InvalidParameter
 from securefed.secagg.bounds import resolve_colluders, smallest_safe_threshold
 from securefed.secagg.graph import propose_parameters
@@ -59,7 +60,7 @@ class TaskDefinition:
     evaluate: bool = True
     masking: bool = True
     deadlines: dict = field(default_factory=lambda: dict(DEFAULT_DEADLINES))
-    dp: dict | None = None
+    dp: DpSettings | None = None
 
     def __post_init__(self) -> None:
         if not self.name or len(self.name) > 200:
@@ -83,16 +84,10 @@ class TaskDefinition:
         if not math.isfinite(self.clip_norm) or self.clip_norm <= 0:
             raise InvalidParameter("clip_norm must be positive")
         if self.dp is not None:
-            dp = self.dp
-            unknown = set(dp) - {"epsilon", "delta", "clip_norm"}
-            if unknown:
-                raise InvalidParameter(f"[task.dp] has unknown keys {sorted(unknown)}; use epsilon, delta, clip_norm")
-            for key in ("epsilon", "delta", "clip_norm"):
-                value = dp.get(key)
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                    raise InvalidParameter(f"[task.dp] {key} must be a positive number")
-            if dp["delta"] >= 1:
-                raise InvalidParameter("[task.dp] delta must be below 1")
+            if not isinstance(self.dp, DpSettings):
+                if not isinstance(self.dp, dict):
+                    raise InvalidParameter("[task.dp] must be a table with epsilon, delta and clip_norm")
+                object.__setattr__(self, "dp", DpSettings.from_mapping(self.dp))
             if not self.masking:
                 raise InvalidParameter(
                     "[task.dp] needs masking = true: unmasked, each node's vector would carry only its share of the noise"

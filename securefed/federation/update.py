@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from securefed.crypto.prg import SecureRandom
+from securefed.dp.noise import UniformSource
 from securefed.encoding import FixedPointEncoder, clip_l2
 from securefed.errors import EncodingError, InvalidParameter
 
@@ -71,7 +71,7 @@ class TrainingUpdateCodec:
             raise InvalidParameter("a node needs at least one training sample")
         return min(samples, self.weight_cap) / self.weight_cap
 
-    def encode(self, delta: np.ndarray, samples: int, rng: SecureRandom | None = None, uniform: bool = False) -> np.ndarray:
+    def encode(self, delta: np.ndarray, samples: int, rng: UniformSource | None = None, uniform: bool = False) -> np.ndarray:
         if delta.shape != (self.parameter_count,):
             raise EncodingError(f"update has {delta.shape} entries, the model has {self.parameter_count}")
         weight = 1.0 if uniform else self.weight(samples)
