@@ -223,16 +223,22 @@ class AuditedRelease:
 def audited_releases(receipts: list[tuple[float, dict]]) -> tuple[list[AuditedRelease], list[str]]:
     """The DP releases in audit receipts ``(time, receipt)``, and the problems that stop rebuilding any.
 
-    A receipt counts when the node sent its (noised) masked input under DP. Its ``dp`` field
+    A receipt counts when the node sent (or was about to send: the receipt written right after the
+    ledger charge) its noised masked input under DP; one release per (task, aggregation). Its ``dp`` field
     carries the release's variance and sensitivities (receipts written before they were recorded
     there cannot be rebuilt from, and are reported).
     """
     found: list[AuditedRelease] = []
     problems: list[str] = []
+    seen: set[tuple[object, object]] = set()
     for at, receipt in receipts:
         mechanism = receipt.get("dp")
         if not mechanism or not receipt.get("sent_masked_input"):
             continue
+        key = (receipt.get("task"), receipt.get("aggregation"))
+        if key in seen:  # the "charged" receipt and the round's closing receipt name one release
+            continue
+        seen.add(key)
         where = f"task {receipt.get('task')!r} aggregation {receipt.get('aggregation')}"
         numbers = mechanism.get("release") if isinstance(mechanism, dict) else None
         try:

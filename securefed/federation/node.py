@@ -653,6 +653,21 @@ class Node:
                 return
             current.epsilon = epsilon
             log.info("aggregation %d: charged the privacy ledger; epsilon spent on %s is now %.3f", charge.aggregation, self.task, epsilon)
+            # The signed audit log learns of the release before it leaves, not only when the round
+            # ends: a ledger lost after a crash mid-round can still be rebuilt from it.
+            self._record(
+                {
+                    "task": self.task,
+                    "round": charge.round,
+                    "phase": current.spec.phase,
+                    "aggregation": charge.aggregation,
+                    "model_hash": charge.model_hash,
+                    "outcome": "charged",
+                    "sent_masked_input": True,
+                    "dp": charge.mechanism,
+                    "epsilon_task_after": epsilon,
+                }
+            )
         if current.client is None and not self._record_release():  # unmasked: the input itself is the release
             return
         current.sent_input = True

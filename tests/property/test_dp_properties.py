@@ -20,10 +20,11 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from securefed.dp.accountant import SkellamRelease, skellam_epsilon, skellam_rdp
 from securefed.dp.ledger import Budget, PrivacyLedger
-from securefed.dp.mechanism import MAX_WRAP_PROBABILITY, SkellamParameters, plan_skellam
+from securefed.dp.mechanism import MAX_NODE_VARIANCE, MAX_WRAP_PROBABILITY, SkellamParameters, plan_skellam
 from securefed.dp.noise import NoiseSource
 from securefed.encoding import clip_l2
 from securefed.errors import InvalidParameter, PrivacyBudgetExhausted
+from securefed.secagg.bounds import minimum_safe_threshold, resolve_colluders
 
 LIMIT = 2**31
 
@@ -115,8 +116,11 @@ def test_constructible_parameters_cannot_wrap(
     try:
         params = SkellamParameters(clip, bits, 10.0**log_variance, t, dimension, cohort)
     except InvalidParameter as refused:
-        assert "wrap" in str(refused)
+        # refused for one of the two reasons only: the sum could wrap, or the sampler is asked beyond its range
+        beyond_sampler = 10.0**log_variance > MAX_NODE_VARIANCE
+        assert ("wrap" in str(refused)) or (beyond_sampler and "sampler is validated" in str(refused)), refused
         return
+    assert params.node_variance <= MAX_NODE_VARIANCE
     assert params.wrap_probability <= MAX_WRAP_PROBABILITY
     # Deterministic part of the worst case plus 7 standard deviations of the summed noise fit in int32.
     assert cohort * (clip * params.scale + 1) + 7 * math.sqrt(cohort * params.node_variance) < LIMIT
@@ -135,9 +139,14 @@ def test_constructible_parameters_cannot_wrap(
 def test_planned_sums_decode_exactly_even_at_the_extreme(
     target: float, rounds: int, clip: float, dimension: int, cohort: int, fraction: float, sign: float
 ) -> None:
-    """Every node's update at the clip, on one coordinate, one sign: the modular sum decodes to the true sum."""
-    threshold = min(cohort, max(2, math.ceil(fraction * cohort)))
-    plan = plan_skellam(target, 1e-5, rounds, clip, dimension, cohort, threshold)
+    """Every node's update at the clip, on one coordinate, one sign: the modular sum decodes to the true sum.
+
+    The noise is sized for t - c honest survivors, with c the default colluder bound and t at least the
+    smallest threshold that withstands it."""
+    colluders = resolve_colluders(None, cohort)
+    threshold = min(cohort, max(minimum_safe_threshold(cohort, colluders), math.ceil(fraction * cohort)))
+    plan = plan_skellam(target, 1e-5, rounds, clip, dimension, cohort, threshold - colluders)
+    assert plan.assumed_survivors == threshold - colluders and plan.node_variance <= MAX_NODE_VARIANCE
     assert plan.epsilon(rounds, 1e-5) <= target
     update = np.zeros(dimension)
     update[0] = sign * clip
@@ -185,14 +194,15 @@ def test_one_more_release_never_costs_less(history: list[SkellamRelease], extra:
 
 
 class LedgerMachine(RuleBasedStateMachine):
-    """Random charges to a few tasks; after every step, no task and no site total is above its limit."""
+    """Random charges to a few tasks; after every step, no task and no site total is above its limit, and the
+    site total is every accepted release composed at the site's delta."""
 
     @initialize(per_task=st.floats(0.5, 8.0), total=st.floats(1.0, 12.0))
     def open(self, per_task: float, total: float) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="securefed-ledger-"))
         self.budget = Budget(per_task, total)
         self.ledger = PrivacyLedger(self.folder / "ledger.sqlite", self.budget)
-        self.accepted = 0
+        self.accepted: list[SkellamRelease] = []
         self.aggregation = 0
 
     @rule(task=st.sampled_from(["a", "b", "c"]), z=st.floats(0.5, 20.0), d2=st.floats(1.0, 1e5))
@@ -207,7 +217,7 @@ class LedgerMachine(RuleBasedStateMachine):
             assert not should_fit
         else:
             assert should_fit and spent == task_epsilon
-            self.accepted += 1
+            self.accepted.append(release)
 
     @rule()
     def reopen(self) -> None:
@@ -220,9 +230,13 @@ class LedgerMachine(RuleBasedStateMachine):
             return
         spent = {task: self.ledger.spent(task) for task in "abc"}
         assert all(value <= self.budget.max_epsilon for value in spent.values())
-        assert self.ledger.spent_total() <= self.budget.max_epsilon_total
-        assert math.isclose(self.ledger.spent_total(), sum(spent.values()), rel_tol=1e-12)
-        assert len(self.ledger.entries()) == self.accepted
+        total = self.ledger.spent_total()
+        assert total <= self.budget.max_epsilon_total
+        assert math.isclose(total, skellam_epsilon(self.accepted, self.budget.delta), rel_tol=1e-12, abs_tol=1e-15)
+        # composing everything costs at least any one task, and never more than adding the tasks up
+        assert max(spent.values()) <= total * (1 + 1e-12) + 1e-15
+        assert total <= sum(spent.values()) * (1 + 1e-12) + 1e-15
+        assert len(self.ledger.entries()) == len(self.accepted)
 
     def teardown(self) -> None:
         if hasattr(self, "ledger"):

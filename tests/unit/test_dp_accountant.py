@@ -231,6 +231,46 @@ def test_calibrated_skellam_variance_is_within_target_and_tight(target: float, r
     assert skellam_epsilon([SkellamRelease(less, d2, d1)] * rounds, DELTA) > target
 
 
+@pytest.mark.parametrize(("already", "rounds"), [(1, 9), (5, 5), (9, 1), (3, 20)])
+def test_calibration_counts_the_releases_already_made(already: int, rounds: int) -> None:
+    """``rounds`` more releases on top of ``spent`` ones: all of them together within the target, and tight."""
+    target, d2, d1 = 8.0, 1000.0, 30_000.0
+    first = calibrate_skellam_variance(target, already + rounds, DELTA, d2, d1)
+    spent = [SkellamRelease(first, d2, d1)] * already
+    variance = calibrate_skellam_variance(target, rounds, DELTA, d2, d1, spent=spent)
+    assert skellam_epsilon([*spent, *[SkellamRelease(variance, d2, d1)] * rounds], DELTA) <= target
+    less = variance * 0.998**2
+    assert skellam_epsilon([*spent, *[SkellamRelease(less, d2, d1)] * rounds], DELTA) > target
+    # What was spent is what the first plan assumed, so the rest need no more noise than it planned (to the
+    # bisection's 0.1%), and little less: only the first plan's slack below the target is left over for them.
+    assert math.sqrt(first) * 0.99 <= math.sqrt(variance) <= math.sqrt(first) * 1.001
+    # The spent releases may differ from the new ones (another scale): composed by their own parameters.
+    other = [SkellamRelease(4e6, 500.0, 5000.0)] * already
+    mixed = calibrate_skellam_variance(target, rounds, DELTA, d2, d1, spent=other)
+    assert skellam_epsilon([*other, *[SkellamRelease(mixed, d2, d1)] * rounds], DELTA) <= target
+
+
+def test_calibration_without_spent_releases_is_unchanged() -> None:
+    assert calibrate_skellam_variance(4.0, 3, DELTA, 1000.0, 30_000.0, spent=()) == calibrate_skellam_variance(
+        4.0, 3, DELTA, 1000.0, 30_000.0
+    )
+
+
+def test_calibration_refuses_when_the_releases_already_made_leave_no_room() -> None:
+    d2, d1 = 1000.0, 30_000.0
+    spent = [SkellamRelease(calibrate_skellam_variance(8.0, 10, DELTA, d2, d1), d2, d1)] * 10
+    already = skellam_epsilon(spent, DELTA)
+    assert 7.9 < already <= 8.0
+    # The target already reached (or passed): no noise can make another round fit.
+    for target in (already, already * 0.9):
+        with pytest.raises(InvalidParameter, match="already made") as refused:
+            calibrate_skellam_variance(target, 4, DELTA, d2, d1, spent=spent)
+        assert f"{already:.4f}" in str(refused.value)
+    # A sliver of room and many rounds: unreachable even with the largest noise searched, refused too.
+    with pytest.raises(InvalidParameter):
+        calibrate_skellam_variance(already + 1e-3, 10_000, DELTA, d2, d1, spent=spent)
+
+
 @pytest.mark.parametrize(
     ("target", "steps", "sampling_rate"), [(1.0, 1, 1.0), (2.0, 10, 1.0), (3.0, 1000, 0.01), (8.0, 50, 1.0)]
 )

@@ -1,4 +1,8 @@
-"""The node's privacy ledger: it refuses the round that would cross the budget, and never forgets a charge."""
+"""The node's privacy ledger: it refuses the round that would cross the budget, and never forgets a charge.
+
+The site's total composes every release of every task at the site's one delta (adding per-task epsilons
+would hold only at k x delta for k tasks).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import pytest
 
 from securefed.dp.accountant import SkellamRelease, skellam_epsilon
 from securefed.dp.ledger import Budget, LedgerEntry, PrivacyLedger
+from securefed.dp.mechanism import plan_skellam
 from securefed.errors import InvalidParameter, PrivacyBudgetExhausted, SecureFedError
 
 DELTA = 1e-5
@@ -74,23 +79,59 @@ def test_spent_is_recomputed_from_the_rows(path: Path) -> None:
 
 
 def test_per_task_and_total_limits(path: Path) -> None:
-    one, two = _epsilon(1), _epsilon(2)
-    budget = Budget(max_epsilon=two * 1.01, max_epsilon_total=two + one * 1.05)
+    one, two, three, four = _epsilon(1), _epsilon(2), _epsilon(3), _epsilon(4)
+    # The site's total composes all releases of all tasks: three releases cost ``three`` whatever their tasks.
+    budget = Budget(max_epsilon=two * 1.01, max_epsilon_total=(three + four) / 2)
     ledger = PrivacyLedger(path, budget)
     ledger.charge("a", 1, 1, RELEASE, MECHANISM, "h")
     ledger.charge("a", 2, 2, RELEASE, MECHANISM, "h")
     with pytest.raises(PrivacyBudgetExhausted, match="this task's epsilon"):
         ledger.charge("a", 3, 3, RELEASE, MECHANISM, "h")
-    # Task b is fresh, so its own epsilon is small; the site's total (basic composition over tasks) is the limit.
+    # Task b is fresh, so its own epsilon is small; the site's total (all releases composed) is the limit.
     assert ledger.charge("b", 1, 1, RELEASE, MECHANISM, "h") == pytest.approx(one)
-    assert ledger.spent_total() == pytest.approx(two + one)
+    assert ledger.spent_total() == pytest.approx(three, rel=1e-12)
+    assert three < two + one  # tighter than adding the tasks' epsilons (which would hold only at 2 delta)
     with pytest.raises(PrivacyBudgetExhausted, match="site's total epsilon") as refused:
         ledger.charge("b", 2, 2, RELEASE, MECHANISM, "h")
-    assert f"{budget.max_epsilon_total:g}" in str(refused.value)
+    assert f"{budget.max_epsilon_total:g}" in str(refused.value) and f"{four:.3f}" in str(refused.value)
     assert ledger.spent("b") == pytest.approx(one)
-    assert ledger.preview("b", RELEASE) == pytest.approx((two, two + two))
-    assert [e.epsilon_total for e in ledger.entries()] == pytest.approx([one, two, two + one])
+    assert ledger.preview("b", RELEASE) == pytest.approx((two, four), rel=1e-12)
+    assert [e.epsilon_total for e in ledger.entries()] == pytest.approx([one, two, three], rel=1e-12)
     ledger.close()
+
+
+def test_site_total_composes_every_release_of_every_task_at_the_sites_delta(path: Path) -> None:
+    """Issue 10, finding 4: three tasks of ten rounds each, every one at the demo's plan (epsilon 8 over 10
+    rounds). The old total added the per-task epsilons (3 x 7.997 = 23.99), which holds only at 3 delta; the
+    total at the site's delta composes all 30 releases: 15.85. The site's max_epsilon_total is checked
+    against that figure."""
+    release = plan_skellam(8.0, DELTA, 10, 0.5, 650, 5, 3).release
+    per_task = skellam_epsilon([release] * 10, DELTA)
+    composed = skellam_epsilon([release] * 30, DELTA)
+    assert per_task == pytest.approx(7.9966, abs=1e-3)
+    assert composed == pytest.approx(15.85, abs=0.01)
+    assert 3 * per_task == pytest.approx(23.99, abs=0.01)
+    # A site total of 16 admits all thirty releases (the old sum crossed it in the third task).
+    ledger = PrivacyLedger(path, Budget(max_epsilon=8.0, max_epsilon_total=16.0))
+    aggregation = 0
+    for task in ("a", "b", "c"):
+        for k in range(1, 11):
+            aggregation += 1
+            ledger.charge(task, k, aggregation, release, MECHANISM, "h")
+    assert len(ledger.entries()) == 30
+    assert {task: ledger.spent(task) for task in "abc"} == pytest.approx(dict.fromkeys("abc", per_task), rel=1e-12)
+    assert ledger.spent_total() == pytest.approx(composed, rel=1e-12)
+    assert ledger.entries()[-1].epsilon_total == pytest.approx(composed, rel=1e-12)
+    assert ledger.spent_total() < 16.0 < 3 * per_task
+    # the preview and the check use the same composition
+    assert ledger.preview("d", release) == pytest.approx(
+        (skellam_epsilon([release], DELTA), skellam_epsilon([release] * 31, DELTA)), rel=1e-12
+    )
+    ledger.close()
+    # Another delta composes the same rows again, at that delta.
+    other = PrivacyLedger(path, Budget(8.0, 100.0, delta=1e-7))
+    assert other.spent_total() == pytest.approx(skellam_epsilon([release] * 30, 1e-7), rel=1e-12)
+    other.close()
 
 
 def test_entries_order_and_content(path: Path) -> None:

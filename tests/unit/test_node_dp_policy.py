@@ -3,7 +3,8 @@
 Every round here meets the default colluder bound of the node's own roster (2t > N + c with c = max(1,
 ceil(N/5))): a single site sees a roster of 4 (c = 1), so a cohort of 3 needs t = 3; the in-process
 federations below have rosters of 3 or 4 (t = 3 either way), and the coordinator picks that threshold itself
-(TaskDefinition.threshold unset). So a refusal below is about DP, not about the threshold.
+(TaskDefinition.threshold unset). So a refusal below is about DP, not about the threshold. The noise is sized
+for t - c honest survivors (here 3 - 1 = 2), as the coordinator plans it.
 
 A :class:`securefed.federation.node.Node` is driven in-process through a fake
 socket (``poll`` / ``send``); ``RoundStart`` envelopes are built by hand. The
@@ -110,7 +111,13 @@ class Site:
 SAFE_T = 3
 
 
-def _spec(dp: dict | None, threshold: int = SAFE_T, phase: str = "train", round_number: int = 1) -> dict:
+#: the default colluder bound of that roster: max(1, ceil(4 / 5))
+SAFE_C = 1
+
+
+def _spec(
+    dp: dict | None, threshold: int = SAFE_T, phase: str = "train", round_number: int = 1, masking: bool = True
+) -> dict:
     return RoundSpec(
         task=TASK,
         round=round_number,
@@ -127,13 +134,16 @@ def _spec(dp: dict | None, threshold: int = SAFE_T, phase: str = "train", round_
         weight_cap=100,
         threshold=threshold,
         neighbours=None,
-        masking=True,
+        masking=masking,
         dp=dp,
     ).to_json()
 
 
-def _dp(target: float = 4.0, rounds: int = 3, cohort: int = 3, threshold: int = SAFE_T) -> tuple[dict, SkellamParameters]:
-    plan = plan_skellam(target, DELTA, rounds, 0.5, _adapter().parameter_count, cohort, threshold)
+def _dp(
+    target: float = 4.0, rounds: int = 3, cohort: int = 3, threshold: int = SAFE_T, colluders: int = SAFE_C
+) -> tuple[dict, SkellamParameters]:
+    """The coordinator's plan: noise sized for t - c honest survivors."""
+    plan = plan_skellam(target, DELTA, rounds, 0.5, _adapter().parameter_count, cohort, threshold - colluders)
     return plan.to_spec(DELTA, target, rounds), plan
 
 
@@ -188,14 +198,63 @@ def test_noise_below_the_sites_minimum_multiplier_is_refused(tmp_path: Path, tra
     site.close()
 
 
-def test_noise_sized_for_other_than_the_threshold_is_refused(tmp_path: Path, training: TrainingSpy) -> None:
-    """Noise for t = 2 survivors in a round with threshold 3: a completed aggregate could carry 2/3 of it."""
-    dp, _ = _dp(cohort=3, threshold=2)
+def test_noise_sized_for_more_honest_survivors_than_t_minus_c_is_refused(tmp_path: Path, training: TrainingSpy) -> None:
+    """Noise for 3 survivors in a round with threshold 3, at a site whose bound is one colluder: exactly t
+    survivors, one of whom colludes and adds nothing, would carry 2/3 of the noise charged for."""
+    dp, plan = _dp(cohort=3, threshold=SAFE_T, colluders=0)
+    assert plan.assumed_survivors == 3
     site = Site(tmp_path, NodePolicy(max_epsilon=100.0))
-    site.start(1, _spec(dp, threshold=3))
-    refusal = _refused(site, training, "dp-mismatch")
-    assert "2 survivors" in refusal.detail and "threshold is 3" in refusal.detail
+    site.start(1, _spec(dp, threshold=SAFE_T))
+    refusal = _refused(site, training, "weaker-than-policy")
+    assert "sized for 3 honest survivors" in refusal.detail and "threshold 3 and 1 colluders" in refusal.detail
+    assert "only 2 are certain" in refusal.detail
     site.close()
+
+
+@pytest.mark.parametrize(
+    ("site_colluders", "sized_for", "joins"),
+    [
+        (1, 2, True),  # t - c exactly: the plan the coordinator makes
+        (1, 1, True),  # more noise per node than needed is never refused (the old "must equal t" rule is gone)
+        (0, 3, True),  # a site that assumes no colluders accepts noise sized for all t survivors
+        (1, 3, False),  # noise for all t survivors at a site that fears one colluder: too weak
+    ],
+)
+def test_noise_sizing_is_checked_against_the_sites_own_colluder_bound(
+    tmp_path: Path, training: TrainingSpy, site_colluders: int, sized_for: int, joins: bool
+) -> None:
+    dp, plan = _dp(cohort=3, threshold=SAFE_T, colluders=SAFE_T - sized_for)
+    assert plan.assumed_survivors == sized_for
+    site = Site(tmp_path, NodePolicy(max_epsilon=100.0, max_colluders=site_colluders))
+    site.start(1, _spec(dp, threshold=SAFE_T))
+    if joins:
+        assert site.refusals() == [] and len(site.socket.bodies(AdvertiseKeys)) == 1
+    else:
+        assert [r.reason for r in site.refusals()] == ["weaker-than-policy"] and training.calls == 0
+        assert "honest survivors" in site.refusals()[0].detail
+    site.close()
+
+
+def test_dp_round_with_masking_off_is_refused(tmp_path: Path, training: TrainingSpy) -> None:
+    """Issue 10, finding 3: unmasked, a node's own vector carries only its share of the noise (V/(t - c)), but
+    the ledger would charge for the whole V; the node refuses rather than undercharge, even at a site that
+    allows unmasked benchmark rounds."""
+    dp, _ = _dp()
+    site = Site(tmp_path, NodePolicy(max_epsilon=100.0, allow_unmasked_benchmark=True))
+    site.start(1, _spec(dp, masking=False))
+    refusal = _refused(site, training, "dp-requires-masking")
+    assert "secure aggregation" in refusal.detail
+    assert site.ledger.entries() == []
+    site.close()
+    # the same site joins the same round with masking on, and an unmasked round without DP
+    other = Site(tmp_path / "again", NodePolicy(max_epsilon=100.0, allow_unmasked_benchmark=True))
+    other.start(1, _spec(dp, masking=True))
+    assert other.refusals() == []
+    other.close()
+    plain = Site(tmp_path / "plain", NodePolicy(allow_unmasked_benchmark=True))
+    plain.start(1, _spec(None, masking=False))
+    assert plain.refusals() == []
+    plain.close()
 
 
 @pytest.mark.parametrize(
@@ -357,7 +416,7 @@ class InProcessFederation:
 
 def test_site_with_epsilon_one_stops_once_its_ledger_reaches_it_and_says_so(tmp_path: Path) -> None:
     rounds, target = 4, 2.0
-    plan = plan_skellam(target, DELTA, rounds, 0.5, _adapter().parameter_count, 4, 3)
+    plan = plan_skellam(target, DELTA, rounds, 0.5, _adapter().parameter_count, 4, SAFE_T - SAFE_C)
     assert plan.epsilon(1, DELTA) <= 1.0 < plan.epsilon(2, DELTA)  # one round fits under 1, two do not
     policies = {name: NodePolicy(max_epsilon=1.0 if name == "site-4" else target, delta=DELTA) for name in NAMES}
     federation = InProcessFederation(tmp_path, rounds, target, policies)
@@ -401,11 +460,11 @@ def test_budget_spent_elsewhere_mid_round_stops_the_masked_input(tmp_path: Path)
     Four sites, t = 3 (2t > 4 + 1): the round completes from the other three."""
     rounds, target = 1, 2.0
     names, spender = NAMES, "site-4"
-    plan = plan_skellam(target, DELTA, rounds, 0.5, _adapter().parameter_count, 4, 3)
-    one_round = plan.epsilon(1, DELTA)
+    plan = plan_skellam(target, DELTA, rounds, 0.5, _adapter().parameter_count, 4, SAFE_T - SAFE_C)
     other = SkellamRelease((2.0 * 1000.0) ** 2, 1000.0, 30_000.0)
     other_epsilon = skellam_epsilon([other], DELTA)
-    total = other_epsilon + one_round / 2  # the other task fits; the other task plus this round does not
+    both = skellam_epsilon([other, plan.release], DELTA)  # the site's total: both releases composed at its delta
+    total = (other_epsilon + both) / 2  # the other task fits; the other task plus this round does not
     policies = {name: NodePolicy(max_epsilon=10.0, max_epsilon_total=total if name == spender else None) for name in names}
     federation = InProcessFederation(tmp_path, rounds, target, policies)
     spent_elsewhere = []
