@@ -12,7 +12,7 @@ import base64
 import sys
 from pathlib import Path
 
-from securefed.errors import SecureFedError
+from securefed.errors import InvalidParameter, SecureFedError
 
 __all__ = ["main"]
 
@@ -59,6 +59,8 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
 
 
 def _cmd_node(args: argparse.Namespace) -> int:
+    if args.rebuild and args.action != "ledger":
+        raise InvalidParameter("--rebuild goes with 'securefed node ledger': securefed node ledger --config FILE --rebuild")
     if args.action == "ledger":
         from node.daemon import print_ledger, rebuild_ledger
 

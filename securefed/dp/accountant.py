@@ -120,13 +120,21 @@ def skellam_epsilon(releases: Iterable[SkellamRelease], delta: float, orders: Se
     _check_delta(delta)
     total = [0.0] * len(orders)
     count = 0
+    curves: dict[SkellamRelease, list[float]] = {}  # many releases repeat: compute each curve once
     for release in releases:
         count += 1
-        for i, value in enumerate(skellam_rdp(release, orders)):
+        curve = curves.get(release)
+        if curve is None:
+            curve = curves[release] = skellam_rdp(release, orders)
+        for i, value in enumerate(curve):
             total[i] += value
     if count == 0:
         return 0.0
-    epsilon, _ = rdp_privacy_accountant.compute_epsilon(list(orders), total, delta)
+    return _rdp_to_epsilon(orders, total, delta)
+
+
+def _rdp_to_epsilon(orders: Sequence[int], curve: Sequence[float], delta: float) -> float:
+    epsilon, _ = rdp_privacy_accountant.compute_epsilon(list(orders), list(curve), delta)
     return float(epsilon)
 
 
@@ -155,9 +163,17 @@ def calibrate_skellam_variance(
                 f"{target_epsilon:g} for {rounds} more rounds"
             )
 
+    _check_delta(delta)
+    spent_curve = [0.0] * len(RDP_ORDERS)
+    for release in spent:
+        for i, value in enumerate(skellam_rdp(release)):
+            spent_curve[i] += value
+
     def epsilon_for(noise_multiplier: float) -> float:
+        # RDP composes by addition: rounds equal releases add rounds times one curve.
         variance = (noise_multiplier * l2_sensitivity) ** 2
-        return skellam_epsilon([*spent, *([SkellamRelease(variance, l2_sensitivity, l1_sensitivity)] * rounds)], delta)
+        curve = skellam_rdp(SkellamRelease(variance, l2_sensitivity, l1_sensitivity))
+        return _rdp_to_epsilon(RDP_ORDERS, [a + rounds * b for a, b in zip(spent_curve, curve)], delta)
 
     z = _bisect_decreasing(epsilon_for, target_epsilon, low=0.05, high=1000.0)
     return (z * l2_sensitivity) ** 2

@@ -144,6 +144,7 @@ class Coordinator:
         # Federated evaluation releases exact counts, so it is off under DP (nodes would refuse it).
         self.federated_evaluation = task.evaluate and task.dp is None and evaluation_data is None
         self._dp_plans: dict[tuple[int, int], SkellamParameters] = {}
+        self._dp_refusals: dict[tuple[int, int, int, int], InvalidParameter] = {}
         self.nodes = {node.name: node for node in nodes}
         self.socket = socket
         self.store = store
@@ -420,7 +421,6 @@ class Coordinator:
                 f"of every {pool} share holders and {quorum} nodes in the round"
             )
             return
-        self._waiting_logged = None
         round_number = self.completed_round + 1 if self.phase == "train" else self.completed_round
         dp_spec = None
         if task.dp is not None and self.phase == "train":
@@ -430,6 +430,7 @@ class Coordinator:
                 self._log_waiting(f"no round can run within the task's epsilon: {exc}")
                 return
             dp_spec = plan.to_spec(task.dp["delta"], task.dp["epsilon"], task.rounds)
+        self._waiting_logged = None  # a round starts: anything we wait for next is news again
         aggregation = self.store.next_aggregation(round_number, self.phase)
         spec = RoundSpec(
             task=task.name,
@@ -588,15 +589,22 @@ class Coordinator:
         stay within the task's epsilon; sized for t - c honest survivors. Raises InvalidParameter when
         the recorded releases leave no room (e.g. ``rounds`` was raised after the budget was spent)."""
         key = (n, threshold)
+        refusal = self._dp_refusals.get((n, threshold, self.completed_round, self.task.rounds))
+        if refusal is not None:
+            raise refusal
         if key not in self._dp_plans:
             dp = self.task.dp
             roster = max(n, len(self.nodes))
             honest = threshold - self.task.colluders(roster)
             spent = self._recorded_releases()
             remaining = self.task.rounds - self.completed_round
-            self._dp_plans[key] = plan_skellam(
-                dp["epsilon"], dp["delta"], remaining, dp["clip_norm"], self.adapter.parameter_count, n, honest, spent
-            )
+            try:
+                self._dp_plans[key] = plan_skellam(
+                    dp["epsilon"], dp["delta"], remaining, dp["clip_norm"], self.adapter.parameter_count, n, honest, spent
+                )
+            except InvalidParameter as exc:  # the same answer until something changes: do not recompute it every tick
+                self._dp_refusals[(n, threshold, self.completed_round, self.task.rounds)] = exc
+                raise
             plan = self._dp_plans[key]
             log.info(
                 "DP plan for %d nodes (t=%d, noise sized for %d honest survivors): Skellam noise multiplier %.3f, "

@@ -1,4 +1,5 @@
-"""Distributed DP over the real daemons: the epsilon history, the nodes' ledgers, kill -9, a spent budget.
+"""Distributed DP over the real daemons: the epsilon history, the nodes' ledgers, kill -9, a spent budget, a lost
+ledger.
 
 Uses the ``launch`` fixture of ``tests/integration/conftest.py`` (a
 LocalFederation in ``tmp_path``, processes tracked and stopped, bounded
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -20,10 +22,12 @@ import pytest
 
 from securefed.audit.log import AuditLog
 from securefed.crypto.identity import SigningKey
+from securefed.dp.accountant import SkellamRelease, skellam_epsilon
 from securefed.dp.ledger import Budget, PrivacyLedger
 from securefed.dp.mechanism import plan_skellam
 from securefed.federation.node import NodeState
 from securefed.learning.models import make_adapter
+from securefed.secagg.bounds import resolve_colluders
 from tests.integration.conftest import SLOW_MLP
 
 pytestmark = pytest.mark.integration
@@ -63,9 +67,11 @@ def _set_policy(federation, name: str, key: str, value: float) -> None:
 
 
 def _plan(federation, n: int, threshold: int):
+    """The coordinator's plan for a cohort of ``n``: noise sized for t - c honest survivors."""
     digits = federation.digits.dataset
     dimension = make_adapter(federation.task["model"], digits.n_features, digits.classes).parameter_count
-    return plan_skellam(DP["epsilon"], DELTA, federation.task["rounds"], DP["clip_norm"], dimension, n, threshold)
+    honest = threshold - resolve_colluders(federation.task.get("max_colluders"), len(federation.names))
+    return plan_skellam(DP["epsilon"], DELTA, federation.task["rounds"], DP["clip_norm"], dimension, n, honest)
 
 
 def test_dp_task_over_daemons_records_epsilon_and_every_nodes_ledger(launch) -> None:
@@ -84,7 +90,14 @@ def test_dp_task_over_daemons_records_epsilon_and_every_nodes_ledger(launch) -> 
     assert all(e is not None for e in epsilons), rounds
     assert all(a < b for a, b in zip(epsilons, epsilons[1:])) and epsilons[-1] <= DP["epsilon"], epsilons
     plan = _plan(federation, 4, 3)
+    assert plan.assumed_survivors == 2  # t = 3, c = 1
     assert epsilons == pytest.approx([plan.epsilon(k, DELTA) for k in (1, 2, 3)], rel=1e-9)
+    # The history is the composition of the releases the coordinator recorded, round by round.
+    recorded = [SkellamRelease(v, l2, l1) for v, l2, l1 in federation.query(
+        "SELECT variance, l2_sensitivity, l1_sensitivity FROM dp_releases ORDER BY round"
+    )]  # fmt: skip
+    assert recorded == [plan.release] * 3
+    assert epsilons == pytest.approx([skellam_epsilon(recorded[:k], DELTA) for k in (1, 2, 3)], rel=1e-12)
     assert all(a["status"] == "completed" for a in federation.attempts()), federation.attempts()
     task = federation.task["name"]
     for name in federation.names:
@@ -280,3 +293,73 @@ def test_node_restarts_after_a_crash_between_audit_append_and_head_checkpoint(la
         lambda: "connecting to" in federation.log(name) or process.poll() is not None, 30, f"{name} to start"
     )
     assert process.poll() is None and "connecting to" in federation.log(name), federation.log(name)[-1500:]
+
+
+def test_a_deleted_ledger_stops_the_node_daemon_until_rebuilt(launch) -> None:
+    """Issue 10, finding 5, over the real daemons: after a DP task, a site's ledger.sqlite is deleted. The node
+    daemon refuses to start (its signed audit log records DP releases the ledger lacks) and names
+    ``securefed node ledger --config ... --rebuild``; that command puts the rows back, so the budget the site
+    shows is what it was, and the daemon then starts."""
+    federation = launch(n_nodes=3, rounds=2, dp=dict(DP), evaluate=False, policy={"max_epsilon": 4.0, "delta": DELTA})
+    federation.start_coordinator()
+    federation.start_nodes()
+    assert federation.wait_coordinator_exit(timeout=federation.time_budget(2)) == 0, federation.diagnostics()
+    name, task = "site-2", federation.task["name"]
+    state = federation.root / name / "state"
+    # The closing receipt of an aggregation is written when the node's part in it ends.
+    federation.wait_until(
+        lambda: (state / "audit.log").read_text().count('"outcome":"completed"') == 2,
+        30,
+        f"{name}'s audit log to record both releases",
+        must_live=(name,),
+    )
+    federation.kill(name, signal.SIGTERM)
+    before = _ledger_rows(federation, name)
+    assert len(before) == 2
+    ledger = PrivacyLedger(state / "ledger.sqlite", Budget(4.0, 4.0, DELTA))
+    try:
+        spent = ledger.spent(task)
+    finally:
+        ledger.close()
+    for suffix in ("", "-wal", "-shm"):
+        (state / f"ledger.sqlite{suffix}").unlink(missing_ok=True)
+
+    config = federation.fed.node_configs[name]
+    offset = len(federation.log(name))
+    process = federation.start_node(name)
+    federation.wait_until(
+        lambda: process.poll() is not None or "connecting to" in federation.log(name)[offset:],
+        60,
+        f"{name} to refuse to start",
+        must_live=(),
+    )
+    said = federation.log(name)[offset:]
+    assert process.poll() is not None, f"{name} started without its ledger (the budget silently reset): {said[-1500:]}"
+    assert process.returncode != 0, said
+    assert "lacks 2 DP release(s)" in said and f"securefed node ledger --config {config} --rebuild" in said, said
+
+    rebuilt = subprocess.run(
+        [sys.executable, "-m", "securefed.cli", "node", "ledger", "--config", str(config), "--rebuild"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "rebuilt 2 ledger row(s)" in rebuilt.stdout, rebuilt.stdout
+    after = _ledger_rows(federation, name)
+    assert [row[:3] for row in after] == [row[:3] for row in before]
+    assert [row[3] for row in after] == pytest.approx([row[3] for row in before], rel=1e-12)
+    ledger = PrivacyLedger(state / "ledger.sqlite", Budget(4.0, 4.0, DELTA))
+    try:
+        assert ledger.spent(task) == pytest.approx(spent, rel=1e-12)
+    finally:
+        ledger.close()
+
+    offset = len(federation.log(name))
+    process = federation.start_node(name)
+    federation.wait_until(
+        lambda: "connecting to" in federation.log(name)[offset:] or process.poll() is not None,
+        30,
+        f"{name} to start",
+        must_live=(),
+    )
+    assert process.poll() is None, federation.log(name)[offset:]
+    assert f"spent {spent:.3f} of 4" in federation.log(name)[offset:]

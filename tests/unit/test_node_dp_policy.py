@@ -235,20 +235,21 @@ def test_noise_sizing_is_checked_against_the_sites_own_colluder_bound(
     site.close()
 
 
-def test_dp_round_with_masking_off_is_refused(tmp_path: Path, training: TrainingSpy) -> None:
+@pytest.mark.parametrize("colluders", [SAFE_C, 0], ids=["sized-for-t-minus-c", "sized-for-t"])
+def test_dp_round_with_masking_off_is_refused(tmp_path: Path, training: TrainingSpy, colluders: int) -> None:
     """Issue 10, finding 3: unmasked, a node's own vector carries only its share of the noise (V/(t - c)), but
     the ledger would charge for the whole V; the node refuses rather than undercharge, even at a site that
-    allows unmasked benchmark rounds."""
-    dp, _ = _dp()
+    allows unmasked benchmark rounds, and whatever the noise is sized for (this check comes first)."""
+    dp, _ = _dp(colluders=colluders)
     site = Site(tmp_path, NodePolicy(max_epsilon=100.0, allow_unmasked_benchmark=True))
     site.start(1, _spec(dp, masking=False))
     refusal = _refused(site, training, "dp-requires-masking")
     assert "secure aggregation" in refusal.detail
     assert site.ledger.entries() == []
     site.close()
-    # the same site joins the same round with masking on, and an unmasked round without DP
+    # the same site joins a DP round with masking on, and an unmasked round without DP
     other = Site(tmp_path / "again", NodePolicy(max_epsilon=100.0, allow_unmasked_benchmark=True))
-    other.start(1, _spec(dp, masking=True))
+    other.start(1, _spec(_dp()[0], masking=True))
     assert other.refusals() == []
     other.close()
     plain = Site(tmp_path / "plain", NodePolicy(allow_unmasked_benchmark=True))
