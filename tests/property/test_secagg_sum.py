@@ -13,8 +13,9 @@ For any cohort, threshold, neighbour count and dropout pattern, a round either
   :class:`ProtocolAborted` at stage ``"reveal"`` naming exactly those nodes in
   ``culprits`` (going on without them would let the coordinator pick a seed).
 
-(A sparse round with t = 1 is refused by every node's policy, even without
-colluders: each node's own share would unmask it.)
+(``simulate`` uses the threshold as given, DESIGN §6, even t = 1 on a sparse
+graph; nodes that enforce a colluder bound refuse that, see
+test_simulate_uses_any_threshold_as_given_unless_colluders_are_named.)
 
 Which of these happens, and with which survivors, is predicted by an
 independent model of the protocol's rules (:func:`predict`). The model needs
@@ -331,7 +332,7 @@ def scenarios(
     else:
         neighbours = draw(st.one_of(st.none(), st.integers(1, n)), label="neighbours")
     size = _neighbourhood_size(n, neighbours)
-    if size < n and not draw(st.sampled_from([False] * 9 + [True]), label="sparse with t = 1 (refused)"):
+    if size < n and not draw(st.sampled_from([False] * 9 + [True]), label="sparse with t = 1"):
         threshold = draw(st.integers(2, size), label="threshold")
     else:
         threshold = draw(st.integers(1, size), label="threshold")
@@ -385,9 +386,8 @@ def _simulate(scenario: Scenario, **kwargs: object) -> Run:
 
 
 def _refused_by_policy(config: RoundConfig) -> bool:
-    """simulate()'s policy (curious coordinator, no colluders) still wants t >= 2 on a sparse graph:
-    with t = 1 a node's own share would unmask it, a component of one node."""
-    return not config.is_complete_graph and config.threshold < 2
+    """simulate() without ``colluders`` uses any threshold as given: nothing is refused."""
+    return False
 
 
 def _check_wire(server: _RecordingServer, model: Model) -> None:
