@@ -1,20 +1,84 @@
 """The coordinator's TOML config: where to listen, its keys, the task and the federation's nodes.
 
-See docs/deployment.md for a complete, commented example.
+The file is checked against :data:`COORDINATOR_SCHEMA` before anything is
+used: an unknown section or key (a typo) is a :class:`~securefed.errors.ConfigError`
+naming the file, the key and the nearest valid one. See docs/deployment.md for
+a complete, commented example.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
-from securefed.config_util import field, load_toml, parse_identity_key, resolve_path, section
+from securefed.config_util import NUMBER, ConfigFile, Key, Section, Table, load_config, parse_identity_key, resolve_path
 from securefed.dp.settings import DpSettings
-from securefed.errors import InvalidParameter
-from securefed.federation.task import DEFAULT_DEADLINES, NodeEntry, TaskDefinition
+from securefed.errors import ConfigError, InvalidParameter
+from securefed.federation.task import DEFAULT_DEADLINES, STAGE_NAMES, NodeEntry, TaskDefinition
+from securefed.preprocessing import PREPROCESSING_SECTION, features_from, preprocessing_from
 from securefed.wire.keys import parse_public_key
 
-__all__ = ["CoordinatorConfig", "load_coordinator_config"]
+__all__ = [
+    "CoordinatorConfig",
+    "load_coordinator_config",
+    "check_task_options",
+    "COORDINATOR_SCHEMA",
+]
+
+#: The coordinator config's schema: every section and key it may contain.
+COORDINATOR_SCHEMA: dict[str, Section] = {
+    "coordinator": Section(
+        required=True,
+        keys={
+            "listen": Key(str, required=True),
+            "state_dir": Key(str, required=True),
+            "curve_secret_key_file": Key(str, required=True),
+            "transcript_file": Key(str),
+        },
+    ),
+    "task": Section(
+        required=True,
+        keys={
+            "name": Key(str, required=True),
+            "model": Key(str, required=True),
+            "model_options": Key(dict),
+            "features": Key((int, list), required=True, items=str),
+            "classes": Key(list, required=True, items=int),
+            "rounds": Key(int, required=True),
+            "local_epochs": Key(int),
+            "learning_rate": Key(NUMBER),
+            "batch_size": Key(int),
+            "min_nodes": Key(int),
+            "max_nodes": Key(int),
+            "threshold": Key(NUMBER),
+            "neighbours": Key((str, int)),
+            "expected_dropout": Key(NUMBER),
+            "max_colluders": Key(NUMBER),
+            "clip_norm": Key(NUMBER),
+            "weight_cap": Key(int),
+            "strategy": Key(str),
+            "strategy_options": Key(dict),
+            "evaluate": Key(bool),
+            "masking": Key(bool),
+            "evaluation_data": Key(str),
+            "evaluation_label_column": Key(str),
+        },
+        tables={
+            "dp": Section(keys={f.name: Key(NUMBER, required=f.name == "epsilon") for f in fields(DpSettings)}),
+            "preprocessing": PREPROCESSING_SECTION,
+        },
+    ),
+    "deadlines": Section(keys={stage: Key(NUMBER) for stage in STAGE_NAMES}),
+    "nodes": Section(
+        array=True,
+        required=True,
+        keys={
+            "name": Key(str, required=True),
+            "curve_public_key": Key(str, required=True),
+            "identity_public_key": Key(str, required=True),
+        },
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -27,6 +91,8 @@ class CoordinatorConfig:
     evaluation_data: Path | None = None
     evaluation_label_column: str = "label"
     transcript_file: Path | None = None
+    #: the config file this was read from
+    source: Path | None = None
 
     @property
     def store_path(self) -> Path:
@@ -34,111 +100,175 @@ class CoordinatorConfig:
 
 
 def load_coordinator_config(path: str | Path) -> CoordinatorConfig:
-    file = Path(path).resolve()
-    raw = load_toml(file)
-    base = file.parent
-    main = section(raw, "coordinator")
-    task_table = section(raw, "task")
+    """Read and check a coordinator config; raises :class:`ConfigError` naming the file and key at fault."""
+    config = load_config(path, COORDINATOR_SCHEMA)
+    return coordinator_config_from(config)
+
+
+def coordinator_config_from(config: ConfigFile) -> CoordinatorConfig:
+    """A :class:`CoordinatorConfig` from a file already checked against :data:`COORDINATOR_SCHEMA`."""
+    main, table = config.table("coordinator"), config.table("task")
     deadlines = dict(DEFAULT_DEADLINES)
-    for stage, seconds in section(raw, "deadlines", required=False).items():
-        if stage not in deadlines or isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
-            raise InvalidParameter(f"[deadlines] {stage} must be one of {sorted(deadlines)} with positive seconds")
-        deadlines[stage] = float(seconds)
-    classes = field(task_table, "task", "classes", list)
-    if not classes or not all(type(c) is int for c in classes):
-        raise InvalidParameter("[task] classes must be a non-empty list of integers")
-    task = TaskDefinition(
-        name=field(task_table, "task", "name", str),
-        model_kind=field(task_table, "task", "model", str),
-        n_features=field(task_table, "task", "features", int),
-        classes=tuple(classes),
-        rounds=field(task_table, "task", "rounds", int),
-        model_options=_model_options(field(task_table, "task", "model_options", dict, {})),
-        epochs=field(task_table, "task", "local_epochs", int, 1),
-        learning_rate=float(field(task_table, "task", "learning_rate", (int, float), 0.1)),
-        batch_size=field(task_table, "task", "batch_size", int, 32),
-        min_nodes=field(task_table, "task", "min_nodes", int, 3),
-        max_nodes=field(task_table, "task", "max_nodes", int, 1000),
-        threshold=field(task_table, "task", "threshold", (int, float), None),
-        neighbours=field(task_table, "task", "neighbours", (str, int), "complete"),
-        expected_dropout=float(field(task_table, "task", "expected_dropout", (int, float), 0.05)),
-        max_colluders=_colluders(task_table),
-        clip_norm=float(field(task_table, "task", "clip_norm", (int, float), 10.0)),
-        weight_cap=field(task_table, "task", "weight_cap", int, 100_000),
-        strategy=field(task_table, "task", "strategy", str, "fedavg"),
-        strategy_options=field(task_table, "task", "strategy_options", dict, {}),
-        evaluate=field(task_table, "task", "evaluate", bool, True),
-        masking=field(task_table, "task", "masking", bool, True),
-        deadlines=deadlines,
-        dp=_dp_settings(task_table),
-    )
-    nodes_raw = raw.get("nodes", [])
-    if not isinstance(nodes_raw, list) or not nodes_raw:
-        raise InvalidParameter("config needs at least one [[nodes]] entry (name, curve_public_key, identity_public_key)")
+    deadline_table = config.table("deadlines")
+    for stage in STAGE_NAMES:
+        seconds = deadline_table.get(stage, None)
+        if seconds is not None:
+            if not seconds > 0:
+                raise deadline_table.error(stage, f"must be a positive number of seconds, got {seconds!r}")
+            deadlines[stage] = float(seconds)
+    declared = features_from(table)
+    features, names = (declared, None) if isinstance(declared, int) else (len(declared), declared)
+    classes = _classes(table)
+    threshold = table.get("threshold", None)
+    neighbours = table.get("neighbours", "complete")
+    if isinstance(neighbours, str) and neighbours not in ("complete", "auto"):
+        raise table.error("neighbours", f'must be "complete", "auto" or an even integer, got {neighbours!r}')
+    for key in ("rounds", "min_nodes", "max_nodes", "local_epochs", "batch_size", "weight_cap"):
+        value = table.get(key, None)
+        if value is not None and value < (0 if key == "local_epochs" else 1):
+            raise table.error(key, f"must be {'non-negative' if key == 'local_epochs' else 'positive'}, got {value}")
+    model_options = _model_options(table)
+    try:
+        task = TaskDefinition(
+            name=table.get("name"),
+            model_kind=table.get("model"),
+            n_features=features,
+            classes=classes,
+            rounds=table.get("rounds"),
+            model_options=model_options,
+            epochs=table.get("local_epochs", 1),
+            learning_rate=float(table.get("learning_rate", 0.1)),
+            batch_size=table.get("batch_size", 32),
+            min_nodes=table.get("min_nodes", 3),
+            max_nodes=table.get("max_nodes", 1000),
+            threshold=threshold,
+            neighbours=neighbours,
+            expected_dropout=float(table.get("expected_dropout", 0.05)),
+            max_colluders=_colluders(table),
+            clip_norm=float(table.get("clip_norm", 10.0)),
+            weight_cap=table.get("weight_cap", 100_000),
+            strategy=table.get("strategy", "fedavg"),
+            strategy_options=dict(table.get("strategy_options", {})),
+            evaluate=table.get("evaluate", True),
+            masking=table.get("masking", True),
+            deadlines=deadlines,
+            dp=_dp_settings(table),
+            feature_names=names,
+            preprocessing=preprocessing_from(table, declared),
+        )
+    except ConfigError:
+        raise
+    except InvalidParameter as exc:
+        raise table.error(None, f"is not a usable task: {exc}") from None
     nodes = []
-    for index, entry in enumerate(nodes_raw):
-        where = f"nodes #{index + 1}"
-        if not isinstance(entry, dict):
-            raise InvalidParameter(f"[[nodes]] entry {index + 1} must be a table")
-        name = field(entry, where, "name", str)
+    for entry in config.entries("nodes"):
         nodes.append(
             NodeEntry(
-                name=name,
-                curve_public_key=parse_public_key(field(entry, where, "curve_public_key", str)),
-                identity_public_key=parse_identity_key(field(entry, where, "identity_public_key", str), where),
+                name=entry.get("name"),
+                curve_public_key=_curve_key(entry, "curve_public_key"),
+                identity_public_key=_identity_key(entry),
             )
         )
-    names = [node.name for node in nodes]
-    if len(set(names)) != len(names):
-        raise InvalidParameter("[[nodes]] names must be distinct")
+    names_seen = [node.name for node in nodes]
+    if len(set(names_seen)) != len(names_seen):
+        twice = sorted({n for n in names_seen if names_seen.count(n) > 1})
+        raise config.error(f"[[nodes]] names must be distinct; {twice} appear more than once", "nodes.name")
     keys = [node.curve_public_key for node in nodes]
     if len(set(keys)) != len(keys):
-        raise InvalidParameter("[[nodes]] CURVE keys must be distinct")
+        raise config.error("[[nodes]] CURVE keys must be distinct (two entries share one)", "nodes.curve_public_key")
+    evaluation = table.get("evaluation_data", None)
+    transcript = main.get("transcript_file", None)
     return CoordinatorConfig(
-        listen=field(main, "coordinator", "listen", str),
-        state_dir=resolve_path(base, field(main, "coordinator", "state_dir", str)),
-        curve_secret_key_file=resolve_path(base, field(main, "coordinator", "curve_secret_key_file", str)),
+        listen=main.get("listen"),
+        state_dir=resolve_path(config.base, main.get("state_dir")),
+        curve_secret_key_file=resolve_path(config.base, main.get("curve_secret_key_file")),
         task=task,
         nodes=tuple(nodes),
-        evaluation_data=(
-            resolve_path(base, field(task_table, "task", "evaluation_data", str))
-            if "evaluation_data" in task_table
-            else None
-        ),
-        evaluation_label_column=field(task_table, "task", "evaluation_label_column", str, "label"),
-        transcript_file=(
-            resolve_path(base, field(main, "coordinator", "transcript_file", str)) if "transcript_file" in main else None
-        ),
+        evaluation_data=resolve_path(config.base, evaluation) if evaluation is not None else None,
+        evaluation_label_column=table.get("evaluation_label_column", "label"),
+        transcript_file=resolve_path(config.base, transcript) if transcript is not None else None,
+        source=config.file,
     )
 
 
-def _colluders(task_table: dict) -> int | float | None:
+def check_task_options(config: CoordinatorConfig) -> None:
+    """The deeper checks that need the learning code (slow to import): the model kind, its options, the
+    strategy and its options. ``securefed check`` runs them; the daemon fails on them at start anyway."""
+    from securefed.config_util import nearest
+    from securefed.learning.models import MODEL_KINDS, make_adapter
+    from securefed.learning.strategies import STRATEGIES, make_strategy
+
+    task = config.task
+    where = f"{config.source}: [task]" if config.source is not None else "[task]"
+    if task.model_kind not in MODEL_KINDS:
+        guess = nearest(task.model_kind, list(MODEL_KINDS))
+        hint = f"did you mean `{guess}`?" if guess else f"valid models: {', '.join(MODEL_KINDS)}"
+        raise ConfigError(f"{where} model {task.model_kind!r} is unknown; {hint}", config.source, "task.model", guess)
+    try:
+        make_adapter(task.model_kind, task.n_features, task.classes, **task.model_options)
+    except InvalidParameter as exc:
+        raise ConfigError(f"{where} model_options: {exc}", config.source, "task.model_options") from None
+    if task.strategy not in STRATEGIES:
+        guess = nearest(task.strategy, list(STRATEGIES))
+        hint = f"did you mean `{guess}`?" if guess else f"valid strategies: {', '.join(STRATEGIES)}"
+        raise ConfigError(f"{where} strategy {task.strategy!r} is unknown; {hint}", config.source, "task.strategy", guess)
+    try:
+        make_strategy(task.strategy, **task.strategy_options)
+    except (InvalidParameter, TypeError) as exc:
+        raise ConfigError(f"{where} strategy_options: {exc}", config.source, "task.strategy_options") from None
+
+
+def _classes(table: Table) -> tuple[int, ...]:
+    classes = table.get("classes")
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise table.error("classes", f"must list at least two distinct integer labels, got {classes}")
+    return tuple(classes)
+
+
+def _curve_key(entry: Table, key: str) -> bytes:
+    try:
+        return parse_public_key(entry.get(key))
+    except InvalidParameter as exc:
+        raise entry.error(key, f"is not usable: {exc}") from None
+
+
+def _identity_key(entry: Table) -> bytes:
+    try:
+        return parse_identity_key(entry.get("identity_public_key"), entry.where)
+    except InvalidParameter:
+        raise entry.error(
+            "identity_public_key", "must be 32 bytes in base64 (as printed by securefed keygen)"
+        ) from None
+
+
+def _colluders(table: Table) -> int | float | None:
     """``max_colluders``: a count (integer) or a fraction of the node list (a number in [0, 1))."""
-    if "max_colluders" not in task_table:
+    value = table.get("max_colluders", None)
+    if value is None:
         return None
-    value = field(task_table, "task", "max_colluders", (int, float))
     if isinstance(value, float) and not 0 <= value < 1:
-        raise InvalidParameter("[task] max_colluders is a count (integer) or a fraction of the node list in [0, 1)")
+        raise table.error("max_colluders", "is a count (integer) or a fraction of the node list in [0, 1)")
     if isinstance(value, int) and value < 0:
-        raise InvalidParameter("[task] max_colluders must not be negative")
+        raise table.error("max_colluders", "must not be negative")
     return value
 
 
-def _model_options(options: dict) -> dict:
-    cleaned = dict(options)
+def _model_options(table: Table) -> dict:
+    cleaned = dict(table.get("model_options", {}))
     if "hidden_layer_sizes" in cleaned:
         sizes = cleaned["hidden_layer_sizes"]
         if not isinstance(sizes, list) or not all(type(s) is int and s > 0 for s in sizes):
-            raise InvalidParameter("[task] model_options.hidden_layer_sizes must be a list of positive integers")
+            raise table.error("model_options", "hidden_layer_sizes must be a list of positive integers")
         cleaned["hidden_layer_sizes"] = list(sizes)
     return cleaned
 
 
-def _dp_settings(task_table: dict) -> DpSettings | None:
+def _dp_settings(table: Table) -> DpSettings | None:
     """``[task.dp]``: epsilon for the whole task, delta (default 1e-5), clip_norm (default 1.0)."""
-    if "dp" not in task_table:
+    sub = table.sub("dp")
+    if sub is None:
         return None
-    table = task_table["dp"]
-    if not isinstance(table, dict):
-        raise InvalidParameter("[task.dp] must be a table with epsilon, delta and clip_norm")
-    return DpSettings.from_mapping(table)
+    try:
+        return DpSettings.from_mapping(sub.data)
+    except InvalidParameter as exc:
+        raise sub.error(None, str(exc).removeprefix("[task.dp] ")) from None

@@ -1,20 +1,28 @@
-"""Process shell for the coordinator: load config and keys, bind, run, write status, stop on signals."""
+"""Process shell for the coordinator: load config and keys, bind, run, write status, stop on signals.
+
+It holds an exclusive lock on its ``state_dir`` for its whole life (a second coordinator on the
+same folder fails at once, naming the first one's PID). On start it marks the attempts a crash or
+stop interrupted as aborted, except one whose unmasking it resumes. ``status.json`` is rewritten
+every second with the daemon's PID; ``securefed status`` checks the lock to tell whether it runs.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import threading
 import time
 from pathlib import Path
 
 from coordinator.config import CoordinatorConfig, load_coordinator_config
-from securefed._fs import atomic_write
+from securefed._fs import StateLock, atomic_write
 from securefed.federation.coordinator import Coordinator
 from securefed.federation.store import CoordinatorStore
 from securefed.learning.data import load_local_dataset
 from securefed.logging_setup import configure_logging
+from securefed.status import STATUS_FILE
 from securefed.wire.keys import CurveKeyPair
 from securefed.wire.transcript import TranscriptWriter
 from securefed.wire.transport import CoordinatorSocket
@@ -23,13 +31,13 @@ __all__ = ["run_coordinator", "STATUS_FILE"]
 
 log = logging.getLogger("securefed.coordinator")
 
-STATUS_FILE = "status.json"
 _STATUS_INTERVAL = 1.0
 
 
 def _write_status(config: CoordinatorConfig, coordinator: Coordinator, socket: CoordinatorSocket) -> None:
     current = coordinator.current
     status = {
+        "pid": os.getpid(),
         "task": config.task.name,
         "listen": socket.endpoint,
         "rounds": config.task.rounds,
@@ -60,11 +68,22 @@ def run_coordinator(config_path: str | Path, stop: threading.Event | None = None
     configure_logging("coordinator")
     config = load_coordinator_config(config_path)
     keys = CurveKeyPair.load(config.curve_secret_key_file)
-    config.state_dir.mkdir(parents=True, exist_ok=True)
+    lock = StateLock.acquire(config.state_dir, "coordinator")
+    try:
+        return _run_locked(config, keys, stop)
+    finally:
+        lock.release()
+
+
+def _run_locked(config: CoordinatorConfig, keys: CurveKeyPair, stop: threading.Event | None) -> int:
     store = CoordinatorStore(config.store_path)
     allowed = {node.curve_public_key: node.name for node in config.nodes}
-    transcript = TranscriptWriter(config.transcript_file) if config.transcript_file is not None else None
-    socket = CoordinatorSocket(config.listen, keys, allowed, transcript=transcript)
+    try:
+        transcript = TranscriptWriter(config.transcript_file) if config.transcript_file is not None else None
+        socket = CoordinatorSocket(config.listen, keys, allowed, transcript=transcript)
+    except BaseException:
+        store.close()
+        raise
     stop = stop or threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -74,11 +93,19 @@ def run_coordinator(config_path: str | Path, stop: threading.Event | None = None
             data = load_local_dataset(
                 config.evaluation_data,
                 label_column=config.evaluation_label_column,
-                features=config.task.n_features,
+                features=config.task.feature_names or config.task.n_features,
                 classes=config.task.classes,
             )
-            evaluation = (data.X, data.y)
+            # the coordinator's held-out data is scaled as the task says, like every node's
+            X = data.X if config.task.preprocessing is None else config.task.preprocessing.transform(data.X)
+            evaluation = (X, data.y)
         coordinator = Coordinator(config.task, config.nodes, socket, store, evaluation_data=evaluation)
+        # Attempts left "running" by a crash or a stop are over; the one whose unmasking the
+        # coordinator just resumed (Coordinator._resume_unmasking) is not.
+        resumed = coordinator.current.id if coordinator.current is not None else None
+        interrupted = store.abort_interrupted(keep=resumed)
+        if interrupted:
+            log.info("marked %d interrupted attempt(s) aborted: %s", len(interrupted), ", ".join(map(str, interrupted)))
         log.info("listening on %s for %d known nodes", socket.endpoint, len(config.nodes))
         last_status = 0.0
         while not stop.is_set():
@@ -91,6 +118,9 @@ def run_coordinator(config_path: str | Path, stop: threading.Event | None = None
                 _write_status(config, coordinator, socket)
                 log.info("all %d rounds done; stopping", config.task.rounds)
                 break
+        else:
+            coordinator.shutdown("stopping on a signal")
+            _write_status(config, coordinator, socket)
     finally:
         socket.close()
         store.close()

@@ -1,6 +1,10 @@
 """The node's TOML config: coordinator endpoint and key, own keys, data, policy, roster.
 
-See docs/deployment.md for a complete, commented example.
+The file is checked against :data:`NODE_SCHEMA` before anything is used: an
+unknown section or key is a :class:`~securefed.errors.ConfigError` naming the
+file, the key and the nearest valid one, so a typo such as ``max_epsion`` or
+``[polcy]`` can never load as "no limit". See docs/deployment.md for a
+complete, commented example.
 """
 
 from __future__ import annotations
@@ -8,12 +12,68 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from securefed.config_util import field, load_toml, parse_identity_key, resolve_path, section
-from securefed.errors import InvalidParameter
+from securefed.config_util import NUMBER, ConfigFile, Key, Section, Table, load_config, parse_identity_key, resolve_path
+from securefed.errors import ConfigError, InvalidParameter
 from securefed.federation.node import NodePolicy
+from securefed.preprocessing import PREPROCESSING_SECTION, Preprocessing, features_from, preprocessing_from
 from securefed.wire.keys import parse_public_key
 
-__all__ = ["NodeConfig", "load_node_config"]
+__all__ = ["NodeConfig", "load_node_config", "NODE_SCHEMA"]
+
+#: The node config's schema: every section and key it may contain.
+NODE_SCHEMA: dict[str, Section] = {
+    "node": Section(
+        required=True,
+        keys={
+            "name": Key(str, required=True),
+            "coordinator": Key(str, required=True),
+            "coordinator_curve_public_key": Key(str, required=True),
+            "curve_secret_key_file": Key(str, required=True),
+            "identity_key_file": Key(str, required=True),
+            "state_dir": Key(str, required=True),
+        },
+    ),
+    "task": Section(
+        required=True,
+        keys={
+            "name": Key(str, required=True),
+            "features": Key((int, list), required=True, items=str),
+            "classes": Key(list, required=True, items=int),
+        },
+        tables={"preprocessing": PREPROCESSING_SECTION},
+    ),
+    "data": Section(
+        required=True,
+        keys={
+            "path": Key(str, required=True),
+            "label_column": Key(str),
+            "validation_fraction": Key(NUMBER),
+        },
+    ),
+    "policy": Section(
+        keys={
+            "max_colluders": Key(NUMBER),
+            "min_cohort": Key(int),
+            "min_participants": Key(int),
+            "min_threshold": Key(int),
+            "min_threshold_fraction": Key(NUMBER),
+            "allow_sparse_graph": Key(bool),
+            "min_neighbours": Key(int),
+            "allowed_models": Key(list, items=str),
+            "max_rounds": Key(int),
+            "allow_unmasked_benchmark": Key(bool),
+            "max_epsilon": Key(NUMBER),
+            "max_epsilon_total": Key(NUMBER),
+            "delta": Key(NUMBER),
+            "min_noise_multiplier": Key(NUMBER),
+        },
+    ),
+    "roster": Section(
+        array=True,
+        required=True,
+        keys={"name": Key(str, required=True), "identity_public_key": Key(str, required=True)},
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -32,6 +92,10 @@ class NodeConfig:
     validation_fraction: float
     policy: NodePolicy
     roster: dict[str, bytes]
+    #: the preprocessing this site agreed to; rounds with any other are refused
+    preprocessing: Preprocessing | None = None
+    #: the config file this was read from
+    source: Path | None = None
 
     @property
     def state_path(self) -> Path:
@@ -47,90 +111,117 @@ class NodeConfig:
 
 
 def load_node_config(path: str | Path) -> NodeConfig:
-    file = Path(path).resolve()
-    raw = load_toml(file)
-    base = file.parent
-    main = section(raw, "node")
-    task = section(raw, "task")
-    data = section(raw, "data")
-    features = field(task, "task", "features", (int, list))
-    if isinstance(features, list) and not all(isinstance(f, str) for f in features):
-        raise InvalidParameter("[task] features is a count or a list of column names")
-    classes = field(task, "task", "classes", list)
-    if not classes or not all(type(c) is int for c in classes):
-        raise InvalidParameter("[task] classes must be a non-empty list of integers")
-    policy_table = section(raw, "policy", required=False)
-    allowed = field(policy_table, "policy", "allowed_models", list, ["sgd_logistic", "mlp"])
-    if not all(isinstance(kind, str) for kind in allowed):
-        raise InvalidParameter("[policy] allowed_models must be a list of model kinds")
-    policy = NodePolicy(
-        min_threshold=field(policy_table, "policy", "min_threshold", int, 2),
-        min_cohort=field(policy_table, "policy", "min_cohort", int, 3),
-        min_threshold_fraction=float(field(policy_table, "policy", "min_threshold_fraction", (int, float), 0.5)),
-        allowed_models=tuple(allowed),
-        max_rounds=field(policy_table, "policy", "max_rounds", int, 1000),
-        allow_unmasked_benchmark=field(policy_table, "policy", "allow_unmasked_benchmark", bool, False),
-        max_epsilon=_optional_positive(policy_table, "max_epsilon"),
-        max_epsilon_total=_optional_positive(policy_table, "max_epsilon_total"),
-        delta=float(field(policy_table, "policy", "delta", (int, float), 1e-5)),
-        min_noise_multiplier=float(field(policy_table, "policy", "min_noise_multiplier", (int, float), 0.0)),
-        max_colluders=_colluders(policy_table),
-        allow_sparse_graph=field(policy_table, "policy", "allow_sparse_graph", bool, True),
-        min_neighbours=field(policy_table, "policy", "min_neighbours", int, 0),
-    )
-    if not 0 < policy.delta < 1:
-        raise InvalidParameter("[policy] delta must be in (0, 1)")
-    roster_raw = raw.get("roster", [])
-    if not isinstance(roster_raw, list) or not roster_raw:
-        raise InvalidParameter("config needs [[roster]] entries: every federation member's name and identity key")
-    roster: dict[str, bytes] = {}
-    for index, entry in enumerate(roster_raw):
-        where = f"roster #{index + 1}"
-        if not isinstance(entry, dict):
-            raise InvalidParameter(f"[[roster]] entry {index + 1} must be a table")
-        name = field(entry, where, "name", str)
-        if name in roster:
-            raise InvalidParameter(f"[[roster]] lists {name!r} twice")
-        roster[name] = parse_identity_key(field(entry, where, "identity_public_key", str), where)
-    validation = float(field(data, "data", "validation_fraction", (int, float), 0.2))
+    """Read and check a node config; raises :class:`ConfigError` naming the file and key at fault."""
+    return node_config_from(load_config(path, NODE_SCHEMA))
+
+
+def node_config_from(config: ConfigFile) -> NodeConfig:
+    """A :class:`NodeConfig` from a file already checked against :data:`NODE_SCHEMA`."""
+    main, task, data = config.table("node"), config.table("task"), config.table("data")
+    features = features_from(task)
+    classes = task.get("classes")
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise task.error("classes", f"must list at least two distinct integer labels, got {classes}")
+    validation = float(data.get("validation_fraction", 0.2))
     if not 0 <= validation < 1:
-        raise InvalidParameter("[data] validation_fraction must be in [0, 1)")
+        raise data.error("validation_fraction", f"must be in [0, 1), got {validation}")
+    label_column = data.get("label_column", "label")
+    if not label_column:
+        raise data.error("label_column", "must name the label column")
+    roster: dict[str, bytes] = {}
+    for entry in config.entries("roster"):
+        name = entry.get("name")
+        if name in roster:
+            raise entry.error("name", f"{name!r} is listed twice in the roster")
+        try:
+            roster[name] = parse_identity_key(entry.get("identity_public_key"), entry.where)
+        except InvalidParameter:
+            raise entry.error(
+                "identity_public_key", "must be 32 bytes in base64 (as printed by securefed keygen)"
+            ) from None
+    try:
+        coordinator_key = parse_public_key(main.get("coordinator_curve_public_key"))
+    except InvalidParameter as exc:
+        raise main.error("coordinator_curve_public_key", f"is not usable: {exc}") from None
     return NodeConfig(
-        name=field(main, "node", "name", str),
-        task=field(task, "task", "name", str),
-        features=features if isinstance(features, int) else tuple(features),
+        name=main.get("name"),
+        task=task.get("name"),
+        features=features,
         classes=tuple(classes),
-        coordinator=field(main, "node", "coordinator", str),
-        coordinator_curve_public_key=parse_public_key(field(main, "node", "coordinator_curve_public_key", str)),
-        curve_secret_key_file=resolve_path(base, field(main, "node", "curve_secret_key_file", str)),
-        identity_key_file=resolve_path(base, field(main, "node", "identity_key_file", str)),
-        state_dir=resolve_path(base, field(main, "node", "state_dir", str)),
-        data_path=resolve_path(base, field(data, "data", "path", str)),
-        label_column=field(data, "data", "label_column", str, "label"),
+        coordinator=main.get("coordinator"),
+        coordinator_curve_public_key=coordinator_key,
+        curve_secret_key_file=resolve_path(config.base, main.get("curve_secret_key_file")),
+        identity_key_file=resolve_path(config.base, main.get("identity_key_file")),
+        state_dir=resolve_path(config.base, main.get("state_dir")),
+        data_path=resolve_path(config.base, data.get("path")),
+        label_column=label_column,
         validation_fraction=validation,
-        policy=policy,
+        policy=_policy(config.table("policy")),
         roster=roster,
+        preprocessing=preprocessing_from(task, features),
+        source=config.file,
     )
 
 
-def _colluders(table: dict) -> int | float | None:
+def _policy(table: Table) -> NodePolicy:
+    for key in ("min_cohort", "min_threshold"):
+        if key in table and table.get(key) < 1:
+            raise table.error(key, f"must be at least 1, got {table.get(key)}")
+    for key in ("min_participants", "min_neighbours"):
+        if key in table and table.get(key) < 0:
+            raise table.error(key, f"must not be negative, got {table.get(key)}")
+    if "max_rounds" in table and table.get("max_rounds") < 1:
+        raise table.error("max_rounds", f"must be at least 1, got {table.get('max_rounds')}")
+    fraction = float(table.get("min_threshold_fraction", 0.5))
+    if not 0 <= fraction < 1:
+        raise table.error("min_threshold_fraction", f"must be in [0, 1), got {fraction}")
+    delta = float(table.get("delta", 1e-5))
+    if not 0 < delta < 1:
+        raise table.error("delta", f"must be in (0, 1), got {delta}")
+    noise = float(table.get("min_noise_multiplier", 0.0))
+    if not noise >= 0:
+        raise table.error("min_noise_multiplier", f"must not be negative, got {noise}")
+    try:
+        return NodePolicy(
+            min_threshold=table.get("min_threshold", 2),
+            min_cohort=table.get("min_cohort", 3),
+            min_participants=table.get("min_participants", 0),
+            min_threshold_fraction=fraction,
+            allowed_models=tuple(table.get("allowed_models", ["sgd_logistic", "mlp"])),
+            max_rounds=table.get("max_rounds", 1000),
+            allow_unmasked_benchmark=table.get("allow_unmasked_benchmark", False),
+            max_epsilon=_optional_positive(table, "max_epsilon"),
+            max_epsilon_total=_optional_positive(table, "max_epsilon_total"),
+            delta=delta,
+            min_noise_multiplier=noise,
+            max_colluders=_colluders(table),
+            allow_sparse_graph=table.get("allow_sparse_graph", True),
+            min_neighbours=table.get("min_neighbours", 0),
+        )
+    except ConfigError:
+        raise
+    except InvalidParameter as exc:
+        raise table.error(None, f"is not a usable policy: {exc}") from None
+
+
+def _colluders(table: Table) -> int | float | None:
     """``max_colluders``: a count (integer) or a fraction of the roster (a number in [0, 1))."""
-    if "max_colluders" not in table:
+    value = table.get("max_colluders", None)
+    if value is None:
         return None
-    value = field(table, "policy", "max_colluders", (int, float))
     if isinstance(value, int):
         if value < 0:
-            raise InvalidParameter("[policy] max_colluders must not be negative")
+            raise table.error("max_colluders", "must not be negative")
         return value
     if not 0 <= value < 1:
-        raise InvalidParameter("[policy] max_colluders is a count (integer) or a fraction of the roster in [0, 1)")
+        raise table.error("max_colluders", "is a count (integer) or a fraction of the roster in [0, 1)")
     return float(value)
 
 
-def _optional_positive(table: dict, name: str) -> float | None:
-    if name not in table:
+def _optional_positive(table: Table, name: str) -> float | None:
+    value = table.get(name, None)
+    if value is None:
         return None
-    value = field(table, "policy", name, (int, float))
     if not value > 0:
-        raise InvalidParameter(f"[policy] {name} must be positive")
+        raise table.error(name, f"must be positive, got {value}")
     return float(value)

@@ -61,14 +61,16 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
 def _cmd_node(args: argparse.Namespace) -> int:
     if args.rebuild and args.action != "ledger":
         raise InvalidParameter("--rebuild goes with 'securefed node ledger': securefed node ledger --config FILE --rebuild")
+    if (args.recover or args.reason is not None) and args.action != "audit":
+        raise InvalidParameter("--recover goes with 'securefed node audit': securefed node audit --config FILE --recover")
     if args.action == "ledger":
         from node.daemon import print_ledger, rebuild_ledger
 
         return rebuild_ledger(args.config) if args.rebuild else print_ledger(args.config)
     if args.action == "audit":
-        from node.daemon import print_audit
+        from node.daemon import print_audit, recover_audit
 
-        return print_audit(args.config)
+        return recover_audit(args.config, args.reason) if args.recover else print_audit(args.config)
     from node.daemon import run_node
 
     return run_node(args.config)
@@ -78,6 +80,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from securefed.status import print_status
 
     return print_status(args.config)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from securefed.check import check_config
+
+    return check_config(args.config)
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -172,11 +180,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with 'ledger': put back the ledger rows that the site's signed audit log proves (after a ledger was lost)",
     )
+    node.add_argument(
+        "--recover",
+        action="store_true",
+        help="with 'audit': archive an audit log that fails verification and start a new signed chain naming it",
+    )
+    node.add_argument("--reason", default=None, help="with 'audit --recover': why, recorded in the new chain's first entry")
     node.set_defaults(func=_cmd_node)
 
     status = sub.add_parser("status", help="show a coordinator's task, round, connected nodes and metrics")
     status.add_argument("--config", required=True, help="coordinator TOML config")
     status.set_defaults(func=_cmd_status)
+
+    check = sub.add_parser("check", help="validate a node or coordinator config without starting anything")
+    check.add_argument("--config", required=True, help="node or coordinator TOML config")
+    check.set_defaults(func=_cmd_check)
 
     simulate = sub.add_parser("simulate", help="run one secure aggregation in memory (no network)")
     simulate.add_argument("--nodes", type=int, default=100)

@@ -5,6 +5,13 @@ across ``--nodes`` sites, starts one coordinator process and one process per
 node (CURVE-encrypted ZeroMQ on loopback, secure aggregation on every round),
 shows a line per round as it completes, and ends with the federated model's
 test accuracy beside a centrally trained baseline of the same model.
+
+The sites' CSV files hold the dataset's *raw* features, as a real site's
+would. The task declares the scaling every node applies ([task.preprocessing]:
+min-max with public per-feature bounds, see
+:func:`securefed.learning.datasets.bundled_preprocessing`), and names the
+features, so each node matches its columns by name; nothing is computed from
+data pooled across the sites.
 """
 
 from __future__ import annotations
@@ -49,7 +56,7 @@ def _stop(processes: list[subprocess.Popen]) -> None:
 def run_demo(args) -> int:
     from securefed.federation.store import CoordinatorStore
     from securefed.learning.data import save_csv
-    from securefed.learning.datasets import load_bundled, train_test_split_stratified
+    from securefed.learning.datasets import bundled_preprocessing, load_bundled, train_test_split_stratified
     from securefed.learning.models import DEFAULT_TRAINING, make_adapter
     from securefed.learning.partition import partition
     from securefed.localfed import LocalFederation
@@ -64,17 +71,19 @@ def run_demo(args) -> int:
         raise InvalidParameter("--delta must be in (0, 1)")
     if args.model not in DEFAULT_TRAINING:
         raise InvalidParameter(f"--model must be one of {sorted(DEFAULT_TRAINING)}")
-    dataset = load_bundled(args.dataset)
+    dataset = load_bundled(args.dataset, scaled=False)  # raw features, as a site's CSV holds them
+    preprocessing = bundled_preprocessing(args.dataset)  # public bounds, declared in the task
     split = train_test_split_stratified(dataset.X, dataset.y, 0.25, args.seed)
     options = {"alpha": args.alpha} if args.partition == "dirichlet" else {}
-    parts = partition(args.partition, split.X_train, split.y_train, args.nodes, args.seed, **options)
+    # (kmeans partitions by feature similarity: cluster on the scaled features, as the sites would train on)
+    parts = partition(args.partition, preprocessing.transform(split.X_train), split.y_train, args.nodes, args.seed, **options)
     names = [f"site-{i + 1}" for i in range(args.nodes)]
     node_data = {name: (split.X_train[idx], split.y_train[idx]) for name, idx in zip(names, parts)}
     training = DEFAULT_TRAINING[args.model]
     task = {
         "name": f"demo-{args.dataset}",
         "model": args.model,
-        "features": dataset.n_features,
+        "features": list(dataset.feature_names),
         "classes": list(dataset.classes),
         "rounds": args.rounds,
         "local_epochs": training["epochs"],
@@ -82,6 +91,7 @@ def run_demo(args) -> int:
         "batch_size": training["batch_size"],
         "min_nodes": args.nodes,
         "clip_norm": 100.0,
+        "preprocessing": preprocessing.to_json(),
     }
     policy: dict = {}
     if args.epsilon is not None:
@@ -101,6 +111,7 @@ def run_demo(args) -> int:
         f"({len(split.y_train)} training samples split {args.partition}, {len(split.y_test)} held out), "
         f"model {args.model}, secure aggregation on, CURVE on {federation.endpoint}"
     )
+    print(f"preprocessing (declared in the task, applied by every node): {preprocessing.describe()}")
     if args.epsilon is not None:
         print(
             f"differential privacy: distributed Skellam noise added by the nodes, epsilon <= {args.epsilon:g} "
@@ -143,17 +154,18 @@ def run_demo(args) -> int:
     _, model, _ = store.latest_model()
     store.close()
     adapter = make_adapter(args.model, dataset.n_features, dataset.classes)
-    federated = adapter.evaluate(model, split.X_test, split.y_test).accuracy
+    X_train, X_test = preprocessing.transform(split.X_train), preprocessing.transform(split.X_test)
+    federated = adapter.evaluate(model, X_test, split.y_test).accuracy
     central_params = adapter.fit_local(
         adapter.initial_parameters(args.seed),
-        split.X_train,
+        X_train,
         split.y_train,
         epochs=task["local_epochs"] * args.rounds,
         learning_rate=training["learning_rate"],
         batch_size=training["batch_size"],
         seed=args.seed,
     )
-    baseline = adapter.evaluate(central_params, split.X_test, split.y_test).accuracy
+    baseline = adapter.evaluate(central_params, X_test, split.y_test).accuracy
     elapsed = time.monotonic() - started
     epsilon = history[-1]["epsilon"] if history else None
     if epsilon is not None:

@@ -16,6 +16,8 @@ __all__ = [
     "ProtocolAborted",
     "InvalidShare",
     "PrivacyBudgetExhausted",
+    "StorageError",
+    "ConfigError",
 ]
 
 
@@ -75,5 +77,28 @@ class InvalidShare(SecureFedError):
     """
 
 
+class StorageError(SecureFedError):
+    """A store (SQLite file, state folder) could not be read or written: damaged, locked, full or in use.
+
+    The message names the file and says what to do. No raw ``sqlite3`` exception
+    leaves a store object; this is what callers catch instead.
+    """
+
+
 class PrivacyBudgetExhausted(SecureFedError):
     """Taking part would spend more privacy budget than the site allows."""
+
+
+class ConfigError(InvalidParameter):
+    """A config file is wrong. The message names the file, the key and, for a misspelt key, the nearest valid one.
+
+    ``file`` is the config's path (None when not read from a file), ``key`` the
+    dotted key at fault (e.g. ``"policy.max_epsion"``), ``suggestion`` the
+    nearest valid key, if any.
+    """
+
+    def __init__(self, message: str, file: object = None, key: str | None = None, suggestion: str | None = None) -> None:
+        super().__init__(message)
+        self.file = file
+        self.key = key
+        self.suggestion = suggestion

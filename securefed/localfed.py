@@ -46,6 +46,19 @@ def toml_value(value: object) -> str:
     raise TypeError(f"no TOML form for {type(value).__name__}")
 
 
+_SUBTABLES = ("dp", "preprocessing")
+
+
+def _preprocessing_lines(task: dict) -> list[str]:
+    """The [task.preprocessing] table for a task dict's ``preprocessing`` entry (a table or a Preprocessing)."""
+    table = task.get("preprocessing")
+    if not table:
+        return []
+    if not isinstance(table, dict):  # a securefed.preprocessing.Preprocessing
+        table = table.to_json()
+    return ["", "[task.preprocessing]", *(f"{key} = {toml_value(value)}" for key, value in table.items())]
+
+
 @dataclass
 class LocalFederation:
     """The folder layout of a loopback federation; :meth:`create` writes it all."""
@@ -89,7 +102,9 @@ class LocalFederation:
         extra_nodes: dict[str, tuple[CurveKeyPair, SigningKey]] | None = None,
         transcript: bool = False,
     ) -> LocalFederation:
-        """Write keys, data, and configs. ``task`` holds the [task] table (name, model, rounds, ...)."""
+        """Write keys, data, and configs. ``task`` holds the [task] table (name, model, rounds, ...); its
+        ``dp`` and ``preprocessing`` entries become the [task.dp] and [task.preprocessing] tables, and the
+        nodes' configs declare the same features, classes and preprocessing (the sites' agreement)."""
         root = Path(root)
         names = list(node_data)
         federation = cls(root, names, port or free_port())
@@ -125,8 +140,9 @@ class LocalFederation:
             *(['transcript_file = "transcript.bin"'] if transcript else []),
             "",
             "[task]",
-            *(f"{key} = {toml_value(value)}" for key, value in task.items() if key != "dp"),
+            *(f"{key} = {toml_value(value)}" for key, value in task.items() if key not in _SUBTABLES),
             *(["", "[task.dp]", *(f"{k} = {toml_value(v)}" for k, v in task["dp"].items())] if task.get("dp") else []),
+            *_preprocessing_lines(task),
             "",
             "[deadlines]",
             *(f"{key} = {toml_value(value)}" for key, value in deadlines.items()),
@@ -155,6 +171,7 @@ class LocalFederation:
             f"name = {toml_value(task['name'])}",
             f"features = {toml_value(task['features'])}",
             f"classes = {toml_value(task['classes'])}",
+            *_preprocessing_lines(task),
             "",
             "[data]",
             'path = "data.csv"',

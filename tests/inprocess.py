@@ -3,8 +3,9 @@
 What ZeroMQ and the daemons do, without processes: every message goes through the same
 ``Coordinator.step`` and ``Node.step`` calls, so coordinator-level behaviour (exclusions,
 retries, resuming after a restart) can be tested quickly and deterministically. A test can
-drop or hold messages in flight (``Hub.drop``), and replace the coordinator with a fresh one
-on the same store, as a restart after kill -9 would.
+drop or hold messages in flight (``Hub.drop``), replace the coordinator with a fresh one
+on the same store, as a restart after kill -9 would, and kill a node (``InProcessFederation.kill``):
+it stops, and the hub reports its connection closed, as the ZeroMQ socket's monitor does.
 """
 
 from __future__ import annotations
@@ -52,6 +53,15 @@ class Hub:
         #: everything the coordinator got through to each node, in order
         self.delivered: dict[str, list[Envelope]] = {}
         self.drop: Callable[[str, str, Envelope], bool] = lambda direction, node, envelope: False
+        #: whether the coordinator's socket reports connections (``connection_events``, ``connected``)
+        self.reports_connections = True
+        self.disconnected: set[str] = set()
+        self._events: list[tuple[str, str, int]] = []
+
+    def disconnect(self, name: str) -> None:
+        """The node's connection closes (its process died): the coordinator's socket reports it."""
+        self.disconnected.add(name)
+        self._events.append((name, "disconnected", 0))
 
     def coordinator_socket(self) -> object:
         hub = self
@@ -62,12 +72,22 @@ class Hub:
                 return out
 
             def send(self, node: str, envelope: Envelope) -> bool:
+                if node in hub.disconnected:
+                    return False
                 if not hub.drop("down", node, envelope):
                     hub.to_node.setdefault(node, []).append(envelope)
                     hub.delivered.setdefault(node, []).append(envelope)
                 return True
 
-        return _Socket()
+        class _ReportingSocket(_Socket):
+            def connection_events(self) -> list[tuple[str, str, int]]:
+                out, hub._events = hub._events, []
+                return out
+
+            def connected(self, node: str) -> bool:
+                return node not in hub.disconnected
+
+        return _ReportingSocket() if hub.reports_connections else _Socket()
 
     def node_socket(self, name: str) -> object:
         hub = self
@@ -108,6 +128,7 @@ class InProcessFederation:
         evaluate: bool = False,
         policy: NodePolicy | None = None,
         deadline: float = 5.0,
+        reports_connections: bool = True,
     ) -> None:
         self.tmp_path, self.names = tmp_path, list(names)
         self.clock = Clock()
@@ -128,6 +149,8 @@ class InProcessFederation:
         )
         self.entries = [NodeEntry(n, b"k" * 32, self.roster[n]) for n in self.names]
         self.hub = Hub()
+        self.hub.reports_connections = reports_connections
+        self.killed: set[str] = set()
         self.store_path = tmp_path / "coordinator.sqlite"
         self.store = CoordinatorStore(self.store_path)
         self.coordinator = self._new_coordinator()
@@ -152,10 +175,17 @@ class InProcessFederation:
         self.store = CoordinatorStore(self.store_path)
         self.coordinator = self._new_coordinator()
 
+    def kill(self, name: str) -> None:
+        """SIGKILL: the node stops for good, whatever it had in flight to it is lost, its connection closes."""
+        self.killed.add(name)
+        self.hub.to_node[name] = []
+        self.hub.disconnect(name)
+
     def step(self, seconds: float = 0.25) -> None:
         self.coordinator.step(0)
-        for node in self.nodes.values():
-            node.step(0)
+        for name, node in self.nodes.items():
+            if name not in self.killed:
+                node.step(0)
         self.clock.now += seconds
 
     def run_until(self, condition: Callable[[InProcessFederation], bool], max_steps: int = 4000) -> None:

@@ -6,6 +6,11 @@ what was spent, never understates it. The epsilon a task has cost is
 recomputed from the rows (Renyi DP adds up over rounds, whatever their
 parameters) at the site's own delta, never taken from the coordinator; the
 site's total composes every release of every task at that same delta.
+
+A damaged, locked or unwritable ledger raises :class:`StorageError` (never a
+raw ``sqlite3`` error). Charging one (task, aggregation) a second time raises
+:class:`PrivacyBudgetExhausted`: a second release for one aggregation would go
+unaccounted, so the node refuses it as it refuses one beyond its budget.
 """
 
 from __future__ import annotations
@@ -16,11 +21,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from securefed._db import open_durable
+from securefed._db import StorageGuard, open_durable
+from securefed.audit.log import expand_carried
 from securefed.dp.accountant import SkellamRelease, skellam_epsilon
-from securefed.errors import InvalidParameter, PrivacyBudgetExhausted
+from securefed.errors import InvalidParameter, PrivacyBudgetExhausted, StorageError
 
-__all__ = ["PrivacyLedger", "LedgerEntry", "Budget", "AuditedRelease", "audited_releases"]
+__all__ = ["PrivacyLedger", "LedgerEntry", "Budget", "AuditedRelease", "audited_releases", "release_receipts"]
+
+_WHAT = "privacy ledger"
+_ADVICE = "do not delete it: restore it from a backup"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS charges (
@@ -73,19 +82,34 @@ class PrivacyLedger:
     def __init__(self, path: str | Path, budget: Budget) -> None:
         self.path = Path(path)
         self.budget = budget
-        self._db = open_durable(
-            self.path, _SCHEMA, "privacy ledger", "do not delete it: restore it from a backup"
-        )
+        self._guard = StorageGuard(self.path, _WHAT, _ADVICE)
+        self._db = open_durable(self.path, _SCHEMA, _WHAT, _ADVICE)
 
     def close(self) -> None:
         self._db.close()
 
+    def _all(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._guard:
+            return self._db.execute(sql, args).fetchall()
+
+    def _begin(self) -> None:
+        with self._guard:
+            self._db.execute("BEGIN IMMEDIATE")
+
+    def _commit(self) -> None:
+        with self._guard:
+            self._db.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # already rolled back by SQLite itself
+
     def _releases(self, task: str | None) -> dict[str, list[SkellamRelease]]:
         query = "SELECT task, variance, l2_sensitivity, l1_sensitivity FROM charges"
-        try:
-            rows = self._db.execute(query + (" WHERE task = ?" if task else ""), (task,) if task else ()).fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise InvalidParameter(f"privacy ledger {self.path} is damaged ({exc}); restore it from a backup") from None
+        rows = self._all(query + (" WHERE task = ?" if task else ""), (task,) if task else ())
         grouped: dict[str, list[SkellamRelease]] = {}
         for name, variance, l2, l1 in rows:
             grouped.setdefault(name, []).append(SkellamRelease(variance, l2, l1))
@@ -131,11 +155,25 @@ class PrivacyLedger:
     def charge(
         self, task: str, round_number: int, aggregation: int, release: SkellamRelease, mechanism: dict, model_hash: str
     ) -> float:
-        """Durably record a release before it happens; returns the task's epsilon including it."""
-        self._db.execute("BEGIN IMMEDIATE")
+        """Durably record a release before it happens; returns the task's epsilon including it.
+
+        Raises :class:`PrivacyBudgetExhausted` (nothing written) when the release would cross a limit,
+        or when this (task, aggregation) is charged already: a second release for one aggregation
+        would not be accounted for. :class:`StorageError` if the ledger cannot be written.
+        """
+        self._begin()
         try:
+            earlier = self._all(
+                "SELECT round, at FROM charges WHERE task = ? AND aggregation = ?", (task, aggregation)
+            )
+            if earlier:
+                raise PrivacyBudgetExhausted(
+                    f"the privacy ledger {self.path} already records a release for task {task!r} aggregation "
+                    f"{aggregation} (round {earlier[0][0]}); a second release for the same aggregation would go "
+                    "unaccounted, so it is refused"
+                )
             task_epsilon, total = self.check(task, release)
-            self._db.execute(
+            self._write(
                 "INSERT INTO charges (task, round, aggregation, mechanism, variance, l2_sensitivity, l1_sensitivity, "
                 "epsilon_task, epsilon_total, delta, model_hash, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -153,15 +191,27 @@ class PrivacyLedger:
                     time.time(),
                 ),
             )
-            self._db.execute("COMMIT")
+            self._commit()
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._rollback()
             raise
         return task_epsilon
 
+    def _write(self, sql: str, args: tuple) -> None:
+        try:
+            with self._guard:
+                self._db.execute(sql, args)
+        except StorageError as exc:
+            if isinstance(exc.__cause__, sqlite3.IntegrityError):  # another process charged it in between
+                raise PrivacyBudgetExhausted(
+                    f"the privacy ledger {self.path} already records this release ({exc.__cause__}); "
+                    "a second release for the same aggregation is refused"
+                ) from None
+            raise
+
     def recorded(self) -> set[tuple[str, int]]:
         """(task, aggregation) of every row."""
-        return {(task, int(aggregation)) for task, aggregation in self._db.execute("SELECT task, aggregation FROM charges")}
+        return {(task, int(aggregation)) for task, aggregation in self._all("SELECT task, aggregation FROM charges")}
 
     def missing(self, audited: list[AuditedRelease]) -> list[AuditedRelease]:
         """The releases the site's audit log records that this ledger lacks (it was deleted or replaced)."""
@@ -171,7 +221,7 @@ class PrivacyLedger:
     def restore(self, releases: list[AuditedRelease]) -> int:
         """Put back rows for releases the audit log proves happened (no budget check: they did happen)."""
         added = 0
-        self._db.execute("BEGIN IMMEDIATE")
+        self._begin()
         try:
             for item in releases:
                 if (item.task, item.aggregation) in self.recorded():
@@ -181,7 +231,7 @@ class PrivacyLedger:
                 everything = [r for group in previous.values() for r in group]
                 task_epsilon = skellam_epsilon([*own, item.release], self.budget.delta)
                 total = skellam_epsilon([*everything, item.release], self.budget.delta)
-                self._db.execute(
+                self._write(
                     "INSERT INTO charges (task, round, aggregation, mechanism, variance, l2_sensitivity, l1_sensitivity, "
                     "epsilon_task, epsilon_total, delta, model_hash, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
@@ -191,9 +241,9 @@ class PrivacyLedger:
                     ),
                 )  # fmt: skip
                 added += 1
-            self._db.execute("COMMIT")
+            self._commit()
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._rollback()
             raise
         return added
 
@@ -203,8 +253,11 @@ class PrivacyLedger:
             + (" WHERE task = ?" if task else "")
             + " ORDER BY id"
         )
-        rows = self._db.execute(query, (task,) if task else ()).fetchall()
-        return [LedgerEntry(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7]) for r in rows]
+        rows = self._all(query, (task,) if task else ())
+        try:
+            return [LedgerEntry(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7]) for r in rows]
+        except (TypeError, ValueError) as exc:
+            raise StorageError(f"{_WHAT} {self.path} is unreadable ({exc}); {_ADVICE}") from None
 
 
 @dataclass(frozen=True)
@@ -220,25 +273,38 @@ class AuditedRelease:
     at: float
 
 
+def release_receipts(receipts: list[tuple[float, dict]]) -> list[tuple[float, dict]]:
+    """The receipts ``(time, receipt)`` that record a DP release, one per (task, aggregation).
+
+    What an audit-log recovery carries from the archived log into the new chain (see
+    :func:`securefed.audit.log.recover_log`), so that archiving never makes the site forget a release.
+    """
+    kept: list[tuple[float, dict]] = []
+    seen: set[tuple[object, object]] = set()
+    for at, receipt in expand_carried(receipts):
+        if not receipt.get("dp") or not receipt.get("sent_masked_input"):
+            continue
+        key = (receipt.get("task"), receipt.get("aggregation"))
+        if key in seen:  # the "charged" receipt and the round's closing receipt name one release
+            continue
+        seen.add(key)
+        kept.append((at, receipt))
+    return kept
+
+
 def audited_releases(receipts: list[tuple[float, dict]]) -> tuple[list[AuditedRelease], list[str]]:
     """The DP releases in audit receipts ``(time, receipt)``, and the problems that stop rebuilding any.
 
     A receipt counts when the node sent (or was about to send: the receipt written right after the
     ledger charge) its noised masked input under DP; one release per (task, aggregation). Its ``dp`` field
     carries the release's variance and sensitivities (receipts written before they were recorded
-    there cannot be rebuilt from, and are reported).
+    there cannot be rebuilt from, and are reported). The receipts a recovery entry carries from an
+    archived log count like the others.
     """
     found: list[AuditedRelease] = []
     problems: list[str] = []
-    seen: set[tuple[object, object]] = set()
-    for at, receipt in receipts:
-        mechanism = receipt.get("dp")
-        if not mechanism or not receipt.get("sent_masked_input"):
-            continue
-        key = (receipt.get("task"), receipt.get("aggregation"))
-        if key in seen:  # the "charged" receipt and the round's closing receipt name one release
-            continue
-        seen.add(key)
+    for at, receipt in release_receipts(receipts):
+        mechanism = receipt["dp"]
         where = f"task {receipt.get('task')!r} aggregation {receipt.get('aggregation')}"
         numbers = mechanism.get("release") if isinstance(mechanism, dict) else None
         try:

@@ -16,6 +16,17 @@ resumes from the last committed round and simply runs the interrupted one
 again. A node that breaks the protocol loses its message (logged, counted);
 too few nodes abort the attempt, and the round is retried with whoever is
 still there.
+
+Liveness. Nodes greet every second (``Hello``); the cohort of a new round is
+picked from the nodes greeted within ``PRESENCE_TIMEOUT``. A node trains
+inside its loop and does not greet while it does, so missing greetings never
+end a node's part in a running aggregation. What does is the transport: a
+socket that offers ``connection_events()`` (the ZeroMQ one does: a process
+that died closes its connection at once, a vanished host misses its ZMTP
+heartbeats for a few seconds) reports a cohort member whose connection
+closed, and the coordinator treats it as dropped out of the aggregation at
+once (``PeerGone``, as for a refusal), at this stage and every later one,
+instead of waiting out the stage deadline.
 """
 
 from __future__ import annotations
@@ -41,6 +52,7 @@ from securefed.federation.task import NodeEntry, TaskDefinition
 from securefed.federation.update import EvaluationCodec, TrainingUpdateCodec, choose_fractional_bits
 from securefed.learning.models import make_adapter
 from securefed.learning.strategies import make_strategy
+from securefed.logging_setup import PeerWarnings
 from securefed.secagg.bounds import minimum_safe_threshold
 from securefed.secagg.config import RoundConfig
 from securefed.secagg.messages import (
@@ -64,10 +76,20 @@ log = logging.getLogger("securefed.coordinator")
 _NODE_MESSAGES = (AdvertiseKeys, SeedReveal, ShareKeys, MaskedInput, ConsistencySignature, UnmaskShares)
 PRESENCE_TIMEOUT = 5.0  # nodes greet every second; five missed greetings and a node is not picked
 RETRY_DELAY = 1.0
+WAITING_REMINDER = 60.0  # while no round can start, say so again this often
 MAX_RERUN_BACKOFF = 300.0  # a round its nodes refuse to rerun is retried at most this often
 
 
+def _names(names: list[str], shown: int = 10) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
 class CoordinatorSocketLike(Protocol):
+    """What the coordinator needs of a socket. It may also offer ``connection_events() ->
+    [(node, "connected" | "disconnected", open connections left)]`` and ``connected(node) -> bool``
+    (see :class:`securefed.wire.transport.CoordinatorSocket`); then a node whose connection closes is
+    dropped from the running aggregation at once."""
+
     def poll(self, timeout_ms: int) -> list[tuple[str, Envelope]]: ...
 
     def send(self, node: str, envelope: Envelope) -> bool: ...
@@ -82,6 +104,7 @@ class _PlainSum:
         self.result: AggregateResult | None = None
         self._total = np.zeros(config.vector_length, dtype=np.uint32)
         self._senders: set[int] = set()
+        self._gone: set[int] = set()
 
     def receive(self, event: object) -> list:
         if isinstance(event, MaskedInput):
@@ -89,14 +112,14 @@ class _PlainSum:
                 raise RemoteProtocolError("bad or duplicate input", reason="malformed")
             np.add(self._total, event.vector, out=self._total)
             self._senders.add(event.sender)
-            if len(self._senders) == self.config.cohort_size:
-                return self._finish()
         elif isinstance(event, Deadline):
             return self._finish()
         elif isinstance(event, PeerGone):
-            return []
+            self._gone.add(event.node)
         else:
             raise RemoteProtocolError("plain aggregation accepts only inputs", reason="unexpected-message")
+        if len(self._senders | self._gone) == self.config.cohort_size:
+            return self._finish()
         return []
 
     def _finish(self) -> list:
@@ -125,6 +148,8 @@ class _Aggregation:
     deadline: float
     ids: dict[str, int] = field(default_factory=dict)
     rerun_refusals: set[str] = field(default_factory=set)
+    #: cohort members whose connection closed during this aggregation: dropped at every stage from then on
+    gone: set[str] = field(default_factory=set)
 
 
 class Coordinator:
@@ -160,6 +185,9 @@ class Coordinator:
         self.excluded_for_round: dict[str, str] = {}
         self.excluded_for_run: dict[str, str] = {}
         self._waiting_logged: str | None = None
+        self._waiting_since = 0.0
+        self._waiting_reminded = 0.0
+        self._rejections = PeerWarnings(log, "rejected messages from {peer}")
         #: unmask requests to send again, by node, after a restart in the middle of unmasking
         self._resend: dict[str, object] = {}
         self._rerun_backoff = 0.0
@@ -200,7 +228,28 @@ class Coordinator:
     def step(self, poll_ms: int = 50) -> None:
         for node, envelope in self.socket.poll(poll_ms):
             self._handle(node, envelope)
+        self._connection_changes()
         self._tick()
+        self._rejections.flush()
+
+    def shutdown(self, why: str = "stopping") -> None:
+        """Say what a stop leaves behind (call it once, before the socket closes)."""
+        current = self.current
+        if current is None:
+            log.info(
+                "task %s: %s after round %d of %d", self.task.name, why, self.completed_round, self.task.rounds
+            )
+        else:
+            log.info(
+                "task %s: %s during aggregation %d (round %d %s, %s stage); that round is run again after a restart",
+                self.task.name,
+                why,
+                current.id,
+                current.round,
+                current.phase,
+                current.stage.value if current.stage is not None else "finishing",
+            )
+        self._rejections.flush(force=True)
 
     def connected_nodes(self) -> list[str]:
         now = self.clock()
@@ -219,7 +268,9 @@ class Coordinator:
         if isinstance(body, Hello) and body.node != node:
             self._reject(node, "name-mismatch", f"hello claims to be {body.node!r}")
             return
-        self.presence[node] = self.clock()
+        connected = getattr(self.socket, "connected", None)
+        if connected is None or connected(node):  # not for what a closed connection left behind
+            self.presence[node] = self.clock()
         if isinstance(body, Hello):
             request = self._resend.pop(node, None)
             if request is not None and self.current is not None:
@@ -247,7 +298,50 @@ class Coordinator:
 
     def _reject(self, node: str, reason: str, detail: str) -> None:
         self.counters[reason] += 1
-        log.warning("dropped a message from %s (%s): %s", node, reason, detail)
+        self._rejections.warn(node, reason, "dropped a message from %s (%s): %s", node, reason, detail)
+
+    # --- connections ----------------------------------------------------------
+
+    def _connection_changes(self) -> None:
+        events = getattr(self.socket, "connection_events", None)
+        if events is None:
+            return
+        for node, kind, still_open in events():
+            if kind == "connected":
+                if still_open > 1:
+                    log.info("node %s opened a new connection (it reconnected or restarted)", node)
+                else:
+                    log.info("node %s connected (%s)", node, self._connected_summary())
+            elif kind == "disconnected":
+                if still_open:
+                    log.info("node %s: an older connection closed (it has reconnected)", node)
+                else:
+                    self.presence.pop(node, None)
+                    log.info("node %s disconnected (%s)", node, self._connected_summary())
+                self._lost(node)
+
+    def _connected_summary(self) -> str:
+        connected = getattr(self.socket, "connected", None)
+        if connected is None:
+            return f"{len(self.connected_nodes())} of {len(self.nodes)} nodes greeting"
+        return f"{sum(1 for name in self.nodes if connected(name))} of {len(self.nodes)} nodes connected"
+
+    def _lost(self, node: str) -> None:
+        """A cohort member's connection closed: it has dropped out of the running aggregation."""
+        current = self.current
+        if current is None or node not in current.ids or node in current.gone or current.server.stage is None:
+            return
+        current.gone.add(node)
+        stage = current.stage.value if current.stage is not None else "?"
+        log.warning(
+            "aggregation %d: node %s lost its connection in the %s stage; it has dropped out of this "
+            "aggregation (the round goes on without waiting for the %s deadline)",
+            current.id,
+            node,
+            stage,
+            stage,
+        )
+        self._feed(PeerGone(current.ids[node]))
 
     def _feed(self, event: object) -> None:
         current = self.current
@@ -281,6 +375,15 @@ class Coordinator:
             current.stage = current.server.stage
             if current.stage is not None:
                 current.deadline = self.clock() + self.task.deadlines[current.stage.value]
+                # A node whose connection closed answers no later stage either: do not wait for it.
+                # (Should that close this stage too, the inner call handles the next one, and the end.)
+                stage = current.stage
+                for name in sorted(current.gone):
+                    if self.current is not current or current.stage is not stage:
+                        return
+                    self._feed(PeerGone(current.ids[name]))
+                if self.current is not current or current.stage is not stage:
+                    return
         if current.server.result is not None:
             self._complete(current.server.result)
 
@@ -388,18 +491,36 @@ class Coordinator:
         if len(live) >= self.task.min_nodes:
             self._start(live[: self.task.max_nodes])
         else:
-            self._log_waiting(f"waiting for nodes: {len(live)} usable connected, min_nodes is {self.task.min_nodes}")
+            self._log_waiting(self._waiting_for_nodes(live))
 
     def _smallest_cohort(self) -> int:
         """The fewest nodes a round can run with: min_nodes, and the threshold the colluder bound needs."""
         roster = len(self.nodes)
         return max(self.task.min_nodes, minimum_safe_threshold(roster, self.task.colluders(roster)))
 
+    def _waiting_for_nodes(self, live: list[str]) -> str:
+        """Why no round starts for want of nodes: k of min_nodes, who is there and who is not."""
+        present = set(self.connected_nodes())
+        absent = sorted(name for name in self.nodes if name not in present)
+        left_out = sorted(name for name in present if name in self.nodes and name not in live)
+        why = f"waiting for nodes: {len(live)} of min_nodes {self.task.min_nodes} connected and usable"
+        why += f" ({_names(live)})" if live else ""
+        if absent:
+            why += f"; not connected: {_names(absent)}"
+        if left_out:
+            why += f"; left out: {_names(left_out)}"
+        return why
+
     def _log_waiting(self, why: str) -> None:
-        """Say once (per distinct reason) why no round is starting."""
+        """Say why no round is starting: once per distinct reason, and again every WAITING_REMINDER seconds."""
+        now = self.clock()
         if why != self._waiting_logged:
             log.info("task %s: %s", self.task.name, why)
             self._waiting_logged = why
+            self._waiting_since = self._waiting_reminded = now
+        elif now - self._waiting_reminded >= WAITING_REMINDER:
+            log.info("task %s: still %s (for %.0f s)", self.task.name, why, now - self._waiting_since)
+            self._waiting_reminded = now
 
     # --- starting and finishing --------------------------------------------
 
@@ -450,6 +571,7 @@ class Coordinator:
             neighbours=neighbours,
             masking=task.masking,
             dp=dp_spec,
+            **task.spec_fields(),
         )
         raw_spec = spec.to_json()
         pairs = tuple((i, name) for i, name in enumerate(cohort, start=1))

@@ -54,6 +54,7 @@ from securefed.federation.spec import RoundSpec, parse_spec, round_context
 from securefed.federation.update import EvaluationCodec, TrainingUpdateCodec
 from securefed.learning.data import LocalDataset
 from securefed.learning.models import make_adapter
+from securefed.preprocessing import Preprocessing
 from securefed.secagg.client import ClientProtocol
 from securefed.secagg.config import ClientPolicy, RoundConfig
 from securefed.secagg.messages import (
@@ -91,10 +92,17 @@ class NodePolicy:
     for max(1, ceil(N/5)) of this site's roster of N). The node refuses any
     round whose threshold does not withstand them (see
     :class:`~securefed.secagg.config.ClientPolicy`).
+
+    ``min_cohort`` bounds the *invited* cohort (the nodes a round starts
+    with); ``min_participants`` bounds the *survivors* the node signs for at
+    the consistency stage (the nodes whose inputs the sum will contain): with
+    fewer, it refuses to sign, so it never reveals anything for a sum of
+    fewer than that many sites (0: no floor beyond the threshold).
     """
 
     min_threshold: int = 2
     min_cohort: int = 3
+    min_participants: int = 0
     min_threshold_fraction: float = 0.5
     allowed_models: tuple[str, ...] = ("sgd_logistic", "mlp")
     max_rounds: int = 1000
@@ -124,6 +132,7 @@ class NodePolicy:
         return ClientPolicy(
             min_threshold=self.min_threshold,
             min_cohort=self.min_cohort,
+            min_participants=self.min_participants,
             min_threshold_fraction=self.min_threshold_fraction,
             max_vector_length=self.max_parameters + 1,
             max_colluders=self.max_colluders,
@@ -337,6 +346,7 @@ class Node:
         declared_classes: tuple[int, ...] | None = None,
         ledger: PrivacyLedger | None = None,
         audit_log: AuditLog | None = None,
+        preprocessing: Preprocessing | None = None,
     ) -> None:
         if name not in roster:
             raise InvalidParameter(f"this node ({name}) is missing from its own roster")
@@ -354,6 +364,12 @@ class Node:
         self.clock = clock
         self.dataset = dataset
         self.declared_classes = None if declared_classes is None else tuple(declared_classes)
+        if preprocessing is not None and not isinstance(preprocessing, Preprocessing):
+            raise InvalidParameter("preprocessing must be a securefed.preprocessing.Preprocessing or None")
+        #: the preprocessing this site agreed to: applied to its data, and rounds with any other are refused
+        self.preprocessing = preprocessing
+        # What the node trains and evaluates on: its data, scaled as the task says (once, up front).
+        self._features = dataset.X if preprocessing is None else preprocessing.transform(dataset.X)
         self.ledger = ledger
         self.audit_log = audit_log
         self._train_idx, self._val_idx = _split(len(dataset.y), validation_fraction, name)
@@ -434,6 +450,17 @@ class Node:
                 "feature-mismatch",
                 f"task declares {spec.n_features} features, local data has {self.dataset.X.shape[1]}",
             )
+        local_names = self.dataset.feature_names
+        if spec.feature_names is not None and local_names is not None and tuple(spec.feature_names) != tuple(local_names):
+            at = next(i for i, (a, b) in enumerate(zip(spec.feature_names, local_names)) if a != b)
+            raise _Refused(
+                "feature-mismatch",
+                f"round's feature #{at + 1} is {spec.feature_names[at]!r}, this site's is {local_names[at]!r} "
+                "(the task's feature lists must be identical, in the same order)",
+            )
+        agreed = None if self.preprocessing is None else self.preprocessing.to_json()
+        if spec.preprocessing != agreed:
+            raise _Refused("preprocessing-mismatch", _preprocessing_difference(spec.preprocessing, agreed))
         if self.declared_classes is not None and tuple(spec.classes) != self.declared_classes:
             raise _Refused(
                 "class-mismatch",
@@ -531,14 +558,14 @@ class Node:
     def _local_input(self, adapter, model: np.ndarray, spec: RoundSpec, charge: _Charge | None, codec, n: int) -> np.ndarray:
         """Train (or evaluate) on local data and encode the result: this node's input to the sum."""
         if spec.phase == "train":
-            X, y = self.dataset.X[self._train_idx], self.dataset.y[self._train_idx]
+            X, y = self._features[self._train_idx], self.dataset.y[self._train_idx]
             trained = adapter.fit_local(
                 model, X, y, epochs=spec.epochs, learning_rate=spec.learning_rate, batch_size=spec.batch_size, seed=None
             )
             if charge is not None:
                 return charge.parameters.encode(trained - model)
             return codec.encode(trained - model, len(y))
-        X, y = self.dataset.X[self._val_idx], self.dataset.y[self._val_idx]
+        X, y = self._features[self._val_idx], self.dataset.y[self._val_idx]
         metrics = adapter.evaluate(model, X, y)
         return EvaluationCodec(n).encode(metrics.correct, metrics.count, metrics.loss_sum)
 
@@ -741,6 +768,26 @@ class Node:
             reason = "".join(c if c.isprintable() else "?" for c in body.reason)[:64] or "refused"
             body = Refusal(reason, body.detail[:1000])
         self.socket.send(Envelope(self.task, aggregation, body))
+
+
+def _preprocessing_difference(proposed: dict | None, agreed: dict | None) -> str:
+    """Say how a round's preprocessing differs from the one this site agreed to (no data, only parameters)."""
+    if agreed is None:
+        return f"the round scales features with {proposed['scaler']}; this site agreed to no preprocessing"
+    if proposed is None:
+        return f"the round has no preprocessing; this site agreed to {agreed['scaler']} scaling"
+    if proposed["scaler"] != agreed["scaler"]:
+        return f"the round scales features with {proposed['scaler']}; this site agreed to {agreed['scaler']}"
+    for key in agreed:
+        if proposed.get(key) != agreed[key]:
+            if isinstance(agreed[key], list) and isinstance(proposed.get(key), list) and len(agreed[key]) == len(proposed[key]):
+                at = next(i for i, (a, b) in enumerate(zip(proposed[key], agreed[key])) if a != b)
+                return (
+                    f"the round's {agreed['scaler']} {key} for feature #{at + 1} is {proposed[key][at]!r}, "
+                    f"this site agreed to {agreed[key][at]!r}"
+                )
+            return f"the round's {agreed['scaler']} {key} differs from what this site agreed to"
+    return "the round's preprocessing differs from what this site agreed to"
 
 
 def _split(count: int, validation_fraction: float, name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -18,11 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from securefed.errors import RemoteProtocolError
+from securefed.errors import InvalidParameter, RemoteProtocolError
+from securefed.preprocessing import SCALERS, Preprocessing
 
 __all__ = ["RoundSpec", "parse_spec", "round_context", "PHASES"]
 
 PHASES = ("train", "evaluate")
+#: the first parameter of each scaler (its length is the feature count it is declared for)
+SCALER_FIRST = {name: params[0] for name, params in SCALERS.items()}
 
 
 @dataclass(frozen=True)
@@ -44,9 +47,13 @@ class RoundSpec:
     neighbours: int | None
     masking: bool
     dp: dict | None
+    #: the task's feature names in the model's order (None: the task declares a count only)
+    feature_names: tuple[str, ...] | None = None
+    #: the task's preprocessing in :meth:`Preprocessing.to_json` form (None: none)
+    preprocessing: dict | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "task": self.task,
             "round": self.round,
             "phase": self.phase,
@@ -65,6 +72,16 @@ class RoundSpec:
             "secagg": {"threshold": self.threshold, "neighbours": self.neighbours, "masking": self.masking},
             "dp": self.dp,
         }
+        # Only when declared, so that a task without them keeps the spec (and context hash) it had.
+        if self.feature_names is not None:
+            out["model"]["feature_names"] = list(self.feature_names)
+        if self.preprocessing is not None:
+            out["preprocessing"] = self.preprocessing
+        return out
+
+    def preprocessing_object(self) -> Preprocessing | None:
+        """The round's preprocessing as an object (None when the task declares none)."""
+        return None if self.preprocessing is None else Preprocessing.from_json(self.preprocessing, self.n_features)
 
 
 def _get(obj: Any, key: str, kind: type | tuple[type, ...]) -> Any:
@@ -93,6 +110,21 @@ def parse_spec(raw: dict) -> RoundSpec:
     dp = raw.get("dp")
     if dp is not None and not isinstance(dp, dict):
         raise RemoteProtocolError("round spec dp must be an object or null", reason="bad-spec")
+    feature_names = model.get("feature_names")
+    if feature_names is not None:
+        if (
+            not isinstance(feature_names, list)
+            or not all(isinstance(n, str) and n for n in feature_names)
+            or len(set(feature_names)) != len(feature_names)
+        ):
+            raise RemoteProtocolError("round spec feature_names must be distinct non-empty strings", reason="bad-spec")
+        feature_names = tuple(feature_names)
+    preprocessing = raw.get("preprocessing")
+    if preprocessing is not None:
+        try:
+            preprocessing = Preprocessing.from_json(preprocessing).to_json()
+        except InvalidParameter as exc:
+            raise RemoteProtocolError(f"round spec preprocessing: {exc}", reason="bad-spec") from None
     spec = RoundSpec(
         task=_get(raw, "task", str),
         round=_get(raw, "round", int),
@@ -111,6 +143,8 @@ def parse_spec(raw: dict) -> RoundSpec:
         neighbours=neighbours,
         masking=_get(secagg, "masking", bool),
         dp=dp,
+        feature_names=feature_names,
+        preprocessing=preprocessing,
     )
     if spec.phase not in PHASES:
         raise RemoteProtocolError(f"unknown phase {spec.phase!r}", reason="bad-spec")
@@ -124,6 +158,11 @@ def parse_spec(raw: dict) -> RoundSpec:
         (0 <= spec.fractional_bits <= 30, "fractional bits out of range"),
         (1 <= spec.weight_cap <= 1 << 30, "weight cap out of range"),
         (spec.threshold >= 1, "threshold must be positive"),
+        (spec.feature_names is None or len(spec.feature_names) == spec.n_features, "feature_names must name every feature"),
+        (
+            spec.preprocessing is None or len(spec.preprocessing[SCALER_FIRST[spec.preprocessing["scaler"]]]) == spec.n_features,
+            "preprocessing must give one value per feature",
+        ),
     ]
     for ok, message in checks:
         if not ok:

@@ -6,6 +6,14 @@ moment the coordinator reopens either before or after that round, never in
 between. Model arrays are stored as raw little-endian float64 bytes with
 their SHA-256, checked when read; strategy state as ``.npz`` bytes read
 with ``allow_pickle=False``. Nothing here can execute stored data.
+
+All of the coordinator's SQL lives here. Every statement runs under a
+:class:`~securefed._db.StorageGuard`: a damaged, locked or unwritable file
+raises :class:`~securefed.errors.StorageError` saying what to do, never a raw
+``sqlite3`` error. ``CoordinatorStore(path, read_only=True)`` opens the file
+for reading only (``securefed status`` uses it while the daemon writes), and
+numpy is imported only by the methods that handle model arrays, so reading
+the history stays fast.
 """
 
 from __future__ import annotations
@@ -18,13 +26,18 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+from securefed._db import StorageGuard, open_durable, open_readonly
+from securefed.errors import InvalidParameter, StorageError
 
-from securefed._db import open_durable
-from securefed.errors import InvalidParameter
+if TYPE_CHECKING:
+    import numpy as np
 
-__all__ = ["CoordinatorStore", "RoundRecord"]
+__all__ = ["CoordinatorStore", "RoundRecord", "Attempt", "Refusal"]
+
+_WHAT = "coordinator state"
+_ADVICE = "restore it from a backup or move it away"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -90,32 +103,81 @@ class RoundRecord:
     duration: float
 
 
-class CoordinatorStore:
-    """One SQLite file per task under the coordinator's state folder."""
+@dataclass(frozen=True)
+class Attempt:
+    """One aggregation attempt: ``status`` is running, completed or aborted (with ``detail``)."""
 
-    def __init__(self, path: str | Path) -> None:
+    aggregation: int
+    round: int
+    phase: str
+    status: str
+    detail: str
+    started_at: float
+
+
+@dataclass(frozen=True)
+class Refusal:
+    aggregation: int
+    node: str
+    reason: str
+    detail: str
+    at: float
+
+
+#: what an attempt a restart interrupted is marked with
+INTERRUPTED = "interrupted: the coordinator stopped before this attempt ended; the round is run again"
+
+
+class CoordinatorStore:
+    """One SQLite file per task under the coordinator's state folder.
+
+    ``read_only=True`` opens an existing file for reading only (the schema is not applied and
+    writes raise :class:`StorageError`), e.g. for ``securefed status`` while the daemon runs.
+    """
+
+    def __init__(self, path: str | Path, read_only: bool = False) -> None:
         self.path = Path(path)
-        self._db = open_durable(
-            self.path, _SCHEMA, "coordinator state", "restore it from a backup or move it away"
-        )
+        self.read_only = read_only
+        self._guard = StorageGuard(self.path, _WHAT, _ADVICE)
+        if read_only:
+            self._db = open_readonly(self.path, _WHAT)
+        else:
+            self._db = open_durable(self.path, _SCHEMA, _WHAT, _ADVICE)
 
     @classmethod
     def open_readonly(cls, path: str | Path) -> sqlite3.Connection:
-        """A read-only connection for ``securefed status`` and the demo's progress display."""
-        uri = f"file:{Path(path).resolve()}?mode=ro"
-        return sqlite3.connect(uri, uri=True, timeout=5)
+        """A raw read-only connection, for tests that inspect the tables.
+
+        Library code reads through ``CoordinatorStore(path, read_only=True)`` instead, whose
+        methods raise :class:`StorageError` rather than ``sqlite3`` errors.
+        """
+        return open_readonly(Path(path), _WHAT)
 
     def close(self) -> None:
         self._db.close()
 
+    def _all(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._guard:
+            return self._db.execute(sql, args).fetchall()
+
+    def _one(self, sql: str, args: tuple = ()) -> tuple | None:
+        with self._guard:
+            return self._db.execute(sql, args).fetchone()
+
+    def _write(self, sql: str, args: tuple = ()) -> None:
+        if self.read_only:
+            raise StorageError(f"{_WHAT} {self.path} is open read-only")
+        with self._guard:
+            self._db.execute(sql, args)
+
     # --- meta ------------------------------------------------------------
 
     def get_meta(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        row = self._one("SELECT value FROM meta WHERE key = ?", (key,))
         return None if row is None else row[0]
 
     def set_meta(self, key: str, value: str) -> None:
-        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        self._write("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     def bind_task(self, task: str, fingerprint: str) -> None:
         """Refuse to resume a state folder that belongs to another task definition."""
@@ -145,12 +207,28 @@ class CoordinatorStore:
         return aggregation
 
     def finish_attempt(self, aggregation: int, status: str, detail: str = "") -> None:
-        self._db.execute(
-            "UPDATE attempts SET status = ?, detail = ? WHERE aggregation = ?", (status, detail, aggregation)
-        )
+        self._write("UPDATE attempts SET status = ?, detail = ? WHERE aggregation = ?", (status, detail, aggregation))
+
+    def abort_interrupted(self, keep: int | None = None) -> list[int]:
+        """At start-up: mark every attempt still ``running`` as aborted, except ``keep``; return their ids.
+
+        A running attempt in a store nobody has open was interrupted by a crash or a stop: its round
+        is run again under a fresh aggregation id. ``keep`` is the attempt whose unmasking the
+        restarted coordinator resumes (see :meth:`pending_unmask_state`): it stays running.
+        """
+        with self._transaction():
+            rows = self._db.execute(
+                "SELECT aggregation FROM attempts WHERE status = 'running' AND aggregation IS NOT ? ORDER BY aggregation",
+                (keep,),
+            ).fetchall()
+            self._db.execute(
+                "UPDATE attempts SET status = 'aborted', detail = ? WHERE status = 'running' AND aggregation IS NOT ?",
+                (INTERRUPTED, keep),
+            )
+        return [int(row[0]) for row in rows]
 
     def record_refusal(self, aggregation: int, node: str, reason: str, detail: str) -> None:
-        self._db.execute(
+        self._write(
             "INSERT INTO refusals (aggregation, node, reason, detail, at) VALUES (?, ?, ?, ?, ?)",
             (aggregation, node, reason, detail[:2000], time.time()),
         )
@@ -169,20 +247,26 @@ class CoordinatorStore:
             )
 
     def pending_unmask_state(self) -> tuple[int, int, str, dict, bytes] | None:
-        """(aggregation, round, phase, state, masked sum) of an unmasking a crash interrupted, if any."""
-        row = self._db.execute(
+        """(aggregation, round, phase, state, masked sum) of an unmasking a crash interrupted, if any.
+
+        A saved state that fails its checksum raises ``InvalidParameter`` (the coordinator then runs
+        the round again from scratch).
+        """
+        row = self._one(
             "SELECT u.aggregation, u.round, u.phase, u.state, u.masked_sum, u.sha256 FROM unmask_state u "
             "JOIN attempts a ON a.aggregation = u.aggregation WHERE a.status = 'running'"
-        ).fetchone()
+        )
         if row is None:
             return None
         aggregation, round_number, phase, text, blob, digest = row
         if hashlib.sha256(text.encode() + bytes(blob)).hexdigest() != digest:
+            # InvalidParameter, not StorageError, because Coordinator._resume_unmasking catches that
+            # one and runs the round again from scratch.
             raise InvalidParameter(f"the saved unmasking state of aggregation {aggregation} fails its checksum")
         return int(aggregation), int(round_number), str(phase), json.loads(text), bytes(blob)
 
     def clear_unmask_state(self) -> None:
-        self._db.execute("DELETE FROM unmask_state")
+        self._write("DELETE FROM unmask_state")
 
     # --- model and rounds ---------------------------------------------------
 
@@ -249,43 +333,67 @@ class CoordinatorStore:
             self._db.execute("UPDATE attempts SET status = 'completed' WHERE aggregation = ?", (aggregation,))
 
     def latest_model(self) -> tuple[int, np.ndarray, dict[str, np.ndarray] | None] | None:
-        row = self._db.execute(
-            "SELECT round, weights, sha256, strategy_state FROM models ORDER BY round DESC LIMIT 1"
-        ).fetchone()
+        import numpy as np
+
+        row = self._one("SELECT round, weights, sha256, strategy_state FROM models ORDER BY round DESC LIMIT 1")
         if row is None:
             return None
         round_number, blob, digest, state_blob = row
         if hashlib.sha256(blob).hexdigest() != digest:
-            raise InvalidParameter(f"stored model for round {round_number} fails its checksum; state is corrupt")
+            raise StorageError(
+                f"{_WHAT} {self.path}: the stored model of round {round_number} fails its checksum (the file is "
+                f"damaged); {_ADVICE}"
+            )
         weights = np.frombuffer(blob, dtype="<f8").astype(np.float64)
         state = None
         if state_blob is not None:
-            with np.load(io.BytesIO(state_blob), allow_pickle=False) as archive:
-                state = {name: archive[name] for name in archive.files}
+            try:
+                with np.load(io.BytesIO(state_blob), allow_pickle=False) as archive:
+                    state = {name: archive[name] for name in archive.files}
+            except (OSError, ValueError, EOFError) as exc:
+                raise StorageError(
+                    f"{_WHAT} {self.path}: the strategy state of round {round_number} is unreadable ({exc}); {_ADVICE}"
+                ) from None
         return int(round_number), weights, state
 
     def dp_releases(self) -> list[tuple[int, float, float, float]]:
         """(round, variance, L2 sensitivity, L1 sensitivity) of every DP release made, in round order."""
-        rows = self._db.execute(
-            "SELECT round, variance, l2_sensitivity, l1_sensitivity FROM dp_releases ORDER BY round"
-        ).fetchall()
+        rows = self._all("SELECT round, variance, l2_sensitivity, l1_sensitivity FROM dp_releases ORDER BY round")
         return [(int(r[0]), float(r[1]), float(r[2]), float(r[3])) for r in rows]
 
     def rounds(self) -> list[RoundRecord]:
-        rows = self._db.execute(
+        rows = self._all(
             "SELECT round, aggregation, participants, survivors, accuracy, loss, epsilon, duration "
             "FROM rounds ORDER BY round"
-        ).fetchall()
-        return [
-            RoundRecord(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], r[5], r[6], r[7]) for r in rows
-        ]
+        )
+        try:
+            return [RoundRecord(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], r[5], r[6], r[7]) for r in rows]
+        except (TypeError, ValueError) as exc:
+            raise StorageError(f"{_WHAT} {self.path}: the round history is unreadable ({exc}); {_ADVICE}") from None
 
     def refusals(self) -> list[tuple[int, str, str, str]]:
-        return self._db.execute("SELECT aggregation, node, reason, detail FROM refusals ORDER BY rowid").fetchall()
+        return self._all("SELECT aggregation, node, reason, detail FROM refusals ORDER BY rowid")
+
+    def recent_refusals(self, limit: int = 5) -> list[Refusal]:
+        """The newest ``limit`` refusals, newest first."""
+        rows = self._all("SELECT aggregation, node, reason, detail, at FROM refusals ORDER BY rowid DESC LIMIT ?", (limit,))
+        return [Refusal(int(r[0]), str(r[1]), str(r[2]), str(r[3]), float(r[4])) for r in rows]
+
+    def attempts(self, status: str | None = None) -> list[Attempt]:
+        """Every aggregation attempt (or those with ``status``), oldest first."""
+        query = "SELECT aggregation, round, phase, status, detail, started_at FROM attempts"
+        rows = self._all(query + (" WHERE status = ?" if status else "") + " ORDER BY aggregation", (status,) if status else ())
+        return [Attempt(int(r[0]), int(r[1]), str(r[2]), str(r[3]), str(r[4]), float(r[5])) for r in rows]
+
+    def attempt_counts(self) -> dict[str, int]:
+        """How many attempts are running, completed and aborted."""
+        return {str(status): int(count) for status, count in self._all("SELECT status, COUNT(*) FROM attempts GROUP BY status")}
 
     # --- helpers ------------------------------------------------------------
 
     def _insert_model(self, round_number: int, weights: np.ndarray, state: Mapping[str, np.ndarray] | None) -> None:
+        import numpy as np
+
         blob = np.ascontiguousarray(weights, dtype="<f8").tobytes()
         state_blob = None
         if state:
@@ -298,18 +406,44 @@ class CoordinatorStore:
         )
 
     def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+        if self.read_only:
+            raise StorageError(f"{_WHAT} {self.path} is open read-only")
+        return _Transaction(self._db, self._guard)
 
 
 class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on any error); SQLite errors become StorageError."""
+
+    def __init__(self, db: sqlite3.Connection, guard: StorageGuard) -> None:
         self._db = db
+        self._guard = guard
 
     def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
+        with self._guard:
+            self._db.execute("BEGIN IMMEDIATE")
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None:
-            self._db.execute("COMMIT")
-        else:
-            self._db.execute("ROLLBACK")
+            try:
+                with self._guard:
+                    self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+            return False
+        self._rollback()
+        if isinstance(exc, sqlite3.Error):
+            raise self._guard_error(exc) from exc
+        return False
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the transaction is gone already (SQLite rolls back on some errors itself)
+
+    def _guard_error(self, exc: sqlite3.Error) -> StorageError:
+        from securefed._db import storage_error
+
+        return storage_error(exc, self._guard.path, self._guard.what, self._guard.advice)

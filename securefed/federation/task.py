@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 from securefed.dp.settings import DpSettings
 from securefed.errors import InvalidParameter
+from securefed.preprocessing import Preprocessing
 from securefed.secagg.bounds import resolve_colluders, smallest_safe_threshold
 from securefed.secagg.graph import propose_parameters
 
@@ -61,6 +62,10 @@ class TaskDefinition:
     masking: bool = True
     deadlines: dict = field(default_factory=lambda: dict(DEFAULT_DEADLINES))
     dp: DpSettings | None = None
+    #: the features' names in the model's order (None: a count only; see ``n_features``)
+    feature_names: tuple[str, ...] | None = None
+    #: the scaling every node applies to its data before training and evaluation (None: none)
+    preprocessing: Preprocessing | None = None
 
     def __post_init__(self) -> None:
         if not self.name or len(self.name) > 200:
@@ -83,6 +88,20 @@ class TaskDefinition:
             raise InvalidParameter("expected_dropout must be in [0, 1)")
         if not math.isfinite(self.clip_norm) or self.clip_norm <= 0:
             raise InvalidParameter("clip_norm must be positive")
+        if isinstance(self.n_features, bool) or not isinstance(self.n_features, int) or self.n_features < 1:
+            raise InvalidParameter("the task needs at least one feature")
+        if self.feature_names is not None:
+            names = tuple(self.feature_names)
+            if len(names) != self.n_features or len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
+                raise InvalidParameter(f"feature_names must be {self.n_features} distinct non-empty names")
+            object.__setattr__(self, "feature_names", names)
+        if self.preprocessing is not None:
+            if not isinstance(self.preprocessing, Preprocessing):
+                raise InvalidParameter("preprocessing must be a Preprocessing (see securefed.preprocessing)")
+            if self.preprocessing.n_features != self.n_features:
+                raise InvalidParameter(
+                    f"preprocessing is declared for {self.preprocessing.n_features} features, the task has {self.n_features}"
+                )
         if self.dp is not None:
             if not isinstance(self.dp, DpSettings):
                 if not isinstance(self.dp, dict):
@@ -98,7 +117,20 @@ class TaskDefinition:
         described = asdict(self)
         described.pop("rounds")
         described.pop("deadlines")
+        # Declared later than the rest: left out when unset, so an existing task keeps its fingerprint.
+        for newer in ("feature_names", "preprocessing"):
+            if described[newer] is None:
+                described.pop(newer)
+        if self.preprocessing is not None:
+            described["preprocessing"] = self.preprocessing.to_json()
         return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
+
+    def spec_fields(self) -> dict:
+        """What a round spec carries of the task's data agreement: ``RoundSpec(..., **task.spec_fields())``."""
+        return {
+            "feature_names": self.feature_names,
+            "preprocessing": None if self.preprocessing is None else self.preprocessing.to_json(),
+        }
 
     def colluders(self, roster_size: int) -> int:
         """How many colluding nodes the rounds are sized for (the nodes check their own bound too)."""

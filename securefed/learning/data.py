@@ -12,11 +12,18 @@ are all refused.
   order in the file does not matter).
 - .npz: arrays ``"X"`` (2-D) and ``"y"`` (1-D), optionally ``"feature_names"``
   (1-D strings); read with ``allow_pickle=False``, so no code runs on load.
+
+A task declared with a feature *count* only cannot have its column order
+checked: loading then logs a warning (declare ``features = [names]``).
+
+The task's feature scaling (:class:`~securefed.preprocessing.Preprocessing`,
+re-exported here) is applied by the node after loading, never by the loader.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import zipfile
 from collections.abc import Sequence
@@ -27,8 +34,11 @@ import numpy as np
 
 from securefed.errors import InvalidParameter
 from securefed.learning.models import _is_int, _normalize_classes
+from securefed.preprocessing import SCALERS, Preprocessing
 
-__all__ = ["LocalDataset", "load_local_dataset", "save_csv", "save_npz"]
+__all__ = ["LocalDataset", "Preprocessing", "SCALERS", "load_local_dataset", "save_csv", "save_npz"]
+
+log = logging.getLogger("securefed.data")
 
 _MAX_LISTED = 20
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -95,6 +105,12 @@ def _order_columns(
                 f"{source}: has {n_columns} feature columns but the task declares {declared}; "
                 "bring the file to the task's features"
             )
+        log.warning(
+            "%s: the task declares only a feature count (%d), so the order of the columns cannot be checked; "
+            "declare features = [names] in [task] to match columns by name",
+            source,
+            declared,
+        )
         return None, found
     if found is None:
         raise InvalidParameter(

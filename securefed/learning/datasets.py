@@ -1,10 +1,14 @@
 """Small datasets that ship inside scikit-learn, for the demo and tests (no download).
 
-Demo preprocessing: features are scaled to [0, 1] with the *whole* dataset's
-min and max per feature (for digits, the known pixel range 0..16). A real
-federation would agree a scaling in its task definition, from domain ranges
-rather than from pooled data; using global statistics here is a convenience
-of the demo, and it touches the held-out split too.
+Demo preprocessing: features are scaled to [0, 1] with *public* per-feature
+bounds, declared as the task's min-max :class:`~securefed.learning.data.Preprocessing`
+(see :func:`bundled_preprocessing`), never with statistics pooled from the
+sites' data: for digits the pixel range 0..16; for iris, wine and
+breast_cancer the per-feature Min/Max table printed in scikit-learn's own
+description of the dataset (``bunch.DESCR``). Those tables are the published
+ranges of the whole dataset, rounded; a few values fall just outside them and
+are clipped. A real federation declares bounds from domain knowledge (valid
+ranges of a lab value, a sensor's range) in the same way.
 """
 
 from __future__ import annotations
@@ -18,11 +22,14 @@ from sklearn.datasets import load_breast_cancer, load_digits, load_iris, load_wi
 from sklearn.model_selection import train_test_split
 
 from securefed.errors import InvalidParameter
+from securefed.preprocessing import Preprocessing
 from securefed.learning.models import _check_real, _check_seed
 
 __all__ = [
     "BUNDLED_DATASETS",
+    "PUBLIC_BOUNDS",
     "BundledDataset",
+    "bundled_preprocessing",
     "Split",
     "load_bundled",
     "train_test_split_stratified",
@@ -31,7 +38,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class BundledDataset:
-    """Features in [0, 1] (float64, 2-D), int64 labels, and what they are."""
+    """Features (float64, 2-D; in [0, 1] unless loaded raw), int64 labels, and what they are."""
 
     X: np.ndarray
     y: np.ndarray
@@ -53,52 +60,81 @@ class Split(NamedTuple):
     y_test: np.ndarray
 
 
-_LOADERS: dict[str, tuple[Callable[..., Any], float | None, str]] = {
-    # name: (loader, known maximum or None for per-feature min-max, description)
+_LOADERS: dict[str, tuple[Callable[..., Any], str]] = {
     "digits": (
         load_digits,
-        16.0,
         "8x8 images of handwritten digits (1797 samples, 64 features, 10 classes); "
-        "pixel counts 0..16 divided by 16",
+        "pixel counts 0..16 scaled by their known range",
     ),
     "iris": (
         load_iris,
-        None,
-        "Fisher's iris flowers (150 samples, 4 features, 3 classes); per-feature min-max scaled",
+        "Fisher's iris flowers (150 samples, 4 features, 3 classes); min-max scaled by the documented ranges",
     ),
     "wine": (
         load_wine,
-        None,
-        "wine chemical analysis (178 samples, 13 features, 3 classes); per-feature min-max scaled",
+        "wine chemical analysis (178 samples, 13 features, 3 classes); min-max scaled by the documented ranges",
     ),
     "breast_cancer": (
         load_breast_cancer,
-        None,
         "Wisconsin diagnostic breast cancer (569 samples, 30 features, 2 classes); "
-        "per-feature min-max scaled",
+        "min-max scaled by the documented ranges",
     ),
 }
+
+#: Public per-feature (min, max) of each bundled dataset, in scikit-learn's feature order: digits'
+#: pixel range, and otherwise the "Summary Statistics" Min/Max table of the dataset's DESCR.
+PUBLIC_BOUNDS: dict[str, tuple[float | tuple[float, ...], float | tuple[float, ...]]] = {
+    "digits": (0.0, 16.0),
+    "iris": ((4.3, 2.0, 1.0, 0.1), (7.9, 4.4, 6.9, 2.5)),
+    "wine": (
+        (11.0, 0.74, 1.36, 10.6, 70.0, 0.98, 0.34, 0.13, 0.41, 1.3, 0.48, 1.27, 278.0),
+        (14.8, 5.80, 3.23, 30.0, 162.0, 3.88, 5.08, 0.66, 3.58, 13.0, 1.71, 4.00, 1680.0),
+    ),
+    "breast_cancer": (
+        (6.981, 9.71, 43.79, 143.5, 0.053, 0.019, 0.0, 0.0, 0.106, 0.05,
+         0.112, 0.36, 0.757, 6.802, 0.002, 0.002, 0.0, 0.0, 0.008, 0.001,
+         7.93, 12.02, 50.41, 185.2, 0.071, 0.027, 0.0, 0.0, 0.156, 0.055),
+        (28.11, 39.28, 188.5, 2501.0, 0.163, 0.345, 0.427, 0.201, 0.304, 0.097,
+         2.873, 4.885, 21.98, 542.2, 0.031, 0.135, 0.396, 0.053, 0.079, 0.03,
+         36.04, 49.54, 251.2, 4254.0, 0.223, 1.058, 1.252, 0.291, 0.664, 0.208),
+    ),
+}  # fmt: skip
 
 #: Names ``load_bundled`` accepts.
 BUNDLED_DATASETS: tuple[str, ...] = tuple(_LOADERS)
 
 
-def _min_max(X: np.ndarray) -> np.ndarray:
-    low = X.min(axis=0)
-    span = X.max(axis=0) - low
-    span[span == 0] = 1.0  # constant features map to 0
-    return (X - low) / span
-
-
-def load_bundled(name: str) -> BundledDataset:
-    """Load one of :data:`BUNDLED_DATASETS`, features scaled to [0, 1] (demo preprocessing)."""
+def _check_name(name: str) -> None:
     if name not in _LOADERS:
         raise InvalidParameter(f"unknown dataset {name!r}; bundled datasets are {list(BUNDLED_DATASETS)}")
-    loader, known_max, description = _LOADERS[name]
+
+
+def bundled_preprocessing(name: str) -> Preprocessing:
+    """The min-max preprocessing (public bounds, clipped) a task over this bundled dataset declares."""
+    _check_name(name)
+    low, high = PUBLIC_BOUNDS[name]
+    n_features = {"digits": 64, "iris": 4, "wine": 13, "breast_cancer": 30}[name]
+    made = Preprocessing.from_mapping({"scaler": "minmax", "min": low, "max": high, "clip": True}, n_features)
+    if made is None:  # pragma: no cover - a minmax table never gives None
+        raise InvalidParameter(f"no preprocessing for {name}")
+    return made
+
+
+def load_bundled(name: str, scaled: bool = True) -> BundledDataset:
+    """Load one of :data:`BUNDLED_DATASETS`.
+
+    With ``scaled`` (the default) the features are scaled to [0, 1] by
+    :func:`bundled_preprocessing` (public bounds, no pooled statistics);
+    ``scaled=False`` gives the raw features, as a site's CSV would hold them.
+    """
+    _check_name(name)
+    loader, description = _LOADERS[name]
     bunch = loader()
-    raw = np.asarray(bunch.data, dtype=np.float64)
-    X = raw / known_max if known_max is not None else _min_max(raw)
-    X = np.clip(X, 0.0, 1.0)
+    X = np.asarray(bunch.data, dtype=np.float64)
+    if scaled:
+        X = bundled_preprocessing(name).transform(X)
+    else:
+        description = description.split(";")[0] + "; raw features"
     y = np.asarray(bunch.target, dtype=np.int64)
     return BundledDataset(
         X=np.ascontiguousarray(X),

@@ -26,6 +26,10 @@ The machine trusts nothing the coordinator says that it can check itself:
   a bad one is never revealed (the round goes on without it);
 * it masks only with neighbours whose encrypted shares reached it, and later
   insists that the survivor list is consistent with that;
+* it signs a survivor set only if it holds at least the site's participation
+  floor (``ClientPolicy.min_participants``) of nodes, and it stops earlier
+  (before dealing shares, or before sending its masked input) once the key
+  list or, in a complete graph, the sharers fall below that floor;
 * it answers unmasking only for the survivor set it signed, backed by at
   least t valid consistency signatures from its neighbours and a quorum T
   (2T > N + c) from the whole cohort over that same set, so every honest
@@ -304,6 +308,9 @@ class ClientProtocol:
                 "bad seed commitment",
             )
         self._need(len(by_id), "advertise", "peers advertised keys")
+        # Survivors are a subset of the key list: if it is already below the site's floor, stop now,
+        # before dealing shares or training (the consistency stage below is the binding check).
+        self._policy.check_participants(len(by_id), "the key list")
         # The key list is fixed now; only from here on may this node's graph randomness be known.
         self._entries = by_id
         return [SeedReveal(self.node_id, self._graph_value)]
@@ -410,6 +417,10 @@ class ClientProtocol:
         self.bad_dealers = frozenset(bad)
         self._shared_with = frozenset(senders) | {self.node_id}
         self._need(len(self._shared_with), "share", "neighbours shared their keys")
+        if config.is_complete_graph:
+            # Every sharer reached this node, so no more than these can survive: below the floor, do
+            # not even send the masked input. (In a sparse graph only the neighbours are seen here.)
+            self._policy.check_participants(len(self._shared_with), "the share relay")
 
         masks = [(self._b_seed, 1)]
         for peer in sorted(self._shared_with - {self.node_id}):
@@ -439,6 +450,8 @@ class ClientProtocol:
             reason="inconsistent-survivors",
         )
         self._need(len(survivor_set & self.neighbours), "masked_input", "neighbours sent masked inputs")
+        # The participation floor: never sign (and so never reveal anything) for a sum of fewer inputs.
+        self._policy.check_participants(len(survivor_set), "the survivor list")
         self._signed_survivors = tuple(survivors)
         signature = self._identity.sign(consistency_transcript(self.config, self._graph_seed, survivors))
         return [ConsistencySignature(self.node_id, signature)]

@@ -101,6 +101,16 @@ class ClientPolicy:
     follows the protocol (t > c suffices); only choose it knowingly.
     ``min_threshold_fraction`` is an extra, older floor: t must exceed that
     fraction of the neighbourhood.
+
+    ``min_participants`` is the site's participation floor: the fewest nodes
+    whose inputs may make up a sum it helps to unmask. ``min_cohort`` bounds
+    the cohort a round *starts* with; dropouts can shrink the survivors below
+    it, and with two survivors each learns the other's input from the sum. The
+    node checks the floor against the invited cohort (before it advertises),
+    the key list (before it deals shares or trains) and, binding, the survivor
+    list it is asked to sign: with fewer survivors it refuses to sign
+    (``too-few-participants``) and so never reveals a share for that sum.
+    0 means no floor beyond the threshold.
     """
 
     min_threshold: int = 2
@@ -112,6 +122,7 @@ class ClientPolicy:
     allow_sparse_graph: bool = True
     min_neighbours: int = 0
     security_bits: int = 40
+    min_participants: int = 0
 
     def __post_init__(self) -> None:
         if self.min_threshold < 1 or self.min_cohort < 1:
@@ -129,6 +140,20 @@ class ClientPolicy:
             raise InvalidParameter("min_neighbours must be a non-negative integer")
         if type(self.security_bits) is not int or not 1 <= self.security_bits <= 256:
             raise InvalidParameter("security_bits must be an integer in 1..256")
+        if type(self.min_participants) is not int or self.min_participants < 0:
+            raise InvalidParameter(
+                f"min_participants must be a non-negative integer (0: no floor), got {self.min_participants!r}"
+            )
+
+    def check_participants(self, count: int, what: str) -> None:
+        """Raise :class:`RemoteProtocolError` (reason ``too-few-participants``) when ``count`` nodes, the
+        most that can end up in the sum (``what`` says which list they are), fall below the floor."""
+        if count < self.min_participants:
+            raise RemoteProtocolError(
+                f"round refused: {what} lists {count} nodes, below this site's participation floor of "
+                f"{self.min_participants} (min_participants): a sum of so few inputs says too much about each",
+                reason="too-few-participants",
+            )
 
     def colluders(self, roster_size: int) -> int:
         """The colluder count this policy defends against, for a roster of ``roster_size`` members."""
@@ -151,6 +176,11 @@ class ClientPolicy:
         problems = []
         if n < self.min_cohort:
             problems.append(f"cohort of {n} is below this site's minimum of {self.min_cohort}")
+        if n < self.min_participants:
+            problems.append(
+                f"cohort of {n} can never reach this site's participation floor of {self.min_participants} "
+                "(min_participants)"
+            )
         if t < self.min_threshold:
             problems.append(f"threshold {t} is below this site's minimum of {self.min_threshold}")
         needed = math.floor(self.min_threshold_fraction * config.neighbourhood_size) + 1

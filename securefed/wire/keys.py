@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
+from zmq.utils import z85
 
 from securefed._fs import atomic_write
 from securefed.errors import InvalidParameter
@@ -27,7 +28,7 @@ def parse_public_key(text: str | bytes) -> bytes:
     raw = text.encode("ascii", "replace") if isinstance(text, str) else bytes(text)
     raw = raw.strip()
     try:
-        decoded = zmq.utils.z85.decode(raw) if len(raw) == _Z85_KEY_LENGTH else b""
+        decoded = z85.decode(raw) if len(raw) == _Z85_KEY_LENGTH else b""
     except (ValueError, KeyError, TypeError):
         decoded = b""
     if len(decoded) != 32:

@@ -196,9 +196,11 @@ def test_kill_9_during_rounds_never_leaves_spent_epsilon_unrecorded(launch) -> N
     random kills land inside the round; the random moment is drawn from the training time measured on this
     machine. t = 3 of 4: a node killed right after charging is usually still counted (its masked input made
     it), which is the case this is about. A node killed while it trains has dealt its shares and drops out
-    at the masked-input stage; the round goes on without it (min_nodes is 3 so that later rounds can start
-    while it restarts). A kill can spill into the next round (the round ended just before it), so
-    the next kill waits for the round after that: two kills never hit one round.
+    at the masked-input stage; the round goes on without it, at once (its connection closed). min_nodes is 4,
+    so the next round waits for the restarted node (a dropped node costs seconds, less than a restart: with
+    min_nodes 3 the remaining rounds would run without it and leave too few four-node rounds to kill in).
+    A kill can spill into the next round (the round ended just before it), so the next kill waits for the
+    round after that: two kills never hit one round.
     (Whether the charge precedes the send is checked exactly, in-process, in tests/unit/test_node_dp_policy.py.)
 
     A kill can land between a node appending an audit receipt and checkpointing the log's head; the node must
@@ -207,7 +209,7 @@ def test_kill_9_during_rounds_never_leaves_spent_epsilon_unrecorded(launch) -> N
     rng = random.Random(20240611)
     rounds_total = 9
     federation = launch(
-        n_nodes=4, rounds=rounds_total, min_nodes=3, dp=dict(DP), evaluate=False,
+        n_nodes=4, rounds=rounds_total, min_nodes=4, dp=dict(DP), evaluate=False,
         policy={"max_epsilon": 8.0, "delta": DELTA}, **SLOW_MLP,
     )  # fmt: skip
     federation.start_nodes()

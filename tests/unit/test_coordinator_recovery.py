@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from securefed.federation.coordinator import PRESENCE_TIMEOUT
 from securefed.federation.messages import Refusal
-from securefed.secagg.messages import SeedReveal, UnmaskRequest, UnmaskShares
+from securefed.secagg.messages import MaskedInput, SeedReveal, ShareKeys, UnmaskRequest, UnmaskShares
 from tests.inprocess import InProcessFederation
 
 NAMES = ["site-1", "site-2", "site-3", "site-4"]
@@ -150,3 +151,88 @@ def test_an_evaluation_that_can_no_longer_run_is_skipped_and_training_goes_on(fe
     assert [r.round for r in records] == [1, 2]
     assert records[0].accuracy is None  # its evaluation was released once and could not be run again
     assert records[1].accuracy is not None
+
+
+# --- dead nodes cost seconds: a closed connection is a dropout at once ------------------------------
+
+
+def _kill_after(f: InProcessFederation, victim: str, kind: type) -> dict:
+    """Kill ``victim`` right after it sends its first ``kind`` (e.g. ShareKeys: it would train next)."""
+    state: dict = {}
+
+    def watch(direction: str, node: str, envelope) -> bool:
+        if direction == "up" and node == victim and isinstance(envelope.body, kind) and "at" not in state:
+            state["at"] = f.clock.now
+            state["aggregation"] = envelope.aggregation
+            f.kill(victim)
+        return False
+
+    f.hub.drop = watch
+    return state
+
+
+@pytest.mark.parametrize("reports", [True, False], ids=["connection-events", "deadline-only"])
+def test_a_node_killed_while_it_trains_costs_no_stage_deadline(federation, reports: bool) -> None:
+    """4 nodes, threshold 3: site-4 dies after dealing its shares. With connection events the round completes
+    from the other three, in the same aggregation, well before the masked-input deadline; without them (the
+    control) the coordinator has to wait that deadline out."""
+    f = federation(rounds=1, min_nodes=3, deadline=30.0, reports_connections=reports)
+    killed = _kill_after(f, "site-4", ShareKeys)
+    f.run_until(lambda f: f.coordinator.finished)
+    (record,) = f.store.rounds()
+    assert record.aggregation == killed["aggregation"] and sorted(record.survivors) == NAMES[:3]
+    waited = f.clock.now - killed["at"]
+    if reports:
+        assert waited < 5.0, f"the round took {waited:.2f} s after the kill (deadline 30 s)"
+    else:
+        assert waited >= 30.0
+
+
+def test_a_node_killed_after_its_masked_input_is_not_waited_for_at_later_stages(federation) -> None:
+    """It is in the survivor list (its input is in the sum) but signs nothing and reveals nothing: the
+    consistency and unmasking stages go on without waiting for it."""
+    f = federation(rounds=1, min_nodes=3, deadline=30.0)
+    killed = _kill_after(f, "site-4", MaskedInput)
+    f.run_until(lambda f: f.coordinator.finished)
+    (record,) = f.store.rounds()
+    assert sorted(record.survivors) == NAMES  # its masked input made it in
+    assert f.clock.now - killed["at"] < 5.0
+
+
+def test_a_disconnected_node_is_not_picked_for_a_cohort(federation) -> None:
+    """site-2 greets and dies before the coordinator reads its greeting: it is not counted as present (its
+    connection is known to be closed), so the round starts with the other three and never waits for it."""
+    f = federation(rounds=1, min_nodes=3, deadline=30.0)
+    for node in f.nodes.values():
+        node.step(0)  # every node greets
+    f.kill("site-2")
+    f.step()
+    assert f.coordinator.connected_nodes() == ["site-1", "site-3", "site-4"]  # at once, not PRESENCE_TIMEOUT later
+    f.run_until(lambda f: f.coordinator.finished)
+    (record,) = f.store.rounds()
+    assert record.participants == 3 and "site-2" not in record.survivors
+    assert [a[0] for a in f.store._db.execute("SELECT status FROM attempts").fetchall()] == ["completed"]
+
+
+def test_a_node_that_trains_for_long_without_greeting_is_not_dropped(federation) -> None:
+    """Nodes train inside their loop and greet no one meanwhile; only a closed connection drops a node.
+    site-4 trains for three times PRESENCE_TIMEOUT (it is not stepped, its connection stays open)."""
+    f = federation(rounds=1, deadline=60.0)  # min_nodes = 4
+    state = {}
+
+    def stall(direction: str, node: str, envelope) -> bool:
+        if direction == "up" and node == "site-4" and isinstance(envelope.body, ShareKeys) and "at" not in state:
+            state["at"] = f.clock.now
+        return False
+
+    f.hub.drop = stall
+    f.run_until(lambda f: "at" in state)
+    f.killed.add("site-4")  # not stepped: "training"; the hub reports no disconnection
+    while f.clock.now - state["at"] < 3 * PRESENCE_TIMEOUT:
+        f.step()
+    assert "site-4" not in f.coordinator.connected_nodes()  # no greeting for a while...
+    assert f.coordinator.current is not None and "site-4" not in f.coordinator.current.gone
+    f.killed.discard("site-4")  # ...done training
+    f.run_until(lambda f: f.coordinator.finished)
+    (record,) = f.store.rounds()
+    assert sorted(record.survivors) == NAMES

@@ -204,9 +204,9 @@ def test_bundled_datasets_are_scaled_to_unit_range(name, shape, classes) -> None
     assert d.classes == classes and len(d.feature_names) == shape[1]
     assert d.X.min() == 0.0 and d.X.max() == 1.0
     assert d.description.startswith(name)
-    if name != "digits":  # per-feature min-max: every feature spans [0, 1]
-        np.testing.assert_array_equal(d.X.min(axis=0), 0.0)
-        np.testing.assert_array_equal(d.X.max(axis=0), 1.0)
+    if name != "digits":  # min-max by the documented (public) ranges: every feature spans about [0, 1]
+        np.testing.assert_allclose(d.X.min(axis=0), 0.0, atol=0.02)
+        np.testing.assert_allclose(d.X.max(axis=0), 1.0, atol=0.02)
 
 
 def test_digits_uses_the_known_pixel_range() -> None:

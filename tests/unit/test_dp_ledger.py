@@ -18,7 +18,7 @@ import pytest
 from securefed.dp.accountant import SkellamRelease, skellam_epsilon
 from securefed.dp.ledger import Budget, LedgerEntry, PrivacyLedger
 from securefed.dp.mechanism import plan_skellam
-from securefed.errors import InvalidParameter, PrivacyBudgetExhausted, SecureFedError
+from securefed.errors import InvalidParameter, PrivacyBudgetExhausted, SecureFedError, StorageError
 
 DELTA = 1e-5
 # One release of noise multiplier 3 (sd / D2): about 1.6 epsilon alone at delta 1e-5.
@@ -169,10 +169,13 @@ def test_reopen_keeps_everything_and_applies_the_new_budget(path: Path) -> None:
 
 
 def test_same_aggregation_cannot_be_charged_twice(path: Path) -> None:
+    """A second release for one (task, aggregation) would go unaccounted: refused like one beyond the budget,
+    with a message that says so (it used to escape as a raw sqlite3.IntegrityError)."""
     ledger = PrivacyLedger(path, Budget(100.0, 100.0))
     ledger.charge("a", 1, 7, RELEASE, MECHANISM, "h")
-    with pytest.raises((sqlite3.IntegrityError, SecureFedError)):
+    with pytest.raises(PrivacyBudgetExhausted, match="already records a release for task 'a' aggregation 7") as refused:
         ledger.charge("a", 1, 7, RELEASE, MECHANISM, "h")
+    assert not isinstance(refused.value, sqlite3.Error) and "second release" in str(refused.value)
     assert len(ledger.entries()) == 1
     ledger.charge("a", 2, 8, RELEASE, MECHANISM, "h")  # rolled back cleanly: still usable
     assert len(ledger.entries()) == 2
@@ -182,7 +185,7 @@ def test_same_aggregation_cannot_be_charged_twice(path: Path) -> None:
 def test_garbage_file_is_refused_with_a_message(path: Path) -> None:
     path.parent.mkdir(parents=True)
     path.write_bytes(b"this is not a database, " * 200)
-    with pytest.raises(InvalidParameter, match="unreadable") as refused:
+    with pytest.raises(StorageError, match="unreadable") as refused:  # a run-time failure, not a bad parameter
         PrivacyLedger(path, Budget(1.0, 1.0))
     assert str(path) in str(refused.value) and "do not delete" in str(refused.value)
     assert path.read_bytes().startswith(b"this is not a database")  # left alone for the operator
@@ -198,7 +201,7 @@ def test_damaged_data_pages_are_refused_with_a_message(path: Path) -> None:
     assert len(data) > 8 * page
     data[3 * page : 6 * page] = bytes((i * 37 + 11) % 256 for i in range(3 * page))
     path.write_bytes(bytes(data))
-    with pytest.raises(InvalidParameter, match="unreadable"):
+    with pytest.raises(StorageError, match="unreadable"):
         damaged = PrivacyLedger(path, Budget(1e9, 1e9))
         damaged.spent("a")
 

@@ -28,7 +28,7 @@ from securefed.crypto.identity import SigningKey
 from securefed.dp.accountant import SkellamRelease, skellam_epsilon
 from securefed.dp.ledger import Budget, PrivacyLedger
 from securefed.dp.mechanism import SkellamParameters, plan_skellam
-from securefed.errors import InvalidParameter
+from securefed.errors import StorageError
 from securefed.federation.coordinator import Coordinator
 from securefed.federation.messages import Envelope, Hello, Refusal, RoundStart
 from securefed.federation.node import Node, NodePolicy, NodeState
@@ -340,7 +340,7 @@ def test_a_damaged_ledger_makes_the_node_refuse_not_crash(tmp_path: Path, traini
     path.write_bytes(bytes(data))
     try:
         site = Site(tmp_path, NodePolicy(max_epsilon=100.0))
-    except InvalidParameter as refused:  # also right: the node will not start on a damaged ledger, and says why
+    except StorageError as refused:  # also right: the node will not start on a damaged ledger, and says why
         assert "ledger" in str(refused)
         return
     try:

@@ -1,0 +1,234 @@
+"""``securefed check --config FILE``: validate a node or coordinator config without starting anything.
+
+The kind of file is told from its sections (``[node]``/``[[roster]]`` or
+``[coordinator]``/``[[nodes]]``). The whole file is checked against that
+kind's schema (unknown sections and keys, types, required keys), then what it
+describes is summarised: the task, the roster or node list, the policy
+bounds (with the colluder bound and the smallest safe threshold it implies),
+the key files and the data file (its rows and columns, and whether they fit
+the task) when they are readable here. Exit 0 when usable, 2 (with the error)
+when not. Files that are absent on this machine (keys, data) are reported,
+not counted as errors: a config is often checked before it is deployed.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from securefed.config_util import load_toml
+from securefed.errors import ConfigError, InvalidParameter, SecureFedError
+
+__all__ = ["check_config", "config_kind"]
+
+
+def config_kind(raw: dict, file: Path | str) -> str:
+    """``"node"`` or ``"coordinator"``, told from the file's sections; :class:`ConfigError` if neither."""
+    node = any(name in raw for name in ("node", "roster"))
+    coordinator = any(name in raw for name in ("coordinator", "nodes"))
+    if node and not coordinator:
+        return "node"
+    if coordinator and not node:
+        return "coordinator"
+    if node and coordinator:
+        raise ConfigError(
+            f"{file}: has both node sections ([node], [[roster]]) and coordinator sections ([coordinator], "
+            "[[nodes]]); a config file is one or the other",
+            file,
+        )
+    raise ConfigError(
+        f"{file}: cannot tell what this config is for: a node config has [node] and [[roster]], "
+        "a coordinator config has [coordinator] and [[nodes]]",
+        file,
+    )
+
+
+def check_config(path: str | Path, out: TextIO | None = None) -> int:
+    """Check a config file and print what it describes; 0 if usable, 2 (error printed) if not."""
+    out = out or sys.stdout
+    file = Path(path).expanduser().resolve()
+    try:
+        kind = config_kind(load_toml(file), file)
+        problems = _check_node(file, out) if kind == "node" else _check_coordinator(file, out)
+    except SecureFedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if problems:
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
+    print("OK: the config is usable", file=out)
+    return 0
+
+
+def _threshold_line(population: int, setting: int | float | None, who: str) -> str:
+    from securefed.secagg.bounds import minimum_safe_threshold, resolve_colluders
+
+    c = resolve_colluders(setting, population)
+    t = minimum_safe_threshold(population, c)
+    source = "default max(1, ceil(N/5))" if setting is None else f"max_colluders = {setting!r}"
+    head = f"colluders:     c = {c} ({source}, N = {population} {who}); smallest safe threshold t = {t} (2t > N + c = {population + c})"
+    if t > population:
+        return f"{head}: more than the {population}, so no round can ever finish"
+    return f"{head}: every round needs {t} of the {population} to finish, {population - t} may drop"
+
+
+def _impossible(file: Path, population: int, setting: int | float | None, who: str) -> list[str]:
+    from securefed.secagg.bounds import minimum_safe_threshold, resolve_colluders
+
+    c = resolve_colluders(setting, population)
+    t = minimum_safe_threshold(population, c)
+    if t <= population:
+        return []
+    return [f"{file}: no round can run: {c} colluders among {population} {who} need a threshold of {t} (2t > N + c)"]
+
+
+def _describe_preprocessing(preprocessing) -> str:
+    return "none (raw features)" if preprocessing is None else preprocessing.describe()
+
+
+def _check_data(
+    out: TextIO, path: Path, label_column: str, features, classes, what: str = "data"
+) -> list[str]:
+    from securefed.learning.data import load_local_dataset
+
+    if not path.exists():
+        print(f"{what + ':':<15}{path}: not found here (not checked)", file=out)
+        return []
+    # The count-only warning is printed below in plain words, not as a log line.
+    logging.getLogger("securefed.data").disabled = True
+    try:
+        dataset = load_local_dataset(path, label_column=label_column, features=features, classes=classes)
+    except InvalidParameter as exc:
+        print(f"{what + ':':<15}{path}: NOT USABLE", file=out)
+        return [str(exc)]
+    finally:
+        logging.getLogger("securefed.data").disabled = False
+    columns = (
+        f"columns {', '.join(dataset.feature_names[:6])}{', ...' if dataset.n_features > 6 else ''}"
+        if dataset.feature_names
+        else "no column names"
+    )
+    counts = {int(c): int((dataset.y == c).sum()) for c in classes}
+    print(
+        f"{what + ':':<15}{path}: {dataset.n_samples} rows, {dataset.n_features} features + label {label_column!r} "
+        f"({columns}); rows per class {counts}",
+        file=out,
+    )
+    if isinstance(features, int):
+        print(
+            f"{'':<15}warning: the task declares only a feature count, so the column order cannot be checked; "
+            "declare features = [names] to match columns by name",
+            file=out,
+        )
+    else:
+        print(f"{'':<15}columns matched to the task's feature names (their order in the file does not matter)", file=out)
+    return []
+
+
+def _check_key(out: TextIO, what: str, path: Path, loader) -> list[str]:
+    if not path.exists():
+        print(f"{what + ':':<15}{path}: not found here (not checked)", file=out)
+        return []
+    try:
+        loader(path)
+    except SecureFedError as exc:
+        print(f"{what + ':':<15}{path}: NOT USABLE", file=out)
+        return [str(exc)]
+    print(f"{what + ':':<15}{path}: ok", file=out)
+    return []
+
+
+def _check_node(file: Path, out: TextIO) -> list[str]:
+    from node.config import load_node_config
+    from securefed.crypto.identity import SigningKey
+    from securefed.wire.keys import CurveKeyPair
+
+    config = load_node_config(file)
+    policy = config.policy
+    roster_size = len(config.roster)
+    print(f"node config:   {config.source}", file=out)
+    print(f"node:          {config.name}, coordinator {config.coordinator}", file=out)
+    features = (
+        f"{config.features} features (count only: column order cannot be checked)"
+        if isinstance(config.features, int)
+        else f"{len(config.features)} named features"
+    )
+    print(f"task:          {config.task}: {features}, classes {list(config.classes)}", file=out)
+    print(f"preprocessing: {_describe_preprocessing(config.preprocessing)}", file=out)
+    listed = "listed" if config.name in config.roster else "NOT listed"
+    print(f"roster:        {roster_size} members ({config.name} {listed})", file=out)
+    problems = []
+    if config.name not in config.roster:
+        problems.append(f"{file}: [[roster]] must list this node ({config.name!r}) with its own identity key")
+    print(_threshold_line(roster_size, policy.max_colluders, "roster members"), file=out)
+    problems += _impossible(config.source, roster_size, policy.max_colluders, "roster members")
+    print(
+        f"policy:        invited cohort >= {policy.min_cohort} (min_cohort); survivors signed for >= "
+        f"{policy.min_participants or 'threshold'} (min_participants); threshold >= {policy.min_threshold} "
+        f"(min_threshold) and > {policy.min_threshold_fraction:g} of the neighbourhood (min_threshold_fraction)",
+        file=out,
+    )
+    sparse = f"allowed, k >= {policy.min_neighbours}" if policy.allow_sparse_graph else "refused"
+    print(
+        f"{'':<15}sparse graph {sparse}; models {list(policy.allowed_models)}; rounds <= {policy.max_rounds}; "
+        f"unmasked benchmark rounds {'allowed' if policy.allow_unmasked_benchmark else 'refused'}",
+        file=out,
+    )
+    if policy.requires_dp:
+        limits = f"epsilon <= {policy.max_epsilon} per task" if policy.max_epsilon is not None else "no per-task limit"
+        total = f", <= {policy.max_epsilon_total} for the site" if policy.max_epsilon_total is not None else ""
+        print(
+            f"privacy:       DP required: {limits}{total}, delta {policy.delta:g}, noise multiplier >= "
+            f"{policy.min_noise_multiplier:g}",
+            file=out,
+        )
+    else:
+        print("privacy:       no epsilon limit: rounds without differential privacy are accepted", file=out)
+    problems += _check_key(out, "CURVE key", config.curve_secret_key_file, CurveKeyPair.load)
+    problems += _check_key(out, "identity key", config.identity_key_file, SigningKey.load)
+    problems += _check_data(out, config.data_path, config.label_column, config.features, config.classes)
+    return problems
+
+
+def _check_coordinator(file: Path, out: TextIO) -> list[str]:
+    from coordinator.config import check_task_options, load_coordinator_config
+    from securefed.wire.keys import CurveKeyPair
+
+    config = load_coordinator_config(file)
+    check_task_options(config)
+    task = config.task
+    n = len(config.nodes)
+    print(f"coordinator config: {config.source}", file=out)
+    print(f"listen:        {config.listen}; state in {config.state_dir}", file=out)
+    features = f"{len(task.feature_names)} named features" if task.feature_names else f"{task.n_features} features (count only)"
+    print(
+        f"task:          {task.name}: {task.model_kind}, {task.rounds} rounds, {features}, classes {list(task.classes)}",
+        file=out,
+    )
+    print(f"preprocessing: {_describe_preprocessing(task.preprocessing)}", file=out)
+    print(f"nodes:         {n} ({', '.join(node.name for node in config.nodes[:8])}{', ...' if n > 8 else ''})", file=out)
+    print(_threshold_line(n, task.max_colluders, "nodes listed"), file=out)
+    threshold, neighbours = task.secagg_parameters(n, n)
+    graph = "complete graph" if neighbours is None else f"{neighbours} neighbours per node"
+    print(f"rounds:        threshold {threshold} with all {n} nodes ({graph}); waits for {task.min_nodes} connected (min_nodes)", file=out)
+    problems = []
+    if threshold > n:
+        problems.append(f"{file}: no round can run: {n} nodes are fewer than the threshold {threshold}")
+    if task.dp is not None:
+        print(f"privacy:       epsilon {task.dp.epsilon:g} for the task at delta {task.dp.delta:g}, clip norm {task.dp.clip_norm:g}", file=out)
+    else:
+        print("privacy:       no differential privacy", file=out)
+    problems += _check_key(out, "CURVE key", config.curve_secret_key_file, CurveKeyPair.load)
+    if config.evaluation_data is not None:
+        problems += _check_data(
+            out,
+            config.evaluation_data,
+            config.evaluation_label_column,
+            task.feature_names or task.n_features,
+            task.classes,
+            "evaluation",
+        )
+    return problems
