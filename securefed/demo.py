@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -205,26 +204,28 @@ def run_demo(args) -> int:
 
 
 def _read_history(path: Path) -> list[dict]:
+    """The coordinator's round history so far (read-only, beside the running daemon); [] until it exists."""
+    from securefed.errors import StorageError
+    from securefed.federation.store import CoordinatorStore
+
     if not path.exists():
         return []
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)
+        store = CoordinatorStore(path, read_only=True)
         try:
-            rows = db.execute(
-                "SELECT round, survivors, accuracy, loss, epsilon, duration FROM rounds ORDER BY round"
-            ).fetchall()
+            records = store.rounds()
         finally:
-            db.close()
-    except sqlite3.Error:
+            store.close()
+    except StorageError:  # the daemon is creating or writing it right now: ask again on the next turn
         return []
     return [
         {
-            "round": r[0],
-            "participants": len(json.loads(r[1])),
-            "accuracy": r[2],
-            "loss": r[3],
-            "epsilon": r[4],
-            "duration": r[5],
+            "round": r.round,
+            "participants": len(r.survivors),
+            "accuracy": r.accuracy,
+            "loss": r.loss,
+            "epsilon": r.epsilon,
+            "duration": r.duration,
         }
-        for r in rows
+        for r in records
     ]

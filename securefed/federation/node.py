@@ -363,6 +363,8 @@ class Node:
         self.policy = policy or NodePolicy()
         self.clock = clock
         self.dataset = dataset
+        #: wall time of this node's last local training (None before the first), for logs and metrics
+        self.last_training_seconds: float | None = None
         self.declared_classes = None if declared_classes is None else tuple(declared_classes)
         if preprocessing is not None and not isinstance(preprocessing, Preprocessing):
             raise InvalidParameter("preprocessing must be a securefed.preprocessing.Preprocessing or None")
@@ -559,8 +561,18 @@ class Node:
         """Train (or evaluate) on local data and encode the result: this node's input to the sum."""
         if spec.phase == "train":
             X, y = self._features[self._train_idx], self.dataset.y[self._train_idx]
+            began = time.monotonic()
             trained = adapter.fit_local(
                 model, X, y, epochs=spec.epochs, learning_rate=spec.learning_rate, batch_size=spec.batch_size, seed=None
+            )
+            # Operators size the masked_input deadline from this (docs/deployment.md, "Deadlines").
+            self.last_training_seconds = time.monotonic() - began
+            log.info(
+                "round %d: trained on %d records, %d epoch(s), in %.2f s",
+                spec.round,
+                len(y),
+                spec.epochs,
+                self.last_training_seconds,
             )
             if charge is not None:
                 return charge.parameters.encode(trained - model)

@@ -248,6 +248,35 @@ class ModelAdapter(ABC):
     def _step(self, w: list[np.ndarray], X: np.ndarray, idx: np.ndarray, lr: float) -> None:
         """One in-place gradient step on the mini-batch ``(X, idx)``."""
 
+    @abstractmethod
+    def _example_gradients(self, w: list[np.ndarray], X: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """(n, parameter_count): each example's loss gradient, in the parameter layout, without L2."""
+
+    def per_example_gradients(self, params: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """The gradient of each example's loss at ``params``, one row per example, without the L2 term.
+
+        Record-level DP-SGD clips these rows one by one, so that no single record can move the
+        sum by more than the clip norm; the L2 term depends only on the (public) parameters and is
+        added after the noisy sum is released. The mean of the rows plus :meth:`l2_gradient` is
+        the mini-batch gradient that :meth:`fit_local` steps along.
+        """
+        work = self._check_params(params).copy()
+        data = self._check_X(X)
+        idx = self._label_indices(y, data.shape[0])
+        if data.shape[0] == 0:
+            return np.zeros((0, self.parameter_count))
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self._example_gradients(self._views(work), data, idx)
+
+    def l2_gradient(self, params: np.ndarray) -> np.ndarray:
+        """The gradient of the ``l2/2 * |W|^2`` term (weights only, not intercepts), in the layout."""
+        work = self._check_params(params)
+        grad = np.zeros_like(work)
+        for block, source in zip(self._views(grad), self._views(work.copy())):
+            if block.ndim == 2:  # weight matrices; intercepts are 1-D and not regularised
+                block[...] = self.l2 * source
+        return grad
+
     def fit_local(
         self,
         params: np.ndarray,
@@ -389,6 +418,18 @@ class SGDLogisticAdapter(ModelAdapter):
             grad_coef += self.l2 * coef
         coef -= lr * grad_coef
         intercept -= lr * residual.sum(axis=0)
+
+    def _example_gradients(self, w: list[np.ndarray], X: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        coef, intercept = w
+        n = X.shape[0]
+        if self._rows == 1:
+            target = (idx == 1).astype(np.float64)[:, None]
+        else:
+            target = np.zeros((n, self._rows))
+            target[np.arange(n), idx] = 1.0
+        residual = expit(X @ coef.T + intercept) - target  # (n, rows)
+        weights = (residual[:, :, None] * X[:, None, :]).reshape(n, -1)
+        return np.concatenate([weights, residual], axis=1)
 
 
 class MLPAdapter(ModelAdapter):
@@ -539,6 +580,36 @@ class MLPAdapter(ModelAdapter):
                 delta = (delta @ coefs[i].T) * self._hidden_derivative(acts[i])
             coefs[i] -= lr * grad_coef
             intercepts[i] -= lr * grad_intercept
+
+    def _example_gradients(self, w: list[np.ndarray], X: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        coefs, intercepts = self._split(w)
+        n = X.shape[0]
+        acts = [X]
+        last = len(coefs) - 1
+        for i, (coef, intercept) in enumerate(zip(coefs, intercepts)):
+            z = acts[-1] @ coef + intercept
+            if i < last:
+                z = self._hidden(z)
+            elif self._n_outputs == 1:
+                z = expit(z)
+            else:
+                z = np.exp(z - z.max(axis=1, keepdims=True))
+                z /= z.sum(axis=1, keepdims=True)
+            acts.append(z)
+        if self._n_outputs == 1:
+            target = (idx == 1).astype(np.float64)[:, None]
+        else:
+            target = np.zeros((n, self._n_outputs))
+            target[np.arange(n), idx] = 1.0
+        delta = acts[-1] - target
+        coef_grads: list[np.ndarray] = [np.empty(0)] * len(coefs)
+        intercept_grads: list[np.ndarray] = [np.empty(0)] * len(coefs)
+        for i in range(last, -1, -1):
+            coef_grads[i] = (acts[i][:, :, None] * delta[:, None, :]).reshape(n, -1)
+            intercept_grads[i] = delta
+            if i > 0:
+                delta = (delta @ coefs[i].T) * self._hidden_derivative(acts[i])
+        return np.concatenate(coef_grads + intercept_grads, axis=1)
 
 
 _KIND_OPTIONS: dict[str, tuple[type[ModelAdapter], tuple[str, ...]]] = {
