@@ -15,6 +15,7 @@ from securefed.config_util import NUMBER, ConfigFile, Key, Section, Table, load_
 from securefed.dp.settings import DpSettings
 from securefed.errors import ConfigError, InvalidParameter
 from securefed.federation.task import DEFAULT_DEADLINES, STAGE_NAMES, NodeEntry, TaskDefinition
+from securefed.metrics import MetricsListen, parse_listen
 from securefed.preprocessing import PREPROCESSING_SECTION, features_from, preprocessing_from
 from securefed.wire.keys import parse_public_key
 
@@ -78,6 +79,8 @@ COORDINATOR_SCHEMA: dict[str, Section] = {
             "identity_public_key": Key(str, required=True),
         },
     ),
+    # Optional Prometheus endpoint (docs/monitoring.md); no section, no endpoint.
+    "metrics": Section(keys={"listen": Key(str, required=True)}),
 }
 
 
@@ -91,6 +94,8 @@ class CoordinatorConfig:
     evaluation_data: Path | None = None
     evaluation_label_column: str = "label"
     transcript_file: Path | None = None
+    #: where to serve Prometheus metrics ([metrics] listen); None: no endpoint
+    metrics: MetricsListen | None = None
     #: the config file this was read from
     source: Path | None = None
 
@@ -128,6 +133,11 @@ def coordinator_config_from(config: ConfigFile) -> CoordinatorConfig:
         if value is not None and value < (0 if key == "local_epochs" else 1):
             raise table.error(key, f"must be {'non-negative' if key == 'local_epochs' else 'positive'}, got {value}")
     model_options = _model_options(table)
+    # Unset training keys take the model kind's defaults, which train well on scaled features; the
+    # TaskDefinition's own generic defaults (one epoch at 0.1) left a trial federation at chance.
+    from securefed.learning.models import DEFAULT_TRAINING
+
+    training = DEFAULT_TRAINING.get(table.get("model"), {"epochs": 1, "learning_rate": 0.1, "batch_size": 32})
     try:
         task = TaskDefinition(
             name=table.get("name"),
@@ -136,9 +146,9 @@ def coordinator_config_from(config: ConfigFile) -> CoordinatorConfig:
             classes=classes,
             rounds=table.get("rounds"),
             model_options=model_options,
-            epochs=table.get("local_epochs", 1),
-            learning_rate=float(table.get("learning_rate", 0.1)),
-            batch_size=table.get("batch_size", 32),
+            epochs=table.get("local_epochs", training["epochs"]),
+            learning_rate=float(table.get("learning_rate", training["learning_rate"])),
+            batch_size=table.get("batch_size", training["batch_size"]),
             min_nodes=table.get("min_nodes", 3),
             max_nodes=table.get("max_nodes", 1000),
             threshold=threshold,
@@ -187,8 +197,29 @@ def coordinator_config_from(config: ConfigFile) -> CoordinatorConfig:
         evaluation_data=resolve_path(config.base, evaluation) if evaluation is not None else None,
         evaluation_label_column=table.get("evaluation_label_column", "label"),
         transcript_file=resolve_path(config.base, transcript) if transcript is not None else None,
+        metrics=_metrics(config, main.get("listen")),
         source=config.file,
     )
+
+
+def _metrics(config: ConfigFile, endpoint: str) -> MetricsListen | None:
+    """``[metrics] listen``, checked; it must not take the coordinator's own ZeroMQ port."""
+    if "metrics" not in config.raw:
+        return None
+    table = config.table("metrics")
+    try:
+        listen = parse_listen(table.get("listen"))
+    except InvalidParameter as exc:
+        raise table.error("listen", str(exc)) from None
+    scheme, _, address = endpoint.partition("://")
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    wildcard = ("*", "0.0.0.0", "::")
+    if scheme == "tcp" and port == str(listen.port) and (host == listen.host or host in wildcard or listen.host in wildcard):
+        raise table.error(
+            "listen", f"= {str(listen)!r} takes the port of [coordinator] listen ({endpoint}); give the metrics another port"
+        )
+    return listen
 
 
 def check_task_options(config: CoordinatorConfig) -> None:

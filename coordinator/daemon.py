@@ -4,6 +4,8 @@ It holds an exclusive lock on its ``state_dir`` for its whole life (a second coo
 same folder fails at once, naming the first one's PID). On start it marks the attempts a crash or
 stop interrupted as aborted, except one whose unmasking it resumes. ``status.json`` is rewritten
 every second with the daemon's PID; ``securefed status`` checks the lock to tell whether it runs.
+With a ``[metrics]`` section it also serves Prometheus metrics (docs/monitoring.md), refreshed on the
+same one-second beat.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from securefed.federation.coordinator import Coordinator
 from securefed.federation.store import CoordinatorStore
 from securefed.learning.data import load_local_dataset
 from securefed.logging_setup import configure_logging
+from securefed.metrics import COORDINATOR_METRICS, CoordinatorMetrics, MetricsEndpoint
 from securefed.status import STATUS_FILE
 from securefed.wire.keys import CurveKeyPair
 from securefed.wire.transcript import TranscriptWriter
@@ -87,7 +90,10 @@ def _run_locked(config: CoordinatorConfig, keys: CurveKeyPair, stop: threading.E
     stop = stop or threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    endpoint = None
     try:
+        if config.metrics is not None:
+            endpoint = MetricsEndpoint(config.metrics, COORDINATOR_METRICS, source=config.source).start()
         evaluation = None
         if config.evaluation_data is not None:
             data = load_local_dataset(
@@ -107,21 +113,30 @@ def _run_locked(config: CoordinatorConfig, keys: CurveKeyPair, stop: threading.E
         if interrupted:
             log.info("marked %d interrupted attempt(s) aborted: %s", len(interrupted), ", ".join(map(str, interrupted)))
         log.info("listening on %s for %d known nodes", socket.endpoint, len(config.nodes))
+        metrics = CoordinatorMetrics()
+
+        def report() -> None:
+            _write_status(config, coordinator, socket)
+            if endpoint is not None:
+                endpoint.update(metrics.samples(coordinator, socket, store))
+
         last_status = 0.0
         while not stop.is_set():
             coordinator.step(50)
             now = time.monotonic()
             if now - last_status >= _STATUS_INTERVAL:
-                _write_status(config, coordinator, socket)
+                report()
                 last_status = now
             if coordinator.finished:
-                _write_status(config, coordinator, socket)
+                report()
                 log.info("all %d rounds done; stopping", config.task.rounds)
                 break
         else:
             coordinator.shutdown("stopping on a signal")
-            _write_status(config, coordinator, socket)
+            report()
     finally:
+        if endpoint is not None:
+            endpoint.close()
         socket.close()
         store.close()
     return 0

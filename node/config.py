@@ -15,6 +15,7 @@ from pathlib import Path
 from securefed.config_util import NUMBER, ConfigFile, Key, Section, Table, load_config, parse_identity_key, resolve_path
 from securefed.errors import ConfigError, InvalidParameter
 from securefed.federation.node import NodePolicy
+from securefed.metrics import MetricsListen, parse_listen
 from securefed.preprocessing import PREPROCESSING_SECTION, Preprocessing, features_from, preprocessing_from
 from securefed.wire.keys import parse_public_key
 
@@ -73,6 +74,8 @@ NODE_SCHEMA: dict[str, Section] = {
         required=True,
         keys={"name": Key(str, required=True), "identity_public_key": Key(str, required=True)},
     ),
+    # Optional Prometheus endpoint (docs/monitoring.md); no section, no endpoint.
+    "metrics": Section(keys={"listen": Key(str, required=True)}),
 }
 
 
@@ -94,6 +97,8 @@ class NodeConfig:
     roster: dict[str, bytes]
     #: the preprocessing this site agreed to; rounds with any other are refused
     preprocessing: Preprocessing | None = None
+    #: where to serve Prometheus metrics ([metrics] listen); None: no endpoint
+    metrics: MetricsListen | None = None
     #: the config file this was read from
     source: Path | None = None
 
@@ -159,8 +164,20 @@ def node_config_from(config: ConfigFile) -> NodeConfig:
         policy=_policy(config.table("policy")),
         roster=roster,
         preprocessing=preprocessing_from(task, features),
+        metrics=_metrics(config),
         source=config.file,
     )
+
+
+def _metrics(config: ConfigFile) -> MetricsListen | None:
+    """``[metrics] listen``, checked (no section: no endpoint)."""
+    if "metrics" not in config.raw:
+        return None
+    table = config.table("metrics")
+    try:
+        return parse_listen(table.get("listen"))
+    except InvalidParameter as exc:
+        raise table.error("listen", str(exc)) from None
 
 
 def _policy(table: Table) -> NodePolicy:

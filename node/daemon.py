@@ -2,7 +2,8 @@
 
 The daemon holds an exclusive lock on its ``state_dir`` for its whole life (a second copy on the
 same folder fails at once, naming the first one's PID), and so do the commands that change the
-state folder (``ledger --rebuild``, ``audit --recover``).
+state folder (``ledger --rebuild``, ``audit --recover``). With a ``[metrics]`` section it also
+serves Prometheus metrics (docs/monitoring.md), refreshed from its loop at most once a second.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from securefed.errors import InvalidParameter
 from securefed.federation.node import Node, NodeState
 from securefed.learning.data import load_local_dataset
 from securefed.logging_setup import configure_logging
+from securefed.metrics import NODE_METRICS, MetricsEndpoint, NodeActivity, NodeMetrics, Throttle
 from securefed.wire.keys import CurveKeyPair
 from securefed.wire.transport import NodeSocket
 
@@ -85,15 +88,20 @@ def _run_locked(config_path, config, keys, identity, stop: threading.Event | Non
                 f"or rebuild the missing rows from the audit log with: securefed node ledger --config {config_path} --rebuild"
             )
         audit_log = AuditLog(config.audit_path, identity, on_append=state.set_audit_head)
+        endpoint = None
+        if config.metrics is not None:
+            endpoint = MetricsEndpoint(config.metrics, NODE_METRICS, source=config.source).start()
+            cleanup.callback(endpoint.close)
         socket = NodeSocket(config.coordinator, keys, config.coordinator_curve_public_key)
         cleanup.callback(socket.close)
+        activity = NodeActivity(socket)
         stop = stop or threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
         node = Node(
             config.name,
             config.task,
-            socket,
+            activity,
             identity,
             config.roster,
             dataset,
@@ -122,7 +130,11 @@ def _run_locked(config_path, config, keys, identity, stop: threading.Event | Non
             dataset.X.shape[1],
             config.coordinator,
         )
-        node.run(stop)
+        metrics, beat = NodeMetrics(), Throttle()
+        while not stop.is_set():
+            node.step()
+            if endpoint is not None and beat.due():
+                endpoint.update(metrics.samples(node, activity, ledger))
     return 0
 
 

@@ -17,11 +17,12 @@ __version__ = "0.1.0"
 _LAZY = {
     "Coordinator": "securefed.federation.coordinator",
     "Node": "securefed.federation.node",
+    "load_model": "securefed.learning.export",
 }
 
 
 def __getattr__(name: str):
-    """``securefed.Coordinator`` / ``securefed.Node`` without importing scikit-learn for every user."""
+    """``securefed.Coordinator`` / ``securefed.Node`` / ``securefed.load_model`` without importing scikit-learn for every user."""
     if name in _LAZY:
         import importlib
 
@@ -31,6 +32,7 @@ def __getattr__(name: str):
 __all__ = [
     "Coordinator",
     "Node",
+    "load_model",
     "EncodingError",
     "InvalidParameter",
     "InvalidShare",

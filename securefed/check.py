@@ -85,6 +85,13 @@ def _impossible(file: Path, population: int, setting: int | float | None, who: s
     return [f"{file}: no round can run: {c} colluders among {population} {who} need a threshold of {t} (2t > N + c)"]
 
 
+def _metrics_line(listen) -> str:
+    if listen is None:
+        return "metrics:       no Prometheus endpoint (no [metrics] section)"
+    where = "loopback only" if listen.loopback else "plain HTTP: keep it on a management network"
+    return f"metrics:       Prometheus endpoint {listen.url} ({where})"
+
+
 def _describe_preprocessing(preprocessing) -> str:
     return "none (raw features)" if preprocessing is None else preprocessing.describe()
 
@@ -187,6 +194,7 @@ def _check_node(file: Path, out: TextIO) -> list[str]:
         )
     else:
         print("privacy:       no epsilon limit: rounds without differential privacy are accepted", file=out)
+    print(_metrics_line(config.metrics), file=out)
     problems += _check_key(out, "CURVE key", config.curve_secret_key_file, CurveKeyPair.load)
     problems += _check_key(out, "identity key", config.identity_key_file, SigningKey.load)
     problems += _check_data(out, config.data_path, config.label_column, config.features, config.classes)
@@ -221,6 +229,7 @@ def _check_coordinator(file: Path, out: TextIO) -> list[str]:
         print(f"privacy:       epsilon {task.dp.epsilon:g} for the task at delta {task.dp.delta:g}, clip norm {task.dp.clip_norm:g}", file=out)
     else:
         print("privacy:       no differential privacy", file=out)
+    print(_metrics_line(config.metrics), file=out)
     problems += _check_key(out, "CURVE key", config.curve_secret_key_file, CurveKeyPair.load)
     if config.evaluation_data is not None:
         problems += _check_data(

@@ -77,8 +77,12 @@ def _cmd_node(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from securefed.status import print_status
+    from securefed.status import print_history, print_status
 
+    if args.history:
+        return print_history(args.config, args.format or "table")
+    if args.format is not None:
+        raise InvalidParameter(f"--{args.format} goes with --history: securefed status --config FILE --history --{args.format}")
     return print_status(args.config)
 
 
@@ -190,7 +194,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="show a coordinator's task, round, connected nodes and metrics")
     status.add_argument("--config", required=True, help="coordinator TOML config")
-    status.set_defaults(func=_cmd_status)
+    status.add_argument(
+        "--history", action="store_true", help="print every completed round: accuracy, loss, nodes, epsilon, stage timings, bytes"
+    )
+    history_format = status.add_mutually_exclusive_group()
+    history_format.add_argument(
+        "--json", dest="format", action="store_const", const="json", help="with --history: a JSON list, one object per round"
+    )
+    history_format.add_argument(
+        "--csv", dest="format", action="store_const", const="csv", help="with --history: CSV with a header row"
+    )
+    status.set_defaults(func=_cmd_status, format=None)
 
     check = sub.add_parser("check", help="validate a node or coordinator config without starting anything")
     check.add_argument("--config", required=True, help="node or coordinator TOML config")
@@ -206,6 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     simulate.add_argument("--drop-rate", type=float, default=0.1)
     simulate.set_defaults(func=_cmd_simulate)
+
+    # Commands that live in their own modules (each imports its heavy libraries only when run).
+    from securefed import example_data, model_cli, report_cli
+
+    model_cli.add_commands(sub)
+    report_cli.add_commands(sub)
+    example_data.add_command(sub)
     return parser
 
 

@@ -150,6 +150,11 @@ class _Aggregation:
     rerun_refusals: set[str] = field(default_factory=set)
     #: cohort members whose connection closed during this aggregation: dropped at every stage from then on
     gone: set[str] = field(default_factory=set)
+    #: when the current stage began (the coordinator's clock), and the seconds each closed stage took
+    stage_started: float = 0.0
+    stage_durations: dict[str, float] = field(default_factory=dict)
+    #: the socket's byte counters when this aggregation began (None: the socket does not count)
+    bytes_at_start: tuple[int, int] | None = None
 
 
 class Coordinator:
@@ -191,6 +196,8 @@ class Coordinator:
         #: unmask requests to send again, by node, after a restart in the middle of unmasking
         self._resend: dict[str, object] = {}
         self._rerun_backoff = 0.0
+        #: message bytes (received, sent) of the aggregations of the round in progress, by round
+        self._round_bytes: dict[int, list[int]] = {}
         store.bind_task(task.name, task.fingerprint())
         latest = store.latest_model()
         if latest is None:
@@ -254,6 +261,14 @@ class Coordinator:
     def connected_nodes(self) -> list[str]:
         now = self.clock()
         return sorted(name for name, seen in self.presence.items() if now - seen <= PRESENCE_TIMEOUT)
+
+    def byte_counters(self) -> tuple[int, int] | None:
+        """(bytes received, bytes sent) by the socket so far, or None if it does not count them."""
+        received = getattr(self.socket, "bytes_received", None)
+        sent = getattr(self.socket, "bytes_sent", None)
+        if not isinstance(received, int) or not isinstance(sent, int):
+            return None
+        return received, sent
 
     # --- inbound ----------------------------------------------------------
 
@@ -366,12 +381,16 @@ class Coordinator:
         for send in sends:
             self.socket.send(current.cohort[send.to - 1], Envelope(self.task.name, current.id, send.message))
         if current.server.stage is not current.stage:
+            now = self.clock()
             log.debug(
                 "aggregation %d: %s closed at %.3f s",
                 current.id,
                 current.stage.value if current.stage else "-",
-                self.clock() - current.started,
+                now - current.started,
             )
+            if current.stage is not None:
+                current.stage_durations[current.stage.value] = now - current.stage_started
+            current.stage_started = now
             current.stage = current.server.stage
             if current.stage is not None:
                 current.deadline = self.clock() + self.task.deadlines[current.stage.value]
@@ -454,6 +473,8 @@ class Coordinator:
             # time for the nodes to reconnect and greet, then the stage's own deadline
             deadline=now + 2 * PRESENCE_TIMEOUT + self.task.deadlines["unmask"],
             ids=ids,
+            stage_started=now,
+            bytes_at_start=self.byte_counters(),
         )
         self._resend = {cohort[send.to - 1]: send.message for send in server.unmask_requests()}
         log.info(
@@ -603,6 +624,8 @@ class Coordinator:
             stage=first_stage,
             deadline=now + task.deadlines["advertise"],
             ids={name: i for i, name in pairs},
+            stage_started=now,
+            bytes_at_start=self.byte_counters(),
         )
         log.info(
             "round %d/%d %s: aggregation %d with %d nodes, threshold %d, %s",
@@ -657,6 +680,7 @@ class Coordinator:
                 )
                 mean_delta, total_weight = codec.decode_mean(result.sum, len(survivors))
             new_model = self.strategy.apply(self.model, mean_delta)
+            bytes_in, bytes_out = self._close_bytes(current)
             self.store.commit_round(
                 current.round,
                 new_model,
@@ -668,6 +692,9 @@ class Coordinator:
                 epsilon,
                 duration,
                 release,
+                stage_durations=current.stage_durations,
+                bytes_in=bytes_in,
+                bytes_out=bytes_out,
             )
             self.model = new_model
             self.completed_round = current.round
@@ -689,8 +716,16 @@ class Coordinator:
                 log.info("round %d/%d: accuracy %.4f on the coordinator's evaluation data", current.round, self.task.rounds, metrics.accuracy)
         else:
             totals = EvaluationCodec(n).decode(result.sum, len(survivors))
+            bytes_in, bytes_out = self._close_bytes(current)
             self.store.record_evaluation(
-                current.round, current.id, totals.accuracy, totals.mean_loss, totals.count, len(survivors)
+                current.round,
+                current.id,
+                totals.accuracy,
+                totals.mean_loss,
+                totals.count,
+                len(survivors),
+                bytes_in=bytes_in,
+                bytes_out=bytes_out,
             )
             self.phase = "train"
             detail = f"round {current.round} evaluated on {totals.count} samples: accuracy {totals.accuracy:.4f}"
@@ -702,6 +737,23 @@ class Coordinator:
         self.current = None
         self.excluded_for_round.clear()
         self._rerun_backoff = 0.0
+
+    def _close_bytes(self, current: _Aggregation) -> tuple[int | None, int | None]:
+        """Add an ending aggregation's traffic to its round's; the round's totals so far (None: not counted).
+
+        Counted from just before its first message to now, i.e. up to its result's commit: the small
+        messages that announce the result afterwards are not in it.
+        """
+        now = self.byte_counters()
+        if now is None or current.bytes_at_start is None:
+            return None, None
+        for stale in [r for r in self._round_bytes if r < current.round]:
+            del self._round_bytes[stale]
+        totals = self._round_bytes.setdefault(current.round, [0, 0])
+        totals[0] += now[0] - current.bytes_at_start[0]
+        totals[1] += now[1] - current.bytes_at_start[1]
+        current.bytes_at_start = now  # never counted twice
+        return totals[0], totals[1]
 
     def _recorded_releases(self) -> list[SkellamRelease]:
         return [SkellamRelease(v, l2, l1) for _, v, l2, l1 in self.store.dp_releases()]
@@ -758,6 +810,7 @@ class Coordinator:
         self._resend.clear()
         for name in current.cohort:
             self.socket.send(name, Envelope(self.task.name, current.id, RoundAborted("too-few-nodes")))
+        self._close_bytes(current)  # an aborted attempt's traffic counts towards its round
         self.current = None
         self._not_before = self.clock() + RETRY_DELAY
         if current.rerun_refusals and current.phase == "train":

@@ -24,7 +24,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,7 +56,12 @@ CREATE TABLE IF NOT EXISTS rounds (
     eval_participants INTEGER,
     epsilon REAL,
     duration REAL NOT NULL,
-    completed_at REAL NOT NULL
+    completed_at REAL NOT NULL,
+    stage_durations TEXT NOT NULL DEFAULT '{}',
+    bytes_in INTEGER,
+    bytes_out INTEGER,
+    refusals INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS attempts (
     aggregation INTEGER PRIMARY KEY,
@@ -91,8 +96,36 @@ CREATE TABLE IF NOT EXISTS refusals (
 """
 
 
+#: What a round's ``refusals`` and ``attempts`` count, from the tables that record them (SQL for ``rounds.round``).
+_REFUSALS_OF_ROUND = (
+    "(SELECT COUNT(*) FROM refusals f JOIN attempts a ON a.aggregation = f.aggregation WHERE a.round = rounds.round)"
+)
+_ATTEMPTS_OF_ROUND = "(SELECT COUNT(*) FROM attempts a WHERE a.round = rounds.round)"
+
+#: Columns added to ``rounds`` after the first release: (name, declaration, value for the rows that
+#: predate them). A store written before is altered in place when opened for writing; opened
+#: read-only, the same values are computed in the query instead.
+_ADDED_ROUND_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("stage_durations", "TEXT NOT NULL DEFAULT '{}'", "'{}'"),
+    ("bytes_in", "INTEGER", "NULL"),
+    ("bytes_out", "INTEGER", "NULL"),
+    ("refusals", "INTEGER NOT NULL DEFAULT 0", _REFUSALS_OF_ROUND),
+    ("attempts", "INTEGER NOT NULL DEFAULT 0", _ATTEMPTS_OF_ROUND),
+)
+
+
 @dataclass(frozen=True)
 class RoundRecord:
+    """One completed round, as ``securefed status --history`` and the HTML report show it.
+
+    ``stage_durations`` holds the seconds each secure-aggregation stage of the round's training
+    aggregation took (``{}`` when unknown: rounds stored before it was recorded). ``bytes_in`` and
+    ``bytes_out`` are the message bytes the coordinator received from and sent to nodes during the
+    round's aggregations (every attempt, training and evaluation, run by the coordinator process that
+    completed it; ``None`` when its socket does not count bytes). ``refusals`` and ``attempts`` count
+    the refusals recorded for, and the aggregation attempts made in, that round (both phases).
+    """
+
     round: int
     aggregation: int
     participants: int
@@ -101,6 +134,12 @@ class RoundRecord:
     loss: float | None
     epsilon: float | None
     duration: float
+    stage_durations: dict[str, float] = field(default_factory=dict)
+    bytes_in: int | None = None
+    bytes_out: int | None = None
+    completed_at: float = 0.0
+    refusals: int = 0
+    attempts: int = 0
 
 
 @dataclass(frozen=True)
@@ -143,6 +182,12 @@ class CoordinatorStore:
             self._db = open_readonly(self.path, _WHAT)
         else:
             self._db = open_durable(self.path, _SCHEMA, _WHAT, _ADVICE)
+            try:
+                self._migrate()
+            except BaseException:
+                self._db.close()
+                raise
+        self._round_columns = self._round_select()
 
     @classmethod
     def open_readonly(cls, path: str | Path) -> sqlite3.Connection:
@@ -169,6 +214,37 @@ class CoordinatorStore:
             raise StorageError(f"{_WHAT} {self.path} is open read-only")
         with self._guard:
             self._db.execute(sql, args)
+
+    # --- schema changes -------------------------------------------------------
+
+    def _columns(self, table: str) -> set[str]:
+        return {str(row[1]) for row in self._all(f"PRAGMA table_info({table})")}
+
+    def _migrate(self) -> None:
+        """Add the ``rounds`` columns a store written by an older version lacks (idempotent).
+
+        The counts that can be told from the other tables (attempts, refusals) are filled in for the
+        rounds already there; what was never measured (stage durations, bytes) stays unknown.
+        """
+        if {name for name, _, _ in _ADDED_ROUND_COLUMNS} <= self._columns("rounds"):
+            return
+        with self._transaction():
+            present = {str(row[1]) for row in self._db.execute("PRAGMA table_info(rounds)").fetchall()}
+            for name, declaration, backfill in _ADDED_ROUND_COLUMNS:
+                if name in present:
+                    continue
+                self._db.execute(f"ALTER TABLE rounds ADD COLUMN {name} {declaration}")
+                if backfill not in ("NULL", "'{}'"):
+                    self._db.execute(f"UPDATE rounds SET {name} = {backfill}")
+
+    def _round_select(self) -> str:
+        """The column list that reads a ``RoundRecord``: in a read-only store written by an older
+        version, the columns it lacks are computed (or defaulted) instead."""
+        present = self._columns("rounds")
+        added = [name if name in present else f"{backfill} AS {name}" for name, _, backfill in _ADDED_ROUND_COLUMNS]
+        return ", ".join(
+            ["round", "aggregation", "participants", "survivors", "accuracy", "loss", "epsilon", "duration", "completed_at", *added]
+        )
 
     # --- meta ------------------------------------------------------------
 
@@ -287,12 +363,18 @@ class CoordinatorStore:
         epsilon: float | None,
         duration: float,
         release: tuple[float, float, float] | None = None,
+        stage_durations: Mapping[str, float] | None = None,
+        bytes_in: int | None = None,
+        bytes_out: int | None = None,
     ) -> None:
         """Everything a completed round changes, in one transaction.
 
         ``release`` is the round's DP release as accounted (total noise variance for the honest
         survivors it was sized for, L2 and L1 sensitivity, integer domain): the task's epsilon is
-        always composed from these records, never from a plan.
+        always composed from these records, never from a plan. ``stage_durations`` (seconds per
+        stage of the training aggregation) and ``bytes_in``/``bytes_out`` (message bytes of the
+        round's aggregations so far) are history for operators; the round's attempts and refusals
+        are counted from their own tables here.
         """
         with self._transaction():
             self._insert_model(round_number, weights, strategy_state)
@@ -304,7 +386,8 @@ class CoordinatorStore:
                 )
             self._db.execute(
                 "INSERT OR REPLACE INTO rounds (round, aggregation, participants, survivors, total_weight, "
-                "epsilon, duration, completed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "epsilon, duration, completed_at, stage_durations, bytes_in, bytes_out) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     round_number,
                     aggregation,
@@ -314,23 +397,50 @@ class CoordinatorStore:
                     epsilon,
                     duration,
                     time.time(),
+                    _stage_json(stage_durations),
+                    _byte_count(bytes_in),
+                    _byte_count(bytes_out),
                 ),
             )
             self._db.execute(
                 "UPDATE attempts SET status = 'completed' WHERE aggregation = ?", (aggregation,)
             )
+            self._count_attempts(round_number)
             # Keep the newest few models; history rows stay forever.
             self._db.execute("DELETE FROM models WHERE round > 0 AND round < ?", (round_number - 4,))
 
     def record_evaluation(
-        self, round_number: int, aggregation: int, accuracy: float, loss: float, samples: int, participants: int
+        self,
+        round_number: int,
+        aggregation: int,
+        accuracy: float,
+        loss: float,
+        samples: int,
+        participants: int,
+        bytes_in: int | None = None,
+        bytes_out: int | None = None,
     ) -> None:
+        """A round's evaluation; ``bytes_in``/``bytes_out``, when given, are the round's new totals
+        (its training and evaluation aggregations)."""
         with self._transaction():
             self._db.execute(
                 "UPDATE rounds SET accuracy = ?, loss = ?, eval_samples = ?, eval_participants = ? WHERE round = ?",
                 (accuracy, loss, samples, participants, round_number),
             )
+            if bytes_in is not None or bytes_out is not None:
+                self._db.execute(
+                    "UPDATE rounds SET bytes_in = COALESCE(?, bytes_in), bytes_out = COALESCE(?, bytes_out) WHERE round = ?",
+                    (_byte_count(bytes_in), _byte_count(bytes_out), round_number),
+                )
             self._db.execute("UPDATE attempts SET status = 'completed' WHERE aggregation = ?", (aggregation,))
+            self._count_attempts(round_number)
+
+    def _count_attempts(self, round_number: int) -> None:
+        """Inside a transaction: a round's attempts and refusals, counted from the tables that hold them."""
+        self._db.execute(
+            f"UPDATE rounds SET attempts = {_ATTEMPTS_OF_ROUND}, refusals = {_REFUSALS_OF_ROUND} WHERE round = ?",
+            (round_number,),
+        )
 
     def latest_model(self) -> tuple[int, np.ndarray, dict[str, np.ndarray] | None] | None:
         import numpy as np
@@ -356,23 +466,51 @@ class CoordinatorStore:
                 ) from None
         return int(round_number), weights, state
 
+    def model_rounds(self) -> list[int]:
+        """Rounds whose model is still stored (0, the initial model, and the newest few), ascending."""
+        return [int(r[0]) for r in self._all("SELECT round FROM models ORDER BY round")]
+
+    def model_at(self, round_number: int) -> np.ndarray | None:
+        """That round's global model, checksum-checked like :meth:`latest_model`; None once it is pruned."""
+        import numpy as np
+
+        row = self._one("SELECT weights, sha256 FROM models WHERE round = ?", (round_number,))
+        if row is None:
+            return None
+        blob, digest = row
+        if hashlib.sha256(blob).hexdigest() != digest:
+            raise StorageError(
+                f"{_WHAT} {self.path}: the stored model of round {round_number} fails its checksum (the file is "
+                f"damaged); {_ADVICE}"
+            )
+        return np.frombuffer(blob, dtype="<f8").astype(np.float64)
+
     def dp_releases(self) -> list[tuple[int, float, float, float]]:
         """(round, variance, L2 sensitivity, L1 sensitivity) of every DP release made, in round order."""
         rows = self._all("SELECT round, variance, l2_sensitivity, l1_sensitivity FROM dp_releases ORDER BY round")
         return [(int(r[0]), float(r[1]), float(r[2]), float(r[3])) for r in rows]
 
     def rounds(self) -> list[RoundRecord]:
-        rows = self._all(
-            "SELECT round, aggregation, participants, survivors, accuracy, loss, epsilon, duration "
-            "FROM rounds ORDER BY round"
-        )
+        """Every completed round, oldest first (the history ``securefed status --history`` prints)."""
+        return self._records(self._all(f"SELECT {self._round_columns} FROM rounds ORDER BY round"))
+
+    def latest_round(self) -> RoundRecord | None:
+        """The newest completed round, if any (cheap: the metrics endpoint reads it every second)."""
+        records = self._records(self._all(f"SELECT {self._round_columns} FROM rounds ORDER BY round DESC LIMIT 1"))
+        return records[0] if records else None
+
+    def _records(self, rows: list[tuple]) -> list[RoundRecord]:
         try:
-            return [RoundRecord(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], r[5], r[6], r[7]) for r in rows]
+            return [_round_record(row) for row in rows]
         except (TypeError, ValueError) as exc:
             raise StorageError(f"{_WHAT} {self.path}: the round history is unreadable ({exc}); {_ADVICE}") from None
 
     def refusals(self) -> list[tuple[int, str, str, str]]:
         return self._all("SELECT aggregation, node, reason, detail FROM refusals ORDER BY rowid")
+
+    def refusal_counts(self) -> dict[str, int]:
+        """How many refusals were recorded, by reason."""
+        return {str(reason): int(count) for reason, count in self._all("SELECT reason, COUNT(*) FROM refusals GROUP BY reason")}
 
     def recent_refusals(self, limit: int = 5) -> list[Refusal]:
         """The newest ``limit`` refusals, newest first."""
@@ -409,6 +547,43 @@ class CoordinatorStore:
         if self.read_only:
             raise StorageError(f"{_WHAT} {self.path} is open read-only")
         return _Transaction(self._db, self._guard)
+
+
+def _stage_json(stages: Mapping[str, float] | None) -> str:
+    if not stages:
+        return "{}"
+    return json.dumps({str(name): float(seconds) for name, seconds in stages.items()})  # in stage order
+
+
+def _byte_count(value: int | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidParameter(f"a byte count must be a non-negative integer or None, got {value!r}")
+    return value
+
+
+def _round_record(row: tuple) -> RoundRecord:
+    """A ``rounds`` row, read with :meth:`CoordinatorStore._round_select`'s columns."""
+    stages = json.loads(row[9]) if row[9] else {}
+    if not isinstance(stages, dict):
+        raise ValueError("stage_durations is not a JSON object")
+    return RoundRecord(
+        round=int(row[0]),
+        aggregation=int(row[1]),
+        participants=int(row[2]),
+        survivors=tuple(str(name) for name in json.loads(row[3])),
+        accuracy=None if row[4] is None else float(row[4]),
+        loss=None if row[5] is None else float(row[5]),
+        epsilon=None if row[6] is None else float(row[6]),
+        duration=float(row[7]),
+        stage_durations={str(name): float(seconds) for name, seconds in stages.items()},
+        bytes_in=None if row[10] is None else int(row[10]),
+        bytes_out=None if row[11] is None else int(row[11]),
+        completed_at=float(row[8]),
+        refusals=int(row[12] or 0),
+        attempts=int(row[13] or 0),
+    )
 
 
 class _Transaction:

@@ -30,6 +30,11 @@ coordinator ``(node, "connected" | "disconnected", open connections left)``.
 A node's socket monitor tells it whether its handshake completes; if it has
 not after a few seconds, it logs what to check (the address, the coordinator's
 public key, its own key in the coordinator's allow-list), from what it saw.
+
+Both sockets count the message bytes they receive and send (``bytes_received``,
+``bytes_sent``: the frames of every message, as encoded, before any is decoded
+or refused; not the transport's own framing, encryption or heartbeats) for the
+round history and the metrics endpoint.
 """
 
 from __future__ import annotations
@@ -98,6 +103,11 @@ def _drain(monitor: zmq.Socket) -> list[tuple[int, int]]:
         except (ValueError, IndexError, KeyError):  # pragma: no cover - libzmq writes these itself
             continue
         events.append((int(event["event"]), int(event["value"])))
+
+
+def _size(frames: list) -> int:
+    """Bytes in a message's frames (bytes, or buffers such as array frames)."""
+    return sum(memoryview(frame).nbytes for frame in frames)
 
 
 def _describe_failure(event: int, value: int) -> str:
@@ -195,6 +205,9 @@ class CoordinatorSocket:
         self._closed_routes: dict[bytes, None] = {}  # recently closed routes (messages may still be queued)
         self.dropped = Counter()  # reason code -> count of messages refused
         self.failed_handshakes = 0
+        #: message bytes received from and sent to nodes (every frame but the routing id)
+        self.bytes_received = 0
+        self.bytes_sent = 0
 
     def poll(self, timeout_ms: int) -> list[tuple[str, Envelope]]:
         """Everything that arrives within ``timeout_ms`` (at least one wait), decoded and attributed."""
@@ -216,6 +229,7 @@ class CoordinatorSocket:
             except zmq.Again:
                 return
             route = frames[0].bytes
+            self.bytes_received += sum(len(frame) for frame in frames[1:])
             try:
                 name = frames[-1].get("User-Id")
             except zmq.ZMQError:
@@ -336,6 +350,7 @@ class CoordinatorSocket:
                 node, "send-failed", "could not send %s to %s: %s", type(envelope.body).__name__, node, exc
             )
             return False
+        self.bytes_sent += _size(frames)
         if self._transcript is not None:
             self._transcript.write("sent", node, frames)
         return True
@@ -420,6 +435,9 @@ class NodeSocket:
         self._last_failure = ""
         self.reconnects = 0
         self.dropped = Counter()
+        #: message bytes received from and sent to the coordinator
+        self.bytes_received = 0
+        self.bytes_sent = 0
         self._warnings = PeerWarnings(log, "dropped messages from {peer}")
         self._send_warnings = PeerWarnings(log, "failed sends to {peer}")
 
@@ -436,6 +454,7 @@ class NodeSocket:
                 frames = self._socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return received
+            self.bytes_received += _size(frames)
             try:
                 received.append(decode(frames, self._limits))
             except RemoteProtocolError as exc:
@@ -445,8 +464,9 @@ class NodeSocket:
                 )
 
     def send(self, envelope: Envelope) -> bool:
+        frames = encode(envelope)
         try:
-            self._socket.send_multipart(encode(envelope), zmq.NOBLOCK)
+            self._socket.send_multipart(frames, zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             if self.connected:
                 self._send_warnings.warn(
@@ -457,6 +477,7 @@ class NodeSocket:
             self._maybe_reconnect()
             return False
         self._failing_since = None
+        self.bytes_sent += _size(frames)
         return True
 
     # --- the connection -----------------------------------------------------------

@@ -74,6 +74,7 @@ def full_coordinator_config(members: dict) -> dict:
             }
             for name, (curve, identity) in members.items()
         ],
+        "metrics": {"listen": "127.0.0.1:9464"},
     }
 
 
@@ -113,6 +114,11 @@ def test_defaults_when_optional_keys_are_absent(tmp_path: Path, base: dict) -> N
     config = load_coordinator_config(write_toml(tmp_path / "c.toml", base))
     assert config.task.deadlines == DEFAULT_DEADLINES and config.task.dp is None and config.task.preprocessing is None
     assert config.task.feature_names is None and config.evaluation_data is None and config.transcript_file is None
+    # unset training keys take the model kind's defaults (these train; one epoch at 0.1 left iris at chance)
+    assert (config.task.epochs, config.task.learning_rate, config.task.batch_size) == (5, 0.5, 8)
+    base["task"]["model"] = "mlp"
+    config = load_coordinator_config(write_toml(tmp_path / "c.toml", base))
+    assert (config.task.epochs, config.task.learning_rate, config.task.batch_size) == (5, 0.1, 8)
 
 
 @pytest.mark.parametrize(("path", "key"), _every_key(COORDINATOR_SCHEMA), ids=lambda v: ".".join(v) if isinstance(v, tuple) else v)

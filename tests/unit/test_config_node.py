@@ -98,6 +98,7 @@ def full_node_config(keys: dict) -> dict:
             "min_noise_multiplier": 0.5,
         },
         "roster": [{"name": n, "identity_public_key": _b64(keys[n])} for n in ("site-a", "site-b", "site-c")],
+        "metrics": {"listen": "127.0.0.1:9465"},
     }
 
 

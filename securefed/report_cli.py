@@ -1,0 +1,38 @@
+"""`securefed report`: one self-contained HTML page with plots of a task's history.
+
+Only argparse at module level: ``securefed status`` builds the same parser and must stay fast, so
+the report's code (and matplotlib) is imported when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from securefed.report import write_report
+
+    data, size = write_report(args.config, args.out)
+    if args.out != "-":
+        print(
+            f"wrote {args.out} ({size / 1024:.0f} KiB): task {data.task_name}, "
+            f"{data.rounds_done} of {data.rounds_total} rounds, coordinator {data.status}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register ``securefed report``."""
+    report = sub.add_parser(
+        "report",
+        help="write one self-contained HTML page with plots of a task's rounds (accuracy, epsilon, timing, refusals)",
+        description=(
+            "Read a coordinator's store (read-only; safe while the daemon runs) and write one HTML file with "
+            "its plots inlined: no scripts, no external requests. Needs matplotlib."
+        ),
+    )
+    report.add_argument("--config", required=True, help="coordinator TOML config")
+    report.add_argument("--out", required=True, help="the HTML file to write (replaced atomically); - for stdout")
+    report.set_defaults(func=_cmd_report)
