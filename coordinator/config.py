@@ -8,7 +8,7 @@ a complete, commented example.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from securefed.config_util import NUMBER, ConfigFile, Key, Section, Table, load_config, parse_identity_key, resolve_path
@@ -65,7 +65,16 @@ COORDINATOR_SCHEMA: dict[str, Section] = {
             "evaluation_label_column": Key(str),
         },
         tables={
-            "dp": Section(keys={f.name: Key(NUMBER, required=f.name == "epsilon") for f in fields(DpSettings)}),
+            "dp": Section(
+                keys={
+                    "epsilon": Key(NUMBER, required=True),
+                    "delta": Key(NUMBER),
+                    "clip_norm": Key(NUMBER),
+                    "unit": Key(str),
+                    "expected_batch": Key(NUMBER),
+                    "total_records": Key(int),
+                }
+            ),
             "preprocessing": PREPROCESSING_SECTION,
         },
     ),
@@ -295,7 +304,8 @@ def _model_options(table: Table) -> dict:
 
 
 def _dp_settings(table: Table) -> DpSettings | None:
-    """``[task.dp]``: epsilon for the whole task, delta (default 1e-5), clip_norm (default 1.0)."""
+    """``[task.dp]``: epsilon for the whole task, delta (default 1e-5), clip_norm (default 1.0), unit
+    ("site", the default, or "record" with expected_batch and total_records)."""
     sub = table.sub("dp")
     if sub is None:
         return None

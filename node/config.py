@@ -67,6 +67,7 @@ NODE_SCHEMA: dict[str, Section] = {
             "max_epsilon_total": Key(NUMBER),
             "delta": Key(NUMBER),
             "min_noise_multiplier": Key(NUMBER),
+            "privacy_unit": Key(str),
         },
     ),
     "roster": Section(
@@ -198,6 +199,9 @@ def _policy(table: Table) -> NodePolicy:
     noise = float(table.get("min_noise_multiplier", 0.0))
     if not noise >= 0:
         raise table.error("min_noise_multiplier", f"must not be negative, got {noise}")
+    unit = table.get("privacy_unit", None)
+    if unit is not None and unit not in ("site", "record"):
+        raise table.error("privacy_unit", f'must be "site" or "record", got {unit!r}')
     try:
         return NodePolicy(
             min_threshold=table.get("min_threshold", 2),
@@ -211,6 +215,7 @@ def _policy(table: Table) -> NodePolicy:
             max_epsilon_total=_optional_positive(table, "max_epsilon_total"),
             delta=delta,
             min_noise_multiplier=noise,
+            privacy_unit=unit,
             max_colluders=_colluders(table),
             allow_sparse_graph=table.get("allow_sparse_graph", True),
             min_neighbours=table.get("min_neighbours", 0),

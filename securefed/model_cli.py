@@ -157,12 +157,13 @@ def _privacy(store: CoordinatorStore, task: Any, round_number: int) -> dict | No
     if epsilon is None:  # round 0 (no release yet) or a record without its epsilon: compose the releases
         from securefed.dp.accountant import SkellamRelease, skellam_epsilon
 
-        epsilon = skellam_epsilon([SkellamRelease(v, l2, l1) for _, v, l2, l1 in releases], task.dp["delta"])
+        epsilon = skellam_epsilon([SkellamRelease(v, l2, l1, q) for _, v, l2, l1, q in releases], task.dp["delta"])
     return {
         "epsilon": float(epsilon),
         "delta": float(task.dp["delta"]),
         "epsilon_budget": float(task.dp["epsilon"]),
         "releases": len(releases),
+        "unit": task.dp["unit"],
     }
 
 

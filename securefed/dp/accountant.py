@@ -93,26 +93,50 @@ def calibrate_gaussian(target_epsilon: float, steps: int, delta: float, sampling
 
 @dataclass(frozen=True)
 class SkellamRelease:
-    """One aggregated release: noise variance and sensitivities, all in the integer domain."""
+    """One aggregated release: noise variance and sensitivities, all in the integer domain.
+
+    ``sampling_rate`` is 1 for a site-level release (a whole site's update); a record-level
+    (DP-SGD) round, in which each record took part with probability q, Poisson-sampled locally and
+    in secret, records q and is accounted with the subsampled bound (:mod:`securefed.dp.subsampled`).
+    Both kinds compose in one ledger.
+    """
 
     variance: float
     l2_sensitivity: float
     l1_sensitivity: float
+    sampling_rate: float = 1.0
 
     def __post_init__(self) -> None:
         if not (self.variance > 0 and self.l2_sensitivity > 0 and self.l1_sensitivity > 0):
             raise InvalidParameter("variance and sensitivities must be positive")
+        if not (isinstance(self.sampling_rate, (int, float)) and 0 < self.sampling_rate <= 1):
+            raise InvalidParameter(f"the sampling rate must be in (0, 1], got {self.sampling_rate!r}")
 
 
-def skellam_rdp(release: SkellamRelease, orders: Sequence[int] = RDP_ORDERS) -> list[float]:
-    """The Renyi-DP curve of one Skellam release at each integer order (Agarwal et al. 2021)."""
-    v, d2, d1 = release.variance, release.l2_sensitivity, release.l1_sensitivity
+def _plain_skellam_rdp(v: float, d2: float, d1: float, orders: Sequence[int]) -> list[float]:
     curve = []
     for a in orders:
         if type(a) is not int or a < 2:
             raise InvalidParameter("Skellam RDP orders are integers >= 2")
         curve.append(a * d2 * d2 / (2 * v) + min(((2 * a - 1) * d2 * d2 + 6 * d1) / (4 * v * v), 3 * d1 / (2 * v)))
     return curve
+
+
+def skellam_rdp(release: SkellamRelease, orders: Sequence[int] = RDP_ORDERS) -> list[float]:
+    """The Renyi-DP curve of one Skellam release at each integer order (Agarwal et al. 2021).
+
+    A subsampled release (sampling rate below 1) takes the Poisson-subsampled bound at orders up to
+    256, where it is defined, and the plain curve above (always valid: sampling never costs more).
+    """
+    v, d2, d1 = release.variance, release.l2_sensitivity, release.l1_sensitivity
+    plain = _plain_skellam_rdp(v, d2, d1, orders)
+    if release.sampling_rate >= 1:
+        return plain
+    from securefed.dp.subsampled import subsampled_skellam_rdp  # (that module builds on this one)
+
+    low = [a for a in orders if a <= 256]
+    sampled = dict(zip(low, subsampled_skellam_rdp(v, d2, d1, release.sampling_rate, low))) if low else {}
+    return [min(sampled.get(a, value), value) for a, value in zip(orders, plain)]
 
 
 def skellam_epsilon(releases: Iterable[SkellamRelease], delta: float, orders: Sequence[int] = RDP_ORDERS) -> float:

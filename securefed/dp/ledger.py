@@ -41,6 +41,8 @@ CREATE TABLE IF NOT EXISTS charges (
     variance REAL NOT NULL,
     l2_sensitivity REAL NOT NULL,
     l1_sensitivity REAL NOT NULL,
+    sampling_rate REAL NOT NULL DEFAULT 1.0,
+    unit TEXT NOT NULL DEFAULT 'site',
     epsilon_task REAL NOT NULL,
     epsilon_total REAL NOT NULL,
     delta REAL NOT NULL,
@@ -84,6 +86,28 @@ class PrivacyLedger:
         self.budget = budget
         self._guard = StorageGuard(self.path, _WHAT, _ADVICE)
         self._db = open_durable(self.path, _SCHEMA, _WHAT, _ADVICE)
+        self._add_unit_columns()
+
+    def _add_unit_columns(self) -> None:
+        """A ledger written before record-level DP lacks the sampling rate and unit: every row it has is a
+        site-level release (sampling rate 1), which is what the defaults say."""
+        present = {str(row[1]) for row in self._all("PRAGMA table_info(charges)")}
+        added = [
+            (name, declaration)
+            for name, declaration in (("sampling_rate", "REAL NOT NULL DEFAULT 1.0"), ("unit", "TEXT NOT NULL DEFAULT 'site'"))
+            if name not in present
+        ]
+        if not added:
+            return
+        self._begin()
+        try:
+            for name, declaration in added:
+                with self._guard:
+                    self._db.execute(f"ALTER TABLE charges ADD COLUMN {name} {declaration}")
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
 
     def close(self) -> None:
         self._db.close()
@@ -108,11 +132,11 @@ class PrivacyLedger:
                 pass  # already rolled back by SQLite itself
 
     def _releases(self, task: str | None) -> dict[str, list[SkellamRelease]]:
-        query = "SELECT task, variance, l2_sensitivity, l1_sensitivity FROM charges"
+        query = "SELECT task, variance, l2_sensitivity, l1_sensitivity, sampling_rate FROM charges"
         rows = self._all(query + (" WHERE task = ?" if task else ""), (task,) if task else ())
         grouped: dict[str, list[SkellamRelease]] = {}
-        for name, variance, l2, l1 in rows:
-            grouped.setdefault(name, []).append(SkellamRelease(variance, l2, l1))
+        for name, variance, l2, l1, rate in rows:
+            grouped.setdefault(name, []).append(SkellamRelease(variance, l2, l1, rate))
         return grouped
 
     def spent(self, task: str) -> float:
@@ -175,7 +199,8 @@ class PrivacyLedger:
             task_epsilon, total = self.check(task, release)
             self._write(
                 "INSERT INTO charges (task, round, aggregation, mechanism, variance, l2_sensitivity, l1_sensitivity, "
-                "epsilon_task, epsilon_total, delta, model_hash, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "sampling_rate, unit, epsilon_task, epsilon_total, delta, model_hash, at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     task,
                     round_number,
@@ -184,6 +209,8 @@ class PrivacyLedger:
                     release.variance,
                     release.l2_sensitivity,
                     release.l1_sensitivity,
+                    release.sampling_rate,
+                    str(mechanism.get("unit", "site")),
                     task_epsilon,
                     total,
                     self.budget.delta,
@@ -233,10 +260,12 @@ class PrivacyLedger:
                 total = skellam_epsilon([*everything, item.release], self.budget.delta)
                 self._write(
                     "INSERT INTO charges (task, round, aggregation, mechanism, variance, l2_sensitivity, l1_sensitivity, "
-                    "epsilon_task, epsilon_total, delta, model_hash, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "sampling_rate, unit, epsilon_task, epsilon_total, delta, model_hash, at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         item.task, item.round, item.aggregation, json.dumps(item.mechanism, sort_keys=True),
                         item.release.variance, item.release.l2_sensitivity, item.release.l1_sensitivity,
+                        item.release.sampling_rate, str(item.mechanism.get("unit", "site")),
                         task_epsilon, total, self.budget.delta, item.model_hash, item.at,
                     ),
                 )  # fmt: skip
@@ -309,7 +338,10 @@ def audited_releases(receipts: list[tuple[float, dict]]) -> tuple[list[AuditedRe
         numbers = mechanism.get("release") if isinstance(mechanism, dict) else None
         try:
             release = SkellamRelease(
-                float(numbers["variance"]), float(numbers["l2_sensitivity"]), float(numbers["l1_sensitivity"])
+                float(numbers["variance"]),
+                float(numbers["l2_sensitivity"]),
+                float(numbers["l1_sensitivity"]),
+                float(numbers.get("sampling_rate", 1.0)),  # absent: a site-level release
             )
             found.append(
                 AuditedRelease(

@@ -50,7 +50,7 @@ from securefed.dp.noise import NoiseSource
 from securefed.encoding import FixedPointEncoder
 from securefed.errors import EncodingError, InvalidParameter
 
-__all__ = ["SkellamParameters", "MAX_WRAP_PROBABILITY", "MAX_NODE_VARIANCE", "plan_skellam"]
+__all__ = ["SkellamParameters", "MAX_WRAP_PROBABILITY", "MAX_NODE_VARIANCE", "plan_skellam", "plan_record_skellam"]
 
 MAX_WRAP_PROBABILITY = 2.0**-40
 #: The largest per-coordinate noise variance a node samples: Poisson rates up to 2^32, where
@@ -70,8 +70,27 @@ class SkellamParameters:
     assumed_survivors: int
     dimension: int
     cohort_size: int
+    #: "site": a node's whole update is the unit; "record": each record's gradient (DP-SGD across sites)
+    unit: str = "site"
+    #: record level: each record's chance of being in the round (Poisson, sampled locally and in secret)
+    sampling_rate: float = 1.0
+    #: record level: records per round expected over all nodes (the coordinator divides the sum by it)
+    expected_batch: float = 0.0
+    #: record level: the records of all nodes together in one round exceed this with probability <= 2^-41
+    batch_bound: int = 0
 
     def __post_init__(self) -> None:
+        if self.unit not in ("site", "record"):
+            raise InvalidParameter(f"unknown privacy unit {self.unit!r}")
+        if self.unit == "site" and (self.sampling_rate != 1.0 or self.batch_bound or self.expected_batch):
+            raise InvalidParameter("site-level DP has no sampling rate, batch or batch bound")
+        if self.unit == "record":
+            if not (isinstance(self.sampling_rate, float) and 0 < self.sampling_rate <= 1):
+                raise InvalidParameter("the sampling rate must be in (0, 1]")
+            if not (isinstance(self.expected_batch, float) and math.isfinite(self.expected_batch) and self.expected_batch > 0):
+                raise InvalidParameter("the expected batch must be positive")
+            if type(self.batch_bound) is not int or self.batch_bound < 1:
+                raise InvalidParameter("the batch bound must be a positive integer")
         if not (math.isfinite(self.clip_norm) and self.clip_norm > 0):
             raise InvalidParameter("DP clip norm must be positive")
         if type(self.scale_bits) is not int or not 0 <= self.scale_bits <= 30:
@@ -119,17 +138,27 @@ class SkellamParameters:
 
     @property
     def release(self) -> SkellamRelease:
-        return SkellamRelease(self.total_variance, self.l2_sensitivity, self.l1_sensitivity)
+        return SkellamRelease(self.total_variance, self.l2_sensitivity, self.l1_sensitivity, self.sampling_rate)
+
+    @property
+    def signal_bound(self) -> float:
+        """The largest |coordinate| of the sum of the cohort's rounded inputs, before noise."""
+        n = self.cohort_size
+        if self.unit == "record":
+            # every node clips its sum of clipped gradients to batch_bound C and rounds it once
+            return min(self.batch_bound, n * self.batch_bound) * self.clip_norm * self.scale + n
+        return n * (self.clip_norm * self.scale + 1)
 
     @property
     def wrap_probability(self) -> float:
         n = self.cohort_size
-        room = _LIMIT - 1 - n * (self.clip_norm * self.scale + 1)
+        room = _LIMIT - 1 - self.signal_bound
         if room <= 0:
             return 1.0
         variance = n * self.node_variance
         tail = math.exp(-(room * room) / (2 * (variance + room / 3)))
-        return min(1.0, 2 * self.dimension * tail)
+        batch_tail = MAX_WRAP_PROBABILITY / 2 if self.unit == "record" else 0.0  # P[batch > batch_bound]
+        return min(1.0, 2 * self.dimension * tail + batch_tail)
 
     def epsilon(self, rounds: int, delta: float) -> float:
         return skellam_epsilon([self.release] * rounds, delta)
@@ -151,6 +180,55 @@ class SkellamParameters:
         rounded = encoder.encode(vector, source).view(np.int32).astype(np.int64)
         rounded += source.skellam(self.node_variance, self.dimension)
         return (rounded & 0xFFFFFFFF).astype(np.uint32)
+
+    def encode_gradient_sum(self, gradient_sum: np.ndarray, noise: NoiseSource | None = None) -> np.ndarray:
+        """Record level: a node's sum of clipped per-record gradients, scaled, rounded once, plus its noise share.
+
+        The sum is clipped to L2 norm ``batch_bound`` x C (it is at most the sampled count times C; the clip,
+        a 1-Lipschitz projection, only binds in the 2^-41 event that the batch exceeds its bound, and keeps
+        the modular sum from wrapping then). Rounding is stochastic and unbiased, from the same generator as
+        the noise: one record moves the rounded sum by at most C s + sqrt(d) in L2 norm, the sensitivity
+        accounted (docs/record-level-dp.md).
+        """
+        if self.unit != "record":
+            raise EncodingError("encode_gradient_sum is for record-level rounds")
+        vector = np.asarray(gradient_sum, dtype=np.float64)
+        if vector.shape != (self.dimension,) or not np.all(np.isfinite(vector)):
+            raise EncodingError(f"the gradient sum must be a finite vector of length {self.dimension}")
+        source = noise if noise is not None else NoiseSource()
+        limit = self.batch_bound * self.clip_norm
+        norm = float(np.linalg.norm(vector))
+        if norm > limit:
+            vector = vector * (limit / norm)
+        scaled = vector * self.scale
+        floor = np.floor(scaled)
+        rounded = (floor + (source.uniform(self.dimension) < (scaled - floor))).astype(np.int64)
+        rounded += source.skellam(self.node_variance, self.dimension)
+        return (rounded & 0xFFFFFFFF).astype(np.uint32)
+
+    def decode_gradient_sum(self, total: np.ndarray, survivors: int) -> np.ndarray:
+        """Record level: the noisy sum of clipped per-record gradients from the unmasked sum (range-checked).
+
+        The sum is refused (:class:`EncodingError`, "out-of-range") unless its L2 norm is within what the
+        survivors' clipped, rounded sums plus their noise can produce: batch_bound C s + m sqrt(d) +
+        2 sqrt(d m V) + 40 sqrt(m V).
+        """
+        if self.unit != "record":
+            raise EncodingError("decode_gradient_sum is for record-level rounds")
+        array = np.asarray(total)
+        if array.dtype != np.uint32 or array.shape != (self.dimension,) or survivors < 1:
+            raise EncodingError("sum has the wrong shape or no survivors")
+        integers = array.view(np.int32).astype(np.float64)
+        variance = survivors * self.node_variance
+        signal = self.batch_bound * self.clip_norm * self.scale + survivors * math.sqrt(self.dimension)
+        bound = signal + 2 * math.sqrt(self.dimension * variance) + 40 * math.sqrt(variance)
+        norm = float(np.linalg.norm(integers))
+        if not norm <= bound:
+            raise EncodingError(
+                f"out-of-range: the noisy gradient sum has L2 norm {norm:.6g} in the integer domain, more than "
+                f"{bound:.6g}, what {survivors} nodes' clipped gradient sums with their noise can produce"
+            )
+        return integers / self.scale
 
     def decode_mean(self, total: np.ndarray, survivors: int) -> np.ndarray:
         """The noisy mean update from the unmasked sum of ``survivors`` encodings.
@@ -179,7 +257,7 @@ class SkellamParameters:
     # --- the round spec -------------------------------------------------------
 
     def to_spec(self, delta: float, target_epsilon: float, planned_rounds: int) -> dict[str, Any]:
-        return {
+        spec: dict[str, Any] = {
             "mechanism": "skellam",
             "clip_norm": self.clip_norm,
             "scale_bits": self.scale_bits,
@@ -189,12 +267,28 @@ class SkellamParameters:
             "target_epsilon": target_epsilon,
             "planned_rounds": planned_rounds,
         }
+        if self.unit == "record":  # (only then: a site-level spec, and its context hash, stay as they were)
+            spec.update(
+                unit="record",
+                sampling_rate=self.sampling_rate,
+                expected_batch=self.expected_batch,
+                batch_bound=self.batch_bound,
+            )
+        return spec
 
     @classmethod
     def from_spec(cls, spec: dict, dimension: int, cohort_size: int) -> SkellamParameters:
         if spec.get("mechanism") != "skellam":
             raise InvalidParameter(f"unsupported DP mechanism {spec.get('mechanism')!r}")
         try:
+            unit = spec.get("unit", "site")
+            record = {}
+            if unit == "record":
+                record = {
+                    "sampling_rate": float(spec["sampling_rate"]),
+                    "expected_batch": float(spec["expected_batch"]),
+                    "batch_bound": spec["batch_bound"],
+                }
             return cls(
                 clip_norm=float(spec["clip_norm"]),
                 scale_bits=spec["scale_bits"],
@@ -202,6 +296,8 @@ class SkellamParameters:
                 assumed_survivors=spec["assumed_survivors"],
                 dimension=dimension,
                 cohort_size=cohort_size,
+                unit=unit,
+                **record,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidParameter(f"malformed DP parameters: {exc}") from None
@@ -236,3 +332,46 @@ def plan_skellam(
         except InvalidParameter as exc:
             last_error = exc
     raise InvalidParameter(f"no safe DP scale for this cohort: {last_error}")
+
+
+def plan_record_skellam(
+    target_epsilon: float,
+    delta: float,
+    rounds: int,
+    clip_norm: float,
+    dimension: int,
+    cohort_size: int,
+    honest_survivors: int,
+    total_records: int,
+    expected_batch: float,
+    spent: Sequence[SkellamRelease] = (),
+) -> SkellamParameters:
+    """The coordinator's plan for record-level rounds (:func:`securefed.dp.record_level.plan_record_level`),
+    as the parameters a round spec carries; the noise is sized for t - c honest survivors, as for site level."""
+    from securefed.dp.record_level import plan_record_level
+    from securefed.dp.subsampled import SubsampledRelease
+
+    plan = plan_record_level(
+        target_epsilon,
+        delta,
+        total_records,
+        expected_batch,
+        rounds,
+        clip_norm,
+        dimension,
+        honest_survivors,
+        cohort_size,
+        spent=[SubsampledRelease(r.variance, r.l2_sensitivity, r.l1_sensitivity, r.sampling_rate) for r in spent],
+    )
+    return SkellamParameters(
+        clip_norm=float(clip_norm),
+        scale_bits=plan.scale_bits,
+        node_variance=plan.node_variance,
+        assumed_survivors=honest_survivors,
+        dimension=dimension,
+        cohort_size=cohort_size,
+        unit="record",
+        sampling_rate=plan.sampling_rate,
+        expected_batch=plan.expected_batch,
+        batch_bound=plan.batch_bound,
+    )

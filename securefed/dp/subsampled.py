@@ -60,7 +60,7 @@ import numpy as np
 from dp_accounting.rdp import rdp_privacy_accountant
 from scipy.special import logsumexp
 
-from securefed.dp.accountant import SkellamRelease, skellam_rdp
+from securefed.dp.accountant import RDP_ORDERS, SkellamRelease, skellam_rdp
 from securefed.errors import InvalidParameter
 
 __all__ = [
@@ -73,8 +73,9 @@ __all__ = [
     "calibrate_record_level",
 ]
 
-#: Integer orders up to 256: the bound at order alpha needs the base curve at every order <= alpha.
-SUBSAMPLED_ORDERS: tuple[int, ...] = tuple(range(2, 129)) + (144, 160, 192, 224, 256)
+#: Integer orders up to 256 (the bound at order alpha needs the base curve at every order <= alpha),
+#: all of them among the accountant's RDP_ORDERS, so that a plan and a ledger compose the same curve.
+SUBSAMPLED_ORDERS: tuple[int, ...] = tuple(a for a in RDP_ORDERS if a <= 256)
 _MAX_ORDER = 256
 _LOG3 = math.log(3.0)
 

@@ -43,7 +43,7 @@ from typing import Protocol
 import numpy as np
 
 from securefed.dp.accountant import SkellamRelease, skellam_epsilon
-from securefed.dp.mechanism import SkellamParameters, plan_skellam
+from securefed.dp.mechanism import SkellamParameters, plan_record_skellam, plan_skellam
 from securefed.errors import EncodingError, InvalidParameter, ProtocolAborted, RemoteProtocolError
 from securefed.federation.messages import Envelope, Hello, Refusal, RoundResult, RoundStart
 from securefed.federation.spec import RoundSpec, parse_spec, round_context
@@ -669,10 +669,17 @@ class Coordinator:
                 # Decode with the parameters this round actually used, and compose its cost with
                 # every release recorded before it: the task's epsilon comes from records, never a plan.
                 params = SkellamParameters.from_spec(spec.dp, self.adapter.parameter_count, n)
-                mean_delta = params.decode_mean(result.sum, len(survivors))  # range-checked
+                if params.unit == "record":
+                    # One DP-SGD step: the noisy sum of clipped per-record gradients over the public expected
+                    # batch, plus the (public) L2 term; the step itself is post-processing.
+                    gradient_sum = params.decode_gradient_sum(result.sum, len(survivors))  # range-checked
+                    gradient = gradient_sum / params.expected_batch + self.adapter.l2_gradient(self.model)
+                    mean_delta = -float(self.task.learning_rate) * gradient
+                else:
+                    mean_delta = params.decode_mean(result.sum, len(survivors))  # range-checked
                 total_weight = float(len(survivors))
                 made = params.release
-                release = (made.variance, made.l2_sensitivity, made.l1_sensitivity)
+                release = (made.variance, made.l2_sensitivity, made.l1_sensitivity, made.sampling_rate)
                 epsilon = skellam_epsilon([*self._recorded_releases(), made], self.task.dp["delta"])
             else:
                 codec = TrainingUpdateCodec(
@@ -756,7 +763,7 @@ class Coordinator:
         return totals[0], totals[1]
 
     def _recorded_releases(self) -> list[SkellamRelease]:
-        return [SkellamRelease(v, l2, l1) for _, v, l2, l1 in self.store.dp_releases()]
+        return [SkellamRelease(v, l2, l1, q) for _, v, l2, l1, q in self.store.dp_releases()]
 
     def _dp_plan(self, n: int, threshold: int) -> SkellamParameters:
         """Noise for the remaining rounds, calibrated so that they and every release already recorded
@@ -773,13 +780,28 @@ class Coordinator:
             spent = self._recorded_releases()
             remaining = self.task.rounds - self.completed_round
             try:
-                self._dp_plans[key] = plan_skellam(
-                    dp["epsilon"], dp["delta"], remaining, dp["clip_norm"], self.adapter.parameter_count, n, honest, spent
-                )
+                if dp.unit == "record":
+                    self._dp_plans[key] = plan_record_skellam(
+                        dp.epsilon, dp.delta, remaining, dp.clip_norm, self.adapter.parameter_count, n, honest,
+                        dp.total_records, dp.expected_batch, spent,
+                    )  # fmt: skip
+                else:
+                    self._dp_plans[key] = plan_skellam(
+                        dp["epsilon"], dp["delta"], remaining, dp["clip_norm"], self.adapter.parameter_count, n, honest, spent
+                    )
             except InvalidParameter as exc:  # the same answer until something changes: do not recompute it every tick
                 self._dp_refusals[(n, threshold, self.completed_round, self.task.rounds)] = exc
                 raise
             plan = self._dp_plans[key]
+            if plan.unit == "record":
+                log.info(
+                    "DP plan (record level) for %d nodes (t=%d, noise sized for %d honest survivors): each record "
+                    "sampled with probability %.4g (expected batch %g of %d records), noise multiplier %.3f, scale 2^%d; "
+                    "%d rounds recorded, %d to go, epsilon <= %g in all at delta %g",
+                    n, threshold, honest, plan.sampling_rate, plan.expected_batch, dp.total_records,
+                    plan.noise_multiplier, plan.scale_bits, len(spent), remaining, dp.epsilon, dp.delta,
+                )  # fmt: skip
+                return plan
             log.info(
                 "DP plan for %d nodes (t=%d, noise sized for %d honest survivors): Skellam noise multiplier %.3f, "
                 "scale 2^%d; %d rounds recorded, %d to go, epsilon <= %g in all at delta %g",

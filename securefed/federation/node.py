@@ -42,6 +42,7 @@ from securefed.audit.log import AuditLog
 from securefed.crypto.identity import SigningKey
 from securefed.dp.ledger import Budget, PrivacyLedger
 from securefed.dp.mechanism import SkellamParameters
+from securefed.dp.noise import NoiseSource
 from securefed.errors import (
     InvalidParameter,
     PrivacyBudgetExhausted,
@@ -98,6 +99,10 @@ class NodePolicy:
     the consistency stage (the nodes whose inputs the sum will contain): with
     fewer, it refuses to sign, so it never reveals anything for a sum of
     fewer than that many sites (0: no floor beyond the threshold).
+
+    ``privacy_unit`` ("site" or "record"; None accepts either) is the unit of
+    differential privacy the site requires of DP rounds: "record" protects each
+    of its records (DP-SGD across the sites), "site" its whole update.
     """
 
     min_threshold: int = 2
@@ -112,6 +117,7 @@ class NodePolicy:
     max_epsilon_total: float | None = None
     delta: float = 1e-5
     min_noise_multiplier: float = 0.0
+    privacy_unit: str | None = None
     max_colluders: int | float | None = None
     allow_sparse_graph: bool = True
     min_neighbours: int = 0
@@ -561,6 +567,8 @@ class Node:
         """Train (or evaluate) on local data and encode the result: this node's input to the sum."""
         if spec.phase == "train":
             X, y = self._features[self._train_idx], self.dataset.y[self._train_idx]
+            if charge is not None and charge.parameters.unit == "record":
+                return self._record_level_input(adapter, model, spec, charge.parameters, X, y)
             began = time.monotonic()
             trained = adapter.fit_local(
                 model, X, y, epochs=spec.epochs, learning_rate=spec.learning_rate, batch_size=spec.batch_size, seed=None
@@ -580,6 +588,35 @@ class Node:
         X, y = self._features[self._val_idx], self.dataset.y[self._val_idx]
         metrics = adapter.evaluate(model, X, y)
         return EvaluationCodec(n).encode(metrics.correct, metrics.count, metrics.loss_sum)
+
+    def _record_level_input(self, adapter, model: np.ndarray, spec: RoundSpec, parameters: SkellamParameters, X, y) -> np.ndarray:
+        """This site's part of one DP-SGD step: its Poisson-sampled records' clipped gradients, summed, noised.
+
+        Each record joins with probability q, decided here from the cryptographic generator that also
+        draws the rounding and the noise: which records (and how many) took part never leaves the node,
+        which is what the subsampling amplification the ledger charges for relies on. Each gradient is
+        clipped to C; the sum is scaled, rounded once and gets this node's noise share
+        (:meth:`SkellamParameters.encode_gradient_sum`). Nothing else is sent: not the sample's size.
+        """
+        noise = NoiseSource()
+        began = time.monotonic()
+        keep = noise.uniform(len(y)) < parameters.sampling_rate
+        gradients = adapter.per_example_gradients(model, X[keep], y[keep])
+        if len(gradients):
+            norms = np.linalg.norm(gradients, axis=1)
+            gradients *= np.minimum(1.0, parameters.clip_norm / np.maximum(norms, np.finfo(float).tiny))[:, None]
+            total = gradients.sum(axis=0)
+        else:
+            total = np.zeros(parameters.dimension)
+        encoded = parameters.encode_gradient_sum(total, noise)
+        self.last_training_seconds = time.monotonic() - began
+        log.info(
+            "round %d: DP-SGD gradient step over this site's records (each sampled with probability %.4g), in %.2f s",
+            spec.round,
+            parameters.sampling_rate,
+            self.last_training_seconds,
+        )
+        return encoded
 
     def _provide_input(self, current: _Participation) -> bool:
         """Compute the input once the shares are dealt; False (and the round given up) if that failed."""
@@ -644,6 +681,13 @@ class Node:
             # Unmasked, this node's own vector would carry only its share of the noise, which is
             # not what the ledger could charge for: refuse rather than undercharge.
             raise _Refused("dp-requires-masking", "differential privacy rounds must use secure aggregation")
+        wanted = self.policy.privacy_unit
+        if wanted is not None and parameters.unit != wanted:
+            raise _Refused(
+                "weaker-than-policy" if wanted == "record" else "dp-unit-mismatch",
+                f"the round protects each {parameters.unit} ({parameters.unit}-level DP), but this site's policy "
+                f"requires privacy_unit = {wanted!r}",
+            )
         colluders = self.policy.client_policy().colluders(max(len(self.roster), cohort_size))
         honest = spec.threshold - colluders
         if parameters.assumed_survivors > honest:
@@ -668,10 +712,12 @@ class Node:
             **spec.dp,
             "noise_multiplier": round(parameters.noise_multiplier, 4),
             "dimension": dimension,
+            "unit": parameters.unit,
             "release": {
                 "variance": parameters.release.variance,
                 "l2_sensitivity": parameters.release.l2_sensitivity,
                 "l1_sensitivity": parameters.release.l1_sensitivity,
+                "sampling_rate": parameters.release.sampling_rate,
             },
         }
         return _Charge(parameters, spec.round, aggregation, context.hex(), mechanism)

@@ -76,7 +76,8 @@ CREATE TABLE IF NOT EXISTS dp_releases (
     aggregation INTEGER NOT NULL,
     variance REAL NOT NULL,
     l2_sensitivity REAL NOT NULL,
-    l1_sensitivity REAL NOT NULL
+    l1_sensitivity REAL NOT NULL,
+    sampling_rate REAL NOT NULL DEFAULT 1.0
 );
 CREATE TABLE IF NOT EXISTS unmask_state (
     aggregation INTEGER PRIMARY KEY,
@@ -226,6 +227,9 @@ class CoordinatorStore:
         The counts that can be told from the other tables (attempts, refusals) are filled in for the
         rounds already there; what was never measured (stage durations, bytes) stays unknown.
         """
+        if "sampling_rate" not in self._columns("dp_releases"):
+            with self._transaction():  # a record-level release's sampling rate; 1 is every earlier (site-level) one
+                self._db.execute("ALTER TABLE dp_releases ADD COLUMN sampling_rate REAL NOT NULL DEFAULT 1.0")
         if {name for name, _, _ in _ADDED_ROUND_COLUMNS} <= self._columns("rounds"):
             return
         with self._transaction():
@@ -379,10 +383,11 @@ class CoordinatorStore:
         with self._transaction():
             self._insert_model(round_number, weights, strategy_state)
             if release is not None:
+                variance, l2, l1, *rate = release
                 self._db.execute(
-                    "INSERT OR REPLACE INTO dp_releases (round, aggregation, variance, l2_sensitivity, l1_sensitivity) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (round_number, aggregation, *release),
+                    "INSERT OR REPLACE INTO dp_releases (round, aggregation, variance, l2_sensitivity, l1_sensitivity, "
+                    "sampling_rate) VALUES (?, ?, ?, ?, ?, ?)",
+                    (round_number, aggregation, variance, l2, l1, rate[0] if rate else 1.0),
                 )
             self._db.execute(
                 "INSERT OR REPLACE INTO rounds (round, aggregation, participants, survivors, total_weight, "
@@ -485,10 +490,12 @@ class CoordinatorStore:
             )
         return np.frombuffer(blob, dtype="<f8").astype(np.float64)
 
-    def dp_releases(self) -> list[tuple[int, float, float, float]]:
-        """(round, variance, L2 sensitivity, L1 sensitivity) of every DP release made, in round order."""
-        rows = self._all("SELECT round, variance, l2_sensitivity, l1_sensitivity FROM dp_releases ORDER BY round")
-        return [(int(r[0]), float(r[1]), float(r[2]), float(r[3])) for r in rows]
+    def dp_releases(self) -> list[tuple[int, float, float, float, float]]:
+        """(round, variance, L2 sensitivity, L1 sensitivity, sampling rate) of every DP release made, in round
+        order; the sampling rate is 1 for site-level releases (and in stores from before record-level DP)."""
+        rate = "sampling_rate" if "sampling_rate" in self._columns("dp_releases") else "1.0"
+        rows = self._all(f"SELECT round, variance, l2_sensitivity, l1_sensitivity, {rate} FROM dp_releases ORDER BY round")
+        return [(int(r[0]), float(r[1]), float(r[2]), float(r[3]), float(r[4])) for r in rows]
 
     def rounds(self) -> list[RoundRecord]:
         """Every completed round, oldest first (the history ``securefed status --history`` prints)."""

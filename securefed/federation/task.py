@@ -123,6 +123,8 @@ class TaskDefinition:
                 described.pop(newer)
         if self.preprocessing is not None:
             described["preprocessing"] = self.preprocessing.to_json()
+        if self.dp is not None:  # site-level settings describe themselves as before the privacy unit existed
+            described["dp"] = self.dp.as_dict()
         return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
 
     def spec_fields(self) -> dict:

@@ -80,7 +80,7 @@ METADATA_KEYS = frozenset(
 )
 _MODEL_KEYS = frozenset({"kind", "options", "parameter_count"})
 _FEATURE_KEYS = frozenset({"count", "names"})
-_PRIVACY_KEYS = frozenset({"epsilon", "delta", "epsilon_budget", "releases"})
+_PRIVACY_KEYS = frozenset({"epsilon", "delta", "epsilon_budget", "releases", "unit"})
 
 _MEMBERS = {"weights.npy": "weights", "metadata.npy": "metadata"}
 _MAX_METADATA_BYTES = 16 * 1024 * 1024
@@ -241,6 +241,8 @@ def _check_metadata(metadata: object) -> Any:
             raise InvalidParameter("metadata privacy.delta must be in (0, 1)")
         if not _is_int(privacy["releases"]) or privacy["releases"] < 0:
             raise InvalidParameter("metadata privacy.releases must be a non-negative integer")
+        if privacy["unit"] not in ("site", "record"):
+            raise InvalidParameter('metadata privacy.unit must be "site" or "record"')
 
     model = _keys("model", metadata["model"], _MODEL_KEYS)
     kind, options = model["kind"], model["options"]

@@ -131,7 +131,7 @@ def test_raising_rounds_after_the_budget_was_spent_never_lowers_the_reported_eps
         else:
             assert [record.round for record in records] == list(range(1, first + extra + 1))
         # The reported figure is the composition of the recorded releases up to each round...
-        releases = [SkellamRelease(v, l2, l1) for _, v, l2, l1 in federation.store.dp_releases()]
+        releases = [SkellamRelease(v, l2, l1, q) for _, v, l2, l1, q in federation.store.dp_releases()]
         assert len(releases) == len(records)
         for k, record in enumerate(records, start=1):
             assert record.epsilon == pytest.approx(skellam_epsilon(releases[:k], DELTA), rel=1e-12), k

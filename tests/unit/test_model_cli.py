@@ -141,7 +141,7 @@ def test_export_then_predict_gives_the_adapters_predictions(federation: dict, ca
     assert meta["features"] == {"count": 4, "names": FEATURES}
     assert meta["classes"] == [0, 1, 2] and meta["label_column"] == "species"
     assert meta["preprocessing"] == task.preprocessing.to_json()
-    assert meta["privacy"] == {"epsilon": EPSILON[ROUNDS], "delta": 1e-6, "epsilon_budget": 8.0, "releases": ROUNDS}
+    assert meta["privacy"] == {"epsilon": EPSILON[ROUNDS], "delta": 1e-6, "epsilon_budget": 8.0, "releases": ROUNDS, "unit": "site"}
     assert meta["weights_sha256"] == stored_sha256(federation["config"], ROUNDS)
 
     # columns in another order, label column present: predictions by name, and the accuracy
@@ -220,7 +220,7 @@ def test_a_dp_task_before_its_first_round_exports_epsilon_zero(tmp_path: Path, c
     assert main(["model", "export", "--config", str(config_path), "--out", str(out)]) == 0
     assert "round 0 (the initial, untrained model)" in capsys.readouterr().out
     assert securefed.load_model(out).securefed_metadata["privacy"] == {
-        "epsilon": 0.0, "delta": 1e-6, "epsilon_budget": 8.0, "releases": 0
+        "epsilon": 0.0, "delta": 1e-6, "epsilon_budget": 8.0, "releases": 0, "unit": "site"
     }
 
 

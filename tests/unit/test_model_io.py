@@ -80,7 +80,7 @@ def model_case(kind: str, classes: tuple[int, ...], preprocessing: str | None, s
         preprocessing=prep,
         weights=weights,
         label_column="outcome",
-        privacy={"epsilon": 1.25, "delta": 1e-5, "epsilon_budget": 4.0, "releases": 7},
+        privacy={"epsilon": 1.25, "delta": 1e-5, "epsilon_budget": 4.0, "releases": 7, "unit": "record"},
         created_at=1_700_000_000.0,
     )
     return adapter, prep, metadata, weights
@@ -223,6 +223,7 @@ def exported(draw: st.DrawFn) -> tuple[dict, np.ndarray]:
                 "delta": st.floats(1e-12, 0.5),
                 "epsilon_budget": st.floats(0, 100),
                 "releases": st.integers(0, 10_000),
+                "unit": st.sampled_from(["site", "record"]),
             }
         )
     )
