@@ -189,7 +189,8 @@ def _check_node(file: Path, out: TextIO) -> list[str]:
         total = f", <= {policy.max_epsilon_total} for the site" if policy.max_epsilon_total is not None else ""
         print(
             f"privacy:       DP required: {limits}{total}, delta {policy.delta:g}, noise multiplier >= "
-            f"{policy.min_noise_multiplier:g}",
+            f"{policy.min_noise_multiplier:g}"
+            + (f"; privacy unit {policy.privacy_unit!r} only" if policy.privacy_unit else "; either privacy unit"),
             file=out,
         )
     else:
@@ -226,7 +227,15 @@ def _check_coordinator(file: Path, out: TextIO) -> list[str]:
     if threshold > n:
         problems.append(f"{file}: no round can run: {n} nodes are fewer than the threshold {threshold}")
     if task.dp is not None:
-        print(f"privacy:       epsilon {task.dp.epsilon:g} for the task at delta {task.dp.delta:g}, clip norm {task.dp.clip_norm:g}", file=out)
+        if task.dp.unit == "record":
+            print(
+                f"privacy:       record level (DP-SGD across the sites): epsilon {task.dp.epsilon:g} for the task at delta "
+                f"{task.dp.delta:g}; each record's gradient clipped to {task.dp.clip_norm:g}; each round samples each record "
+                f"with probability {task.dp.sampling_rate:.4g} ({task.dp.expected_batch:g} of {task.dp.total_records} expected)",
+                file=out,
+            )
+        else:
+            print(f"privacy:       epsilon {task.dp.epsilon:g} for the task at delta {task.dp.delta:g}, clip norm {task.dp.clip_norm:g}", file=out)
     else:
         print("privacy:       no differential privacy", file=out)
     print(_metrics_line(config.metrics), file=out)

@@ -147,13 +147,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run a whole federation on this machine (coordinator + nodes over CURVE ZeroMQ)")
     demo.add_argument("--nodes", type=int, default=5, help="number of node processes (default 5)")
-    demo.add_argument("--rounds", type=int, default=10, help="training rounds (default 10)")
+    demo.add_argument(
+        "--rounds", type=int, default=None, help="training rounds (default 10; 150 DP-SGD steps with record-level DP)"
+    )
     demo.add_argument("--dataset", default="digits", help="bundled dataset: digits, iris, wine, breast_cancer")
     demo.add_argument("--model", default="sgd_logistic", help="sgd_logistic or mlp")
     demo.add_argument("--partition", default="iid", help="iid, dirichlet or kmeans")
     demo.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration for --partition dirichlet")
     demo.add_argument("--epsilon", type=float, default=None, help="distributed DP: spend at most this epsilon over the run")
     demo.add_argument("--delta", type=float, default=1e-5, help="DP delta (default 1e-5)")
+    demo.add_argument(
+        "--privacy-unit",
+        choices=("record", "site"),
+        default="record",
+        help="with --epsilon: protect each record (DP-SGD across the sites, the default) or each site's whole update",
+    )
     demo.add_argument("--report", default=None, help="write a JSON summary to this file")
     demo.add_argument("--workdir", default=None, help="keep keys, configs, data and logs here (default: a temporary folder)")
     demo.add_argument("--seed", type=int, default=0, help="seed for the data split (not for any key material)")

@@ -32,6 +32,11 @@ __all__ = ["run_demo"]
 
 _OVERALL_TIMEOUT = 900.0
 DP_CLIP_NORM = 0.5
+#: record-level DP (DP-SGD across the sites): steps, expected records per step, per-record clip, step size
+RECORD_LEVEL_ROUNDS = 150
+RECORD_LEVEL_BATCH = 256
+RECORD_CLIP_NORM = 1.0
+DP_SGD_LEARNING_RATE = {"sgd_logistic": 2.0, "mlp": 0.5}
 
 
 def _bar(done: int, total: int, width: int = 20) -> str:
@@ -62,6 +67,9 @@ def run_demo(args) -> int:
 
     if args.nodes < 3:
         raise InvalidParameter("--nodes must be at least 3 (secure aggregation needs a threshold of peers)")
+    record_level = args.epsilon is not None and getattr(args, "privacy_unit", "record") == "record"
+    if args.rounds is None:
+        args.rounds = RECORD_LEVEL_ROUNDS if record_level else 10
     if args.rounds < 1:
         raise InvalidParameter("--rounds must be at least 1")
     if args.epsilon is not None and not args.epsilon > 0:
@@ -93,7 +101,21 @@ def run_demo(args) -> int:
         "preprocessing": preprocessing.to_json(),
     }
     policy: dict = {}
-    if args.epsilon is not None:
+    validation_fraction = 0.2
+    if record_level:
+        # Record-level DP: each round is one DP-SGD step over records Poisson-sampled at every site. The
+        # record count is declared in the task (public); the coordinator evaluates on held-out data it owns,
+        # so the sites keep no validation split and sample from all their records.
+        total = int(len(split.y_train))
+        batch = float(min(RECORD_LEVEL_BATCH, max(16, total // 5)))
+        task.update({"evaluate": False, "evaluation_data": "test.csv", "learning_rate": DP_SGD_LEARNING_RATE[args.model]})
+        task["dp"] = {
+            "epsilon": args.epsilon, "delta": args.delta, "clip_norm": RECORD_CLIP_NORM,
+            "unit": "record", "expected_batch": batch, "total_records": total,
+        }  # fmt: skip
+        policy = {"max_epsilon": args.epsilon, "max_epsilon_total": args.epsilon, "delta": args.delta, "privacy_unit": "record"}
+        validation_fraction = 0.0
+    elif args.epsilon is not None:
         # Client-level DP: one local epoch and a tight clip keep the signal-to-noise ratio workable.
         task.update({"local_epochs": 1, "evaluate": False, "evaluation_data": "test.csv"})
         task["dp"] = {"epsilon": args.epsilon, "delta": args.delta, "clip_norm": DP_CLIP_NORM}
@@ -101,7 +123,9 @@ def run_demo(args) -> int:
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="securefed-demo-"))
     keep = args.workdir is not None
     deadlines = {"advertise": 20, "reveal": 20, "share": 20, "masked_input": 60, "consistency": 20, "unmask": 20}
-    federation = LocalFederation.create(workdir, node_data, list(dataset.feature_names), task, deadlines, policy)
+    federation = LocalFederation.create(
+        workdir, node_data, list(dataset.feature_names), task, deadlines, policy, validation_fraction=validation_fraction
+    )
     if args.epsilon is not None:
         # The coordinator evaluates each (public, noised) model on held-out data it owns.
         save_csv(federation.coordinator_config.parent / "test.csv", split.X_test, split.y_test, list(dataset.feature_names), "label")
@@ -111,7 +135,16 @@ def run_demo(args) -> int:
         f"model {args.model}, secure aggregation on, CURVE on {federation.endpoint}"
     )
     print(f"preprocessing (declared in the task, applied by every node): {preprocessing.describe()}")
-    if args.epsilon is not None:
+    if record_level:
+        dp = task["dp"]
+        print(
+            f"differential privacy for every record: DP-SGD across the sites, epsilon <= {args.epsilon:g} at delta "
+            f"{args.delta:g} over {args.rounds} steps; each step every site samples each of its records with probability "
+            f"{dp['expected_batch'] / dp['total_records']:.3f} (expected batch {dp['expected_batch']:g} of "
+            f"{dp['total_records']}), clips each record's gradient to {RECORD_CLIP_NORM:g} and adds its share of "
+            "Skellam noise (use --privacy-unit site for client-level DP)"
+        )
+    elif args.epsilon is not None:
         print(
             f"differential privacy: distributed Skellam noise added by the nodes, epsilon <= {args.epsilon:g} "
             f"over {args.rounds} rounds at delta {args.delta:g} (client-level, clip norm {DP_CLIP_NORM:g})"
@@ -159,7 +192,7 @@ def run_demo(args) -> int:
         adapter.initial_parameters(args.seed),
         X_train,
         split.y_train,
-        epochs=task["local_epochs"] * args.rounds,
+        epochs=min(task["local_epochs"] * args.rounds, training["epochs"] * 10),  # the non-private reference
         learning_rate=training["learning_rate"],
         batch_size=training["batch_size"],
         seed=args.seed,
@@ -178,6 +211,7 @@ def run_demo(args) -> int:
         "baseline_accuracy": baseline,
         "epsilon": epsilon,
         "delta": args.delta if args.epsilon is not None else None,
+        "privacy_unit": (args.privacy_unit if args.epsilon is not None else None),
         "nodes": args.nodes,
         "dataset": args.dataset,
         "model": args.model,

@@ -101,6 +101,7 @@ class LocalFederation:
         port: int | None = None,
         extra_nodes: dict[str, tuple[CurveKeyPair, SigningKey]] | None = None,
         transcript: bool = False,
+        validation_fraction: float = 0.2,
     ) -> LocalFederation:
         """Write keys, data, and configs. ``task`` holds the [task] table (name, model, rounds, ...); its
         ``dp`` and ``preprocessing`` entries become the [task.dp] and [task.preprocessing] tables, and the
@@ -126,7 +127,7 @@ class LocalFederation:
         members.update(extra_nodes or {})
         federation._write_coordinator_config(coordinator_keys, members, task, deadlines or {}, transcript)
         for name in names:
-            federation._write_node_config(name, coordinator_keys, members, task, policy or {})
+            federation._write_node_config(name, coordinator_keys, members, task, policy or {}, validation_fraction)
         return federation
 
     def _write_coordinator_config(
@@ -157,7 +158,9 @@ class LocalFederation:
             ]
         self.coordinator_config.write_text("\n".join(lines) + "\n")
 
-    def _write_node_config(self, name: str, coordinator_keys: CurveKeyPair, members: dict, task: dict, policy: dict) -> None:
+    def _write_node_config(
+        self, name: str, coordinator_keys: CurveKeyPair, members: dict, task: dict, policy: dict, validation_fraction: float = 0.2
+    ) -> None:
         lines = [
             "[node]",
             f"name = {toml_value(name)}",
@@ -176,7 +179,7 @@ class LocalFederation:
             "[data]",
             'path = "data.csv"',
             'label_column = "label"',
-            "validation_fraction = 0.2",
+            f"validation_fraction = {toml_value(validation_fraction)}",
             "",
             "[policy]",
             *(f"{key} = {toml_value(value)}" for key, value in policy.items()),

@@ -49,5 +49,11 @@ class NoiseSource:
         return self._generator.poisson(half, size).astype(np.int64) - self._generator.poisson(half, size).astype(np.int64)
 
     def uniform(self, size: int) -> np.ndarray:
-        """Uniform floats in [0, 1) (for stochastic rounding under the same generator)."""
+        """Uniform floats in [0, 1) (for stochastic rounding and record sampling under the same generator)."""
         return self._generator.random(size)
+
+    def gaussian(self, std: float, size: int) -> np.ndarray:
+        """Normal noise (for central DP-SGD baselines in benchmarks and audits; nodes add Skellam noise)."""
+        if not (std >= 0 and np.isfinite(std)):
+            raise InvalidParameter("the noise standard deviation must be a non-negative finite number")
+        return self._generator.normal(0.0, std, size)

@@ -43,6 +43,7 @@ from typing import Protocol
 import numpy as np
 
 from securefed.dp.accountant import SkellamRelease, skellam_epsilon
+from securefed.dp.dpsgd import dpsgd_delta
 from securefed.dp.mechanism import SkellamParameters, plan_record_skellam, plan_skellam
 from securefed.errors import EncodingError, InvalidParameter, ProtocolAborted, RemoteProtocolError
 from securefed.federation.messages import Envelope, Hello, Refusal, RoundResult, RoundStart
@@ -673,8 +674,9 @@ class Coordinator:
                     # One DP-SGD step: the noisy sum of clipped per-record gradients over the public expected
                     # batch, plus the (public) L2 term; the step itself is post-processing.
                     gradient_sum = params.decode_gradient_sum(result.sum, len(survivors))  # range-checked
-                    gradient = gradient_sum / params.expected_batch + self.adapter.l2_gradient(self.model)
-                    mean_delta = -float(self.task.learning_rate) * gradient
+                    mean_delta = dpsgd_delta(
+                        self.adapter, self.model, gradient_sum, params.expected_batch, self.task.learning_rate
+                    )
                 else:
                     mean_delta = params.decode_mean(result.sum, len(survivors))  # range-checked
                 total_weight = float(len(survivors))

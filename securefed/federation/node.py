@@ -41,6 +41,7 @@ from securefed._db import open_durable
 from securefed.audit.log import AuditLog
 from securefed.crypto.identity import SigningKey
 from securefed.dp.ledger import Budget, PrivacyLedger
+from securefed.dp import dpsgd
 from securefed.dp.mechanism import SkellamParameters
 from securefed.dp.noise import NoiseSource
 from securefed.errors import (
@@ -600,14 +601,7 @@ class Node:
         """
         noise = NoiseSource()
         began = time.monotonic()
-        keep = noise.uniform(len(y)) < parameters.sampling_rate
-        gradients = adapter.per_example_gradients(model, X[keep], y[keep])
-        if len(gradients):
-            norms = np.linalg.norm(gradients, axis=1)
-            gradients *= np.minimum(1.0, parameters.clip_norm / np.maximum(norms, np.finfo(float).tiny))[:, None]
-            total = gradients.sum(axis=0)
-        else:
-            total = np.zeros(parameters.dimension)
+        total = dpsgd.sampled_clipped_gradient_sum(adapter, model, X, y, parameters.clip_norm, parameters.sampling_rate, noise)
         encoded = parameters.encode_gradient_sum(total, noise)
         self.last_training_seconds = time.monotonic() - began
         log.info(

@@ -365,3 +365,38 @@ def test_a_deleted_ledger_stops_the_node_daemon_until_rebuilt(launch) -> None:
     )
     assert process.poll() is None, federation.log(name)[offset:]
     assert f"spent {spent:.3f} of 4" in federation.log(name)[offset:]
+
+
+def test_record_level_dp_over_daemons(launch) -> None:
+    """Record-level DP (DP-SGD across the sites) over the real daemons: 4 nodes, 3 DP-SGD steps. Every release is
+    recorded with its sampling rate, by the coordinator and in every node's ledger (unit "record"), the epsilon
+    history is the composition of those releases and stays within the target, and the sites' policy
+    (privacy_unit = "record") accepts the rounds."""
+    dp = {"epsilon": 2.0, "delta": DELTA, "clip_norm": 1.0, "unit": "record", "expected_batch": 40.0, "total_records": 400}
+    federation = launch(
+        n_nodes=4, rounds=3, dp=dp, evaluate=False,
+        policy={"max_epsilon": 2.0, "delta": DELTA, "privacy_unit": "record"},
+    )  # fmt: skip
+    federation.start_coordinator()
+    federation.start_nodes()
+    assert federation.wait_coordinator_exit(timeout=federation.time_budget(3)) == 0, federation.diagnostics()
+
+    rounds = _dp_rounds(federation)
+    assert [r["round"] for r in rounds] == [1, 2, 3], federation.diagnostics()
+    recorded = [SkellamRelease(v, l2, l1, q) for v, l2, l1, q in federation.query(
+        "SELECT variance, l2_sensitivity, l1_sensitivity, sampling_rate FROM dp_releases ORDER BY round"
+    )]  # fmt: skip
+    assert [release.sampling_rate for release in recorded] == [0.1] * 3
+    epsilons = [r["epsilon"] for r in rounds]
+    assert epsilons == pytest.approx([skellam_epsilon(recorded[:k], DELTA) for k in (1, 2, 3)], rel=1e-12)
+    assert all(a < b for a, b in zip(epsilons, epsilons[1:])) and epsilons[-1] <= dp["epsilon"], epsilons
+    federation.stop_all()
+    for name in federation.names:
+        ledger = PrivacyLedger(federation.root / name / "state" / "ledger.sqlite", Budget(2.0, 2.0, DELTA))
+        try:
+            entries = ledger.entries()
+            assert [e.round for e in entries] == [1, 2, 3], name
+            assert all(e.mechanism["unit"] == "record" and e.mechanism["release"]["sampling_rate"] == 0.1 for e in entries)
+            assert ledger.spent(federation.task["name"]) == pytest.approx(epsilons[-1], rel=1e-9), name
+        finally:
+            ledger.close()

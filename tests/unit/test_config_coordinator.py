@@ -62,7 +62,7 @@ def full_coordinator_config(members: dict) -> dict:
             "masking": True,
             "evaluation_data": "test.csv",
             "evaluation_label_column": "outcome",
-            "dp": {"epsilon": 8.0, "delta": 1e-6, "clip_norm": 0.5},
+            "dp": {"epsilon": 8.0, "delta": 1e-6, "clip_norm": 0.5, "unit": "record", "expected_batch": 64, "total_records": 1000},
             "preprocessing": {"scaler": "minmax", "min": {"age": 0, "bmi": 10, "glucose": 40}, "max": [120, 60, 400]},
         },
         "deadlines": {stage: 10 + i for i, stage in enumerate(STAGE_NAMES)},
@@ -96,6 +96,7 @@ def test_a_config_with_every_key_loads(tmp_path: Path, base: dict, members: dict
     assert (task.threshold, task.neighbours, task.expected_dropout, task.max_colluders) == (4, "complete", 0.1, 1)
     assert (task.clip_norm, task.weight_cap, task.strategy, task.evaluate, task.masking) == (5.0, 1000, "fedadam", False, True)
     assert task.dp is not None and (task.dp.epsilon, task.dp.delta, task.dp.clip_norm) == (8.0, 1e-6, 0.5)
+    assert (task.dp.unit, task.dp.expected_batch, task.dp.total_records, task.dp.sampling_rate) == ("record", 64.0, 1000, 0.064)
     assert task.deadlines == {stage: float(10 + i) for i, stage in enumerate(STAGE_NAMES)}
     assert task.preprocessing is not None
     assert task.preprocessing.param("min") == (0.0, 10.0, 40.0) and task.preprocessing.param("max") == (120.0, 60.0, 400.0)

@@ -96,6 +96,7 @@ def full_node_config(keys: dict) -> dict:
             "max_epsilon_total": 5.0,
             "delta": 1e-6,
             "min_noise_multiplier": 0.5,
+            "privacy_unit": "record",
         },
         "roster": [{"name": n, "identity_public_key": _b64(keys[n])} for n in ("site-a", "site-b", "site-c")],
         "metrics": {"listen": "127.0.0.1:9465"},
@@ -160,6 +161,7 @@ def test_a_config_with_every_key_loads(tmp_path: Path, base: dict, keys: dict) -
     assert policy.allow_sparse_graph is False and policy.min_neighbours == 4
     assert policy.allowed_models == ("sgd_logistic",) and policy.max_rounds == 50
     assert (policy.max_epsilon, policy.max_epsilon_total, policy.delta, policy.min_noise_multiplier) == (2.0, 5.0, 1e-6, 0.5)
+    assert policy.privacy_unit == "record"
     assert config.preprocessing is not None and config.preprocessing.param("min") == (0.0, -1.0, 10.0)
     assert config.source == tmp_path / "node.toml"
 
