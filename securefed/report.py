@@ -122,6 +122,8 @@ class ReportData:
     dp_epsilon: float | None
     dp_delta: float | None
     dp_clip_norm: float | None
+    #: "record" (each record, DP-SGD across the sites) or "site" (a site's whole update); None without DP
+    dp_unit: str | None
     status: str  # "finished", "running" or "not running"
     status_detail: str
     generated_at: float
@@ -248,6 +250,7 @@ def collect(
         dp_epsilon=None if dp is None else float(dp["epsilon"]),
         dp_delta=None if dp is None else float(dp["delta"]),
         dp_clip_norm=None if dp is None else float(dp["clip_norm"]),
+        dp_unit=None if dp is None else str(dp["unit"]),
         status=status[0],
         status_detail=status[1],
         generated_at=time.time() if now is None else now,
@@ -700,7 +703,8 @@ def _facts(data: ReportData) -> str:
         dp = "off"
         spent = None
     else:
-        dp = f"budget ε = {data.dp_epsilon:g} at δ = {data.dp_delta:g}, clip norm {data.dp_clip_norm:g}"
+        unit = "each record (DP-SGD across the sites)" if data.dp_unit == "record" else "each site's whole update"
+        dp = f"protects {unit}: budget ε = {data.dp_epsilon:g} at δ = {data.dp_delta:g}, clip norm {data.dp_clip_norm:g}"
         spent_value = data.epsilon_spent
         spent = "none yet" if spent_value is None else (
             f"{spent_value:.3f} of {data.dp_epsilon:g} ({spent_value / data.dp_epsilon:.0%}) at δ = {data.dp_delta:g}"

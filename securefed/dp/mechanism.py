@@ -145,8 +145,9 @@ class SkellamParameters:
         """The largest |coordinate| of the sum of the cohort's rounded inputs, before noise."""
         n = self.cohort_size
         if self.unit == "record":
-            # every node clips its sum of clipped gradients to batch_bound C and rounds it once
-            return min(self.batch_bound, n * self.batch_bound) * self.clip_norm * self.scale + n
+            # all the records sampled in a round, over all nodes, are at most batch_bound (but with probability
+            # 2^-41, charged below), each clipped to C; each node rounds its sum once (+1 per node)
+            return self.batch_bound * self.clip_norm * self.scale + n
         return n * (self.clip_norm * self.scale + 1)
 
     @property

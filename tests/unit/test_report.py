@@ -360,7 +360,7 @@ def test_rounds_from_before_and_after_the_store_records_stages_and_bytes() -> No
 def _data(rounds: tuple[RoundRow, ...], refusals: tuple[RefusalRow, ...] = ()) -> ReportData:
     return ReportData(
         task_name="t", model_kind="mlp", n_features=3, feature_names=("a", "b", "c"), classes=(0, 1), rounds_total=4,
-        strategy="fedavg", masking=True, min_nodes=3, roster_size=5, dp_epsilon=None, dp_delta=None, dp_clip_norm=None,
+        strategy="fedavg", masking=True, min_nodes=3, roster_size=5, dp_epsilon=None, dp_delta=None, dp_clip_norm=None, dp_unit=None,
         status="running", status_detail="PID 1", generated_at=1.7e9, version="0", config_path="c.toml",
         store_path="s.sqlite", rounds=rounds, refusals_by_round={}, aborted_by_round={}, recent_refusals=refusals,
         recent_aborts=(), attempt_counts={},
