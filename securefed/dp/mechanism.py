@@ -216,20 +216,8 @@ class SkellamParameters:
         """
         if self.unit != "record":
             raise EncodingError("decode_gradient_sum is for record-level rounds")
-        array = np.asarray(total)
-        if array.dtype != np.uint32 or array.shape != (self.dimension,) or survivors < 1:
-            raise EncodingError("sum has the wrong shape or no survivors")
-        integers = array.view(np.int32).astype(np.float64)
-        variance = survivors * self.node_variance
         signal = self.batch_bound * self.clip_norm * self.scale + survivors * math.sqrt(self.dimension)
-        bound = signal + 2 * math.sqrt(self.dimension * variance) + 40 * math.sqrt(variance)
-        norm = float(np.linalg.norm(integers))
-        if not norm <= bound:
-            raise EncodingError(
-                f"out-of-range: the noisy gradient sum has L2 norm {norm:.6g} in the integer domain, more than "
-                f"{bound:.6g}, what {survivors} nodes' clipped gradient sums with their noise can produce"
-            )
-        return integers / self.scale
+        return self._plausible(total, survivors, signal, "clipped gradient sums") / self.scale
 
     def decode_mean(self, total: np.ndarray, survivors: int) -> np.ndarray:
         """The noisy mean update from the unmasked sum of ``survivors`` encodings.
@@ -241,19 +229,23 @@ class SkellamParameters:
         concentrates at sqrt(d m V)); a garbled or poisoned-beyond-clipping sum
         is not.
         """
+        return self._plausible(total, survivors, survivors * self.l2_sensitivity, "clipped inputs") / self.scale / survivors
+
+    def _plausible(self, total: np.ndarray, survivors: int, signal: float, what: str) -> np.ndarray:
+        """The unmasked sum as floats (integer domain), if its norm is within ``signal`` plus the noise's reach."""
         array = np.asarray(total)
         if array.dtype != np.uint32 or array.shape != (self.dimension,) or survivors < 1:
             raise EncodingError("sum has the wrong shape or no survivors")
         integers = array.view(np.int32).astype(np.float64)
         variance = survivors * self.node_variance
-        bound = survivors * self.l2_sensitivity + 2 * math.sqrt(self.dimension * variance) + 40 * math.sqrt(variance)
+        bound = signal + 2 * math.sqrt(self.dimension * variance) + 40 * math.sqrt(variance)
         norm = float(np.linalg.norm(integers))
         if not norm <= bound:
             raise EncodingError(
                 f"out-of-range: the noisy sum has L2 norm {norm:.6g} in the integer domain, more than {bound:.6g}, "
-                f"what {survivors} clipped inputs with their noise can produce"
+                f"what {survivors} nodes' {what} with their noise can produce"
             )
-        return integers / self.scale / survivors
+        return integers
 
     # --- the round spec -------------------------------------------------------
 

@@ -149,6 +149,15 @@ def _fresh_seed() -> int:
 # --- adapters ------------------------------------------------------------------------------------
 
 
+def _one_hot(idx: np.ndarray, outputs: int) -> np.ndarray:
+    """Training targets for class positions ``idx``: one column (the second class) for one output, else one-hot."""
+    if outputs == 1:
+        return (idx == 1).astype(np.float64)[:, None]
+    target = np.zeros((idx.shape[0], outputs))
+    target[np.arange(idx.shape[0]), idx] = 1.0
+    return target
+
+
 class ModelAdapter(ABC):
     """One model family with a fixed parameter layout, for one task's features and classes."""
 
@@ -407,12 +416,7 @@ class SGDLogisticAdapter(ModelAdapter):
 
     def _step(self, w: list[np.ndarray], X: np.ndarray, idx: np.ndarray, lr: float) -> None:
         coef, intercept = w
-        if self._rows == 1:
-            target = (idx == 1).astype(np.float64)[:, None]
-        else:
-            target = np.zeros((idx.shape[0], self._rows))
-            target[np.arange(idx.shape[0]), idx] = 1.0
-        residual = (expit(X @ coef.T + intercept) - target) / X.shape[0]
+        residual = (expit(X @ coef.T + intercept) - _one_hot(idx, self._rows)) / X.shape[0]
         grad_coef = residual.T @ X
         if self.l2:
             grad_coef += self.l2 * coef
@@ -422,12 +426,7 @@ class SGDLogisticAdapter(ModelAdapter):
     def _example_gradients(self, w: list[np.ndarray], X: np.ndarray, idx: np.ndarray) -> np.ndarray:
         coef, intercept = w
         n = X.shape[0]
-        if self._rows == 1:
-            target = (idx == 1).astype(np.float64)[:, None]
-        else:
-            target = np.zeros((n, self._rows))
-            target[np.arange(n), idx] = 1.0
-        residual = expit(X @ coef.T + intercept) - target  # (n, rows)
+        residual = expit(X @ coef.T + intercept) - _one_hot(idx, self._rows)  # (n, rows)
         weights = (residual[:, :, None] * X[:, None, :]).reshape(n, -1)
         return np.concatenate([weights, residual], axis=1)
 
@@ -550,8 +549,8 @@ class MLPAdapter(ModelAdapter):
             return 1.0 - a * a
         return a * (1.0 - a)
 
-    def _step(self, w: list[np.ndarray], X: np.ndarray, idx: np.ndarray, lr: float) -> None:
-        coefs, intercepts = self._split(w)
+    def _forward(self, coefs: list[np.ndarray], intercepts: list[np.ndarray], X: np.ndarray) -> list[np.ndarray]:
+        """Every layer's activations, the input first and the output probabilities last."""
         acts = [X]
         last = len(coefs) - 1
         for i, (coef, intercept) in enumerate(zip(coefs, intercepts)):
@@ -564,13 +563,14 @@ class MLPAdapter(ModelAdapter):
                 z = np.exp(z - z.max(axis=1, keepdims=True))
                 z /= z.sum(axis=1, keepdims=True)
             acts.append(z)
-        if self._n_outputs == 1:
-            target = (idx == 1).astype(np.float64)[:, None]
-        else:
-            target = np.zeros((idx.shape[0], self._n_outputs))
-            target[np.arange(idx.shape[0]), idx] = 1.0
+        return acts
+
+    def _step(self, w: list[np.ndarray], X: np.ndarray, idx: np.ndarray, lr: float) -> None:
+        coefs, intercepts = self._split(w)
+        acts = self._forward(coefs, intercepts, X)
+        last = len(coefs) - 1
         # Softmax + cross-entropy (and logistic + binary cross-entropy) share this output delta.
-        delta = (acts[-1] - target) / X.shape[0]
+        delta = (acts[-1] - _one_hot(idx, self._n_outputs)) / X.shape[0]
         for i in range(last, -1, -1):
             grad_coef = acts[i].T @ delta
             if self.l2:
@@ -584,24 +584,9 @@ class MLPAdapter(ModelAdapter):
     def _example_gradients(self, w: list[np.ndarray], X: np.ndarray, idx: np.ndarray) -> np.ndarray:
         coefs, intercepts = self._split(w)
         n = X.shape[0]
-        acts = [X]
+        acts = self._forward(coefs, intercepts, X)
         last = len(coefs) - 1
-        for i, (coef, intercept) in enumerate(zip(coefs, intercepts)):
-            z = acts[-1] @ coef + intercept
-            if i < last:
-                z = self._hidden(z)
-            elif self._n_outputs == 1:
-                z = expit(z)
-            else:
-                z = np.exp(z - z.max(axis=1, keepdims=True))
-                z /= z.sum(axis=1, keepdims=True)
-            acts.append(z)
-        if self._n_outputs == 1:
-            target = (idx == 1).astype(np.float64)[:, None]
-        else:
-            target = np.zeros((n, self._n_outputs))
-            target[np.arange(n), idx] = 1.0
-        delta = acts[-1] - target
+        delta = acts[-1] - _one_hot(idx, self._n_outputs)
         coef_grads: list[np.ndarray] = [np.empty(0)] * len(coefs)
         intercept_grads: list[np.ndarray] = [np.empty(0)] * len(coefs)
         for i in range(last, -1, -1):
