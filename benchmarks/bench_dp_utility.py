@@ -42,8 +42,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--epsilons", default=None, help="comma-separated, 'inf' for no DP (default 1,4,8,inf)")
+    parser.add_argument("--datasets", default=None, help="comma-separated subset of digits,breast_cancer (default both)")
     args = parser.parse_args()
-    global EPSILONS
+    global EPSILONS, CELLS
+    if args.datasets:
+        CELLS = [cell for cell in CELLS if cell[0] in args.datasets.split(",")]
     if args.epsilons:
         EPSILONS = [None if e.strip() == "inf" else float(e) for e in args.epsilons.split(",")]
     lines = [

@@ -202,6 +202,32 @@ def _check_node(file: Path, out: TextIO) -> list[str]:
     return problems
 
 
+def _dp_plan_line(out: TextIO, task, n: int, threshold: int) -> list[str]:
+    """What the coordinator would plan with all ``n`` nodes: the noise multiplier the target costs, before a round runs."""
+    from securefed.dp.mechanism import plan_record_skellam, plan_skellam
+    from securefed.errors import InvalidParameter
+    from securefed.learning.models import make_adapter
+
+    dp = task.dp
+    honest = threshold - task.colluders(n)
+    dimension = make_adapter(task.model_kind, task.n_features, task.classes, **task.model_options).parameter_count
+    try:
+        if dp.unit == "record":
+            plan = plan_record_skellam(
+                dp.epsilon, dp.delta, task.rounds, dp.clip_norm, dimension, n, honest, dp.total_records, dp.expected_batch
+            )
+        else:
+            plan = plan_skellam(dp.epsilon, dp.delta, task.rounds, dp.clip_norm, dimension, n, honest)
+    except InvalidParameter as exc:
+        return [f"no DP plan fits: {exc}"]
+    print(
+        f"DP plan:       with all {n} nodes: noise for t - c = {honest} honest survivors, noise multiplier "
+        f"{plan.noise_multiplier:.3f} over {task.rounds} rounds of {dimension} parameters (scale 2^{plan.scale_bits})",
+        file=out,
+    )
+    return []
+
+
 def _check_coordinator(file: Path, out: TextIO) -> list[str]:
     from coordinator.config import check_task_options, load_coordinator_config
     from securefed.wire.keys import CurveKeyPair
@@ -236,6 +262,8 @@ def _check_coordinator(file: Path, out: TextIO) -> list[str]:
             )
         else:
             print(f"privacy:       epsilon {task.dp.epsilon:g} for the task at delta {task.dp.delta:g}, clip norm {task.dp.clip_norm:g}", file=out)
+        if threshold <= n:
+            problems += _dp_plan_line(out, task, n, threshold)
     else:
         print("privacy:       no differential privacy", file=out)
     print(_metrics_line(config.metrics), file=out)
