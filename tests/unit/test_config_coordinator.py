@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import re
 from pathlib import Path
 
 import numpy as np
@@ -268,6 +269,9 @@ def test_check_reports_a_usable_coordinator_config(tmp_path: Path, base: dict, c
     assert "c = 1 (max_colluders = 1, N = 4 nodes listed); smallest safe threshold t = 3" in out
     assert "threshold 4 with all 4 nodes (complete graph)" in out
     assert "epsilon 8 for the task at delta 1e-06" in out
+    assert "record level (DP-SGD across the sites)" in out and "probability 0.064 (64 of 1000 expected)" in out
+    # the plan a round would run with: noise for t - c = 4 - 1 honest survivors
+    assert re.search(r"DP plan: +with all 4 nodes: noise for t - c = 3 honest survivors, noise multiplier \d+\.\d{3} over 5 rounds", out), out
     assert "CURVE key:     " in out and "test.csv: 20 rows, 3 features + label 'outcome'" in out
     assert out.rstrip().endswith("OK: the config is usable")
 
