@@ -41,6 +41,8 @@ def _violations(package: str, forbidden: tuple[str, ...]) -> list[str]:
         ("securefed.crypto", ("zmq", "securefed.wire", "securefed.secagg", "securefed.federation", "random")),
         ("securefed.federation", ("zmq", "coordinator", "node")),
         ("securefed.learning", ("zmq", "securefed.wire", "securefed.secagg", "coordinator", "node")),
+        # histogram trees are pure computations over local data and summed vectors (sans-IO)
+        ("securefed.trees", ("zmq", "securefed.wire", "securefed.secagg", "securefed.federation", "securefed.learning", "sklearn", "socket", "threading", "time", "coordinator", "node")),
     ],
 )
 def test_dependency_direction(package: str, forbidden: tuple[str, ...]) -> None:

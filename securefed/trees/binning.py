@@ -1,0 +1,116 @@
+"""Equal-width bins from public per-feature bounds, and the integer codes of a node's features.
+
+Theory of operation. A histogram tree compares a feature only with bin edges,
+so every site must cut its features at the *same* edges, and the edges must
+reveal nothing about any site's data. They come from the task definition: a
+declared [min, max] per feature (domain knowledge or a data dictionary, the
+same bounds a task declares for its min-max preprocessing, see
+:mod:`securefed.preprocessing`), cut into ``n_bins`` equal-width bins. A value
+outside the declared range falls into the first or last bin (it is clipped,
+never refused, so an outlying record cannot break a round), and a split
+"code <= b goes left" is the threshold ``x < min + (b + 1) * width``.
+
+Codes are uint8 for up to 256 bins and uint16 beyond, so a node's coded copy
+of its data is small; NaN and infinity are refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from securefed.errors import InvalidParameter
+from securefed.preprocessing import Preprocessing
+from securefed.trees._checks import check_int, check_keys
+
+__all__ = ["Bins", "MAX_BINS"]
+
+#: The most bins a feature may have (codes are uint16).
+MAX_BINS = 1 << 16
+
+
+@dataclass(frozen=True)
+class Bins:
+    """``n_bins`` equal-width bins per feature between the declared ``low`` and ``high``."""
+
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+    n_bins: int
+
+    def __post_init__(self) -> None:
+        check_int("n_bins", self.n_bins, 2, MAX_BINS)
+        for name in ("low", "high"):
+            values = getattr(self, name)
+            if not isinstance(values, tuple) or not values:
+                raise InvalidParameter(f"bins {name} must be a non-empty tuple with one bound per feature")
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+                raise InvalidParameter(f"bins {name} must hold finite numbers")
+            object.__setattr__(self, name, tuple(float(v) for v in values))
+        if len(self.low) != len(self.high):
+            raise InvalidParameter(f"bins declare {len(self.low)} lower and {len(self.high)} upper bounds; give one of each per feature")
+        bad = [i for i, (lo, hi) in enumerate(zip(self.low, self.high)) if not hi > lo]
+        if bad:
+            i = bad[0]
+            raise InvalidParameter(f"bin bounds need max > min for every feature; feature #{i + 1} has min {self.low[i]!r}, max {self.high[i]!r}")
+
+    @classmethod
+    def uniform(cls, low: Sequence[float], high: Sequence[float], n_bins: int) -> Bins:
+        """Bins from any sequences of bounds (converted to tuples)."""
+        return cls(tuple(low), tuple(high), n_bins)
+
+    @classmethod
+    def from_preprocessing(cls, preprocessing: Preprocessing, n_bins: int) -> Bins:
+        """Bins over a task's declared min-max bounds (the public ranges its preprocessing uses).
+
+        The bins apply to the *raw* features; a standard scaler declares no
+        range, so it is refused.
+        """
+        if preprocessing.scaler != "minmax":
+            raise InvalidParameter(
+                f"bins need declared per-feature bounds; the {preprocessing.scaler} scaler has none: declare a minmax preprocessing or pass the bounds"
+            )
+        return cls(preprocessing.param("min"), preprocessing.param("max"), n_bins)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.low)
+
+    @property
+    def code_dtype(self) -> type[np.unsignedinteger]:
+        return np.uint8 if self.n_bins <= 256 else np.uint16
+
+    def digitize(self, X: np.ndarray) -> np.ndarray:
+        """The bin code of every value (rows x features), clipped to the end bins."""
+        try:
+            values = np.asarray(X, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise InvalidParameter("features must be numbers") from None
+        if values.ndim != 2 or values.shape[1] != self.n_features:
+            raise InvalidParameter(f"bins are declared for {self.n_features} features; the data has shape {values.shape}")
+        if not np.all(np.isfinite(values)):
+            raise InvalidParameter("features contain NaN or infinity; impute or drop those rows first")
+        low = np.asarray(self.low)
+        scaled = (values - low) / (np.asarray(self.high) - low) * self.n_bins
+        np.clip(np.floor(scaled), 0, self.n_bins - 1, out=scaled)
+        return scaled.astype(self.code_dtype)
+
+    def thresholds(self) -> np.ndarray:
+        """Upper edge of every bin but the last (features x (n_bins - 1)): split b sends x < edge[b] left."""
+        low = np.asarray(self.low)[:, None]
+        width = (np.asarray(self.high) - np.asarray(self.low))[:, None] / self.n_bins
+        return low + width * np.arange(1, self.n_bins)[None, :]
+
+    def to_json(self) -> dict:
+        return {"low": list(self.low), "high": list(self.high), "n_bins": self.n_bins}
+
+    @classmethod
+    def from_json(cls, raw: object) -> Bins:
+        """Read :meth:`to_json`'s form strictly; raises :class:`InvalidParameter`."""
+        data = check_keys("bins", raw, ("low", "high", "n_bins"))
+        for name in ("low", "high"):
+            if not isinstance(data[name], list):
+                raise InvalidParameter(f"bins {name} must be a list of numbers")
+        return cls(tuple(data["low"]), tuple(data["high"]), data["n_bins"])
