@@ -42,6 +42,7 @@ def _violations(package: str, forbidden: tuple[str, ...]) -> list[str]:
         ("securefed.federation", ("zmq", "coordinator", "node")),
         ("securefed.learning", ("zmq", "securefed.wire", "securefed.secagg", "coordinator", "node")),
         # histogram trees are pure computations over local data and summed vectors (sans-IO)
+        ("securefed.analytics", ("zmq", "securefed.wire", "securefed.federation", "securefed.secagg", "socket", "threading", "time", "random", "coordinator", "node")),
         ("securefed.trees", ("zmq", "securefed.wire", "securefed.secagg", "securefed.federation", "securefed.learning", "sklearn", "socket", "threading", "time", "coordinator", "node")),
     ],
 )
