@@ -114,3 +114,27 @@ class Bins:
             if not isinstance(data[name], list):
                 raise InvalidParameter(f"bins {name} must be a list of numbers")
         return cls(tuple(data["low"]), tuple(data["high"]), data["n_bins"])
+
+
+class BinnedParams:
+    """JSON round trip for a frozen parameter dataclass whose ``bins`` field is :class:`Bins` (forest, boosting).
+
+    ``from_json`` refuses missing or unknown keys by name (``_JSON_NAME`` says what is being read)."""
+
+    _JSON_NAME = "params"
+
+    def to_json(self) -> dict:
+        from dataclasses import fields
+
+        out = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        out["bins"] = self.bins.to_json()  # type: ignore[attr-defined]
+        return out
+
+    @classmethod
+    def from_json(cls, raw: object):
+        from dataclasses import fields
+
+        from securefed.trees._checks import check_keys
+
+        data = check_keys(cls._JSON_NAME, raw, [f.name for f in fields(cls)])  # type: ignore[arg-type]
+        return cls(**{**data, "bins": Bins.from_json(data["bins"])})

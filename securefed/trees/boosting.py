@@ -31,13 +31,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
 from securefed.errors import InvalidParameter, ProtocolAborted
-from securefed.trees._checks import check_choice, check_int, check_keys, check_real
-from securefed.trees.binning import Bins
+from securefed.trees._checks import check_choice, check_int, check_real
+from securefed.trees.binning import BinnedParams, Bins
 from securefed.trees.driver import Driver, State
 from securefed.trees.grow import FinishedTree, LevelGrower
 from securefed.trees.histograms import (
@@ -70,7 +70,7 @@ _EPS = float(np.finfo(np.float64).eps)
 
 
 @dataclass(frozen=True)
-class BoostingParams:
+class BoostingParams(BinnedParams):
     """A federated GBDT's parameters: public, agreed by every site, carried in every request.
 
     ``n_classes`` is 2 for logistic, the number of classes (>= 2) for softmax,
@@ -81,6 +81,8 @@ class BoostingParams:
     fixed-point precisions follow from them and ``max_nodes`` x
     ``max_rows_per_node`` (:attr:`grad_bits`, :attr:`hess_bits`).
     """
+
+    _JSON_NAME = "boosting params"  # what from_json says it read
 
     bins: Bins
     loss: str = "logistic"
@@ -167,15 +169,6 @@ class BoostingParams:
             f"safe for {self.max_nodes} nodes x {self.max_rows_per_node} rows"
         )
 
-    def to_json(self) -> dict:
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["bins"] = self.bins.to_json()
-        return out
-
-    @classmethod
-    def from_json(cls, raw: object) -> BoostingParams:
-        data = check_keys("boosting params", raw, [f.name for f in fields(cls)])
-        return cls(**{**data, "bins": Bins.from_json(data["bins"])})
 
     def criterion(self) -> GradientCriterion:
         return GradientCriterion(

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
 from securefed.errors import InvalidParameter
-from securefed.trees._checks import check_bool, check_choice, check_int, check_keys, is_int
-from securefed.trees.binning import Bins
+from securefed.trees._checks import check_bool, check_choice, check_int, is_int
+from securefed.trees.binning import BinnedParams, Bins
 from securefed.trees.driver import Driver, State
 from securefed.trees.grow import LevelGrower
 from securefed.trees.histograms import check_no_wrap, class_count_histogram, decode_sum, to_uint32
@@ -43,7 +43,7 @@ _MAX_SEED = (1 << 63) - 1
 
 
 @dataclass(frozen=True)
-class ForestParams:
+class ForestParams(BinnedParams):
     """A federated random forest's parameters: public, agreed by every site, carried in every request.
 
     ``max_features`` is a count or "sqrt" / "log2" / "all" (of the task's
@@ -52,6 +52,8 @@ class ForestParams:
     ``max_weight`` must stay below 2^31 (the wrap bound); a node with more rows
     than ``max_rows_per_node`` refuses to take part.
     """
+
+    _JSON_NAME = "forest params"  # what from_json says it read
 
     bins: Bins
     n_classes: int
@@ -114,15 +116,6 @@ class ForestParams:
             f"counts <= {self.max_nodes} nodes x {self.max_rows_per_node} rows x {weight} < 2^31"
         )
 
-    def to_json(self) -> dict:
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["bins"] = self.bins.to_json()
-        return out
-
-    @classmethod
-    def from_json(cls, raw: object) -> ForestParams:
-        data = check_keys("forest params", raw, [f.name for f in fields(cls)])
-        return cls(**{**data, "bins": Bins.from_json(data["bins"])})
 
 
 def feature_subset(seed: int, tree: int, node: int, n_features: int, k: int) -> tuple[int, ...]:
