@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from securefed._stdout import write_stdout
 from securefed.errors import InvalidParameter
 
 if TYPE_CHECKING:
@@ -206,24 +207,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             raise InvalidParameter(f"{args.out}: cannot write the predictions ({exc.strerror or exc})") from None
         print(f"wrote {args.out}: {summary}")
         return 0
-    _write_stdout(text)
+    write_stdout(text)
     print(summary, file=sys.stderr)
     return 0
-
-
-def _write_stdout(text: str) -> None:
-    import os
-
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # `securefed predict ... | head`: point stdout at /dev/null so the exit-time flush does not fail again.
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except (OSError, ValueError):
-            pass
 
 
 def _read_csv(path: Path, label_column: str, declared: int | tuple[str, ...]) -> tuple[np.ndarray, np.ndarray | None]:

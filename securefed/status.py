@@ -21,11 +21,11 @@ import csv
 import io
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from securefed._stdout import write_stdout
 from securefed.errors import InvalidParameter
 
 if TYPE_CHECKING:
@@ -295,24 +295,11 @@ def history_text(config_path: str | os.PathLike[str], form: str = "table") -> st
 
 def print_history(config_path: str | os.PathLike[str], form: str = "table") -> int:
     """Print the round history; quiet in a closed pipe, like :func:`print_status`."""
-    _write(history_text(config_path, form))
+    write_stdout(history_text(config_path, form))
     return 0
 
 
 def print_status(config_path: str | os.PathLike[str]) -> int:
     """Print the status; a reader that goes away early (``| head``) ends it quietly."""
-    _write("\n".join(status_lines(config_path)) + "\n")
+    write_stdout("\n".join(status_lines(config_path)) + "\n")
     return 0
-
-
-def _write(text: str) -> None:
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # Point stdout at /dev/null so the interpreter's own flush at exit does not fail again.
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except (OSError, ValueError):
-            pass
