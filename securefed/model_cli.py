@@ -223,7 +223,7 @@ def _read_csv(path: Path, label_column: str, declared: int | tuple[str, ...]) ->
 
     import numpy as np
 
-    from securefed.learning.data import _duplicates, _listed, _order_columns, _parse_number
+    from securefed.learning.data import _order_columns, _parse_number, header_names
 
     source = str(path)
     if not path.is_file():
@@ -231,14 +231,7 @@ def _read_csv(path: Path, label_column: str, declared: int | tuple[str, ...]) ->
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
-            header = next(reader, None)
-            if header is None:
-                raise InvalidParameter(f"{source}: the file is empty; it needs a header row and data rows")
-            names = [h.strip() for h in header]
-            if any(not n for n in names):
-                raise InvalidParameter(f"{source}: the header row has an empty column name")
-            if len(set(names)) != len(names):
-                raise InvalidParameter(f"{source}: the header repeats column names {_listed(_duplicates(names))}")
+            names = header_names(reader, source)
             label_at = names.index(label_column) if label_column in names else None
             feature_at = [i for i in range(len(names)) if i != label_at]
             rows: list[list[float]] = []

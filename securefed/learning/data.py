@@ -158,18 +158,24 @@ def _parse_number(source: str, text: str, line: int, column: str) -> float:
     return value
 
 
+def header_names(reader, source: str) -> list[str]:
+    """The header row of a CSV (``csv.reader``): stripped, non-empty, distinct column names, or a clear error."""
+    header = next(reader, None)
+    if header is None:
+        raise InvalidParameter(f"{source}: the file is empty; it needs a header row and data rows")
+    names = [h.strip() for h in header]
+    if any(not n for n in names):
+        raise InvalidParameter(f"{source}: the header row has an empty column name")
+    if len(set(names)) != len(names):
+        raise InvalidParameter(f"{source}: the header repeats column names {_listed(_duplicates(names))}")
+    return names
+
+
 def _load_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     source = str(path)
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None:
-            raise InvalidParameter(f"{source}: the file is empty; it needs a header row and data rows")
-        names = [h.strip() for h in header]
-        if any(not n for n in names):
-            raise InvalidParameter(f"{source}: the header row has an empty column name")
-        if len(set(names)) != len(names):
-            raise InvalidParameter(f"{source}: the header repeats column names {_listed(_duplicates(names))}")
+        names = header_names(reader, source)
         if label_column not in names:
             raise InvalidParameter(
                 f"{source}: no label column {label_column!r}; the header has {_listed(names)}. "
