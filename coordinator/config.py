@@ -14,6 +14,7 @@ from pathlib import Path
 from securefed.config_util import NUMBER, ConfigFile, Key, Section, Table, load_config, parse_identity_key, resolve_path
 from securefed.dp.settings import DpSettings
 from securefed.errors import ConfigError, InvalidParameter
+from securefed.federation.computation import COMPUTE_KINDS, ComputationJob
 from securefed.federation.task import DEFAULT_DEADLINES, STAGE_NAMES, NodeEntry, TaskDefinition
 from securefed.metrics import MetricsListen, parse_listen
 from securefed.preprocessing import PREPROCESSING_SECTION, features_from, preprocessing_from
@@ -45,7 +46,7 @@ COORDINATOR_SCHEMA: dict[str, Section] = {
             "model_options": Key(dict),
             "features": Key((int, list), required=True, items=str),
             "classes": Key(list, required=True, items=int),
-            "rounds": Key(int, required=True),
+            "rounds": Key(int),
             "local_epochs": Key(int),
             "learning_rate": Key(NUMBER),
             "batch_size": Key(int),
@@ -90,6 +91,8 @@ COORDINATOR_SCHEMA: dict[str, Section] = {
     ),
     # Optional Prometheus endpoint (docs/monitoring.md); no section, no endpoint.
     "metrics": Section(keys={"listen": Key(str, required=True)}),
+    # model = "analytics": the computations to run, in order (docs/analytics.md).
+    "computations": Section(array=True, keys={"kind": Key(str, required=True), "params": Key(dict, required=True)}),
 }
 
 
@@ -142,6 +145,27 @@ def coordinator_config_from(config: ConfigFile) -> CoordinatorConfig:
         if value is not None and value < (0 if key == "local_epochs" else 1):
             raise table.error(key, f"must be {'non-negative' if key == 'local_epochs' else 'positive'}, got {value}")
     model_options = _model_options(table)
+    model = table.get("model")
+    computations = [{"kind": entry.get("kind"), "params": dict(entry.get("params"))} for entry in config.entries("computations")]
+    if model == "analytics":
+        if not computations:
+            raise table.error("model", 'an analytics task lists its computations in [[computations]] tables (kind = "mean", params = {...})')
+        if model_options:
+            raise table.error("model_options", "an analytics task takes its computations from [[computations]], not model_options")
+        model_options = {"computations": computations}
+    elif computations:
+        raise config.error(f"[[computations]] is for model = \"analytics\"; this task's model is {model!r}", "computations")
+    rounds = table.get("rounds", None)
+    if rounds is None and model not in COMPUTE_KINDS:
+        raise table.error("rounds", "is required: how many training rounds to run")
+    if model in COMPUTE_KINDS:
+        if table.get("evaluation_data", None) is not None:
+            raise table.error("evaluation_data", f"is for SGD models; a {model} task's model is evaluated with securefed predict")
+        if rounds is None:
+            try:
+                rounds = ComputationJob(model, model_options, features, classes, preprocessing_from(table, declared)).expected_aggregations()
+            except InvalidParameter as exc:
+                raise table.error(None, f"is not a usable task: {exc}") from None
     # Unset training keys take the model kind's defaults, which train well on scaled features; the
     # TaskDefinition's own generic defaults (one epoch at 0.1) left a trial federation at chance.
     from securefed.learning.models import DEFAULT_TRAINING
@@ -153,7 +177,7 @@ def coordinator_config_from(config: ConfigFile) -> CoordinatorConfig:
             model_kind=table.get("model"),
             n_features=features,
             classes=classes,
-            rounds=table.get("rounds"),
+            rounds=rounds,
             model_options=model_options,
             epochs=table.get("local_epochs", training["epochs"]),
             learning_rate=float(table.get("learning_rate", training["learning_rate"])),
@@ -168,7 +192,7 @@ def coordinator_config_from(config: ConfigFile) -> CoordinatorConfig:
             weight_cap=table.get("weight_cap", 100_000),
             strategy=table.get("strategy", "fedavg"),
             strategy_options=dict(table.get("strategy_options", {})),
-            evaluate=table.get("evaluate", True),
+            evaluate=table.get("evaluate", model not in COMPUTE_KINDS),
             masking=table.get("masking", True),
             deadlines=deadlines,
             dp=_dp_settings(table),
@@ -240,9 +264,12 @@ def check_task_options(config: CoordinatorConfig) -> None:
 
     task = config.task
     where = f"{config.source}: [task]" if config.source is not None else "[task]"
+    if task.is_computation:
+        return  # trees and analytics: TaskDefinition has built the computation from its options already
     if task.model_kind not in MODEL_KINDS:
-        guess = nearest(task.model_kind, list(MODEL_KINDS))
-        hint = f"did you mean `{guess}`?" if guess else f"valid models: {', '.join(MODEL_KINDS)}"
+        known = [*MODEL_KINDS, *COMPUTE_KINDS]
+        guess = nearest(task.model_kind, known)
+        hint = f"did you mean `{guess}`?" if guess else f"valid models: {', '.join(known)}"
         raise ConfigError(f"{where} model {task.model_kind!r} is unknown; {hint}", config.source, "task.model", guess)
     try:
         make_adapter(task.model_kind, task.n_features, task.classes, **task.model_options)

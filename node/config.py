@@ -68,6 +68,10 @@ NODE_SCHEMA: dict[str, Section] = {
             "delta": Key(NUMBER),
             "min_noise_multiplier": Key(NUMBER),
             "privacy_unit": Key(str),
+            "allowed_computations": Key(list, items=str),
+            "min_records": Key(int),
+            "min_bin_width": Key(NUMBER),
+            "max_queries": Key(int),
         },
     ),
     "roster": Section(
@@ -202,6 +206,19 @@ def _policy(table: Table) -> NodePolicy:
     unit = table.get("privacy_unit", None)
     if unit is not None and unit not in ("site", "record"):
         raise table.error("privacy_unit", f'must be "site" or "record", got {unit!r}')
+    for key in ("min_records", "max_queries"):
+        if key in table and table.get(key) < 1:
+            raise table.error(key, f"must be at least 1, got {table.get(key)}")
+    width = float(table.get("min_bin_width", 0.0))
+    if not width >= 0:
+        raise table.error("min_bin_width", f"must not be negative, got {width}")
+    computations = tuple(table.get("allowed_computations", []))
+    try:
+        from securefed.analytics import AnalyticsPolicy
+
+        AnalyticsPolicy(frozenset(computations))
+    except InvalidParameter as exc:
+        raise table.error("allowed_computations", str(exc)) from None
     try:
         return NodePolicy(
             min_threshold=table.get("min_threshold", 2),
@@ -219,6 +236,10 @@ def _policy(table: Table) -> NodePolicy:
             max_colluders=_colluders(table),
             allow_sparse_graph=table.get("allow_sparse_graph", True),
             min_neighbours=table.get("min_neighbours", 0),
+            allowed_computations=computations,
+            min_records=table.get("min_records", 1),
+            min_bin_width=width,
+            max_queries=table.get("max_queries", 100),
         )
     except ConfigError:
         raise

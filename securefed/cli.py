@@ -150,8 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--rounds", type=int, default=None, help="training rounds (default 10; 150 DP-SGD steps with record-level DP)"
     )
-    demo.add_argument("--dataset", default="digits", help="bundled dataset: digits, iris, wine, breast_cancer")
-    demo.add_argument("--model", default="sgd_logistic", help="sgd_logistic or mlp")
+    demo.add_argument("--dataset", default="digits", help="bundled dataset: digits, iris, wine, breast_cancer, or diabetes (regression)")
+    demo.add_argument("--model", default="sgd_logistic", help="sgd_logistic, mlp, random_forest or gbdt")
     demo.add_argument("--partition", default="iid", help="iid, dirichlet or kmeans")
     demo.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration for --partition dirichlet")
     demo.add_argument("--epsilon", type=float, default=None, help="distributed DP: spend at most this epsilon over the run")
@@ -230,8 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.set_defaults(func=_cmd_simulate)
 
     # Commands that live in their own modules (each imports its heavy libraries only when run).
-    from securefed import example_data, model_cli, report_cli
+    from securefed import analytics_cli, example_data, model_cli, report_cli
 
+    analytics_cli.add_commands(sub)
     model_cli.add_commands(sub)
     report_cli.add_commands(sub)
     example_data.add_command(sub)

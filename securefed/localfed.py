@@ -46,7 +46,7 @@ def toml_value(value: object) -> str:
     raise TypeError(f"no TOML form for {type(value).__name__}")
 
 
-_SUBTABLES = ("dp", "preprocessing")
+_SUBTABLES = ("dp", "preprocessing", "computations")
 
 
 def _preprocessing_lines(task: dict) -> list[str]:
@@ -148,6 +148,8 @@ class LocalFederation:
             "[deadlines]",
             *(f"{key} = {toml_value(value)}" for key, value in deadlines.items()),
         ]
+        for computation in task.get("computations", []):  # model = "analytics"
+            lines += ["", "[[computations]]", f"kind = {toml_value(computation['kind'])}", f"params = {toml_value(computation['params'])}"]
         for name, (curve, identity) in members.items():
             lines += [
                 "",

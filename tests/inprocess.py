@@ -129,12 +129,14 @@ class InProcessFederation:
         policy: NodePolicy | None = None,
         deadline: float = 5.0,
         reports_connections: bool = True,
+        task: TaskDefinition | None = None,
+        datasets: list[LocalDataset] | None = None,
     ) -> None:
         self.tmp_path, self.names = tmp_path, list(names)
         self.clock = Clock()
         keys = {name: SigningKey.generate() for name in self.names}
         self.roster = {name: key.public_bytes for name, key in keys.items()}
-        self.task = TaskDefinition(
+        self.task = task or TaskDefinition(
             name=TASK,
             model_kind="sgd_logistic",
             n_features=N_FEATURES,
@@ -157,8 +159,9 @@ class InProcessFederation:
         self.states = {name: NodeState(tmp_path / name / "node.sqlite") for name in self.names}
         self.nodes = {
             name: Node(
-                name, TASK, self.hub.node_socket(name), keys[name], self.roster, _dataset(i), self.states[name],
-                policy or NodePolicy(), clock=self.clock,
+                name, self.task.name, self.hub.node_socket(name), keys[name], self.roster,
+                datasets[i] if datasets is not None else _dataset(i), self.states[name],
+                policy or NodePolicy(), clock=self.clock, preprocessing=self.task.preprocessing,
             )  # fmt: skip
             for i, name in enumerate(self.names)
         }

@@ -45,7 +45,15 @@ import numpy as np
 from securefed.dp.accountant import SkellamRelease, skellam_epsilon
 from securefed.dp.dpsgd import dpsgd_delta
 from securefed.dp.mechanism import SkellamParameters, plan_record_skellam, plan_skellam
-from securefed.errors import EncodingError, InvalidParameter, ProtocolAborted, RemoteProtocolError
+from securefed.errors import (
+    EncodingError,
+    InvalidParameter,
+    LocalProtocolError,
+    ProtocolAborted,
+    RemoteProtocolError,
+    StorageError,
+)
+from securefed.federation.computation import request_digest
 from securefed.federation.messages import Envelope, Hello, Refusal, RoundResult, RoundStart
 from securefed.federation.spec import RoundSpec, parse_spec, round_context
 from securefed.federation.store import CoordinatorStore
@@ -173,14 +181,16 @@ class Coordinator:
         self.task = task
         self.evaluation_data = evaluation_data
         # Federated evaluation releases exact counts, so it is off under DP (nodes would refuse it).
-        self.federated_evaluation = task.evaluate and task.dp is None and evaluation_data is None
+        self.federated_evaluation = task.evaluate and task.dp is None and evaluation_data is None and not task.is_computation
+        #: trees and analytics: the computation driven one aggregation at a time (None: SGD training)
+        self.job = task.computation_job() if task.is_computation else None
         self._dp_plans: dict[tuple[int, int], SkellamParameters] = {}
         self._dp_refusals: dict[tuple[int, int, int, int], InvalidParameter] = {}
         self.nodes = {node.name: node for node in nodes}
         self.socket = socket
         self.store = store
         self.clock = clock
-        self.adapter = make_adapter(task.model_kind, task.n_features, task.classes, **task.model_options)
+        self.adapter = None if self.job is not None else make_adapter(task.model_kind, task.n_features, task.classes, **task.model_options)
         self.strategy = make_strategy(task.strategy, **task.strategy_options)
         self.presence: dict[str, float] = {}
         self.counters: Counter[str] = Counter()
@@ -202,12 +212,16 @@ class Coordinator:
         store.bind_task(task.name, task.fingerprint())
         latest = store.latest_model()
         if latest is None:
-            store.save_initial_model(self.adapter.initial_parameters())
+            store.save_initial_model(np.zeros(0) if self.job is not None else self.adapter.initial_parameters())
             latest = store.latest_model()
         self.completed_round, self.model, strategy_state = latest
         if strategy_state:
             self.strategy.load_state_dict(strategy_state)
         self.phase = "train"
+        if self.job is not None:
+            self.phase = "compute"
+            self.model = np.zeros(0)  # a computation has no global weights: requests carry everything
+            self._replay_steps()
         history = {record.round: record for record in store.rounds()}
         last = history.get(self.completed_round)
         if self.federated_evaluation and last is not None and last.accuracy is None:
@@ -225,7 +239,22 @@ class Coordinator:
 
     @property
     def finished(self) -> bool:
+        if self.job is not None:
+            return self.current is None and (self.job.done or self.completed_round >= self.task.rounds)
         return self.completed_round >= self.task.rounds and self.phase == "train" and self.current is None
+
+    def _replay_steps(self) -> None:
+        """Rebuild the computation from the sums of the steps already committed (it is deterministic in them)."""
+        steps = self.store.computation_steps()
+        if [number for number, *_ in steps] != list(range(1, len(steps) + 1)):
+            raise StorageError(f"the stored computation steps of task {self.task.name} are not 1..{len(steps)}; the state is damaged")
+        try:
+            self.job.replay([(digest, summed, survivors) for _, digest, summed, survivors in steps])
+        except (InvalidParameter, EncodingError, LocalProtocolError) as exc:
+            raise StorageError(f"task {self.task.name}: cannot resume the computation from its stored steps: {exc}") from None
+        self.completed_round = len(steps)
+        if steps:
+            log.info("task %s: rebuilt the %s computation from %d stored step(s)", self.task.name, self.task.model_kind, len(steps))
 
     def run(self, stop: threading.Event | None = None, poll_ms: int = 50) -> None:
         """Run until every round is done (or ``stop`` is set)."""
@@ -436,7 +465,7 @@ class Coordinator:
         if pending is None:
             return
         aggregation, round_number, phase, state, masked_sum = pending
-        expected = (self.completed_round + 1, "train") if self.phase == "train" else (self.completed_round, "evaluate")
+        expected = (self.completed_round + 1, self.phase) if self.phase in ("train", "compute") else (self.completed_round, "evaluate")
         if (round_number, phase) != expected:
             self.store.clear_unmask_state()
             return
@@ -511,7 +540,8 @@ class Coordinator:
             # try again with them rather than wait forever (a crashed node that came back is one).
             live = usable
         if len(live) >= self.task.min_nodes:
-            self._start(live[: self.task.max_nodes])
+            largest = self.task.max_nodes if self.job is None else min(self.task.max_nodes, self.job.max_nodes())
+            self._start(live[:largest])
         else:
             self._log_waiting(self._waiting_for_nodes(live))
 
@@ -564,7 +594,8 @@ class Coordinator:
                 f"of every {pool} share holders and {quorum} nodes in the round"
             )
             return
-        round_number = self.completed_round + 1 if self.phase == "train" else self.completed_round
+        round_number = self.completed_round if self.phase == "evaluate" else self.completed_round + 1
+        computation = self.job.request() if self.job is not None else None
         dp_spec = None
         if task.dp is not None and self.phase == "train":
             try:
@@ -587,17 +618,20 @@ class Coordinator:
             learning_rate=float(task.learning_rate),
             batch_size=task.batch_size,
             clip_norm=float(task.clip_norm),
-            fractional_bits=choose_fractional_bits(task.clip_norm, n),
+            fractional_bits=choose_fractional_bits(task.clip_norm, n) if self.job is None else 0,
             weight_cap=task.weight_cap,
             threshold=threshold,
             neighbours=neighbours,
             masking=task.masking,
             dp=dp_spec,
+            computation=computation,
             **task.spec_fields(),
         )
         raw_spec = spec.to_json()
         pairs = tuple((i, name) for i, name in enumerate(cohort, start=1))
-        if self.phase == "train" and dp_spec is not None:
+        if self.phase == "compute":
+            length = self.job.vector_length()
+        elif self.phase == "train" and dp_spec is not None:
             length = self.adapter.parameter_count
         elif self.phase == "train":
             length = TrainingUpdateCodec(
@@ -632,7 +666,7 @@ class Coordinator:
             "round %d/%d %s: aggregation %d with %d nodes, threshold %d, %s",
             round_number,
             task.rounds,
-            self.phase,
+            self.phase if computation is None else f"{self.phase} {computation['request'].get('computation') or computation['request'].get('kind')}",
             aggregation,
             n,
             threshold,
@@ -663,7 +697,9 @@ class Coordinator:
         duration = self.clock() - current.started
         spec = current.spec
         n = len(current.cohort)
-        if current.phase == "train":
+        if current.phase == "compute":
+            detail = self._apply_step(current, result, survivors, duration)
+        elif current.phase == "train":
             epsilon = None
             release = None
             if spec.dp is not None:
@@ -746,6 +782,46 @@ class Coordinator:
         self.current = None
         self.excluded_for_round.clear()
         self._rerun_backoff = 0.0
+
+    def _apply_step(self, current: _Aggregation, result: AggregateResult, survivors: list[str], duration: float) -> str:
+        """A compute aggregation completed: feed its sum to the computation and commit the step (and any result)."""
+        digest = request_digest(current.spec.computation)
+        try:
+            self.job.receive(result.sum, len(survivors))
+        except (InvalidParameter, LocalProtocolError, EncodingError, ProtocolAborted) as exc:
+            # A refused sum leaves a driver unusable: rebuild it from the committed steps, so the
+            # retry of this step starts from exactly the state before it.
+            self.job = self.task.computation_job()
+            self._replay_steps()
+            raise EncodingError(str(exc)) from None
+        finished = self.job.done
+        model = self.job.model.to_arrays() if finished and self.job.model is not None else None
+        bytes_in, bytes_out = self._close_bytes(current)
+        self.store.commit_step(
+            current.round,
+            current.id,
+            digest,
+            result.sum,
+            survivors,
+            len(current.cohort),
+            duration,
+            stage_durations=current.stage_durations,
+            bytes_in=bytes_in,
+            bytes_out=bytes_out,
+            result=self.job.result() if finished else None,
+            model=model,
+        )
+        self.completed_round = current.round
+        log.info(
+            "step %d: %s aggregated from %d of %d nodes in %.2f s%s",
+            current.round,
+            self.task.model_kind,
+            len(survivors),
+            len(current.cohort),
+            duration,
+            f"; the computation finished after {self.job.aggregations} secure aggregations" if finished else "",
+        )
+        return f"step {current.round} aggregated from {len(survivors)} of {len(current.cohort)} nodes"
 
     def _close_bytes(self, current: _Aggregation) -> tuple[int | None, int | None]:
         """Add an ending aggregation's traffic to its round's; the round's totals so far (None: not counted).
@@ -837,7 +913,7 @@ class Coordinator:
         self._close_bytes(current)  # an aborted attempt's traffic counts towards its round
         self.current = None
         self._not_before = self.clock() + RETRY_DELAY
-        if current.rerun_refusals and current.phase == "train":
+        if current.rerun_refusals and current.phase in ("train", "compute"):
             # The same refusals will come back at once: retry rarely, not in a tight loop.
             self._rerun_backoff = min(MAX_RERUN_BACKOFF, max(RETRY_DELAY, 2 * self._rerun_backoff))
             self._not_before = self.clock() + self._rerun_backoff

@@ -51,6 +51,8 @@ from securefed.errors import (
     RemoteProtocolError,
     SecureFedError,
 )
+from securefed.federation.compute_node import ComputeRefusal, ComputeResponder
+from securefed.federation.computation import request_digest
 from securefed.federation.messages import Envelope, Hello, Refusal, RoundResult, RoundStart
 from securefed.federation.spec import RoundSpec, parse_spec, round_context
 from securefed.federation.update import EvaluationCodec, TrainingUpdateCodec
@@ -122,6 +124,14 @@ class NodePolicy:
     max_colluders: int | float | None = None
     allow_sparse_graph: bool = True
     min_neighbours: int = 0
+    #: analytics kinds this site runs (securefed.analytics.REGISTRY names; none unless listed)
+    allowed_computations: tuple[str, ...] = ()
+    #: analytics: every released aggregate holding any of this site's records holds at least this many
+    min_records: int = 1
+    #: analytics: no histogram bin or quantile cell narrower than this (in the data's units)
+    min_bin_width: float = 0.0
+    #: analytics: at most this many aggregations released per task (the query budget)
+    max_queries: int = 100
 
     @property
     def requires_dp(self) -> bool:
@@ -134,6 +144,12 @@ class NodePolicy:
             max_epsilon_total=self.max_epsilon_total if self.max_epsilon_total is not None else math.inf,
             delta=self.delta,
         )
+
+    def analytics_policy(self):
+        """The :class:`~securefed.analytics.AnalyticsPolicy` this site applies to analytics requests."""
+        from securefed.analytics import AnalyticsPolicy
+
+        return AnalyticsPolicy(frozenset(self.allowed_computations), self.min_records, self.min_bin_width)
 
     def client_policy(self) -> ClientPolicy:
         return ClientPolicy(
@@ -218,6 +234,11 @@ class NodeState:
         if row is not None:
             return f"this node already released a {phase} contribution computed from this exact model (aggregation {row[0]})"
         return None
+
+    def release_count(self, task: str, phase: str) -> int:
+        """How many contributions this node has released to ``phase`` aggregations of ``task``."""
+        row = self._db.execute("SELECT COUNT(*) FROM released_rounds WHERE task = ? AND phase = ?", (task, phase)).fetchone()
+        return int(row[0])
 
     def record_release(
         self,
@@ -382,6 +403,9 @@ class Node:
         self.ledger = ledger
         self.audit_log = audit_log
         self._train_idx, self._val_idx = _split(len(dataset.y), validation_fraction, name)
+        #: trees and analytics: answers compute requests from the site's raw features (bins and
+        #: analytics bounds are declared in the data's own units)
+        self._compute = ComputeResponder(dataset.X, dataset.y, self.policy.analytics_policy())
         self.current: _Participation | None = None
         self._last_hello = float("-inf")
         self.completed = 0
@@ -448,7 +472,12 @@ class Node:
         policy = self.policy
         if spec.task != self.task:
             raise _Refused("wrong-task", f"round is for task {spec.task!r}, this site agreed to {self.task!r}")
-        if spec.model_kind not in policy.allowed_models:
+        if spec.model_kind == "analytics":
+            if not policy.allowed_computations:
+                raise _Refused(
+                    "computation-not-allowed", "this site runs no analytics (its policy lists no allowed_computations)"
+                )
+        elif spec.model_kind not in policy.allowed_models:
             raise _Refused("model-not-allowed", f"model kind {spec.model_kind!r} is not in this site's allowed list")
         if spec.round > policy.max_rounds:
             raise _Refused("too-many-rounds", f"round {spec.round} exceeds this site's maximum of {policy.max_rounds}")
@@ -509,6 +538,9 @@ class Node:
         return spec
 
     def _participate(self, aggregation: int, start: RoundStart, spec: RoundSpec) -> None:
+        if spec.phase == "compute":
+            self._participate_in_computation(aggregation, start, spec)
+            return
         n = len(start.cohort)
         adapter = make_adapter(spec.model_kind, spec.n_features, spec.classes, **spec.model_options)
         model = np.asarray(start.model, dtype=np.float64)
@@ -563,6 +595,66 @@ class Node:
             self.current = _Participation(aggregation, None, spec, charge, context.hex(), n, model_hash=model_hash)
             vector = self._local_input(adapter, model, spec, charge, codec, n)
             self._charge_and_send(MaskedInput(start.node_id, vector))
+
+    def _participate_in_computation(self, aggregation: int, start: RoundStart, spec: RoundSpec) -> None:
+        """A trees or analytics aggregation: check the request, compute the vector, then join the sum.
+
+        The vector is computed before anything is sent, so a request outside the site's policy is
+        refused before the node advertises a key. A request is released at most once (its digest
+        and its step number are recorded before the unmasking shares leave), and an analytics task
+        gets at most ``max_queries`` releases from this site.
+        """
+        n = len(start.cohort)
+        model = np.asarray(start.model)
+        if model.size != 0:
+            raise _Refused("model-mismatch", "a compute round carries no model weights")
+        digest = request_digest(spec.computation)
+        earlier = self.state.released(self.task, spec.phase, spec.round, digest)
+        if earlier is not None:
+            raise _Refused("rerun", f"{earlier}; a second contribution could be subtracted from the first")
+        if spec.model_kind == "analytics":
+            used = self.state.release_count(self.task, spec.phase)
+            if used >= self.policy.max_queries:
+                raise _Refused(
+                    "query-budget-exhausted",
+                    f"this site has released {used} analytics aggregations for task {self.task!r}; its policy allows "
+                    f"max_queries = {self.policy.max_queries}",
+                )
+        try:
+            vector = self._compute.vector(spec, n)
+        except ComputeRefusal as refusal:
+            raise _Refused(refusal.reason, refusal.detail) from None
+        context = round_context(start.spec, start.cohort, model)
+        log.info(
+            "step %d: computed this site's %s contribution (%d coordinates)",
+            spec.round,
+            spec.computation["request"].get("computation") or spec.computation["request"].get("kind"),
+            vector.size,
+        )
+        client = None
+        if spec.masking:
+            config = RoundConfig(self.task, aggregation, n, spec.threshold, int(vector.size), context, spec.neighbours)
+            roster = {i: self.roster[name] for i, name in start.cohort}
+            client = ClientProtocol(
+                config,
+                start.node_id,
+                self.identity,
+                roster,
+                None,
+                self.policy.client_policy(),
+                roster_size=max(len(self.roster), n),
+            )
+        self.current = _Participation(aggregation, client, spec, None, context.hex(), n, model_hash=digest)
+        if client is None:
+            self._charge_and_send(MaskedInput(start.node_id, vector))
+            return
+        try:
+            outgoing = client.start()
+        except RemoteProtocolError as exc:
+            raise _Refused(exc.reason, str(exc)) from None
+        self.current.pending_input = lambda: vector
+        for message in outgoing:
+            self._send(aggregation, message)
 
     def _local_input(self, adapter, model: np.ndarray, spec: RoundSpec, charge: _Charge | None, codec, n: int) -> np.ndarray:
         """Train (or evaluate) on local data and encode the result: this node's input to the sum."""
@@ -805,6 +897,7 @@ class Node:
                 "revealed_s_shares_of": sorted(peer for peer, kind in revealed.items() if kind == "s"),
                 "bad_dealers": sorted(client.bad_dealers) if client is not None else [],
                 "dp": current.charge.mechanism if current.charge is not None else None,
+                **_computation_receipt(current.spec),
                 "epsilon_task_after": current.epsilon,
                 "outcome": outcome,
                 "detail": detail[:500],
@@ -820,6 +913,20 @@ class Node:
             reason = "".join(c if c.isprintable() else "?" for c in body.reason)[:64] or "refused"
             body = Refusal(reason, body.detail[:1000])
         self.socket.send(Envelope(self.task, aggregation, body))
+
+
+def _computation_receipt(spec: RoundSpec) -> dict:
+    """What a compute aggregation asked for, for the audit log: kind, computation and the request's digest."""
+    if spec.computation is None:
+        return {}
+    request = spec.computation["request"]
+    return {
+        "computation": {
+            "name": spec.computation["name"],
+            "kind": str(request.get("computation") or request.get("kind")),
+            "request_sha256": request_digest(spec.computation),
+        }
+    }
 
 
 def _preprocessing_difference(proposed: dict | None, agreed: dict | None) -> str:

@@ -23,7 +23,7 @@ from securefed.preprocessing import SCALERS, Preprocessing
 
 __all__ = ["RoundSpec", "parse_spec", "round_context", "PHASES"]
 
-PHASES = ("train", "evaluate")
+PHASES = ("train", "evaluate", "compute")
 #: the first parameter of each scaler (its length is the feature count it is declared for)
 SCALER_FIRST = {name: params[0] for name, params in SCALERS.items()}
 
@@ -51,6 +51,9 @@ class RoundSpec:
     feature_names: tuple[str, ...] | None = None
     #: the task's preprocessing in :meth:`Preprocessing.to_json` form (None: none)
     preprocessing: dict | None = None
+    #: phase "compute" only: ``{"name": kind, "request": {...}}``, a registered computation's request
+    #: (securefed.federation.computation); hashed with the rest of the spec into the round context
+    computation: dict | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = {
@@ -77,6 +80,8 @@ class RoundSpec:
             out["model"]["feature_names"] = list(self.feature_names)
         if self.preprocessing is not None:
             out["preprocessing"] = self.preprocessing
+        if self.computation is not None:
+            out["computation"] = self.computation
         return out
 
     def preprocessing_object(self) -> Preprocessing | None:
@@ -125,6 +130,14 @@ def parse_spec(raw: dict) -> RoundSpec:
             preprocessing = Preprocessing.from_json(preprocessing).to_json()
         except InvalidParameter as exc:
             raise RemoteProtocolError(f"round spec preprocessing: {exc}", reason="bad-spec") from None
+    computation = raw.get("computation")
+    if computation is not None and (
+        not isinstance(computation, dict)
+        or set(computation) != {"name", "request"}
+        or not isinstance(computation["name"], str)
+        or not isinstance(computation["request"], dict)
+    ):
+        raise RemoteProtocolError('round spec computation must be {"name": str, "request": {...}}', reason="bad-spec")
     spec = RoundSpec(
         task=_get(raw, "task", str),
         round=_get(raw, "round", int),
@@ -145,6 +158,7 @@ def parse_spec(raw: dict) -> RoundSpec:
         dp=dp,
         feature_names=feature_names,
         preprocessing=preprocessing,
+        computation=computation,
     )
     if spec.phase not in PHASES:
         raise RemoteProtocolError(f"unknown phase {spec.phase!r}", reason="bad-spec")
@@ -158,6 +172,7 @@ def parse_spec(raw: dict) -> RoundSpec:
         (0 <= spec.fractional_bits <= 30, "fractional bits out of range"),
         (1 <= spec.weight_cap <= 1 << 30, "weight cap out of range"),
         (spec.threshold >= 1, "threshold must be positive"),
+        ((spec.phase == "compute") == (spec.computation is not None), "a computation goes with the compute phase, and only there"),
         (spec.feature_names is None or len(spec.feature_names) == spec.n_features, "feature_names must name every feature"),
         (
             spec.preprocessing is None or len(spec.preprocessing[SCALER_FIRST[spec.preprocessing["scaler"]]]) == spec.n_features,

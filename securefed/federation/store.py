@@ -87,6 +87,21 @@ CREATE TABLE IF NOT EXISTS unmask_state (
     masked_sum BLOB NOT NULL,
     sha256 TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS computation_steps (
+    round INTEGER PRIMARY KEY,
+    aggregation INTEGER NOT NULL,
+    request_sha256 TEXT NOT NULL,
+    summed BLOB NOT NULL,
+    survivors INTEGER NOT NULL,
+    sha256 TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS computation_result (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    result TEXT NOT NULL,
+    model BLOB,
+    model_sha256 TEXT,
+    completed_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS refusals (
     aggregation INTEGER NOT NULL,
     node TEXT NOT NULL,
@@ -413,6 +428,122 @@ class CoordinatorStore:
             self._count_attempts(round_number)
             # Keep the newest few models; history rows stay forever.
             self._db.execute("DELETE FROM models WHERE round > 0 AND round < ?", (round_number - 4,))
+
+    def commit_step(
+        self,
+        round_number: int,
+        aggregation: int,
+        request_sha256: str,
+        summed: np.ndarray,
+        survivors: list[str],
+        participants: int,
+        duration: float,
+        stage_durations: Mapping[str, float] | None = None,
+        bytes_in: int | None = None,
+        bytes_out: int | None = None,
+        result: Mapping[str, object] | None = None,
+        model: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        """One completed compute aggregation (trees, analytics), in one transaction.
+
+        The step's unmasked sum is kept with the digest of the request it answered: the computation
+        is rebuilt from these after a restart (:meth:`computation_steps`). The history row is the
+        same as a training round's, so status and the report show every kind alike. The last step
+        also stores the ``result`` (JSON) and, for tree tasks, the ``model`` as plain arrays (.npz).
+        """
+        import numpy as np
+
+        blob = np.ascontiguousarray(summed, dtype="<u4").tobytes()
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO computation_steps (round, aggregation, request_sha256, summed, survivors, sha256) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (round_number, aggregation, request_sha256, blob, len(survivors), hashlib.sha256(blob).hexdigest()),
+            )
+            self._db.execute(
+                "INSERT OR REPLACE INTO rounds (round, aggregation, participants, survivors, total_weight, "
+                "epsilon, duration, completed_at, stage_durations, bytes_in, bytes_out) "
+                "VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?)",
+                (
+                    round_number,
+                    aggregation,
+                    participants,
+                    json.dumps(survivors),
+                    float(len(survivors)),
+                    duration,
+                    time.time(),
+                    _stage_json(stage_durations),
+                    _byte_count(bytes_in),
+                    _byte_count(bytes_out),
+                ),
+            )
+            self._db.execute("UPDATE attempts SET status = 'completed' WHERE aggregation = ?", (aggregation,))
+            self._count_attempts(round_number)
+            if result is not None:
+                model_blob = None
+                if model is not None:
+                    buffer = io.BytesIO()
+                    np.savez(buffer, **{name: np.asarray(value) for name, value in model.items()})
+                    model_blob = buffer.getvalue()
+                self._db.execute(
+                    "INSERT OR REPLACE INTO computation_result (id, result, model, model_sha256, completed_at) "
+                    "VALUES (1, ?, ?, ?, ?)",
+                    (
+                        json.dumps(result, sort_keys=True, allow_nan=False),
+                        model_blob,
+                        None if model_blob is None else hashlib.sha256(model_blob).hexdigest(),
+                        time.time(),
+                    ),
+                )
+
+    def computation_steps(self) -> list[tuple[int, str, np.ndarray, int]]:
+        """Every completed compute step, oldest first: (round, request digest, unmasked sum, survivors)."""
+        import numpy as np
+
+        out = []
+        for round_number, digest, blob, survivors, checksum in self._all(
+            "SELECT round, request_sha256, summed, survivors, sha256 FROM computation_steps ORDER BY round"
+        ):
+            if hashlib.sha256(blob).hexdigest() != checksum:
+                raise StorageError(
+                    f"{_WHAT} {self.path}: the stored sum of step {round_number} fails its checksum (the file is "
+                    f"damaged); {_ADVICE}"
+                )
+            out.append((int(round_number), str(digest), np.frombuffer(blob, dtype="<u4").astype(np.uint32), int(survivors)))
+        return out
+
+    def computation_result(self) -> dict | None:
+        """The finished computation's JSON result (None before it finishes, or for training tasks)."""
+        if "computation_result" not in self._tables():
+            return None
+        row = self._one("SELECT result FROM computation_result WHERE id = 1")
+        if row is None:
+            return None
+        try:
+            return json.loads(row[0])
+        except ValueError as exc:
+            raise StorageError(f"{_WHAT} {self.path}: the stored result is unreadable ({exc}); {_ADVICE}") from None
+
+    def computation_model(self) -> dict[str, np.ndarray] | None:
+        """A finished tree task's model as plain arrays (checksum-checked, no pickle); None if there is none."""
+        import numpy as np
+
+        if "computation_result" not in self._tables():
+            return None
+        row = self._one("SELECT model, model_sha256 FROM computation_result WHERE id = 1")
+        if row is None or row[0] is None:
+            return None
+        blob, checksum = row
+        if hashlib.sha256(blob).hexdigest() != checksum:
+            raise StorageError(f"{_WHAT} {self.path}: the stored tree model fails its checksum (the file is damaged); {_ADVICE}")
+        try:
+            with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
+                return {name: archive[name] for name in archive.files}
+        except (OSError, ValueError, EOFError) as exc:
+            raise StorageError(f"{_WHAT} {self.path}: the stored tree model is unreadable ({exc}); {_ADVICE}") from None
+
+    def _tables(self) -> set[str]:
+        return {str(r[0]) for r in self._all("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
     def record_evaluation(
         self,

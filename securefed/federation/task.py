@@ -102,6 +102,13 @@ class TaskDefinition:
                 raise InvalidParameter(
                     f"preprocessing is declared for {self.preprocessing.n_features} features, the task has {self.n_features}"
                 )
+        if self.is_computation:
+            if self.dp is not None:
+                raise InvalidParameter(
+                    f"[task.dp] is not available for {self.model_kind} tasks yet: their vectors are released without "
+                    "DP noise (docs/analytics.md, docs/trees.md); remove [task.dp] or train a model with SGD"
+                )
+            self.computation_job()  # refuses bad options now, not at the first round
         if self.dp is not None:
             if not isinstance(self.dp, DpSettings):
                 if not isinstance(self.dp, dict):
@@ -111,6 +118,19 @@ class TaskDefinition:
                 raise InvalidParameter(
                     "[task.dp] needs masking = true: unmasked, each node's vector would carry only its share of the noise"
                 )
+
+    @property
+    def is_computation(self) -> bool:
+        """True for trees and analytics: run as compute aggregations, not SGD rounds."""
+        from securefed.federation.computation import COMPUTE_KINDS
+
+        return self.model_kind in COMPUTE_KINDS
+
+    def computation_job(self):
+        """A fresh :class:`~securefed.federation.computation.ComputationJob` for this task."""
+        from securefed.federation.computation import ComputationJob
+
+        return ComputationJob(self.model_kind, self.model_options, self.n_features, self.classes, self.preprocessing)
 
     def fingerprint(self) -> str:
         """Identifies the task's definition; ``rounds`` may grow on restart, nothing else may change."""

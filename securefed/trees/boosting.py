@@ -370,15 +370,17 @@ class BoostingWorker:
             if self._digest is not None:
                 return
         start = req.round - len(req.previous)
-        if start != self._rounds:
+        if not start <= self._rounds <= req.round:
             raise InvalidParameter(
                 f"out of step: this node has {self._rounds} finished round(s), the request brings rounds {start}..{req.round - 1}; "
                 f"ask the coordinator for the rounds from {self._rounds} on"
             )
+        # Rounds this node has already folded in are skipped; the digest check below still covers
+        # them, since the node's chain digest of its own rounds is where the chain continues.
         base = tuple(req.base_score)
         digest = self._digest if self._digest is not None else model_digest(None, params=self._params_json, base=list(base))
         raw = self._raw.copy() if self._raw is not None else np.tile(np.asarray(base), (self._codes.shape[0], 1))
-        for round_trees in req.previous:
+        for round_trees in req.previous[self._rounds - start :]:
             if len(round_trees) != params.n_outputs:
                 raise InvalidParameter(f"a finished round must have {params.n_outputs} tree(s)")
             for k, raw_tree in enumerate(round_trees):

@@ -91,7 +91,9 @@ VERSION = b"SF1"
 
 MAX_ID = 0xFFFF
 MAX_AGGREGATION = (1 << 63) - 1
-MAX_SPEC_DEPTH = 6
+#: Round specs nest: spec > computation > request > previous trees > round > tree > value rows
+#: (a boosting request), or spec > model > options > computations > one > params > bounds.
+MAX_SPEC_DEPTH = 10
 KEY_SIZE = 32
 SIGNATURE_SIZE = 64
 COMMITMENT_SIZE = 32

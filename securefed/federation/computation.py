@@ -1,0 +1,299 @@
+"""Vetted computations other than SGD training, as the coordinator runs them (sans-IO).
+
+A task whose model is ``random_forest``, ``gbdt`` or ``analytics`` is run as a
+sequence of *compute* aggregations instead of training rounds. Each
+aggregation carries, in its round spec, one request for a computation
+registered in securefed (``spec["computation"] = {"name": ..., "request":
+{...}}``): never code. The spec is hashed into the round context, so the
+request is bound into every signature and mask of the aggregation, and
+nodes handed different requests derive masks that do not cancel.
+
+:class:`ComputationJob` wraps the pure drivers of :mod:`securefed.trees` and
+:mod:`securefed.analytics`: ``request()`` says what to aggregate next,
+``receive(summed, survivors)`` takes the unmasked sum. It is deterministic
+given the sums, which is what makes it durable: the coordinator's store keeps
+every step's sum, and after a restart :meth:`ComputationJob.replay` rebuilds
+the job from them and goes on with the next step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import fields
+from typing import Any
+
+import numpy as np
+
+from securefed.errors import InvalidParameter
+from securefed.preprocessing import Preprocessing
+
+__all__ = [
+    "COMPUTE_KINDS",
+    "ComputationJob",
+    "tree_params",
+    "analytics_requests",
+    "request_digest",
+    "DEFAULT_TREE_OPTIONS",
+]
+
+#: Task "models" run as computations rather than SGD training.
+COMPUTE_KINDS = ("random_forest", "gbdt", "analytics")
+
+#: What a tree task uses when ``model_options`` leaves a key out (docs/trees.md).
+DEFAULT_TREE_OPTIONS: dict[str, dict[str, Any]] = {
+    "random_forest": {"n_bins": 32, "n_trees": 50, "max_depth": 6, "max_rows_per_node": 100_000},
+    "gbdt": {"n_bins": 32, "n_estimators": 50, "max_depth": 3, "learning_rate": 0.3},
+}
+
+
+def _canonical(value: object) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def request_digest(computation: Mapping[str, object]) -> str:
+    """SHA-256 of a spec's ``computation`` object (what a node's rerun protection keys on)."""
+    return hashlib.sha256(_canonical(dict(computation))).hexdigest()
+
+
+def tree_params(
+    kind: str, options: Mapping[str, object], n_features: int, classes: Sequence[int], preprocessing: Preprocessing | None
+):
+    """The ForestParams / BoostingParams a tree task's options describe; InvalidParameter naming what is wrong.
+
+    Bins come from the task's public per-feature bounds (``[task.preprocessing]``
+    with ``scaler = "minmax"``) and ``n_bins``; ``n_classes`` from the classes.
+    Both the coordinator and every node derive them from the round spec, and a
+    node refuses a request whose parameters differ from what it derived.
+    """
+    from securefed.trees import Bins, BoostingParams, ForestParams
+
+    if preprocessing is None:
+        raise InvalidParameter(
+            f"a {kind} task needs public per-feature bounds for its bins: declare [task.preprocessing] "
+            'scaler = "minmax" with min and max for every feature'
+        )
+    if preprocessing.n_features != n_features:
+        raise InvalidParameter(f"the preprocessing is declared for {preprocessing.n_features} features, the task has {n_features}")
+    merged = {**DEFAULT_TREE_OPTIONS[kind], **dict(options)}
+    n_bins = merged.pop("n_bins")
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int):
+        raise InvalidParameter(f"model_options n_bins must be an integer, got {n_bins!r}")
+    bins = Bins.from_preprocessing(preprocessing, n_bins)
+    cls = ForestParams if kind == "random_forest" else BoostingParams
+    allowed = {f.name for f in fields(cls)} - {"bins", "n_classes"}
+    unknown = sorted(set(merged) - allowed)
+    if unknown:
+        from securefed.config_util import nearest
+
+        guess = nearest(unknown[0], sorted(allowed | {"n_bins"}))
+        hint = f"; did you mean {guess!r}?" if guess else ""
+        raise InvalidParameter(f"model_options: unknown {kind} option {unknown[0]!r}{hint} (valid: {sorted(allowed | {'n_bins'})})")
+    if kind == "random_forest":
+        return ForestParams(bins=bins, n_classes=len(classes), **merged)
+    loss = merged.pop("loss", "logistic" if len(classes) == 2 else "softmax")
+    if loss == "squared_error":
+        raise InvalidParameter("gbdt tasks over the daemons are classifiers (logistic or softmax); node data holds class labels")
+    return BoostingParams(bins=bins, loss=loss, n_classes=len(classes), **merged)
+
+
+def analytics_requests(options: Mapping[str, object]) -> list[tuple[str, dict]]:
+    """The analytics task's computations, in order, each checked by its driver: [(kind, spec), ...].
+
+    ``options`` is the task's ``model_options``: ``{"computations": [{"kind": "mean", "params": {...}}, ...]}``.
+    """
+    from securefed.analytics import driver_for
+
+    unknown = sorted(set(options) - {"computations"})
+    if unknown:
+        raise InvalidParameter(f"model_options: unknown analytics option {unknown[0]!r} (valid: ['computations'])")
+    listed = options.get("computations")
+    if not isinstance(listed, list) or not listed:
+        raise InvalidParameter('an analytics task lists its computations: model_options = {computations = [{kind = "mean", params = {...}}]}')
+    out = []
+    for i, item in enumerate(listed):
+        if not isinstance(item, Mapping) or set(item) != {"kind", "params"} or not isinstance(item["params"], Mapping):
+            raise InvalidParameter(f"computation #{i + 1} must be {{kind = name, params = {{...}}}}")
+        kind, spec = str(item["kind"]), dict(item["params"])
+        try:
+            driver_for(kind, spec)
+        except InvalidParameter as exc:
+            raise InvalidParameter(f"computation #{i + 1} ({kind}): {exc}") from None
+        out.append((kind, spec))
+    return out
+
+
+class ComputationJob:
+    """One task's computation, driven one secure aggregation at a time; no I/O, no clock."""
+
+    def __init__(
+        self,
+        kind: str,
+        options: Mapping[str, object],
+        n_features: int,
+        classes: Sequence[int],
+        preprocessing: Preprocessing | None,
+    ) -> None:
+        if kind not in COMPUTE_KINDS:
+            raise InvalidParameter(f"{kind!r} is not a computation (known: {list(COMPUTE_KINDS)})")
+        self.kind = kind
+        self.aggregations = 0
+        self._model = None
+        self._result: dict | None = None
+        if kind == "analytics":
+            from securefed.analytics import driver_for
+
+            self._queue = analytics_requests(options)
+            self._drivers = [driver_for(k, spec) for k, spec in self._queue]
+            self._index = 0
+            self._results: list[dict] = []
+        else:
+            from securefed.trees import BoostingBuilder, ForestBuilder
+
+            self.params = tree_params(kind, options, n_features, classes, preprocessing)
+            self._builder = ForestBuilder(self.params) if kind == "random_forest" else BoostingBuilder(self.params)
+        self._pending: dict | None = None
+
+    # --- what to aggregate next ------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        return self._result is not None
+
+    def request(self) -> dict | None:
+        """The spec's ``computation`` object for the next aggregation (the same until its sum arrives), or None."""
+        if self._result is not None:
+            return None
+        if self._pending is None:
+            self._pending = {"name": self.kind, "request": self._next()}
+        return self._pending
+
+    def _next(self) -> dict:
+        if self.kind == "analytics":
+            request = self._drivers[self._index].next_request()
+            assert request is not None  # a finished driver moves the index on in receive()
+            return request.to_json()
+        from securefed.trees.driver import State
+
+        builder = self._builder
+        if self.kind == "gbdt" and builder.state is State.AWAIT_HISTOGRAM:
+            # Every finished round travels with every request: a node that dropped out or restarted
+            # catches up from it, and one that is current checks the model digest and skips it.
+            return builder.request_since(0).to_json()
+        return builder.request().to_json()
+
+    def vector_length(self) -> int:
+        """Coordinates of the pending request's vector (what the round config declares)."""
+        computation = self.request()
+        if computation is None:
+            raise InvalidParameter("the computation has finished")
+        raw = computation["request"]
+        if self.kind == "analytics":
+            from securefed.analytics import get
+
+            kind = get(raw["kind"])
+            return kind.vector_length(kind.parse(raw["params"]))
+        from securefed.trees.request import HistogramRequest
+
+        request = HistogramRequest.from_json(raw)
+        return self._tree_vector_length(request)
+
+    def _tree_vector_length(self, request) -> int:
+        from securefed.trees.request import BOOSTING_BASE
+
+        params = self.params
+        if request.computation == BOOSTING_BASE:
+            return int(params.base_channels)
+        channels = params.n_classes if self.kind == "random_forest" else 3
+        return int(request.layout(params.bins.n_bins, channels).length)
+
+    def max_nodes(self) -> int:
+        """The most nodes the pending request's wrap bound allows in one sum."""
+        if self.kind != "analytics":
+            return int(self.params.max_nodes)
+        computation = self.request()
+        raw = computation["request"]
+        from securefed.analytics import get
+
+        kind = get(raw["kind"])
+        return int(kind.parse(raw["params"]).cohort.max_nodes)
+
+    # --- taking sums ------------------------------------------------------------------------
+
+    def receive(self, summed: np.ndarray, survivors: int) -> None:
+        """Feed the unmasked sum of :meth:`request` from ``survivors`` nodes.
+
+        A sum that fails its driver's checks raises (EncodingError / InvalidParameter /
+        LocalProtocolError) and leaves the job unusable, as one bad sum taints what follows.
+        """
+        if self._pending is None:
+            self.request()
+        summed = np.asarray(summed)
+        if self.kind == "analytics":
+            driver = self._drivers[self._index]
+            driver.receive(summed, survivors)
+            if driver.done:
+                result = dict(driver.result)
+                result.setdefault("computation", self._queue[self._index][0])
+                self._results.append(result)
+                self._index += 1
+                if self._index == len(self._drivers):
+                    self._result = {"kind": "analytics", "results": self._results}
+        else:
+            outcome = self._builder.receive(summed)
+            from securefed.trees import TreeEnsemble
+
+            if isinstance(outcome, TreeEnsemble):
+                self._model = outcome
+                self._result = {
+                    "kind": self.kind,
+                    "trees": int(outcome.n_trees),
+                    "describe": self.params.describe(),
+                }
+        self.aggregations += 1
+        self._pending = None
+        if self._result is not None:
+            self._result["aggregations"] = self.aggregations
+
+    def result(self) -> dict:
+        """The JSON result (analytics results, or the tree model's summary) once done."""
+        if self._result is None:
+            raise InvalidParameter("the computation has not finished")
+        return self._result
+
+    @property
+    def model(self):
+        """The finished :class:`~securefed.trees.TreeEnsemble` of a tree task (None otherwise or before the end)."""
+        return self._model
+
+    def expected_aggregations(self) -> int:
+        """An upper bound on the aggregations the job takes (what status shows as the total)."""
+        if self.kind == "random_forest":
+            return int(self.params.max_depth) + 8  # levels, plus chunks when a frontier exceeds max_vector_length
+        if self.kind == "gbdt":
+            return 1 + int(self.params.n_estimators) * int(self.params.max_depth)
+        total = 0
+        for kind, spec in self._queue:
+            if kind == "kmeans":
+                total += int(spec.get("max_iter", 300))
+            elif kind == "quantiles":
+                total += 8
+            else:
+                total += 1
+        return total
+
+    def replay(self, steps: Sequence[tuple[str, np.ndarray, int]]) -> None:
+        """Rebuild the job from stored steps ``(request digest, sum, survivors)``, oldest first.
+
+        Raises InvalidParameter when a stored step was for a different request than the
+        job now asks for (the task or securefed changed under a running computation).
+        """
+        for number, (digest, summed, survivors) in enumerate(steps, start=1):
+            computation = self.request()
+            if computation is None or request_digest(computation) != digest:
+                raise InvalidParameter(
+                    f"stored step {number} answered a different request than this task now makes; "
+                    "the task's definition or securefed changed under a running computation"
+                )
+            self.receive(summed, survivors)
