@@ -57,15 +57,26 @@ def request_digest(computation: Mapping[str, object]) -> str:
     return hashlib.sha256(_canonical(dict(computation))).hexdigest()
 
 
+#: The lattice a quantile-binning step refines to: this many cells per feature between its bounds.
+QUANTILE_CELLS = 4096
+
+
 def tree_params(
-    kind: str, options: Mapping[str, object], n_features: int, classes: Sequence[int], preprocessing: Preprocessing | None
+    kind: str,
+    options: Mapping[str, object],
+    n_features: int,
+    classes: Sequence[int],
+    preprocessing: Preprocessing | None,
+    edges: Sequence[Sequence[float]] | None = None,
 ):
     """The ForestParams / BoostingParams a tree task's options describe; InvalidParameter naming what is wrong.
 
     Bins come from the task's public per-feature bounds (``[task.preprocessing]``
-    with ``scaler = "minmax"``) and ``n_bins``; ``n_classes`` from the classes.
-    Both the coordinator and every node derive them from the round spec, and a
-    node refuses a request whose parameters differ from what it derived.
+    with ``scaler = "minmax"``) and ``n_bins``: equal-width by default, or with
+    ``bins = "quantiles"`` at the ``edges`` a secure quantile step found (see
+    :func:`quantile_request`); ``n_classes`` from the classes. Both the
+    coordinator and every node derive them from the round spec, and a node
+    refuses a request whose parameters differ from what it derived.
     """
     from securefed.trees import Bins, BoostingParams, ForestParams
 
@@ -78,24 +89,64 @@ def tree_params(
         raise InvalidParameter(f"the preprocessing is declared for {preprocessing.n_features} features, the task has {n_features}")
     merged = {**DEFAULT_TREE_OPTIONS[kind], **dict(options)}
     n_bins = merged.pop("n_bins")
+    binning = merged.pop("bins", "uniform")
+    if binning not in ("uniform", "quantiles"):
+        raise InvalidParameter(f'model_options bins must be "uniform" (equal width between the bounds) or "quantiles", got {binning!r}')
     if isinstance(n_bins, bool) or not isinstance(n_bins, int):
         raise InvalidParameter(f"model_options n_bins must be an integer, got {n_bins!r}")
     bins = Bins.from_preprocessing(preprocessing, n_bins)
+    if binning == "quantiles":
+        if edges is None:
+            edges = [list(np.linspace(lo, hi, n_bins + 1)[1:-1]) for lo, hi in zip(bins.low, bins.high)]  # until known
+        bins = Bins(bins.low, bins.high, n_bins, tuple(tuple(float(v) for v in row) for row in edges))
     cls = ForestParams if kind == "random_forest" else BoostingParams
     allowed = {f.name for f in fields(cls)} - {"bins", "n_classes"}
     unknown = sorted(set(merged) - allowed)
     if unknown:
         from securefed.config_util import nearest
 
-        guess = nearest(unknown[0], sorted(allowed | {"n_bins"}))
+        valid = sorted(allowed | {"n_bins", "bins"})
+        guess = nearest(unknown[0], valid)
         hint = f"; did you mean {guess!r}?" if guess else ""
-        raise InvalidParameter(f"model_options: unknown {kind} option {unknown[0]!r}{hint} (valid: {sorted(allowed | {'n_bins'})})")
+        raise InvalidParameter(f"model_options: unknown {kind} option {unknown[0]!r}{hint} (valid: {valid})")
     if kind == "random_forest":
         return ForestParams(bins=bins, n_classes=len(classes), **merged)
     loss = merged.pop("loss", "logistic" if len(classes) == 2 else "softmax")
     if loss == "squared_error":
         raise InvalidParameter("gbdt tasks over the daemons are classifiers (logistic or softmax); node data holds class labels")
     return BoostingParams(bins=bins, loss=loss, n_classes=len(classes), **merged)
+
+
+def quantile_spec(params) -> dict:
+    """The secure quantile step that places a tree task's bin edges (``bins = "quantiles"``).
+
+    The n_bins - 1 inner quantiles of every feature, to 1/QUANTILE_CELLS of its declared range,
+    over the same cohort bounds as the trees' histograms. Public, derived from the task alone:
+    a node recomputes it and refuses any other.
+    """
+    bins = params.bins
+    return {
+        "max_nodes": int(params.max_nodes),
+        "max_rows": int(params.max_rows_per_node),
+        "low": list(bins.low),
+        "high": list(bins.high),
+        "resolution": [(hi - lo) / QUANTILE_CELLS for lo, hi in zip(bins.low, bins.high)],
+        "quantiles": [i / bins.n_bins for i in range(1, bins.n_bins)],
+        "method": "lower",
+    }
+
+
+def edges_from_quantiles(result: Mapping[str, object], params) -> list[list[float]]:
+    """Bin edges from a quantile step's result: clipped to the bounds and made non-decreasing."""
+    bins = params.bins
+    out = []
+    for f, values in enumerate(result["quantiles"]):  # type: ignore[union-attr]
+        if values is None:  # no records at all: equal width
+            row = np.linspace(bins.low[f], bins.high[f], bins.n_bins + 1)[1:-1]
+        else:
+            row = np.maximum.accumulate(np.clip(np.asarray(values, dtype=np.float64), bins.low[f], bins.high[f]))
+        out.append([float(v) for v in row])
+    return out
 
 
 def analytics_requests(options: Mapping[str, object]) -> list[tuple[str, dict]]:
@@ -149,11 +200,23 @@ class ComputationJob:
             self._index = 0
             self._results: list[dict] = []
         else:
-            from securefed.trees import BoostingBuilder, ForestBuilder
+            self._tree_args = (kind, dict(options), n_features, tuple(classes), preprocessing)
+            self.params = tree_params(*self._tree_args)
+            self._binning = None
+            #: the secure quantile step's result, when the bins were placed at quantiles
+            self.binning_result: dict | None = None
+            if options.get("bins") == "quantiles":
+                from securefed.analytics import QuantileDriver
 
-            self.params = tree_params(kind, options, n_features, classes, preprocessing)
-            self._builder = ForestBuilder(self.params) if kind == "random_forest" else BoostingBuilder(self.params)
+                self._binning = QuantileDriver(quantile_spec(self.params))
+            else:
+                self._start_builder()
         self._pending: dict | None = None
+
+    def _start_builder(self) -> None:
+        from securefed.trees import BoostingBuilder, ForestBuilder
+
+        self._builder = ForestBuilder(self.params) if self.kind == "random_forest" else BoostingBuilder(self.params)
 
     # --- what to aggregate next ------------------------------------------------------------
 
@@ -174,6 +237,10 @@ class ComputationJob:
             request = self._drivers[self._index].next_request()
             assert request is not None  # a finished driver moves the index on in receive()
             return request.to_json()
+        if self._binning is not None:
+            request = self._binning.next_request()
+            assert request is not None  # a finished binning step starts the builder in receive()
+            return request.to_json()
         from securefed.trees.driver import State
 
         builder = self._builder
@@ -189,7 +256,7 @@ class ComputationJob:
         if computation is None:
             raise InvalidParameter("the computation has finished")
         raw = computation["request"]
-        if self.kind == "analytics":
+        if self.kind == "analytics" or "kind" in raw:  # analytics, or a tree task's quantile step
             from securefed.analytics import get
 
             kind = get(raw["kind"])
@@ -230,7 +297,14 @@ class ComputationJob:
         if self._pending is None:
             self.request()
         summed = np.asarray(summed)
-        if self.kind == "analytics":
+        if self.kind != "analytics" and self._binning is not None:
+            self._binning.receive(summed, survivors)
+            if self._binning.done:
+                self.binning_result = dict(self._binning.result)
+                self.params = tree_params(*self._tree_args, edges=edges_from_quantiles(self.binning_result, self.params))
+                self._binning = None
+                self._start_builder()
+        elif self.kind == "analytics":
             driver = self._drivers[self._index]
             driver.receive(summed, survivors)
             if driver.done:
@@ -250,7 +324,10 @@ class ComputationJob:
                     "kind": self.kind,
                     "trees": int(outcome.n_trees),
                     "describe": self.params.describe(),
+                    "bins": "uniform" if self.binning_result is None else "quantiles",
                 }
+                if self.binning_result is not None:
+                    self._result["binning_aggregations"] = int(self.binning_result["aggregations"])
         self.aggregations += 1
         self._pending = None
         if self._result is not None:
@@ -269,10 +346,11 @@ class ComputationJob:
 
     def expected_aggregations(self) -> int:
         """An upper bound on the aggregations the job takes (what status shows as the total)."""
+        binning = 4 if self.kind != "analytics" and getattr(self, "_binning", None) is not None else 0
         if self.kind == "random_forest":
-            return int(self.params.max_depth) + 8  # levels, plus chunks when a frontier exceeds max_vector_length
+            return binning + int(self.params.max_depth) + 8  # levels, plus chunks when a frontier exceeds max_vector_length
         if self.kind == "gbdt":
-            return 1 + int(self.params.n_estimators) * int(self.params.max_depth)
+            return binning + 1 + int(self.params.n_estimators) * int(self.params.max_depth)
         total = 0
         for kind, spec in self._queue:
             if kind == "kmeans":

@@ -28,7 +28,7 @@ import os
 import numpy as np
 
 from securefed.errors import EncodingError, InvalidParameter
-from securefed.federation.computation import COMPUTE_KINDS, tree_params
+from securefed.federation.computation import COMPUTE_KINDS, quantile_spec, tree_params
 from securefed.federation.spec import RoundSpec
 
 __all__ = ["ComputeResponder", "ComputeRefusal"]
@@ -96,10 +96,23 @@ class ComputeResponder:
         return answer
 
     def _tree(self, spec: RoundSpec, raw: dict, cohort_size: int) -> np.ndarray:
+        quantile_bins = spec.model_options.get("bins") == "quantiles"
+        edges = None
+        if quantile_bins and "kind" not in raw:
+            # The bins were placed at the cohort's quantiles by the step before: the request carries
+            # the edges (checked by Bins: inside the bounds, non-decreasing); all else must match.
+            try:
+                edges = raw["params"]["bins"]["edges"]
+            except (KeyError, TypeError):
+                raise ComputeRefusal("params-mismatch", "a quantile-binned tree request must carry its bin edges") from None
         try:
-            params = tree_params(spec.model_kind, spec.model_options, spec.n_features, spec.classes, spec.preprocessing_object())
+            params = tree_params(
+                spec.model_kind, spec.model_options, spec.n_features, spec.classes, spec.preprocessing_object(), edges
+            )
         except InvalidParameter as exc:
             raise ComputeRefusal("bad-parameters", str(exc)) from None
+        if "kind" in raw:
+            return self._binning_step(raw, params, quantile_bins, cohort_size)
         if cohort_size > params.max_nodes:
             raise ComputeRefusal(
                 "cohort-too-large", f"{cohort_size} nodes were invited, the task's wrap bound allows max_nodes = {params.max_nodes}"
@@ -115,6 +128,25 @@ class ComputeResponder:
             text = str(exc)
             reason = "model-digest-mismatch" if "model-digest-mismatch" in text else "params-mismatch" if "params-mismatch" in text else "bad-request"
             raise ComputeRefusal(reason, text) from None
+
+    def _binning_step(self, raw: dict, params, quantile_bins: bool, cohort_size: int) -> np.ndarray:
+        """A tree task's secure quantile step: only the one the task derives, under this site's record rules."""
+        from securefed.analytics import AnalyticsPolicy, Refusal, respond
+
+        if not quantile_bins or raw.get("kind") != "quantiles" or not isinstance(raw.get("params"), dict):
+            raise ComputeRefusal("computation-mismatch", "this tree task asks for no quantile step (its bins are equal-width)")
+        expected = quantile_spec(params)
+        for key in ("max_nodes", "max_rows", "low", "high", "resolution"):
+            if raw["params"].get(key) != expected[key]:
+                raise ComputeRefusal("params-mismatch", f"the quantile step's {key} differs from what the task derives")
+        if cohort_size > params.max_nodes:
+            raise ComputeRefusal("cohort-too-large", f"{cohort_size} nodes were invited, the task's wrap bound allows max_nodes = {params.max_nodes}")
+        policy = self.analytics_policy
+        binning_policy = AnalyticsPolicy(frozenset({"quantiles"}), policy.min_records, policy.min_bin_width)
+        answer = respond(raw, self.X, self.y, binning_policy)
+        if isinstance(answer, Refusal):
+            raise ComputeRefusal(answer.code, answer.detail)
+        return answer
 
     def _new_worker(self, spec: RoundSpec, params):
         from securefed.trees import BoostingWorker, ForestWorker

@@ -1,4 +1,4 @@
-"""Equal-width bins from public per-feature bounds, and the integer codes of a node's features.
+"""Bins from public per-feature bounds (equal width, or at secure quantiles), and a node's feature codes.
 
 Theory of operation. A histogram tree compares a feature only with bin edges,
 so every site must cut its features at the *same* edges, and the edges must
@@ -9,6 +9,13 @@ same bounds a task declares for its min-max preprocessing, see
 outside the declared range falls into the first or last bin (it is clipped,
 never refused, so an outlying record cannot break a round), and a split
 "code <= b goes left" is the threshold ``x < min + (b + 1) * width``.
+
+Alternatively the inner ``edges`` are given per feature (``n_bins - 1``
+non-decreasing values inside the bounds), e.g. the cohort's quantiles computed
+by secure aggregation before the trees grow (``bins = "quantiles"`` in a tree
+task, :mod:`securefed.federation.computation`): then bin b holds
+``edges[b-1] <= x < edges[b]``. Repeated edges leave empty bins, which no
+split can use to separate anything, so a discrete feature costs nothing.
 
 Codes are uint8 for up to 256 bins and uint16 beyond, so a node's coded copy
 of its data is small; NaN and infinity are refused with a clear error.
@@ -39,6 +46,8 @@ class Bins:
     low: tuple[float, ...]
     high: tuple[float, ...]
     n_bins: int
+    #: per feature, the n_bins - 1 inner edges (None: equal width between low and high)
+    edges: tuple[tuple[float, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         check_int("n_bins", self.n_bins, 2, MAX_BINS)
@@ -55,6 +64,26 @@ class Bins:
         if bad:
             i = bad[0]
             raise InvalidParameter(f"bin bounds need max > min for every feature; feature #{i + 1} has min {self.low[i]!r}, max {self.high[i]!r}")
+        if self.edges is not None:
+            self._check_edges()
+
+    def _check_edges(self) -> None:
+        edges = self.edges
+        if not isinstance(edges, (tuple, list)) or len(edges) != len(self.low):
+            raise InvalidParameter(f"bin edges must give one list per feature ({len(self.low)})")
+        checked = []
+        for i, row in enumerate(edges):
+            if not isinstance(row, (tuple, list)) or len(row) != self.n_bins - 1:
+                raise InvalidParameter(f"bin edges of feature #{i + 1} must be {self.n_bins - 1} numbers (n_bins - 1)")
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in row):
+                raise InvalidParameter(f"bin edges of feature #{i + 1} must be finite numbers")
+            values = tuple(float(v) for v in row)
+            if any(b < a for a, b in zip(values, values[1:])):
+                raise InvalidParameter(f"bin edges of feature #{i + 1} must not decrease")
+            if values and (values[0] < self.low[i] or values[-1] > self.high[i]):
+                raise InvalidParameter(f"bin edges of feature #{i + 1} must lie within its bounds [{self.low[i]!r}, {self.high[i]!r}]")
+            checked.append(values)
+        object.__setattr__(self, "edges", tuple(checked))
 
     @classmethod
     def uniform(cls, low: Sequence[float], high: Sequence[float], n_bins: int) -> Bins:
@@ -92,6 +121,11 @@ class Bins:
             raise InvalidParameter(f"bins are declared for {self.n_features} features; the data has shape {values.shape}")
         if not np.all(np.isfinite(values)):
             raise InvalidParameter("features contain NaN or infinity; impute or drop those rows first")
+        if self.edges is not None:
+            codes = np.empty(values.shape, dtype=self.code_dtype)
+            for f, row in enumerate(self.edges):
+                codes[:, f] = np.searchsorted(np.asarray(row), values[:, f], side="right")
+            return codes
         low = np.asarray(self.low)
         scaled = (values - low) / (np.asarray(self.high) - low) * self.n_bins
         np.clip(np.floor(scaled), 0, self.n_bins - 1, out=scaled)
@@ -99,21 +133,32 @@ class Bins:
 
     def thresholds(self) -> np.ndarray:
         """Upper edge of every bin but the last (features x (n_bins - 1)): split b sends x < edge[b] left."""
+        if self.edges is not None:
+            return np.asarray(self.edges, dtype=np.float64).reshape(self.n_features, self.n_bins - 1)
         low = np.asarray(self.low)[:, None]
         width = (np.asarray(self.high) - np.asarray(self.low))[:, None] / self.n_bins
         return low + width * np.arange(1, self.n_bins)[None, :]
 
     def to_json(self) -> dict:
-        return {"low": list(self.low), "high": list(self.high), "n_bins": self.n_bins}
+        out: dict = {"low": list(self.low), "high": list(self.high), "n_bins": self.n_bins}
+        if self.edges is not None:  # only when set: equal-width bins keep the JSON (and digests) they had
+            out["edges"] = [list(row) for row in self.edges]
+        return out
 
     @classmethod
     def from_json(cls, raw: object) -> Bins:
         """Read :meth:`to_json`'s form strictly; raises :class:`InvalidParameter`."""
-        data = check_keys("bins", raw, ("low", "high", "n_bins"))
+        with_edges = isinstance(raw, dict) and "edges" in raw
+        data = check_keys("bins", raw, ("low", "high", "n_bins", "edges") if with_edges else ("low", "high", "n_bins"))
         for name in ("low", "high"):
             if not isinstance(data[name], list):
                 raise InvalidParameter(f"bins {name} must be a list of numbers")
-        return cls(tuple(data["low"]), tuple(data["high"]), data["n_bins"])
+        edges = None
+        if with_edges:
+            if not isinstance(data["edges"], list) or not all(isinstance(row, list) for row in data["edges"]):
+                raise InvalidParameter("bins edges must be a list of lists of numbers")
+            edges = tuple(tuple(row) for row in data["edges"])
+        return cls(tuple(data["low"]), tuple(data["high"]), data["n_bins"], edges)
 
 
 class BinnedParams:

@@ -226,13 +226,15 @@ class TreeEnsemble:
         arrays = {name: np.array(getattr(self, name), dtype=dtype) for name, dtype in _ARRAYS.items() if not name.startswith("bins_")}
         arrays["bins_low"] = np.asarray(self.bins.low, dtype=np.float64)
         arrays["bins_high"] = np.asarray(self.bins.high, dtype=np.float64)
+        if self.bins.edges is not None:  # bins at secure quantiles: features x (n_bins - 1)
+            arrays["bins_edges"] = self.bins.thresholds()
         arrays["meta"] = np.frombuffer(meta, dtype=np.uint8).copy()
         return arrays
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> TreeEnsemble:
         """Check and load :meth:`to_arrays`' form; any defect is an :class:`InvalidParameter` naming it."""
-        expected = {*_ARRAYS, "meta"}
+        expected = {*_ARRAYS, "meta"} | ({"bins_edges"} if "bins_edges" in arrays else set())
         if set(arrays) != expected:
             raise InvalidParameter(f"a tree model needs exactly the arrays {sorted(expected)}, got {sorted(arrays)}")
         meta_bytes = arrays["meta"]
@@ -253,7 +255,13 @@ class TreeEnsemble:
         low, high = arrays["bins_low"], arrays["bins_high"]
         if low.ndim != 1 or high.ndim != 1:
             raise InvalidParameter("tree model bins must be 1-D")
-        bins = Bins(tuple(low.tolist()), tuple(high.tolist()), meta["n_bins"])
+        edges = None
+        if "bins_edges" in arrays:
+            raw_edges = arrays["bins_edges"]
+            if not isinstance(raw_edges, np.ndarray) or raw_edges.dtype != np.float64 or raw_edges.ndim != 2:
+                raise InvalidParameter("tree model array bins_edges must be 2-D float64 (features x (n_bins - 1))")
+            edges = tuple(tuple(row) for row in raw_edges.tolist())
+        bins = Bins(tuple(low.tolist()), tuple(high.tolist()), meta["n_bins"], edges)
         if not isinstance(meta["loss"], str) or not isinstance(meta["kind"], str) or type(meta["n_classes"]) is not int:
             raise InvalidParameter("tree model meta kind/loss must be strings and n_classes an integer")
         return cls(

@@ -237,3 +237,40 @@ def test_a_refused_sum_leaves_the_job_where_it_was() -> None:
         job.receive(np.full(job.vector_length(), 0xFFFFFFFF, dtype=np.uint32), 5)  # negative class counts
     rebuilt = ComputationJob("gbdt", {"n_estimators": 2, "max_depth": 2}, 4, (0, 1, 2), bundled_preprocessing("iris"))
     assert rebuilt.request() == before
+
+
+def test_quantile_bins_sit_at_the_cohorts_quantiles_found_by_secure_aggregation(tmp_path) -> None:
+    X, y, datasets = _iris()
+    task = _task("random_forest", {"n_trees": 6, "max_depth": 4, "n_bins": 8, "bins": "quantiles"})
+    fed = InProcessFederation(tmp_path, NAMES, task=task, datasets=datasets, policy=POLICY)
+    _finish(fed)
+    result = fed.store.computation_result()
+    assert result["bins"] == "quantiles" and result["binning_aggregations"] >= 1
+    model = TreeEnsemble.from_arrays(fed.store.computation_model())
+    expected = np.quantile(X, [i / 8 for i in range(1, 8)], axis=0, method="lower").T
+    cell = (np.array(model.bins.high) - np.array(model.bins.low)) / 4096
+    assert np.all(np.abs(model.bins.thresholds() - expected) <= cell[:, None] / 2 + 1e-9)
+    assert (model.predict(X) == y).mean() >= 0.9
+
+
+def test_a_node_answers_only_the_quantile_step_its_task_derives() -> None:
+    _, _, datasets = _iris()
+    task = _task("random_forest", {"n_trees": 4, "bins": "quantiles"})
+    job = task.computation_job()
+    request = job.request()
+    assert request["request"]["kind"] == "quantiles"
+    responder = ComputeResponder(datasets[0].X, datasets[0].y, AnalyticsPolicy())
+    assert responder.vector(parse_spec(_spec(task, request)), 5).dtype == np.uint32
+    finer = json.loads(json.dumps(request))
+    finer["request"]["params"]["resolution"] = [r / 1000 for r in finer["request"]["params"]["resolution"]]
+    with pytest.raises(ComputeRefusal) as refused:
+        responder.vector(parse_spec(_spec(task, finer)), 5)
+    assert refused.value.reason == "params-mismatch"
+    uniform = _task("random_forest", {"n_trees": 4})
+    with pytest.raises(ComputeRefusal) as refused:
+        responder.vector(parse_spec(_spec(uniform, request)), 5)
+    assert refused.value.reason == "computation-mismatch"
+    strict = ComputeResponder(datasets[0].X, datasets[0].y, AnalyticsPolicy(min_bin_width=1.0))
+    with pytest.raises(ComputeRefusal) as refused:
+        strict.vector(parse_spec(_spec(task, request)), 5)
+    assert refused.value.reason == "bins-too-narrow"
