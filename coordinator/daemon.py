@@ -129,7 +129,10 @@ def _run_locked(config: CoordinatorConfig, keys: CurveKeyPair, stop: threading.E
                 last_status = now
             if coordinator.finished:
                 report()
-                log.info("all %d rounds done; stopping", config.task.rounds)
+                if coordinator.job is not None:
+                    log.info("the %s computation finished after %d steps; stopping", config.task.model_kind, coordinator.completed_round)
+                else:
+                    log.info("all %d rounds done; stopping", config.task.rounds)
                 break
         else:
             coordinator.shutdown("stopping on a signal")

@@ -81,6 +81,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     if args.history:
         return print_history(args.config, args.format or "table")
+    if args.format == "json":
+        return print_status(args.config, "json")
     if args.format is not None:
         raise InvalidParameter(f"--{args.format} goes with --history: securefed status --config FILE --history --{args.format}")
     return print_status(args.config)
@@ -207,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     history_format = status.add_mutually_exclusive_group()
     history_format.add_argument(
-        "--json", dest="format", action="store_const", const="json", help="with --history: a JSON list, one object per round"
+        "--json", dest="format", action="store_const", const="json", help="the status as one JSON object; with --history, a JSON list with one object per round"
     )
     history_format.add_argument(
         "--csv", dest="format", action="store_const", const="csv", help="with --history: CSV with a header row"

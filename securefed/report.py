@@ -138,10 +138,26 @@ class ReportData:
     recent_refusals: tuple[RefusalRow, ...]
     recent_aborts: tuple[AbortRow, ...]
     attempt_counts: dict[str, int]
+    #: trees and analytics: the rows are compute steps (no accuracy, loss or epsilon) and a result may be stored
+    computation: bool = False
+    #: a computation's finished result, as the store keeps it (None before the end)
+    result: dict | None = None
+    #: analytics: the kinds of the task's computations, in order
+    computations: tuple[str, ...] = ()
 
     @property
     def rounds_done(self) -> int:
         return len(self.rounds)
+
+    @property
+    def unit(self) -> str:
+        """What one row is: a training round, or one secure aggregation (step) of a computation."""
+        return "step" if self.computation else "round"
+
+    @property
+    def wall_time(self) -> float:
+        """Seconds spent in the committed rounds or steps (the sum of their durations)."""
+        return sum(r.duration for r in self.rounds)
 
     @property
     def epsilon_spent(self) -> float | None:
@@ -236,6 +252,10 @@ def collect(
         for a in reversed([a for a in attempts if a.status == "aborted"][-RECENT:])
     )
     dp = getattr(task, "dp", None)
+    computation = bool(getattr(task, "is_computation", False))
+    result = store.computation_result() if computation and hasattr(store, "computation_result") else None
+    listed = (getattr(task, "model_options", None) or {}).get("computations") if computation else None
+    kinds = tuple(str(item.get("kind", "?")) for item in listed if isinstance(item, dict)) if isinstance(listed, list) else ()
     return ReportData(
         task_name=str(task.name),
         model_kind=str(task.model_kind),
@@ -263,14 +283,21 @@ def collect(
         recent_refusals=recent,
         recent_aborts=aborts,
         attempt_counts=store.attempt_counts(),
+        computation=computation,
+        result=result if isinstance(result, dict) else None,
+        computations=kinds,
     )
 
 
-def coordinator_status(state_dir: Path, rounds_done: int, rounds_total: int) -> tuple[str, str]:
+def coordinator_status(
+    state_dir: Path, rounds_done: int, rounds_total: int, computation: bool = False, has_result: bool = False
+) -> tuple[str, str]:
     """("finished" | "running" | "not running", a sentence): the daemon's lock and status file.
 
     The same evidence ``securefed status`` uses: the lock on the state folder says whether a
-    coordinator process is alive; ``status.json`` says what it last reported.
+    coordinator process is alive; ``status.json`` says what it last reported. A computation
+    (trees, analytics) has finished when its result is stored; ``rounds_total`` is only its upper
+    bound on steps.
     """
     from securefed._fs import lock_holder
     from securefed.status import STATUS_FILE, _age, _read_status_file
@@ -278,12 +305,16 @@ def coordinator_status(state_dir: Path, rounds_done: int, rounds_total: int) -> 
     pid = lock_holder(state_dir)
     live = _read_status_file(state_dir / STATUS_FILE)
     age = time.time() - float(live.get("updated_at", 0) or 0)
-    finished = bool(live.get("finished")) or rounds_done >= rounds_total
+    where = f"the coordinator (PID {pid}) is still running" if pid is not None else "the coordinator has stopped"
+    unit = "step" if computation else "round"
+    if computation and has_result:
+        return "finished", f"the computation finished after {rounds_done} steps; {where}"
+    finished = not computation and (bool(live.get("finished")) or rounds_done >= rounds_total)
     if finished:
-        where = f"the coordinator (PID {pid}) is still running" if pid is not None else "the coordinator has stopped"
         return "finished", f"all {rounds_total} rounds done; {where}"
     if pid is None:
-        return "not running", f"no coordinator holds {state_dir}; {rounds_done} of {rounds_total} rounds done"
+        done = f"{rounds_done} of at most {rounds_total} steps done" if computation else f"{rounds_done} of {rounds_total} rounds done"
+        return "not running", f"no coordinator holds {state_dir}; {done}"
     if not live:
         return "running", f"PID {pid}; no status file yet"
     if age > 10.0:
@@ -291,7 +322,7 @@ def coordinator_status(state_dir: Path, rounds_done: int, rounds_total: int) -> 
     current = live.get("current")
     if isinstance(current, dict):
         return "running", (
-            f"PID {pid}; round {current.get('round')} {current.get('phase')}, aggregation "
+            f"PID {pid}; {unit} {current.get('round')} {current.get('phase')}, aggregation "
             f"{current.get('aggregation')}, stage {current.get('stage')}"
         )
     return "running", f"PID {pid}; waiting for nodes"
@@ -316,7 +347,9 @@ def gather_report(config_path: str | Path, now: float | None = None) -> ReportDa
     store = CoordinatorStore(store_path, read_only=True)
     try:
         rounds_done = len(store.rounds())
-        status = coordinator_status(config.state_dir, rounds_done, config.task.rounds)
+        computation = bool(getattr(config.task, "is_computation", False))
+        has_result = computation and store.computation_result() is not None
+        status = coordinator_status(config.state_dir, rounds_done, config.task.rounds, computation, has_result)
         return collect(
             store,
             config.task,
@@ -401,7 +434,7 @@ def _accuracy(data: ReportData) -> Plot:
     pad = max(0.02, (high - low) * 0.15)
     ax.set_ylim(max(0.0, low - pad), min(1.0, high + pad))
     ax.set_ylabel("accuracy")
-    _round_axis(ax, xs)
+    _round_axis(ax, xs, data.unit)
     last_round, last = points[-1]
     ax.annotate(f"{last:.1%}", (last_round, last), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8, color=_BLUE)
     alt = f"Accuracy per round, from {points[0][1]:.1%} in round {points[0][0]} to {last:.1%} in round {last_round}"
@@ -418,7 +451,7 @@ def _loss(data: ReportData) -> Plot:
     xs = [r.round for r in data.rounds]
     ax.plot(*zip(*points), color=_VERMILLION, marker=_marker(len(xs)), markersize=4, linewidth=1.8)
     ax.set_ylabel("mean loss")
-    _round_axis(ax, xs)
+    _round_axis(ax, xs, data.unit)
     alt = f"Loss per round, from {points[0][1]:.3f} in round {points[0][0]} to {points[-1][1]:.3f} in round {points[-1][0]}"
     return Plot(key, title, _png(fig), alt)
 
@@ -442,7 +475,7 @@ def _epsilon(data: ReportData) -> Plot:
         top = max(top, data.dp_epsilon)
     ax.set_ylim(0, top * 1.12)
     ax.set_ylabel("ε (cumulative)")
-    _round_axis(ax, xs)
+    _round_axis(ax, xs, data.unit)
     _legend_below(fig, ax)
     delta = f" at δ = {data.dp_delta:g}" if data.dp_delta is not None else ""
     budget = f" of a budget of {data.dp_epsilon:g}" if data.dp_epsilon is not None else ""
@@ -455,7 +488,7 @@ def _stage_keys(rows: Iterable[RoundRow]) -> list[str]:
 
 
 def _durations(data: ReportData) -> Plot:
-    key, title = "duration", "Round duration"
+    key, title = "duration", f"{data.unit.capitalize()} duration"
     rows = data.rounds
     unit, scale = _time_unit(max((r.duration for r in rows), default=0.0))
     fig = _figure()
@@ -476,12 +509,12 @@ def _durations(data: ReportData) -> Plot:
         if any(unknown):
             ax.bar(xs, unknown, width=0.8, color=_GREY, hatch="//", edgecolor="white", label="stages not recorded")
         _legend_below(fig, ax)
-        alt = "Round duration per round, stacked by secure-aggregation stage"
+        alt = f"{data.unit.capitalize()} duration per {data.unit}, stacked by secure-aggregation stage"
     else:
         ax.bar(xs, [r.duration / scale for r in rows], width=0.8, color=_BLUE)
-        alt = "Round duration per round (the store does not record per-stage times)"
+        alt = f"{data.unit.capitalize()} duration per {data.unit} (the store does not record per-stage times)"
     ax.set_ylabel(f"duration ({unit})")
-    _round_axis(ax, xs)
+    _round_axis(ax, xs, data.unit)
     return Plot(key, title, _png(fig), alt)
 
 
@@ -498,7 +531,7 @@ def _time_unit(longest: float) -> tuple[str, float]:
 def _participation(data: ReportData) -> Plot:
     from matplotlib.ticker import MaxNLocator
 
-    key, title = "participation", "Participants per round"
+    key, title = "participation", f"Participants per {data.unit}"
     rows = data.rounds
     fig = _figure()
     ax = fig.add_subplot()
@@ -522,16 +555,16 @@ def _participation(data: ReportData) -> Plot:
     ax.set_ylim(0, top * 1.15 + 0.5)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("nodes")
-    _round_axis(ax, xs)
+    _round_axis(ax, xs, data.unit)
     _legend_below(fig, ax)
     full = sum(1 for r in rows if r.survivors == r.participants)
-    return Plot(key, title, _png(fig), f"Survivors and cohort size per round; {full} of {len(rows)} rounds kept every invited node")
+    return Plot(key, title, _png(fig), f"Survivors and cohort size per {data.unit}; {full} of {len(rows)} {data.unit}s kept every invited node")
 
 
 def _refusals(data: ReportData) -> Plot:
     from matplotlib.ticker import MaxNLocator
 
-    key, title = "refusals", "Refusals and aborted attempts per round"
+    key, title = "refusals", f"Refusals and aborted attempts per {data.unit}"
     if not data.refusals_by_round and not data.aborted_by_round:
         return Plot(key, title, None, "", "No refusals and no aborted attempts: every attempt completed.")
     fig = _figure()
@@ -556,12 +589,12 @@ def _refusals(data: ReportData) -> Plot:
            color="white", edgecolor="#333333", hatch="xx", label="aborted attempts")  # fmt: skip
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("count")
-    _round_axis(ax, rounds)
+    _round_axis(ax, rounds, data.unit)
     ax.set_ylim(0, None)
     _legend_below(fig, ax)
     total = sum(reasons.values())
     aborted = sum(data.aborted_by_round.values())
-    return Plot(key, title, _png(fig), f"{total} refusals and {aborted} aborted attempts, per round")
+    return Plot(key, title, _png(fig), f"{total} refusals and {aborted} aborted attempts, per {data.unit}")
 
 
 def _plain(text: str) -> str:
@@ -575,7 +608,7 @@ def _short(text: str, limit: int) -> str:
 
 
 def _traffic(data: ReportData) -> Plot:
-    key, title = "traffic", "Coordinator traffic per round"
+    key, title = "traffic", f"Coordinator traffic per {data.unit}"
     rows = [r for r in data.rounds if r.bytes_in is not None or r.bytes_out is not None]
     if not rows:
         return Plot(key, title, None, "", "Bytes in and out are not recorded by this coordinator's store.")
@@ -590,9 +623,9 @@ def _traffic(data: ReportData) -> Plot:
     ax.bar([r.round - width / 2 for r in rows], received, width=width, color=_BLUE, label="in (from nodes)")
     ax.bar([r.round + width / 2 for r in rows], sent, width=width, color=_ORANGE, label="out (to nodes)")
     ax.set_ylabel(f"bytes ({unit})")
-    _round_axis(ax, xs)
+    _round_axis(ax, xs, data.unit)
     _legend_below(fig, ax)
-    return Plot(key, title, _png(fig), "Bytes received from and sent to the nodes per round")
+    return Plot(key, title, _png(fig), f"Bytes received from and sent to the nodes per {data.unit}")
 
 
 def _byte_unit(largest: float) -> tuple[str, float]:
@@ -603,7 +636,10 @@ def _byte_unit(largest: float) -> tuple[str, float]:
 
 
 def draw_plots(data: ReportData) -> list[Plot]:
-    """The page's figures, in page order (none when no round has completed but the refusal plot)."""
+    """The page's figures, in page order (none when no round has completed but the refusal plot).
+
+    A computation's steps have no accuracy, loss or epsilon: those plots are left out, not noted.
+    """
     try:
         import matplotlib
     except ImportError:
@@ -615,6 +651,8 @@ def draw_plots(data: ReportData) -> list[Plot]:
     with rc_context(style):
         if not data.rounds:
             return [_refusals(data)]
+        if data.computation:
+            return [_participation(data), _durations(data), _refusals(data), _traffic(data)]
         return [
             _accuracy(data),
             _loss(data),
@@ -714,17 +752,34 @@ def _facts(data: ReportData) -> str:
         f"{sum(counts.values())} in all: {counts.get('completed', 0)} completed, {counts.get('aborted', 0)} aborted, "
         f"{counts.get('running', 0)} running"
     )
-    facts = [
-        ("Coordinator", f'<span class="status status-{_e(data.status.replace(" ", "-"))}">{_e(data.status)}</span> '
-                        f"{_e(data.status_detail)}"),
-        ("Rounds", _e(f"{data.rounds_done} of {data.rounds_total} done")),
-        ("Model", _e(f"{data.model_kind}, strategy {data.strategy}")),
-        ("Features", _e(features)),
-        ("Classes", _e(classes)),
-        ("Nodes", _e(f"{data.roster_size} in the node list, at least {data.min_nodes} per round")),
-        ("Secure aggregation", "on" if data.masking else "off (plain sum: the coordinator sees each update)"),
-        ("Differential privacy", _e(dp)),
-    ]  # fmt: skip
+    status = ("Coordinator", f'<span class="status status-{_e(data.status.replace(" ", "-"))}">{_e(data.status)}</span> '
+                             f"{_e(data.status_detail)}")  # fmt: skip
+    if data.computation:
+        finished = "finished" if data.result is not None else f"at most {data.rounds_total}"
+        facts = [
+            status,
+            ("Steps", _e(f"{data.rounds_done} secure aggregations done ({finished})")),
+            ("Computation", _e(_computation_kind(data))),
+            ("Features", _e(features)),
+        ]
+        if data.model_kind != "analytics":
+            facts.append(("Classes", _e(classes)))
+        facts += [
+            ("Nodes", _e(f"{data.roster_size} in the node list, at least {data.min_nodes} per step")),
+            ("Secure aggregation", "on" if data.masking else "off (plain sum: the coordinator sees each vector)"),
+            ("Differential privacy", _e(dp)),
+        ]
+    else:
+        facts = [
+            status,
+            ("Rounds", _e(f"{data.rounds_done} of {data.rounds_total} done")),
+            ("Model", _e(f"{data.model_kind}, strategy {data.strategy}")),
+            ("Features", _e(features)),
+            ("Classes", _e(classes)),
+            ("Nodes", _e(f"{data.roster_size} in the node list, at least {data.min_nodes} per round")),
+            ("Secure aggregation", "on" if data.masking else "off (plain sum: the coordinator sees each update)"),
+            ("Differential privacy", _e(dp)),
+        ]
     if spent is not None:
         facts.append(("ε spent", _e(spent)))
     facts += [
@@ -735,6 +790,13 @@ def _facts(data: ReportData) -> str:
     ]
     body = "\n".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in facts)
     return f'<dl class="facts">\n{body}\n</dl>'
+
+
+def _computation_kind(data: ReportData) -> str:
+    if data.model_kind == "analytics":
+        count = len(data.computations)
+        return f"analytics: {count} computation{'s' if count != 1 else ''} ({_listing(data.computations, 10)})"
+    return f"{data.model_kind} (histogram trees)"
 
 
 def _plots_html(plots: Sequence[Plot]) -> str:
@@ -767,7 +829,10 @@ def _table(table_id: str, headers: Sequence[str], rows: Sequence[Sequence[tuple[
 def _rounds_table(data: ReportData) -> str:
     stages = _stage_keys(data.rounds)
     traffic = any(r.bytes_in is not None or r.bytes_out is not None for r in data.rounds)
-    headers = ["Round", "Completed", "Survivors / cohort", "Accuracy", "Loss", "ε spent", "Duration", "Attempts", "Refusals"]
+    quality = not data.computation  # a compute step has no accuracy, loss or epsilon
+    headers = ["Step" if data.computation else "Round", "Completed", "Survivors / cohort"]
+    headers += ["Accuracy", "Loss", "ε spent"] if quality else []
+    headers += ["Duration", "Attempts", "Refusals"]
     if stages:
         headers.append("Slowest stage")
     if traffic:
@@ -778,9 +843,10 @@ def _rounds_table(data: ReportData) -> str:
             ("num", _e(r.round)),
             ("num", _e(_when(r.completed_at))),
             ("num", _e(f"{r.survivors} / {r.participants}")),
-            ("num", _e(_fmt(r.accuracy, ".4f"))),
-            ("num", _e(_fmt(r.loss, ".4f"))),
-            ("num", _e(_fmt(r.epsilon, ".3f"))),
+        ]
+        if quality:
+            row += [("num", _e(_fmt(r.accuracy, ".4f"))), ("num", _e(_fmt(r.loss, ".4f"))), ("num", _e(_fmt(r.epsilon, ".3f")))]
+        row += [
             ("num", _e(_seconds(r.duration))),
             ("num", _e(r.attempts)),
             ("num", _e(r.refusals)),
@@ -794,9 +860,51 @@ def _rounds_table(data: ReportData) -> str:
     return _table("rounds", headers, rows)
 
 
+def _results_html(data: ReportData) -> str:
+    """A computation's result: per analytics computation its values and error bound; a tree model's summary."""
+    from securefed.analytics_cli import EXACT, summarize_result
+
+    if data.result is None:
+        return (
+            f'<p id="no-results" class="empty">Not finished: {data.rounds_done} step{"s" if data.rounds_done != 1 else ""} '
+            f"done (at most {data.rounds_total}). The result appears here once the computation finishes.</p>"
+        )
+    aggregations = data.result.get("aggregations")
+    total = _e(
+        f"{aggregations if isinstance(aggregations, int) else data.rounds_done} secure aggregations; wall time "
+        f"{_seconds(data.wall_time)} (the sum of the steps' durations)"
+    )
+    summaries = summarize_result(data.result)
+    if data.result.get("kind") == "analytics":
+        rows = [
+            [
+                ("text", _e(s.name)),
+                ("text", _e(s.values)),
+                ("text", _e("exact" if s.bound == EXACT else s.bound)),
+                ("num", _e("–" if s.aggregations is None else s.aggregations)),
+                ("num", _e("–" if s.survivors is None else s.survivors)),
+            ]
+            for s in summaries
+        ]
+        table = _table("results", ["Computation", "Result", "Largest error bound", "Aggregations", "Nodes in the sum"], rows)
+        how = "Every value, with every error bound and the encoding, is in the JSON that <code>securefed analytics --show</code> writes."
+    else:
+        trees = data.result.get("trees")
+        rows = [[
+            ("text", _e(data.result.get("kind", data.model_kind))),
+            ("num", _e(trees if isinstance(trees, int) else "–")),
+            ("text", _e(data.result.get("describe", "–"))),
+            ("num", _e(aggregations if isinstance(aggregations, int) else "–")),
+            ("num", _e(_seconds(data.wall_time))),
+        ]]  # fmt: skip
+        table = _table("results", ["Model", "Trees", "Summary", "Secure aggregations", "Wall time"], rows)
+        how = "<code>securefed model export</code> writes the model from the coordinator's store."
+    return f'{table}\n<p id="results-total">{total}. {how}</p>'
+
+
 def _refusals_table(data: ReportData) -> str:
     if not data.recent_refusals:
-        return '<p id="no-refusals">No node has refused a round.</p>'
+        return f'<p id="no-refusals">No node has refused a {data.unit}.</p>'
     rows = [
         [
             ("num", _e(_when(r.at))),
@@ -808,7 +916,7 @@ def _refusals_table(data: ReportData) -> str:
         ]
         for r in data.recent_refusals
     ]
-    return _table("refusals", ["When", "Round", "Aggregation", "Node", "Reason", "Detail"], rows)
+    return _table("refusals", ["When", data.unit.capitalize(), "Aggregation", "Node", "Reason", "Detail"], rows)
 
 
 def _aborts_table(data: ReportData) -> str:
@@ -824,7 +932,13 @@ def _aborts_table(data: ReportData) -> str:
         ]
         for a in data.recent_aborts
     ]
-    return _table("aborts", ["Started", "Round", "Aggregation", "Phase", "Why"], rows)
+    return _table("aborts", ["Started", data.unit.capitalize(), "Aggregation", "Phase", "Why"], rows)
+
+
+def _progress(data: ReportData) -> str:
+    if data.computation:
+        return f"{data.rounds_done} step{'s' if data.rounds_done != 1 else ''} (at most {data.rounds_total})"
+    return f"{data.rounds_done} of {data.rounds_total} rounds"
 
 
 def render_html(data: ReportData, plots: Sequence[Plot]) -> str:
@@ -844,11 +958,12 @@ def render_html(data: ReportData, plots: Sequence[Plot]) -> str:
         "<body>",
         "<header>",
         f"<h1>{_e(title)}</h1>",
-        f'<p class="sub">{_e(data.model_kind)} · {data.rounds_done} of {data.rounds_total} rounds · '
-        f"{_e(data.status)}</p>",
+        f'<p class="sub">{_e(data.model_kind)} · {_e(_progress(data))} · {_e(data.status)}</p>',
         _facts(data),
         "</header>",
     ]
+    if data.computation:
+        parts += ['<h2 id="results-heading">Results</h2>', _results_html(data)]
     if not data.rounds:
         parts.append(
             f'<h2 id="no-rounds">{NO_ROUNDS}</h2>'
@@ -858,7 +973,8 @@ def render_html(data: ReportData, plots: Sequence[Plot]) -> str:
         if data.refusals_by_round or data.aborted_by_round:
             parts += ['<h2 id="attempts">Attempts so far</h2>', _plots_html(plots)]
     else:
-        parts += ['<h2 id="plots">Plots</h2>', _plots_html(plots), '<h2 id="rounds-heading">Rounds</h2>', _rounds_table(data)]
+        rows = "Steps (one secure aggregation each)" if data.computation else "Rounds"
+        parts += ['<h2 id="plots">Plots</h2>', _plots_html(plots), f'<h2 id="rounds-heading">{rows}</h2>', _rounds_table(data)]
     parts += [
         f'<h2 id="refusals-heading">Recent refusals (newest first, up to {RECENT})</h2>',
         _refusals_table(data),

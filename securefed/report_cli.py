@@ -15,11 +15,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     data, size = write_report(args.config, args.out)
     if args.out != "-":
-        print(
-            f"wrote {args.out} ({size / 1024:.0f} KiB): task {data.task_name}, "
-            f"{data.rounds_done} of {data.rounds_total} rounds, coordinator {data.status}",
-            file=sys.stderr,
-        )
+        if data.computation:
+            finished = "result stored" if data.result is not None else f"at most {data.rounds_total}, no result yet"
+            progress = f"{data.model_kind}, {data.rounds_done} steps ({finished})"
+        else:
+            progress = f"{data.rounds_done} of {data.rounds_total} rounds"
+        print(f"wrote {args.out} ({size / 1024:.0f} KiB): task {data.task_name}, {progress}, coordinator {data.status}", file=sys.stderr)
     return 0
 
 
@@ -27,7 +28,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``securefed report``."""
     report = sub.add_parser(
         "report",
-        help="write one self-contained HTML page with plots of a task's rounds (accuracy, epsilon, timing, refusals)",
+        help="write one self-contained HTML page with plots of a task's rounds or steps (accuracy, epsilon, timing, refusals, results)",
         description=(
             "Read a coordinator's store (read-only; safe while the daemon runs) and write one HTML file with "
             "its plots inlined: no scripts, no external requests. Needs matplotlib."

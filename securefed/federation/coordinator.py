@@ -260,7 +260,7 @@ class Coordinator:
         """Run until every round is done (or ``stop`` is set)."""
         while not self.finished and not (stop is not None and stop.is_set()):
             self.step(poll_ms)
-        log.info("task %s: finished %d rounds", self.task.name, self.completed_round)
+        log.info("task %s: finished %d %s", self.task.name, self.completed_round, "steps" if self.job is not None else "rounds")
 
     def step(self, poll_ms: int = 50) -> None:
         for node, envelope in self.socket.poll(poll_ms):
@@ -663,9 +663,10 @@ class Coordinator:
             bytes_at_start=self.byte_counters(),
         )
         log.info(
-            "round %d/%d %s: aggregation %d with %d nodes, threshold %d, %s",
+            "%s %d/%s %s: aggregation %d with %d nodes, threshold %d, %s",
+            "round" if computation is None else "step",
             round_number,
-            task.rounds,
+            task.rounds if computation is None else f"<={task.rounds}",
             self.phase if computation is None else f"{self.phase} {computation['request'].get('computation') or computation['request'].get('kind')}",
             aggregation,
             n,

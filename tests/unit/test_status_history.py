@@ -132,8 +132,10 @@ def test_the_command_line_forms_and_their_errors(coordinator: Path, capsys: pyte
     assert len(json.loads(capsys.readouterr().out)) == 3
     assert cli.main(["status", "--config", str(coordinator), "--history", "--csv"]) == 0
     assert capsys.readouterr().out.startswith("round,aggregation,")
-    assert cli.main(["status", "--config", str(coordinator), "--json"]) == 2
-    assert "--json goes with --history" in capsys.readouterr().err
+    assert cli.main(["status", "--config", str(coordinator), "--json"]) == 0  # the status itself, as one object
+    assert json.loads(capsys.readouterr().out)["completed"] == 3
+    assert cli.main(["status", "--config", str(coordinator), "--csv"]) == 2
+    assert "--csv goes with --history" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse: one format at a time
         cli.main(["status", "--config", str(coordinator), "--history", "--json", "--csv"])
     assert "not allowed with argument" in capsys.readouterr().err
