@@ -184,6 +184,14 @@ def _check_node(file: Path, out: TextIO) -> list[str]:
         f"unmasked benchmark rounds {'allowed' if policy.allow_unmasked_benchmark else 'refused'}",
         file=out,
     )
+    if policy.allowed_computations:
+        print(
+            f"{'':<15}analytics {list(policy.allowed_computations)}; aggregates over >= {policy.min_records} of this site's "
+            f"records (min_records); bins >= {policy.min_bin_width:g} wide; <= {policy.max_queries} per task (max_queries)",
+            file=out,
+        )
+    else:
+        print(f"{'':<15}analytics refused (no allowed_computations)", file=out)
     if policy.requires_dp:
         limits = f"epsilon <= {policy.max_epsilon} per task" if policy.max_epsilon is not None else "no per-task limit"
         total = f", <= {policy.max_epsilon_total} for the site" if policy.max_epsilon_total is not None else ""
@@ -239,10 +247,16 @@ def _check_coordinator(file: Path, out: TextIO) -> list[str]:
     print(f"coordinator config: {config.source}", file=out)
     print(f"listen:        {config.listen}; state in {config.state_dir}", file=out)
     features = f"{len(task.feature_names)} named features" if task.feature_names else f"{task.n_features} features (count only)"
-    print(
-        f"task:          {task.name}: {task.model_kind}, {task.rounds} rounds, {features}, classes {list(task.classes)}",
-        file=out,
-    )
+    plan = f"at most {task.rounds} secure aggregations" if task.is_computation else f"{task.rounds} rounds"
+    print(f"task:          {task.name}: {task.model_kind}, {plan}, {features}, classes {list(task.classes)}", file=out)
+    if task.is_computation:
+        job = task.computation_job()
+        if task.model_kind == "analytics":
+            kinds = ", ".join(item["kind"] for item in task.model_options["computations"])
+            print(f"computations:  {kinds} (in this order; each node must allow them in its allowed_computations)", file=out)
+        else:
+            bins = "at secure quantiles" if task.model_options.get("bins") == "quantiles" else "equal width between the declared bounds"
+            print(f"computation:   {job.params.describe()}; bins {bins}", file=out)
     print(f"preprocessing: {_describe_preprocessing(task.preprocessing)}", file=out)
     print(f"nodes:         {n} ({', '.join(node.name for node in config.nodes[:8])}{', ...' if n > 8 else ''})", file=out)
     print(_threshold_line(n, task.max_colluders, "nodes listed"), file=out)

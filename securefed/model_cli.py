@@ -4,8 +4,10 @@
 running), interprets the stored vector with the task definition from the
 coordinator's config (refusing a config whose task is not the one the store
 was trained for), and writes a verified, pickle-free ``.npz`` (see
-:mod:`securefed.learning.export` and docs/models.md). ``predict`` loads such a
-file and predicts for the rows of a CSV.
+:mod:`securefed.learning.export` and docs/models.md). For a tree task
+(``random_forest``, ``gbdt``) it writes the finished tree ensemble instead: a
+tree model is built once, at the end of the computation, so it has no rounds.
+``predict`` loads either kind of file and predicts for the rows of a CSV.
 
 Only ``argparse`` is imported here at module level: ``securefed status`` builds
 the same parser and must stay fast, so numpy, scikit-learn and the store are
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from securefed.federation.store import CoordinatorStore
+    from securefed.trees import TreeEnsemble
 
 __all__ = ["add_commands"]
 
@@ -38,10 +41,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "export",
         help="write a round's model with its task metadata to a verified .npz",
         description="Write the coordinator's model (latest round, or --round) to an .npz that "
-        "securefed.load_model and `securefed predict` read. Safe while the coordinator runs.",
+        "securefed.load_model and `securefed predict` read. For a random_forest or gbdt task: the "
+        "finished tree model. Safe while the coordinator runs.",
     )
     export.add_argument("--config", required=True, help="coordinator TOML config (for the task and the state folder)")
-    export.add_argument("--round", type=int, default=None, help="the round whose model to export (default: the latest)")
+    export.add_argument("--round", type=int, default=None, help="the round whose model to export (default: the latest; SGD tasks only)")
     export.add_argument("--out", required=True, help="the .npz file to write")
     export.add_argument("--force", action="store_true", help="replace --out if it exists")
     export.set_defaults(func=_cmd_export)
@@ -80,10 +84,21 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise InvalidParameter(f"{out.parent} does not exist; create the folder first")
     config = load_coordinator_config(args.config)
     task = config.task
+    if task.model_kind == "analytics":
+        raise InvalidParameter(
+            f"task {task.name!r} is an analytics task: it has results, not a model; get them with "
+            f"`securefed analytics --config {args.config} --show`"
+        )
+    if task.is_computation and args.round is not None:
+        raise InvalidParameter(
+            f"--round does not apply to a {task.model_kind} task: its model is built once, at the end of the "
+            "computation; leave --round out"
+        )
     if not config.store_path.exists():
+        goal = "finish the computation" if task.is_computation else "complete a round"
         raise InvalidParameter(
             f"{config.store_path}: no coordinator state yet; start the coordinator (securefed coordinator "
-            f"--config {args.config}) and let it complete a round"
+            f"--config {args.config}) and let it {goal}"
         )
     store = CoordinatorStore(config.store_path, read_only=True)
     try:
@@ -95,10 +110,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
                 f"{config.store_path} was trained for task {bound!r} with another definition than {args.config} "
                 f"declares now; export with the config the coordinator ran"
             )
-        round_number, weights = _stored_model(store, args.round)
-        privacy = _privacy(store, task, round_number)
+        if task.is_computation:
+            ensemble, aggregations = _stored_trees(store, args.config)
+        else:
+            round_number, weights = _stored_model(store, args.round)
+            privacy = _privacy(store, task, round_number)
     finally:
         store.close()
+    if task.is_computation:
+        return _write_trees(out, config, ensemble, aggregations)
     metadata = build_metadata(
         task=task.name,
         round_number=round_number,
@@ -122,6 +142,54 @@ def _cmd_export(args: argparse.Namespace) -> int:
     print(
         f"wrote {out}: task {task.name!r}, round {round_number}{note}, {task.model_kind} with "
         f"{weights.size} parameters, sha256 {metadata['weights_sha256'][:16]}..., {dp}"
+    )
+    return 0
+
+
+def _stored_trees(store: CoordinatorStore, config_path: str) -> tuple[TreeEnsemble, int]:
+    """A finished tree task's model and the secure aggregations it took, or an error saying how to follow progress."""
+    from securefed.trees import TreeEnsemble
+
+    arrays = store.computation_model()
+    if arrays is None:
+        steps = len(store.rounds())
+        done = f"{steps} secure aggregation{'s' if steps != 1 else ''} done so far" if steps else "no secure aggregation done yet"
+        raise InvalidParameter(
+            f"the computation has not finished ({done}): there is no tree model to export yet; check its "
+            f"progress with `securefed status --config {config_path}` and export when it is done"
+        )
+    try:
+        ensemble = TreeEnsemble.from_arrays(arrays)
+    except InvalidParameter as exc:
+        raise InvalidParameter(f"{store.path}: the stored tree model is not usable ({exc})") from None
+    result = store.computation_result() or {}
+    aggregations = result.get("aggregations")
+    if isinstance(aggregations, bool) or not isinstance(aggregations, int) or aggregations < 1:
+        aggregations = max(1, len(store.rounds()))
+    return ensemble, aggregations
+
+
+def _write_trees(out: Path, config: Any, ensemble: TreeEnsemble, aggregations: int) -> int:
+    from securefed.learning.export import build_tree_metadata, write_tree_model
+
+    task = config.task
+    metadata = build_tree_metadata(
+        task=task.name,
+        aggregations=aggregations,
+        model_kind=task.model_kind,
+        model_options=task.model_options,
+        feature_names=task.feature_names,
+        classes=task.classes,
+        preprocessing=task.preprocessing,
+        ensemble=ensemble,
+        label_column=config.evaluation_label_column,
+    )
+    write_tree_model(out, metadata, ensemble)
+    loss = f" ({ensemble.loss})" if ensemble.loss else ""
+    print(
+        f"wrote {out}: task {task.name!r}, {task.model_kind}{loss} with {ensemble.n_trees} trees and "
+        f"{ensemble.n_nodes} nodes after {aggregations} secure aggregations, sha256 "
+        f"{metadata['model_sha256'][:16]}..., no differential privacy"
     )
     return 0
 
@@ -193,7 +261,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         for row, values in zip(rows, proba.tolist()):
             row.extend(repr(v) for v in values)
     text = "".join(",".join(row) + "\n" for row in [header, *rows])
-    summary = f"{len(rows)} predictions by {metadata['model']['kind']} (task {metadata['task']!r}, round {metadata['round']})"
+    made = f"round {metadata['round']}" if "round" in metadata else f"{metadata['aggregations']} secure aggregations"
+    summary = f"{len(rows)} predictions by {metadata['model']['kind']} (task {metadata['task']!r}, {made})"
     if y is not None:
         correct = int(np.sum(labels == y))
         unknown = int(np.sum(~np.isin(y, classes)))
