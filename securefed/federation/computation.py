@@ -175,6 +175,14 @@ def analytics_requests(options: Mapping[str, object]) -> list[tuple[str, dict]]:
     return out
 
 
+def _level_aggregations(params, trees: int, features: int, channels: int) -> int:
+    """At most how many aggregations growing ``trees`` trees level by level takes: per level, the
+    frontier (at most trees x 2^level open nodes) in as many chunks as max_vector_length needs."""
+    per_entry = features * params.bins.n_bins * channels
+    per_chunk = max(1, int(params.max_vector_length) // per_entry)
+    return sum(-(-trees * 2**level // per_chunk) for level in range(int(params.max_depth)))
+
+
 class ComputationJob:
     """One task's computation, driven one secure aggregation at a time; no I/O, no clock."""
 
@@ -348,9 +356,10 @@ class ComputationJob:
         """An upper bound on the aggregations the job takes (what status shows as the total)."""
         binning = 4 if self.kind != "analytics" and getattr(self, "_binning", None) is not None else 0
         if self.kind == "random_forest":
-            return binning + int(self.params.max_depth) + 8  # levels, plus chunks when a frontier exceeds max_vector_length
+            return binning + _level_aggregations(self.params, int(self.params.n_trees), self.params.features_per_split, int(self.params.n_classes))
         if self.kind == "gbdt":
-            return binning + 1 + int(self.params.n_estimators) * int(self.params.max_depth)
+            per_round = _level_aggregations(self.params, int(self.params.n_outputs), self.params.bins.n_features, 3)
+            return binning + 1 + int(self.params.n_estimators) * per_round
         total = 0
         for kind, spec in self._queue:
             if kind == "kmeans":

@@ -9,6 +9,15 @@ description of the dataset (``bunch.DESCR``). Those tables are the published
 ranges of the whole dataset, rounded; a few values fall just outside them and
 are clipped. A real federation declares bounds from domain knowledge (valid
 ranges of a lab value, a sensor's range) in the same way.
+
+``diabetes`` (:data:`REGRESSION_DATASETS`) is the one regression set: its raw
+features (age in years, sex 1/2, BMI, mean arterial pressure, six serum
+values) have no published range table, so :data:`PUBLIC_BOUNDS` holds their
+ranges rounded outwards to clinically plausible limits, and
+:data:`TARGET_BOUNDS` the target's range (disease progression, whole numbers
+25..346). Node data files carry integer labels, so a regression target
+travels as a whole-number "class": :func:`load_bundled` gives
+``classes = range(25, 347)`` for it (a known limitation of this increment).
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
-from sklearn.datasets import load_breast_cancer, load_digits, load_iris, load_wine
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_iris, load_wine
 from sklearn.model_selection import train_test_split
 
 from securefed.errors import InvalidParameter
@@ -28,6 +37,8 @@ from securefed.learning.models import _check_real, _check_seed
 __all__ = [
     "BUNDLED_DATASETS",
     "PUBLIC_BOUNDS",
+    "REGRESSION_DATASETS",
+    "TARGET_BOUNDS",
     "BundledDataset",
     "bundled_preprocessing",
     "Split",
@@ -79,6 +90,11 @@ _LOADERS: dict[str, tuple[Callable[..., Any], str]] = {
         "Wisconsin diagnostic breast cancer (569 samples, 30 features, 2 classes); "
         "min-max scaled by the documented ranges",
     ),
+    "diabetes": (
+        lambda: load_diabetes(scaled=False),
+        "diabetes progression (442 samples, 10 features, regression target 25..346); "
+        "min-max scaled by public clinical ranges",
+    ),
 }
 
 #: Public per-feature (min, max) of each bundled dataset, in scikit-learn's feature order: digits'
@@ -98,23 +114,36 @@ PUBLIC_BOUNDS: dict[str, tuple[float | tuple[float, ...], float | tuple[float, .
          2.873, 4.885, 21.98, 542.2, 0.031, 0.135, 0.396, 0.053, 0.079, 0.03,
          36.04, 49.54, 251.2, 4254.0, 0.223, 1.058, 1.252, 0.291, 0.664, 0.208),
     ),
+    # age, sex, bmi, bp, s1 (total cholesterol), s2 (LDL), s3 (HDL), s4 (TC/HDL), s5 (log triglycerides), s6 (glucose)
+    "diabetes": (
+        (18.0, 1.0, 15.0, 60.0, 90.0, 40.0, 20.0, 2.0, 3.0, 55.0),
+        (80.0, 2.0, 45.0, 135.0, 310.0, 250.0, 100.0, 10.0, 6.5, 125.0),
+    ),
 }  # fmt: skip
 
-#: Names ``load_bundled`` accepts.
-BUNDLED_DATASETS: tuple[str, ...] = tuple(_LOADERS)
+#: The public range of each regression dataset's target (whole numbers for diabetes).
+TARGET_BOUNDS: dict[str, tuple[int, int]] = {"diabetes": (25, 346)}
+
+#: The classification datasets ``load_bundled`` accepts.
+BUNDLED_DATASETS: tuple[str, ...] = ("digits", "iris", "wine", "breast_cancer")
+#: The regression datasets ``load_bundled`` accepts (targets as whole numbers, see the module docstring).
+REGRESSION_DATASETS: tuple[str, ...] = ("diabetes",)
+_FEATURES = {"digits": 64, "iris": 4, "wine": 13, "breast_cancer": 30, "diabetes": 10}
 
 
 def _check_name(name: str) -> None:
     if name not in _LOADERS:
-        raise InvalidParameter(f"unknown dataset {name!r}; bundled datasets are {list(BUNDLED_DATASETS)}")
+        raise InvalidParameter(
+            f"unknown dataset {name!r}; bundled datasets are {list(BUNDLED_DATASETS)} "
+            f"and, for regression, {list(REGRESSION_DATASETS)}"
+        )
 
 
 def bundled_preprocessing(name: str) -> Preprocessing:
     """The min-max preprocessing (public bounds, clipped) a task over this bundled dataset declares."""
     _check_name(name)
     low, high = PUBLIC_BOUNDS[name]
-    n_features = {"digits": 64, "iris": 4, "wine": 13, "breast_cancer": 30}[name]
-    made = Preprocessing.from_mapping({"scaler": "minmax", "min": low, "max": high, "clip": True}, n_features)
+    made = Preprocessing.from_mapping({"scaler": "minmax", "min": low, "max": high, "clip": True}, _FEATURES[name])
     if made is None:  # pragma: no cover - a minmax table never gives None
         raise InvalidParameter(f"no preprocessing for {name}")
     return made
@@ -126,6 +155,8 @@ def load_bundled(name: str, scaled: bool = True) -> BundledDataset:
     With ``scaled`` (the default) the features are scaled to [0, 1] by
     :func:`bundled_preprocessing` (public bounds, no pooled statistics);
     ``scaled=False`` gives the raw features, as a site's CSV would hold them.
+    For a regression dataset ``y`` is the whole-number target and ``classes``
+    every whole number of :data:`TARGET_BOUNDS` (what a task over it declares).
     """
     _check_name(name)
     loader, description = _LOADERS[name]
@@ -135,12 +166,20 @@ def load_bundled(name: str, scaled: bool = True) -> BundledDataset:
         X = bundled_preprocessing(name).transform(X)
     else:
         description = description.split(";")[0] + "; raw features"
-    y = np.asarray(bunch.target, dtype=np.int64)
+    target = np.asarray(bunch.target)
+    y = target.astype(np.int64)
+    if not np.array_equal(y, target):  # pragma: no cover - scikit-learn's bundled targets are whole numbers
+        raise InvalidParameter(f"{name}: the target is not whole numbers; node data files carry integer labels")
+    if name in TARGET_BOUNDS:
+        low_y, high_y = TARGET_BOUNDS[name]
+        classes = tuple(range(low_y, high_y + 1))
+    else:
+        classes = tuple(int(c) for c in np.unique(y))
     return BundledDataset(
         X=np.ascontiguousarray(X),
         y=y,
         feature_names=tuple(str(n) for n in bunch.feature_names),
-        classes=tuple(int(c) for c in np.unique(y)),
+        classes=classes,
         description=f"{name}: {description}",
     )
 
