@@ -79,9 +79,63 @@ def full_coordinator_config(members: dict) -> dict:
     }
 
 
+def analytics_config(members: dict) -> dict:
+    """The full config as an analytics task: [[computations]] instead of training, DP and evaluation keys."""
+    config = full_coordinator_config(members)
+    task = config["task"]
+    for key in ("model_options", "dp", "evaluation_data", "evaluation_label_column"):
+        del task[key]
+    task["model"] = "analytics"
+    config["computations"] = [
+        {"kind": "count", "params": {"max_nodes": 10, "max_rows": 100}},
+        {"kind": "mean", "params": {"max_nodes": 10, "max_rows": 100, "low": [0, 10, 40], "high": [120, 60, 400]}},
+    ]
+    return config
+
+
 @pytest.fixture
-def base(members: dict) -> dict:
+def base(members: dict, request: pytest.FixtureRequest) -> dict:
+    """The full config; for the [[computations]] keys and section, the analytics task that has them."""
+    params = getattr(request.node, "callspec", None)
+    wanted = params.params if params is not None else {}
+    path, section = wanted.get("path"), wanted.get("section")
+    if (path is not None and path[0] == "computations") or section == "computations":
+        return analytics_config(members)
     return full_coordinator_config(members)
+
+
+def test_an_analytics_task_takes_its_computations_in_order(tmp_path: Path, members: dict) -> None:
+    raw = analytics_config(members)
+    del raw["task"]["rounds"], raw["task"]["evaluate"]
+    config = load_coordinator_config(write_toml(tmp_path / "c.toml", raw))
+    task = config.task
+    assert task.is_computation and [c["kind"] for c in task.model_options["computations"]] == ["count", "mean"]
+    assert task.rounds == 2 and task.evaluate is False  # rounds derived: one aggregation each
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c.pop("computations"), "lists its computations in \\[\\[computations\\]\\]"),
+        (lambda c: c["task"].__setitem__("model_options", {"x": 1}), "not model_options"),
+        (lambda c: c["task"].__setitem__("evaluation_data", "t.csv"), "evaluation_data is for SGD models"),
+        (lambda c: c["computations"][0].__setitem__("kind", "meen"), "did you mean 'mean'"),
+        (lambda c: c["computations"][1]["params"].__setitem__("low", [0, 10]), "computation #2"),
+        (lambda c: c["task"].__setitem__("dp", {"epsilon": 1.0}), "not available for analytics"),
+        (lambda c: c["task"].__setitem__("model", "mlp"), 'is for model = "analytics"'),
+    ],
+)
+def test_analytics_tasks_are_checked_when_loaded(tmp_path: Path, members: dict, change, message: str) -> None:
+    config = analytics_config(members)
+    change(config)
+    with pytest.raises(ConfigError, match=message):
+        load_coordinator_config(write_toml(tmp_path / "c.toml", config))
+
+
+def test_a_training_task_still_needs_rounds(tmp_path: Path, base: dict) -> None:
+    del base["task"]["rounds"]
+    with pytest.raises(ConfigError, match="rounds is required"):
+        load_coordinator_config(write_toml(tmp_path / "c.toml", base))
 
 
 def test_a_config_with_every_key_loads(tmp_path: Path, base: dict, members: dict) -> None:
@@ -108,7 +162,7 @@ def test_a_config_with_every_key_loads(tmp_path: Path, base: dict, members: dict
 
 def test_defaults_when_optional_keys_are_absent(tmp_path: Path, base: dict) -> None:
     required = {key for key, spec in COORDINATOR_SCHEMA["task"].keys.items() if spec.required}
-    base["task"] = {k: v for k, v in base["task"].items() if k in required}
+    base["task"] = {k: v for k, v in base["task"].items() if k in required or k == "rounds"}  # rounds: required for training
     base["task"]["model"] = "sgd_logistic"
     del base["deadlines"]
     del base["coordinator"]["transcript_file"]
