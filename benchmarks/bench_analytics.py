@@ -41,9 +41,9 @@ from sklearn.model_selection import train_test_split
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from securefed.analytics import driver_for, modular_sum, run_local  # noqa: E402
-from securefed.learning.datasets import PUBLIC_BOUNDS, load_bundled  # noqa: E402
-from securefed.secagg.simulate import simulate  # noqa: E402
+from securefed.analytics import driver_for, modular_sum, run_local
+from securefed.learning.datasets import PUBLIC_BOUNDS, load_bundled
+from securefed.secagg.simulate import simulate
 
 MAX_ROWS = 1000
 LEVELS = [0.1, 0.25, 0.5, 0.75, 0.9]
@@ -139,7 +139,14 @@ class Bench:
         X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.25, random_state=self.seed)
         sites = split(X_train, y_train, self.nodes, self.seed)
         d = X.shape[1]
-        base = {"max_nodes": self.nodes, "max_rows": MAX_ROWS, "low": [-0.2] * d, "high": [0.2] * d, "y_low": 0.0, "y_high": 400.0}
+        base = {
+            "max_nodes": self.nodes,
+            "max_rows": MAX_ROWS,
+            "low": [-0.2] * d,
+            "high": [0.2] * d,
+            "y_low": 0.0,
+            "y_high": 400.0,
+        }
         for ridge, model in ((0.0, LinearRegression()), (1.0, Ridge(alpha=1.0))):
             result, seconds = self.run("linear_regression", {**base, "ridge": ridge}, sites)
             model.fit(X_train, y_train)
@@ -151,7 +158,10 @@ class Bench:
             self.add(label, "diabetes", f"held-out R² {ours:.6f} vs sklearn {theirs:.6f}; train R² {result['r2_train']:.6f} vs {model.score(X_train, y_train):.6f}",
                      f"|ΔR²| {abs(ours - theirs):.1e}, max |Δcoef| {err.max():.1e} (rel. {(err / np.abs(model.coef_)).max():.1e})",
                      f"{(err / np.asarray(result['error_bound']['coefficients'])).max():.2f}", result["aggregations"], seconds)  # fmt: skip
-        print(f"diabetes: declared |x| <= 0.2 holds (largest {largest:.4f}); y in [{y.min():g}, {y.max():g}] within [0, 400]", file=sys.stderr)
+        print(
+            f"diabetes: declared |x| <= 0.2 holds (largest {largest:.4f}); y in [{y.min():g}, {y.max():g}] within [0, 400]",
+            file=sys.stderr,
+        )
 
     def table(self) -> str:
         header = ("computation", "dataset", "metric", "value", "error / stated bound", "secure aggregations", "wall s")
@@ -164,7 +174,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nodes", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--plain", action="store_true", help="sum vectors directly instead of running the secure-aggregation simulator")
+    parser.add_argument(
+        "--plain", action="store_true", help="sum vectors directly instead of running the secure-aggregation simulator"
+    )
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -175,7 +187,9 @@ def main() -> None:
     bench.diabetes()
     table = bench.table()
     print(table)
-    print(f"\n{args.nodes} nodes, max_rows {MAX_ROWS}, {'plain modular sum' if args.plain else 'in-memory SecAgg'}; total {time.perf_counter() - started:.1f} s")
+    print(
+        f"\n{args.nodes} nodes, max_rows {MAX_ROWS}, {'plain modular sum' if args.plain else 'in-memory SecAgg'}; total {time.perf_counter() - started:.1f} s"
+    )
     if args.out:
         args.out.write_text(table + "\n", encoding="utf-8")
 

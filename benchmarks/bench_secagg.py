@@ -146,9 +146,7 @@ def part_one(n: int, d: int) -> list[str]:
         sparse = k < n - 1
         policy = ClientPolicy(max_colluders=2) if sparse else ClientPolicy()
         threshold = smallest_safe_threshold(n, k if sparse else None, policy.colluders(n))
-        client, server, result, exact, (config, revealed) = timed_round(
-            n, d, k if sparse else None, threshold, dropped, policy
-        )
+        client, server, result, exact, (config, revealed) = timed_round(n, d, k if sparse else None, threshold, dropped, policy)
         degree = n - 1 if k >= n - 1 else k
         survivors = len(result.survivors)
         client_mask_floor = keystream_floor(degree + 1, d)  # b_u plus one pairwise mask per neighbour

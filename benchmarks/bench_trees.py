@@ -113,7 +113,9 @@ def gbdt_run(name: str, seed: int, nodes: int) -> Run:
         min_samples_leaf=GBDT["min_samples_leaf"],
     )  # fmt: skip
     start = time.perf_counter()
-    workers = [BoostingWorker(params, split.X_train[part], split.y_train[part]) for part in iid(split.y_train.shape[0], nodes, seed)]
+    workers = [
+        BoostingWorker(params, split.X_train[part], split.y_train[part]) for part in iid(split.y_train.shape[0], nodes, seed)
+    ]
     builder = BoostingBuilder(params)
     model, largest = drive(builder, workers)
     seconds = time.perf_counter() - start
@@ -144,7 +146,11 @@ def main() -> int:
     args = parser.parse_args()
     cases = [("random forest", "iris", forest_run), ("GBDT (logistic)", "breast_cancer", gbdt_run)]
     if args.extended:
-        cases += [("random forest", "wine", forest_run), ("random forest", "digits", forest_run), ("GBDT (softmax)", "wine", gbdt_run)]
+        cases += [
+            ("random forest", "wine", forest_run),
+            ("random forest", "digits", forest_run),
+            ("GBDT (softmax)", "wine", gbdt_run),
+        ]
     print(f"python {platform.python_version()}, numpy {np.__version__}, scikit-learn {sklearn.__version__}, "
           f"{args.nodes} nodes, {args.seeds} seeds")  # fmt: skip
     print(f"forest: {FOREST}; gbdt: {GBDT}\n")
@@ -164,7 +170,9 @@ def main() -> int:
         aggs = statistics.mean(r.aggregations for r in runs)
         trees = runs[0].trees
         per_tree = (
-            f"{aggs:.1f} shared by all {trees}" if fn is forest_run else f"{statistics.mean(r.levels for r in runs) / trees:.2f} (+1 base)"
+            f"{aggs:.1f} shared by all {trees}"
+            if fn is forest_run
+            else f"{statistics.mean(r.levels for r in runs) / trees:.2f} (+1 base)"
         )
         seconds = statistics.mean(r.seconds for r in runs)
         print(

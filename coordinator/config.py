@@ -21,10 +21,10 @@ from securefed.preprocessing import PREPROCESSING_SECTION, features_from, prepro
 from securefed.wire.keys import parse_public_key
 
 __all__ = [
-    "CoordinatorConfig",
-    "load_coordinator_config",
-    "check_task_options",
     "COORDINATOR_SCHEMA",
+    "CoordinatorConfig",
+    "check_task_options",
+    "load_coordinator_config",
 ]
 
 #: The coordinator config's schema: every section and key it may contain.
@@ -149,12 +149,16 @@ def coordinator_config_from(config: ConfigFile) -> CoordinatorConfig:
     computations = [{"kind": entry.get("kind"), "params": dict(entry.get("params"))} for entry in config.entries("computations")]
     if model == "analytics":
         if not computations:
-            raise table.error("model", 'an analytics task lists its computations in [[computations]] tables (kind = "mean", params = {...})')
+            raise table.error(
+                "model", 'an analytics task lists its computations in [[computations]] tables (kind = "mean", params = {...})'
+            )
         if model_options:
-            raise table.error("model_options", "an analytics task takes its computations from [[computations]], not model_options")
+            raise table.error(
+                "model_options", "an analytics task takes its computations from [[computations]], not model_options"
+            )
         model_options = {"computations": computations}
     elif computations:
-        raise config.error(f"[[computations]] is for model = \"analytics\"; this task's model is {model!r}", "computations")
+        raise config.error(f'[[computations]] is for model = "analytics"; this task\'s model is {model!r}', "computations")
     rounds = table.get("rounds", None)
     if rounds is None and model not in COMPUTE_KINDS:
         raise table.error("rounds", "is required: how many training rounds to run")
@@ -163,7 +167,9 @@ def coordinator_config_from(config: ConfigFile) -> CoordinatorConfig:
             raise table.error("evaluation_data", f"is for SGD models; a {model} task's model is evaluated with securefed predict")
         if rounds is None:
             try:
-                rounds = ComputationJob(model, model_options, features, classes, preprocessing_from(table, declared)).expected_aggregations()
+                rounds = ComputationJob(
+                    model, model_options, features, classes, preprocessing_from(table, declared)
+                ).expected_aggregations()
             except InvalidParameter as exc:
                 raise table.error(None, f"is not a usable task: {exc}") from None
     # Unset training keys take the model kind's defaults, which train well on scaled features; the
@@ -303,9 +309,7 @@ def _identity_key(entry: Table) -> bytes:
     try:
         return parse_identity_key(entry.get("identity_public_key"), entry.where)
     except InvalidParameter:
-        raise entry.error(
-            "identity_public_key", "must be 32 bytes in base64 (as printed by securefed keygen)"
-        ) from None
+        raise entry.error("identity_public_key", "must be 32 bytes in base64 (as printed by securefed keygen)") from None
 
 
 def _colluders(table: Table) -> int | float | None:

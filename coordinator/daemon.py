@@ -30,7 +30,7 @@ from securefed.wire.keys import CurveKeyPair
 from securefed.wire.transcript import TranscriptWriter
 from securefed.wire.transport import CoordinatorSocket
 
-__all__ = ["run_coordinator", "STATUS_FILE"]
+__all__ = ["STATUS_FILE", "run_coordinator"]
 
 log = logging.getLogger("securefed.coordinator")
 
@@ -130,7 +130,11 @@ def _run_locked(config: CoordinatorConfig, keys: CurveKeyPair, stop: threading.E
             if coordinator.finished:
                 report()
                 if coordinator.job is not None:
-                    log.info("the %s computation finished after %d steps; stopping", config.task.model_kind, coordinator.completed_round)
+                    log.info(
+                        "the %s computation finished after %d steps; stopping",
+                        config.task.model_kind,
+                        coordinator.completed_round,
+                    )
                 else:
                     log.info("all %d rounds done; stopping", config.task.rounds)
                 break

@@ -19,7 +19,7 @@ from securefed.metrics import MetricsListen, parse_listen
 from securefed.preprocessing import PREPROCESSING_SECTION, Preprocessing, features_from, preprocessing_from
 from securefed.wire.keys import parse_public_key
 
-__all__ = ["NodeConfig", "load_node_config", "NODE_SCHEMA"]
+__all__ = ["NODE_SCHEMA", "NodeConfig", "load_node_config"]
 
 #: The node config's schema: every section and key it may contain.
 NODE_SCHEMA: dict[str, Section] = {
@@ -146,9 +146,7 @@ def node_config_from(config: ConfigFile) -> NodeConfig:
         try:
             roster[name] = parse_identity_key(entry.get("identity_public_key"), entry.where)
         except InvalidParameter:
-            raise entry.error(
-                "identity_public_key", "must be 32 bytes in base64 (as printed by securefed keygen)"
-            ) from None
+            raise entry.error("identity_public_key", "must be 32 bytes in base64 (as printed by securefed keygen)") from None
     try:
         coordinator_key = parse_public_key(main.get("coordinator_curve_public_key"))
     except InvalidParameter as exc:

@@ -12,14 +12,13 @@ import logging
 import signal
 import sys
 import threading
-import time
 from contextlib import ExitStack
 from pathlib import Path
 
 from node.config import load_node_config
 from securefed._fs import StateLock
-from securefed.crypto.identity import SigningKey
 from securefed.audit.log import RECOVERY, AuditLog, ChainReport, recover_log, verify_chain, verify_log
+from securefed.crypto.identity import SigningKey
 from securefed.dp.ledger import PrivacyLedger, audited_releases, release_receipts
 from securefed.errors import InvalidParameter
 from securefed.federation.node import Node, NodeState
@@ -29,7 +28,7 @@ from securefed.metrics import NODE_METRICS, MetricsEndpoint, NodeActivity, NodeM
 from securefed.wire.keys import CurveKeyPair
 from securefed.wire.transport import NodeSocket
 
-__all__ = ["run_node", "rebuild_ledger", "print_ledger", "print_audit", "recover_audit"]
+__all__ = ["print_audit", "print_ledger", "rebuild_ledger", "recover_audit", "run_node"]
 
 log = logging.getLogger("securefed.node")
 
@@ -37,7 +36,7 @@ log = logging.getLogger("securefed.node")
 def _recovery_advice(config_path: str | Path) -> str:
     return (
         "keep it for your auditor, then archive it and start a new chain with: "
-        f"securefed node audit --config {config_path} --recover --reason \"...\" (see docs/deployment.md)"
+        f'securefed node audit --config {config_path} --recover --reason "..." (see docs/deployment.md)'
     )
 
 
@@ -203,7 +202,10 @@ def print_ledger(config_path: str | Path) -> int:
             f"\n{config.task}: spent {spent:.3f}"
             + (f" of {limit:g} (remaining {max(0.0, limit - spent):.3f})" if limit is not None else " (no limit set)")
         )
-        print(f"site total: {ledger.spent_total():.3f}" + (f" of {config.policy.max_epsilon_total:g}" if config.policy.max_epsilon_total else ""))
+        print(
+            f"site total: {ledger.spent_total():.3f}"
+            + (f" of {config.policy.max_epsilon_total:g}" if config.policy.max_epsilon_total else "")
+        )
     finally:
         ledger.close()
     return 0

@@ -176,7 +176,7 @@ def check_dom(dom: str) -> tuple[list[str], PageParser]:
         while (at := lowered.find("url(", start)) >= 0:
             target = lowered[at + 4 :].lstrip("'\"")
             if not target.startswith("data:"):
-                problems.append(f"CSS fetches {text[at:at + 60]!r}")
+                problems.append(f"CSS fetches {text[at : at + 60]!r}")
             start = at + 4
     if page.csp is None or "default-src 'none'" not in page.csp:
         problems.append(f"no Content-Security-Policy with default-src 'none' (found {page.csp!r})")
@@ -257,7 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--html", default=None, help="with a config: where to write the report (default: beside the screenshot)")
     parser.add_argument("--screenshot", default=None, help="PNG to write (default: the report's name with .png)")
     parser.add_argument("--width", type=int, default=1280)
-    parser.add_argument("--height", type=int, default=None, help="window height (default: estimated from the page, grown until it fits)")
+    parser.add_argument(
+        "--height", type=int, default=None, help="window height (default: estimated from the page, grown until it fits)"
+    )
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     args = parser.parse_args(argv)
     try:

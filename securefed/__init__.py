@@ -29,18 +29,19 @@ def __getattr__(name: str):
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'securefed' has no attribute {name!r}")
 
+
 __all__ = [
     "Coordinator",
-    "Node",
-    "load_model",
     "EncodingError",
     "InvalidParameter",
     "InvalidShare",
     "LocalProtocolError",
+    "Node",
     "PrivacyBudgetExhausted",
     "ProtocolAborted",
     "ProtocolError",
     "RemoteProtocolError",
     "SecureFedError",
     "__version__",
+    "load_model",
 ]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from securefed.errors import StorageError
 
-__all__ = ["open_durable", "open_readonly", "storage_error", "StorageGuard"]
+__all__ = ["StorageGuard", "open_durable", "open_readonly", "storage_error"]
 
 
 def storage_error(exc: sqlite3.Error, path: Path, what: str, advice: str) -> StorageError:
@@ -44,7 +44,7 @@ class StorageGuard:
     Holds no per-use state, so one instance serves every statement of a store.
     """
 
-    __slots__ = ("path", "what", "advice")
+    __slots__ = ("advice", "path", "what")
 
     def __init__(self, path: Path, what: str, advice: str) -> None:
         self.path, self.what, self.advice = path, what, advice

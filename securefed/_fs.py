@@ -20,7 +20,7 @@ from pathlib import Path
 
 from securefed.errors import StorageError
 
-__all__ = ["atomic_write", "StateLock", "lock_holder", "LOCK_FILE"]
+__all__ = ["LOCK_FILE", "StateLock", "atomic_write", "lock_holder"]
 
 #: the lock file in a daemon's state folder
 LOCK_FILE = "daemon.lock"

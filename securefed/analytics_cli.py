@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["add_commands", "ComputationSummary", "summarize_result", "result_lines", "DEFAULT_OUT"]
+__all__ = ["DEFAULT_OUT", "ComputationSummary", "add_commands", "result_lines", "summarize_result"]
 
 #: the ``bound`` of a result that has no rounding (counts)
 EXACT = "exact (whole counts)"
@@ -267,7 +266,7 @@ def _cmd_analytics(args: argparse.Namespace) -> int:
             else "train it with `securefed coordinator --config ...`"
         )
         raise InvalidParameter(
-            f"{config.source or args.config}: [task] model is {task.model_kind!r}, not \"analytics\"; "
+            f'{config.source or args.config}: [task] model is {task.model_kind!r}, not "analytics"; '
             f"securefed analytics runs analytics tasks only ([[computations]] tables, docs/analytics.md); {hint}"
         )
     target = _target(args, config.state_dir)
@@ -317,7 +316,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "analytics",
         help="run a coordinator's analytics task and write its results as JSON",
         description=(
-            "Run the coordinator daemon of an analytics task ([task] model = \"analytics\") in the foreground "
+            'Run the coordinator daemon of an analytics task ([task] model = "analytics") in the foreground '
             "until the task finishes, then write the results as JSON and print a summary. A result already "
             "stored is written and printed without running anything. Exit status: 0 with a result, 1 when "
             "the task has not finished, 2 on an error."

@@ -96,9 +96,7 @@ def _describe_preprocessing(preprocessing) -> str:
     return "none (raw features)" if preprocessing is None else preprocessing.describe()
 
 
-def _check_data(
-    out: TextIO, path: Path, label_column: str, features, classes, what: str = "data"
-) -> list[str]:
+def _check_data(out: TextIO, path: Path, label_column: str, features, classes, what: str = "data") -> list[str]:
     from securefed.learning.data import load_local_dataset
 
     if not path.exists():
@@ -255,14 +253,21 @@ def _check_coordinator(file: Path, out: TextIO) -> list[str]:
             kinds = ", ".join(item["kind"] for item in task.model_options["computations"])
             print(f"computations:  {kinds} (in this order; each node must allow them in its allowed_computations)", file=out)
         else:
-            bins = "at secure quantiles" if task.model_options.get("bins") == "quantiles" else "equal width between the declared bounds"
+            bins = (
+                "at secure quantiles"
+                if task.model_options.get("bins") == "quantiles"
+                else "equal width between the declared bounds"
+            )
             print(f"computation:   {job.params.describe()}; bins {bins}", file=out)
     print(f"preprocessing: {_describe_preprocessing(task.preprocessing)}", file=out)
     print(f"nodes:         {n} ({', '.join(node.name for node in config.nodes[:8])}{', ...' if n > 8 else ''})", file=out)
     print(_threshold_line(n, task.max_colluders, "nodes listed"), file=out)
     threshold, neighbours = task.secagg_parameters(n, n)
     graph = "complete graph" if neighbours is None else f"{neighbours} neighbours per node"
-    print(f"rounds:        threshold {threshold} with all {n} nodes ({graph}); waits for {task.min_nodes} connected (min_nodes)", file=out)
+    print(
+        f"rounds:        threshold {threshold} with all {n} nodes ({graph}); waits for {task.min_nodes} connected (min_nodes)",
+        file=out,
+    )
     problems = []
     if threshold > n:
         problems.append(f"{file}: no round can run: {n} nodes are fewer than the threshold {threshold}")
@@ -275,7 +280,10 @@ def _check_coordinator(file: Path, out: TextIO) -> list[str]:
                 file=out,
             )
         else:
-            print(f"privacy:       epsilon {task.dp.epsilon:g} for the task at delta {task.dp.delta:g}, clip norm {task.dp.clip_norm:g}", file=out)
+            print(
+                f"privacy:       epsilon {task.dp.epsilon:g} for the task at delta {task.dp.delta:g}, clip norm {task.dp.clip_norm:g}",
+                file=out,
+            )
         if threshold <= n:
             problems += _dp_plan_line(out, task, n, threshold)
     else:

@@ -113,15 +113,12 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             colluders = args.colluders if args.colluders is not None else max(1, -(-args.nodes // 5))
             threshold = smallest_safe_threshold(args.nodes, degree if degree < args.nodes - 1 else None, colluders)
     vectors = [
-        np.frombuffer(__import__("os").urandom(4 * args.dimension), dtype="<u4").astype(np.uint32)
-        for _ in range(args.nodes)
+        np.frombuffer(__import__("os").urandom(4 * args.dimension), dtype="<u4").astype(np.uint32) for _ in range(args.nodes)
     ]
     step = max(1, round(1 / args.drop_rate)) if args.drop_rate > 0 else 0
     dropped = list(range(1, args.nodes + 1, step)) if step else []
     started = time.perf_counter()
-    result = simulate(
-        vectors, threshold, {"masked_input": dropped} if dropped else None, neighbours, colluders=args.colluders
-    )
+    result = simulate(vectors, threshold, {"masked_input": dropped} if dropped else None, neighbours, colluders=args.colluders)
     elapsed = time.perf_counter() - started
     expected = np.zeros(args.dimension, dtype=np.uint32)
     for node in result.survivors:
@@ -152,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--rounds", type=int, default=None, help="training rounds (default 10; 150 DP-SGD steps with record-level DP)"
     )
-    demo.add_argument("--dataset", default="digits", help="bundled dataset: digits, iris, wine, breast_cancer, or diabetes (regression)")
+    demo.add_argument(
+        "--dataset", default="digits", help="bundled dataset: digits, iris, wine, breast_cancer, or diabetes (regression)"
+    )
     demo.add_argument("--model", default="sgd_logistic", help="sgd_logistic, mlp, random_forest or gbdt")
     demo.add_argument("--partition", default="iid", help="iid, dirichlet or kmeans")
     demo.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration for --partition dirichlet")
@@ -209,7 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     history_format = status.add_mutually_exclusive_group()
     history_format.add_argument(
-        "--json", dest="format", action="store_const", const="json", help="the status as one JSON object; with --history, a JSON list with one object per round"
+        "--json",
+        dest="format",
+        action="store_const",
+        const="json",
+        help="the status as one JSON object; with --history, a JSON list with one object per round",
     )
     history_format.add_argument(
         "--csv", dest="format", action="store_const", const="csv", help="with --history: CSV with a header row"
@@ -225,9 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--dimension", type=int, default=10_000)
     simulate.add_argument("--threshold", type=int, default=None, help="default: the smallest safe one")
     simulate.add_argument("--neighbours", type=int, default=None, help="default: what propose_parameters picks")
-    simulate.add_argument(
-        "--colluders", type=int, default=None, help="colluding nodes to withstand (default: max(1, ceil(n/5)))"
-    )
+    simulate.add_argument("--colluders", type=int, default=None, help="colluding nodes to withstand (default: max(1, ceil(n/5)))")
     simulate.add_argument("--drop-rate", type=float, default=0.1)
     simulate.set_defaults(func=_cmd_simulate)
 

@@ -28,18 +28,18 @@ from typing import Any
 from securefed.errors import ConfigError
 
 __all__ = [
-    "Key",
-    "Section",
-    "Schema",
-    "Table",
+    "NUMBER",
     "ConfigFile",
+    "Key",
+    "Schema",
+    "Section",
+    "Table",
+    "check_schema",
     "load_config",
     "load_toml",
-    "check_schema",
     "nearest",
-    "resolve_path",
     "parse_identity_key",
-    "NUMBER",
+    "resolve_path",
 ]
 
 _MISSING = object()
@@ -209,7 +209,11 @@ class _Checker:
                     self.unknown(name, (), None, value, "")
                 else:
                     home = self._elsewhere(name, (), table=False)
-                    hint = f"; it belongs in {home}" if home else f"; put it in one of the sections {', '.join(f'[{t}]' for t in tops)}"
+                    hint = (
+                        f"; it belongs in {home}"
+                        if home
+                        else f"; put it in one of the sections {', '.join(f'[{t}]' for t in tops)}"
+                    )
                     self.add(f"key {name!r} is outside any section{hint}", name, None)
                 continue
             self.section((name,), self.schema[name], value)

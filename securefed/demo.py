@@ -43,7 +43,7 @@ import numpy as np
 
 from securefed.errors import InvalidParameter
 
-__all__ = ["run_demo", "TREE_OPTIONS", "TREE_MODELS"]
+__all__ = ["TREE_MODELS", "TREE_OPTIONS", "run_demo"]
 
 _OVERALL_TIMEOUT = 900.0
 DP_CLIP_NORM = 0.5
@@ -361,7 +361,7 @@ def _run_regression(args) -> int:
     y_low, y_high = TARGET_BOUNDS[args.dataset]
     base = {
         # the wrap bound: at most --nodes sites of at most every training record each (public figures)
-        "max_nodes": args.nodes, "max_rows": int(len(y_train)),
+        "max_nodes": args.nodes, "max_rows": len(y_train),
         "low": list(low), "high": list(high), "y_low": float(y_low), "y_high": float(y_high),
     }  # fmt: skip
     penalties = (0.0, RIDGE_ALPHA)
@@ -423,7 +423,9 @@ def _run_regression(args) -> int:
         )
     aggregations = int(result.get("aggregations", len(history)))
     computing = _aggregating_seconds(history)
-    print(f"{aggregations} secure aggregations in {computing:.1f} s; {elapsed:.1f} s in all, with starting {args.nodes + 1} processes")
+    print(
+        f"{aggregations} secure aggregations in {computing:.1f} s; {elapsed:.1f} s in all, with starting {args.nodes + 1} processes"
+    )
     report = {
         "dataset": args.dataset,
         "model": "linear_regression",
@@ -481,7 +483,7 @@ def _run_training(args) -> int:
         # Record-level DP: each round is one DP-SGD step over records Poisson-sampled at every site. The
         # record count is declared in the task (public); the coordinator evaluates on held-out data it owns,
         # so the sites keep no validation split and sample from all their records.
-        total = int(len(split.y_train))
+        total = len(split.y_train)
         batch = float(min(RECORD_LEVEL_BATCH, max(16, total // 5)))
         task.update({"evaluate": False, "evaluation_data": "test.csv", "learning_rate": DP_SGD_LEARNING_RATE[args.model]})
         task["dp"] = {
@@ -498,7 +500,9 @@ def _run_training(args) -> int:
     workdir, federation = _layout(args, node_data, list(dataset.feature_names), task, policy, validation_fraction)
     if args.epsilon is not None:
         # The coordinator evaluates each (public, noised) model on held-out data it owns.
-        save_csv(federation.coordinator_config.parent / "test.csv", split.X_test, split.y_test, list(dataset.feature_names), "label")
+        save_csv(
+            federation.coordinator_config.parent / "test.csv", split.X_test, split.y_test, list(dataset.feature_names), "label"
+        )
     print(
         f"securefed demo: {args.nodes} nodes, {args.rounds} rounds, {args.dataset} "
         f"({len(split.y_train)} training samples split {args.partition}, {len(split.y_test)} held out), "
@@ -535,7 +539,9 @@ def _run_training(args) -> int:
     if returncode != 0 or len(history) < args.rounds:
         raise _failed(federation, workdir, returncode)
     for row in rest:
-        print(f"round {row['round']:>3}/{args.rounds} [{_bar(row['round'], args.rounds)}] {row['participants']}/{args.nodes} nodes")
+        print(
+            f"round {row['round']:>3}/{args.rounds} [{_bar(row['round'], args.rounds)}] {row['participants']}/{args.nodes} nodes"
+        )
 
     store = CoordinatorStore(federation.state_path)
     _, model, _ = store.latest_model()

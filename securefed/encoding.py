@@ -98,11 +98,7 @@ class FixedPointEncoder:
         worst = self.max_summands * _unit_bound(self.effective_max_abs, self.fractional_bits)
         if worst >= _SIGNED_LIMIT:
             safe = max_safe_fractional_bits(self.effective_max_abs, self.max_summands)
-            advice = (
-                f"use fractional_bits <= {safe}"
-                if safe >= 0
-                else "lower max_abs/clip_norm or the number of summands"
-            )
+            advice = f"use fractional_bits <= {safe}" if safe >= 0 else "lower max_abs/clip_norm or the number of summands"
             raise InvalidParameter(
                 f"{self.max_summands} summands with |coordinate| <= {self.effective_max_abs:g} at "
                 f"{self.fractional_bits} fractional bits could reach {worst} >= 2^31 and wrap; {advice}"
@@ -118,9 +114,7 @@ class FixedPointEncoder:
             raise InvalidParameter("max_summands must be a positive integer")
         bits = max_safe_fractional_bits(float(guard), max_summands)
         if bits < 0:
-            raise InvalidParameter(
-                f"no fixed-point precision keeps {max_summands} summands of magnitude {guard:g} below 2^31"
-            )
+            raise InvalidParameter(f"no fixed-point precision keeps {max_summands} summands of magnitude {guard:g} below 2^31")
         return cls(clip_norm=clip_norm, fractional_bits=bits, max_summands=max_summands, max_abs=max_abs)
 
     @property

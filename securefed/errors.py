@@ -7,17 +7,17 @@ input never use ``assert`` (asserts vanish under ``python -O``).
 from __future__ import annotations
 
 __all__ = [
-    "SecureFedError",
-    "InvalidParameter",
-    "EncodingError",
-    "ProtocolError",
-    "LocalProtocolError",
-    "RemoteProtocolError",
-    "ProtocolAborted",
-    "InvalidShare",
-    "PrivacyBudgetExhausted",
-    "StorageError",
     "ConfigError",
+    "EncodingError",
+    "InvalidParameter",
+    "InvalidShare",
+    "LocalProtocolError",
+    "PrivacyBudgetExhausted",
+    "ProtocolAborted",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "SecureFedError",
+    "StorageError",
 ]
 
 

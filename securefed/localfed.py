@@ -130,9 +130,7 @@ class LocalFederation:
             federation._write_node_config(name, coordinator_keys, members, task, policy or {}, validation_fraction)
         return federation
 
-    def _write_coordinator_config(
-        self, keys: CurveKeyPair, members: dict, task: dict, deadlines: dict, transcript: bool
-    ) -> None:
+    def _write_coordinator_config(self, keys: CurveKeyPair, members: dict, task: dict, deadlines: dict, transcript: bool) -> None:
         lines = [
             "[coordinator]",
             f"listen = {toml_value(self.endpoint)}",
@@ -149,7 +147,12 @@ class LocalFederation:
             *(f"{key} = {toml_value(value)}" for key, value in deadlines.items()),
         ]
         for computation in task.get("computations", []):  # model = "analytics"
-            lines += ["", "[[computations]]", f"kind = {toml_value(computation['kind'])}", f"params = {toml_value(computation['params'])}"]
+            lines += [
+                "",
+                "[[computations]]",
+                f"kind = {toml_value(computation['kind'])}",
+                f"params = {toml_value(computation['params'])}",
+            ]
         for name, (curve, identity) in members.items():
             lines += [
                 "",
@@ -203,7 +206,7 @@ class LocalFederation:
         env.setdefault("PYTHONUNBUFFERED", "1")
         env.setdefault("OMP_NUM_THREADS", "1")
         env.setdefault("OPENBLAS_NUM_THREADS", "1")
-        handle = open(log_path, "ab")  # noqa: SIM115 - owned by the child process
+        handle = open(log_path, "ab")
         try:
             return subprocess.Popen(
                 [sys.executable, "-m", "securefed.cli", *args],

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["configure_logging", "PeerWarnings", "SUMMARY_INTERVAL"]
+__all__ = ["SUMMARY_INTERVAL", "PeerWarnings", "configure_logging"]
 
 #: seconds between two summaries of the warnings about one peer
 SUMMARY_INTERVAL = 10.0

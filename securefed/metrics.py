@@ -37,18 +37,18 @@ from typing import Any
 from securefed.errors import ConfigError, InvalidParameter
 
 __all__ = [
-    "MetricsListen",
-    "parse_listen",
-    "Family",
     "COORDINATOR_METRICS",
-    "NODE_METRICS",
-    "MetricsEndpoint",
-    "CoordinatorMetrics",
-    "NodeMetrics",
-    "NodeActivity",
-    "Throttle",
-    "UPDATE_INTERVAL",
     "MAX_LABEL_VALUES",
+    "NODE_METRICS",
+    "UPDATE_INTERVAL",
+    "CoordinatorMetrics",
+    "Family",
+    "MetricsEndpoint",
+    "MetricsListen",
+    "NodeActivity",
+    "NodeMetrics",
+    "Throttle",
+    "parse_listen",
 ]
 
 log = logging.getLogger("securefed.metrics")
@@ -60,7 +60,9 @@ MAX_LABEL_VALUES = 32
 
 # --- where to listen ----------------------------------------------------------------
 
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,9 @@ def _catalogue(*families: Family) -> dict[str, Family]:
 
 
 COORDINATOR_METRICS: dict[str, Family] = _catalogue(
-    Family("securefed_coordinator_info", "gauge", "Always 1; labels name the task and the securefed version", ("task", "version")),
+    Family(
+        "securefed_coordinator_info", "gauge", "Always 1; labels name the task and the securefed version", ("task", "version")
+    ),
     Family("securefed_coordinator_rounds_planned", "gauge", "Training rounds the task runs in all ([task] rounds)"),
     Family("securefed_coordinator_completed_round", "gauge", "The newest round whose model is committed (0 before the first)"),
     Family("securefed_coordinator_finished", "gauge", "1 once every round is done, else 0"),
@@ -159,17 +163,23 @@ COORDINATOR_METRICS: dict[str, Family] = _catalogue(
         "Aggregation attempts of this task by status (running, completed, aborted), from the store",
         ("status",),
     ),
-    Family("securefed_coordinator_refusals_total", "counter", "Refusals nodes sent for this task, by their reason code", ("reason",)),
+    Family(
+        "securefed_coordinator_refusals_total", "counter", "Refusals nodes sent for this task, by their reason code", ("reason",)
+    ),
     Family(
         "securefed_coordinator_dropped_messages_total",
         "counter",
         "Messages dropped by this process (malformed, unknown node, stale, ...), by reason code",
         ("reason",),
     ),
-    Family("securefed_coordinator_refused_connections_total", "counter", "Connections refused by this process: unknown CURVE keys"),
+    Family(
+        "securefed_coordinator_refused_connections_total", "counter", "Connections refused by this process: unknown CURVE keys"
+    ),
     Family("securefed_coordinator_received_bytes_total", "counter", "Message bytes this process received from nodes"),
     Family("securefed_coordinator_sent_bytes_total", "counter", "Message bytes this process sent to nodes"),
-    Family("securefed_coordinator_last_round", "gauge", "Number of the newest completed round (same as completed_round once one is)"),
+    Family(
+        "securefed_coordinator_last_round", "gauge", "Number of the newest completed round (same as completed_round once one is)"
+    ),
     Family("securefed_coordinator_last_round_accuracy", "gauge", "Accuracy of the newest evaluated round (0..1)"),
     Family("securefed_coordinator_last_round_loss", "gauge", "Mean loss of the newest evaluated round"),
     Family("securefed_coordinator_last_round_duration_seconds", "gauge", "Wall time of the newest round's training aggregation"),
@@ -183,22 +193,52 @@ COORDINATOR_METRICS: dict[str, Family] = _catalogue(
         ("stage",),
     ),
     Family("securefed_coordinator_last_round_completed_timestamp_seconds", "gauge", "Unix time the newest round was committed"),
-    Family("securefed_coordinator_epsilon_spent", "gauge", "Epsilon the task has spent so far (DP tasks only), composed from recorded releases"),
+    Family(
+        "securefed_coordinator_epsilon_spent",
+        "gauge",
+        "Epsilon the task has spent so far (DP tasks only), composed from recorded releases",
+    ),
     Family("securefed_coordinator_epsilon_budget", "gauge", "The task's epsilon budget ([task.dp] epsilon; DP tasks only)"),
 )
 
 NODE_METRICS: dict[str, Family] = _catalogue(
-    Family("securefed_node_info", "gauge", "Always 1; labels name the node, its task and the securefed version", ("node", "task", "version")),
+    Family(
+        "securefed_node_info",
+        "gauge",
+        "Always 1; labels name the node, its task and the securefed version",
+        ("node", "task", "version"),
+    ),
     Family("securefed_node_connected", "gauge", "1 while the CURVE connection to the coordinator is up, else 0"),
-    Family("securefed_node_rounds_contributed_total", "counter", "Training aggregations that completed with this node's input sent"),
-    Family("securefed_node_evaluations_contributed_total", "counter", "Evaluation aggregations that completed with this node's input sent"),
+    Family(
+        "securefed_node_rounds_contributed_total", "counter", "Training aggregations that completed with this node's input sent"
+    ),
+    Family(
+        "securefed_node_evaluations_contributed_total",
+        "counter",
+        "Evaluation aggregations that completed with this node's input sent",
+    ),
     Family("securefed_node_refusals_total", "counter", "Refusals this node sent to the coordinator, by reason code", ("reason",)),
-    Family("securefed_node_last_training_seconds", "gauge", "Seconds this node's local training took in its newest training round"),
+    Family(
+        "securefed_node_last_training_seconds", "gauge", "Seconds this node's local training took in its newest training round"
+    ),
     Family("securefed_node_epsilon_spent", "gauge", "Epsilon spent per task, from this site's privacy ledger", ("task",)),
     Family("securefed_node_epsilon_spent_site", "gauge", "Epsilon spent over every task, composed at the site's delta"),
-    Family("securefed_node_epsilon_limit", "gauge", "This site's epsilon limit for its task ([policy] max_epsilon; absent when unset)"),
-    Family("securefed_node_epsilon_limit_site", "gauge", "This site's epsilon limit over all tasks ([policy] max_epsilon_total; absent when unset)"),
-    Family("securefed_node_dropped_messages_total", "counter", "Messages from the coordinator this process dropped, by reason code", ("reason",)),
+    Family(
+        "securefed_node_epsilon_limit",
+        "gauge",
+        "This site's epsilon limit for its task ([policy] max_epsilon; absent when unset)",
+    ),
+    Family(
+        "securefed_node_epsilon_limit_site",
+        "gauge",
+        "This site's epsilon limit over all tasks ([policy] max_epsilon_total; absent when unset)",
+    ),
+    Family(
+        "securefed_node_dropped_messages_total",
+        "counter",
+        "Messages from the coordinator this process dropped, by reason code",
+        ("reason",),
+    ),
     Family("securefed_node_reconnects_total", "counter", "Times this process restarted its connection to the coordinator"),
     Family("securefed_node_received_bytes_total", "counter", "Message bytes this process received from the coordinator"),
     Family("securefed_node_sent_bytes_total", "counter", "Message bytes this process sent to the coordinator"),

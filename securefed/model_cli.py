@@ -45,7 +45,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "finished tree model. Safe while the coordinator runs.",
     )
     export.add_argument("--config", required=True, help="coordinator TOML config (for the task and the state folder)")
-    export.add_argument("--round", type=int, default=None, help="the round whose model to export (default: the latest; SGD tasks only)")
+    export.add_argument(
+        "--round", type=int, default=None, help="the round whose model to export (default: the latest; SGD tasks only)"
+    )
     export.add_argument("--out", required=True, help="the .npz file to write")
     export.add_argument("--force", action="store_true", help="replace --out if it exists")
     export.set_defaults(func=_cmd_export)
@@ -104,7 +106,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     try:
         bound = store.get_meta("task")
         if bound is None:
-            raise InvalidParameter(f"{config.store_path}: the coordinator has not started task {task.name!r} yet; no model to export")
+            raise InvalidParameter(
+                f"{config.store_path}: the coordinator has not started task {task.name!r} yet; no model to export"
+            )
         if bound != task.name or store.get_meta("task_fingerprint") != task.fingerprint():
             raise InvalidParameter(
                 f"{config.store_path} was trained for task {bound!r} with another definition than {args.config} "
@@ -314,7 +318,9 @@ def _read_csv(path: Path, label_column: str, declared: int | tuple[str, ...]) ->
                 if label_at is not None:
                     label = _parse_number(source, row[label_at], line, label_column)
                     if not label.is_integer():
-                        raise InvalidParameter(f"{source}: label {row[label_at].strip()!r} at line {line} is not an integer class")
+                        raise InvalidParameter(
+                            f"{source}: label {row[label_at].strip()!r} at line {line} is not an integer class"
+                        )
                     labels.append(int(label))
                 rows.append([_parse_number(source, row[i], line, names[i]) for i in feature_at])
     except UnicodeDecodeError:
@@ -329,7 +335,11 @@ def _read_csv(path: Path, label_column: str, declared: int | tuple[str, ...]) ->
     try:
         order, _ = _order_columns(source, found, len(found), declared)
     except InvalidParameter as exc:
-        hint = "" if label_at is not None else f" (no label column {label_column!r}: if the CSV names it otherwise, pass --label-column)"
+        hint = (
+            ""
+            if label_at is not None
+            else f" (no label column {label_column!r}: if the CSV names it otherwise, pass --label-column)"
+        )
         raise InvalidParameter(f"{exc}; the model's features are {_describe(declared)}{hint}") from None
     X = np.asarray(rows, dtype=np.float64)
     if order is not None:

@@ -27,7 +27,7 @@ import numpy as np
 from securefed.config_util import NUMBER, Key, Section, Table, nearest
 from securefed.errors import InvalidParameter
 
-__all__ = ["Preprocessing", "SCALERS", "PREPROCESSING_SECTION", "features_from", "preprocessing_from"]
+__all__ = ["PREPROCESSING_SECTION", "SCALERS", "Preprocessing", "features_from", "preprocessing_from"]
 
 #: Scalers a task can declare, with the parameters each needs (one value per feature).
 SCALERS: dict[str, tuple[str, ...]] = {
@@ -75,11 +75,15 @@ class Preprocessing:
             bad = [i for i, (lo, hi) in enumerate(zip(low, high)) if not hi > lo]
             if bad:
                 i = bad[0]
-                raise InvalidParameter(f"minmax max must exceed min for every feature; feature #{i + 1} has min {low[i]!r}, max {high[i]!r}")
+                raise InvalidParameter(
+                    f"minmax max must exceed min for every feature; feature #{i + 1} has min {low[i]!r}, max {high[i]!r}"
+                )
         else:
             bad = [i for i, v in enumerate(self.param("scale")) if not v > 0]
             if bad:
-                raise InvalidParameter(f"standard scale must be positive for every feature; feature #{bad[0] + 1} has {self.param('scale')[bad[0]]!r}")
+                raise InvalidParameter(
+                    f"standard scale must be positive for every feature; feature #{bad[0] + 1} has {self.param('scale')[bad[0]]!r}"
+                )
 
     @property
     def n_features(self) -> int:
@@ -95,9 +99,7 @@ class Preprocessing:
         """The scaled features (a new float64 array); X must have one column per declared feature."""
         X_arr = np.asarray(X, dtype=np.float64)
         if X_arr.ndim != 2 or X_arr.shape[1] != self.n_features:
-            raise InvalidParameter(
-                f"preprocessing is declared for {self.n_features} features, the data has shape {X_arr.shape}"
-            )
+            raise InvalidParameter(f"preprocessing is declared for {self.n_features} features, the data has shape {X_arr.shape}")
         if self.scaler == "minmax":
             low = np.asarray(self.param("min"))
             out = (X_arr - low) / (np.asarray(self.param("max")) - low)
@@ -153,7 +155,7 @@ class Preprocessing:
         if scaler == "none":
             extra = sorted(set(table) - {"scaler"})
             if extra:
-                raise InvalidParameter(f"scaler = \"none\" takes no parameters, got {extra}")
+                raise InvalidParameter(f'scaler = "none" takes no parameters, got {extra}')
             return None
         if not isinstance(scaler, str) or scaler not in SCALERS:
             guess = nearest(str(scaler), [*SCALERS, "none"])
@@ -194,7 +196,9 @@ def _per_feature(name: str, value: object, count: int, names: tuple[str, ...] | 
         return tuple(number(v, f"#{i + 1} ") for i, v in enumerate(value))
     if isinstance(value, Mapping):
         if names is None:
-            raise InvalidParameter(f"{name} is keyed by feature name, but the task declares only a feature count; declare features = [names]")
+            raise InvalidParameter(
+                f"{name} is keyed by feature name, but the task declares only a feature count; declare features = [names]"
+            )
         missing = [n for n in names if n not in value]
         extra = [n for n in value if n not in names]
         if extra:

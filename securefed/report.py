@@ -36,17 +36,17 @@ if TYPE_CHECKING:
     from securefed.federation.store import CoordinatorStore
 
 __all__ = [
-    "RoundRow",
-    "RefusalRow",
+    "NO_ROUNDS",
     "AbortRow",
-    "ReportData",
     "Plot",
-    "gather_report",
+    "RefusalRow",
+    "ReportData",
+    "RoundRow",
     "collect",
     "draw_plots",
+    "gather_report",
     "render_html",
     "write_report",
-    "NO_ROUNDS",
 ]
 
 #: what the page says when no round has completed yet
@@ -313,7 +313,11 @@ def coordinator_status(
     if finished:
         return "finished", f"all {rounds_total} rounds done; {where}"
     if pid is None:
-        done = f"{rounds_done} of at most {rounds_total} steps done" if computation else f"{rounds_done} of {rounds_total} rounds done"
+        done = (
+            f"{rounds_done} of at most {rounds_total} steps done"
+            if computation
+            else f"{rounds_done} of {rounds_total} rounds done"
+        )
         return "not running", f"no coordinator holds {state_dir}; {done}"
     if not live:
         return "running", f"PID {pid}; no status file yet"
@@ -421,7 +425,13 @@ def _accuracy(data: ReportData) -> Plot:
     key, title = "accuracy", "Accuracy per round"
     points = [(r.round, r.accuracy) for r in data.rounds if r.accuracy is not None]
     if not points:
-        return Plot(key, title, None, "", "No accuracy recorded: the rounds were not evaluated (task evaluate = false and no evaluation data).")
+        return Plot(
+            key,
+            title,
+            None,
+            "",
+            "No accuracy recorded: the rounds were not evaluated (task evaluate = false and no evaluation data).",
+        )
     fig = _figure()
     ax = fig.add_subplot()
     # The line joins the evaluated rounds; a round without a marker was not evaluated (the table says so too).
@@ -436,7 +446,9 @@ def _accuracy(data: ReportData) -> Plot:
     ax.set_ylabel("accuracy")
     _round_axis(ax, xs, data.unit)
     last_round, last = points[-1]
-    ax.annotate(f"{last:.1%}", (last_round, last), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8, color=_BLUE)
+    ax.annotate(
+        f"{last:.1%}", (last_round, last), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8, color=_BLUE
+    )
     alt = f"Accuracy per round, from {points[0][1]:.1%} in round {points[0][0]} to {last:.1%} in round {last_round}"
     return Plot(key, title, _png(fig), alt)
 
@@ -548,9 +560,13 @@ def _participation(data: ReportData) -> Plot:
                    label=f"node list = min_nodes ({data.roster_size})")  # fmt: skip
     else:
         if data.roster_size:
-            ax.axhline(data.roster_size, color=_GREY, linestyle="--", linewidth=1.4, zorder=1.5, label=f"node list ({data.roster_size})")
+            ax.axhline(
+                data.roster_size, color=_GREY, linestyle="--", linewidth=1.4, zorder=1.5, label=f"node list ({data.roster_size})"
+            )
         if data.min_nodes:
-            ax.axhline(data.min_nodes, color=_ORANGE, linestyle=":", linewidth=1.8, zorder=1.5, label=f"min_nodes ({data.min_nodes})")
+            ax.axhline(
+                data.min_nodes, color=_ORANGE, linestyle=":", linewidth=1.8, zorder=1.5, label=f"min_nodes ({data.min_nodes})"
+            )
     top = max([data.roster_size, data.min_nodes, *(r.participants for r in rows)])
     ax.set_ylim(0, top * 1.15 + 0.5)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
@@ -558,7 +574,12 @@ def _participation(data: ReportData) -> Plot:
     _round_axis(ax, xs, data.unit)
     _legend_below(fig, ax)
     full = sum(1 for r in rows if r.survivors == r.participants)
-    return Plot(key, title, _png(fig), f"Survivors and cohort size per {data.unit}; {full} of {len(rows)} {data.unit}s kept every invited node")
+    return Plot(
+        key,
+        title,
+        _png(fig),
+        f"Survivors and cohort size per {data.unit}; {full} of {len(rows)} {data.unit}s kept every invited node",
+    )
 
 
 def _refusals(data: ReportData) -> Plot:
@@ -584,7 +605,9 @@ def _refusals(data: ReportData) -> Plot:
         bottom = [b + h for b, h in zip(bottom, heights)]
     if len(ordered) > len(shown):
         heights = [sum(v for k, v in data.refusals_by_round.get(r, {}).items() if k not in shown) for r in rounds]
-        ax.bar([r - width / 2 for r in rounds], heights, bottom=bottom, width=width, color="#cfcfcf", label="refused: other reasons")
+        ax.bar(
+            [r - width / 2 for r in rounds], heights, bottom=bottom, width=width, color="#cfcfcf", label="refused: other reasons"
+        )
     ax.bar([r + width / 2 for r in rounds], [data.aborted_by_round.get(r, 0) for r in rounds], width=width,
            color="white", edgecolor="#333333", hatch="xx", label="aborted attempts")  # fmt: skip
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
@@ -647,7 +670,14 @@ def draw_plots(data: ReportData) -> list[Plot]:
     matplotlib.use("Agg")  # never an interactive backend: this runs on servers
     from matplotlib import rc_context
 
-    style = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "xtick.labelsize": 8, "ytick.labelsize": 8, "hatch.linewidth": 0.6}
+    style = {
+        "font.size": 9,
+        "axes.titlesize": 10,
+        "axes.labelsize": 9,
+        "xtick.labelsize": 8,
+        "ytick.labelsize": 8,
+        "hatch.linewidth": 0.6,
+    }
     with rc_context(style):
         if not data.rounds:
             return [_refusals(data)]
@@ -744,8 +774,10 @@ def _facts(data: ReportData) -> str:
         unit = "each record (DP-SGD across the sites)" if data.dp_unit == "record" else "each site's whole update"
         dp = f"protects {unit}: budget ε = {data.dp_epsilon:g} at δ = {data.dp_delta:g}, clip norm {data.dp_clip_norm:g}"
         spent_value = data.epsilon_spent
-        spent = "none yet" if spent_value is None else (
-            f"{spent_value:.3f} of {data.dp_epsilon:g} ({spent_value / data.dp_epsilon:.0%}) at δ = {data.dp_delta:g}"
+        spent = (
+            "none yet"
+            if spent_value is None
+            else (f"{spent_value:.3f} of {data.dp_epsilon:g} ({spent_value / data.dp_epsilon:.0%}) at δ = {data.dp_delta:g}")
         )
     counts = data.attempt_counts
     attempts = (
@@ -950,7 +982,7 @@ def render_html(data: ReportData, plots: Sequence[Plot]) -> str:
         "<head>",
         '<meta charset="utf-8">',
         # Defence in depth: even if some text escaped escaping, nothing could run or load.
-        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src data:; style-src \'unsafe-inline\'">',
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\">",
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{_e(title)}</title>",
         f"<style>{_CSS}</style>",

@@ -20,7 +20,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
             progress = f"{data.model_kind}, {data.rounds_done} steps ({finished})"
         else:
             progress = f"{data.rounds_done} of {data.rounds_total} rounds"
-        print(f"wrote {args.out} ({size / 1024:.0f} KiB): task {data.task_name}, {progress}, coordinator {data.status}", file=sys.stderr)
+        print(
+            f"wrote {args.out} ({size / 1024:.0f} KiB): task {data.task_name}, {progress}, coordinator {data.status}",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -37,7 +37,18 @@ from securefed.errors import InvalidParameter
 if TYPE_CHECKING:
     from securefed.federation.store import Refusal, RoundRecord
 
-__all__ = ["print_status", "status_lines", "status_json", "history_text", "print_history", "STATUS_FILE", "STAGES", "HISTORY_FORMATS", "STATUS_FORMATS", "COMPUTE_KINDS"]
+__all__ = [
+    "COMPUTE_KINDS",
+    "HISTORY_FORMATS",
+    "STAGES",
+    "STATUS_FILE",
+    "STATUS_FORMATS",
+    "history_text",
+    "print_history",
+    "print_status",
+    "status_json",
+    "status_lines",
+]
 
 #: the coordinator daemon's status file in its state folder, rewritten every second
 STATUS_FILE = "status.json"
@@ -45,7 +56,14 @@ STATUS_FILE = "status.json"
 _STALE = 10.0
 #: the secure-aggregation stages in protocol order (securefed.secagg.messages.Stage, not imported: it is heavy)
 STAGES = ("advertise", "reveal", "share", "masked_input", "consistency", "unmask")
-_STAGE_ABBREVIATIONS = {"advertise": "adv", "reveal": "rev", "share": "shr", "masked_input": "inp", "consistency": "con", "unmask": "unm"}
+_STAGE_ABBREVIATIONS = {
+    "advertise": "adv",
+    "reveal": "rev",
+    "share": "shr",
+    "masked_input": "inp",
+    "consistency": "con",
+    "unmask": "unm",
+}
 #: what ``securefed status --history`` can print
 HISTORY_FORMATS = ("table", "json", "csv")
 #: what ``securefed status`` can print
@@ -270,7 +288,9 @@ def _recent_lines(snap: _Snapshot) -> list[str]:
         los = f"{record.loss:.4f}" if record.loss is not None else "-"
         eps = f"{record.epsilon:.3f}" if record.epsilon is not None else "-"
         kept = len(record.survivors)
-        lines.append(f"{record.round:>5}  {kept:>2}/{record.participants:<2}  {acc:>8}  {los:>7}  {eps:>7}  {record.duration:7.2f}")
+        lines.append(
+            f"{record.round:>5}  {kept:>2}/{record.participants:<2}  {acc:>8}  {los:>7}  {eps:>7}  {record.duration:7.2f}"
+        )
     return lines
 
 
@@ -367,7 +387,9 @@ def _record_dict(record: RoundRecord) -> dict:
         "loss": record.loss,
         "epsilon": record.epsilon,
         "duration": record.duration,
-        "stage_durations": {name: record.stage_durations[name] for name in _stage_names([record]) if name in record.stage_durations},
+        "stage_durations": {
+            name: record.stage_durations[name] for name in _stage_names([record]) if name in record.stage_durations
+        },
         "bytes_in": record.bytes_in,
         "bytes_out": record.bytes_out,
         "completed_at": record.completed_at,
@@ -397,9 +419,7 @@ def _history_table(records: list[RoundRecord], computation: bool = False) -> str
     legend = "/".join(_STAGE_ABBREVIATIONS.get(name, name) for name in stages)
     cells = []
     for record in records:
-        timings = "/".join(
-            _number(record.stage_durations.get(name), 3) for name in stages
-        ) if record.stage_durations else "-"
+        timings = "/".join(_number(record.stage_durations.get(name), 3) for name in stages) if record.stage_durations else "-"
         quality = () if computation else (_number(record.accuracy, 4), _number(record.loss, 4), _number(record.epsilon, 3))
         cells.append(
             (

@@ -47,12 +47,11 @@ from securefed.secagg.messages import (
     ShareKeys,
     Stage,
     UnmaskRequest,
-    UnmaskShares,
 )
 from securefed.secagg.transcript import consistency_transcript
 from tests.secagg_harness import STAGE_OF_CLIENT_MESSAGE, HonestRound, make_config, make_identities, make_inputs
 
-__all__ = ["Strategy", "Attack", "Knowledge", "knowledge", "COLLUDER_POLICY"]
+__all__ = ["COLLUDER_POLICY", "Attack", "Knowledge", "Strategy", "knowledge"]
 
 #: Colluding nodes take part in anything the coordinator proposes.
 COLLUDER_POLICY = ClientPolicy(min_threshold=1, min_cohort=1, min_threshold_fraction=0.0, max_colluders=0, adversary="curious")

@@ -23,7 +23,7 @@ from securefed.federation.store import CoordinatorStore
 from securefed.federation.task import STAGE_NAMES, NodeEntry, TaskDefinition
 from securefed.learning.data import LocalDataset
 
-__all__ = ["Hub", "Clock", "InProcessFederation"]
+__all__ = ["Clock", "Hub", "InProcessFederation"]
 
 TASK = "in-process-task"
 N_FEATURES, CLASSES = 4, (0, 1)
@@ -159,9 +159,16 @@ class InProcessFederation:
         self.states = {name: NodeState(tmp_path / name / "node.sqlite") for name in self.names}
         self.nodes = {
             name: Node(
-                name, self.task.name, self.hub.node_socket(name), keys[name], self.roster,
-                datasets[i] if datasets is not None else _dataset(i), self.states[name],
-                policy or NodePolicy(), clock=self.clock, preprocessing=self.task.preprocessing,
+                name,
+                self.task.name,
+                self.hub.node_socket(name),
+                keys[name],
+                self.roster,
+                datasets[i] if datasets is not None else _dataset(i),
+                self.states[name],
+                policy or NodePolicy(),
+                clock=self.clock,
+                preprocessing=self.task.preprocessing,
             )  # fmt: skip
             for i, name in enumerate(self.names)
         }

@@ -49,10 +49,10 @@ __all__ = [
     "assert_no_double_reveal",
     "entropy_for",
     "exact_sum",
-    "safe_threshold",
     "make_config",
     "make_identities",
     "make_inputs",
+    "safe_threshold",
 ]
 
 DEFAULT_CONTEXT = hashlib.sha256(b"securefed/tests/model-v1").digest()
@@ -91,10 +91,7 @@ def make_config(
 def make_inputs(config: RoundConfig, seed: int = 0) -> dict[int, np.ndarray]:
     """Input vectors (not secrets for the test, so numpy's generator is fine here)."""
     rng = np.random.default_rng(seed)
-    return {
-        node: rng.integers(0, 1 << 32, size=config.vector_length, dtype=np.uint64).astype(np.uint32)
-        for node in config.ids
-    }
+    return {node: rng.integers(0, 1 << 32, size=config.vector_length, dtype=np.uint64).astype(np.uint32) for node in config.ids}
 
 
 def exact_sum(inputs: Mapping[int, np.ndarray], ids: Iterable[int]) -> np.ndarray:
@@ -326,4 +323,3 @@ class HonestRound:
         found = [send.message for send in sends if send.to == node]
         assert len(found) == 1, f"expected one message for {node}, got {found}"
         return found[0]
-

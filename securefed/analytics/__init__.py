@@ -22,8 +22,8 @@ from securefed.analytics.registry import REGISTRY, OneShot, driver_for, get
 from securefed.analytics.respond import respond
 
 __all__ = [
-    "REGISTRY",
     "REFUSAL_CODES",
+    "REGISTRY",
     "AnalyticsPolicy",
     "Computation",
     "Driver",

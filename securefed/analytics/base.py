@@ -29,12 +29,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from securefed.analytics.params import MAX_VECTOR_LENGTH, Cohort, ParameterError
+from securefed.analytics.params import MAX_VECTOR_LENGTH, ParameterError
 from securefed.analytics.policy import AnalyticsPolicy, Refusal
 from securefed.dp.noise import UniformSource
 from securefed.errors import EncodingError, InvalidParameter, LocalProtocolError
 
-__all__ = ["Computation", "Request", "Driver"]
+__all__ = ["Computation", "Driver", "Request"]
 
 
 class Computation(ABC):
@@ -98,7 +98,9 @@ class Computation(ABC):
     def checked_length(self, p: Any, key: str) -> int:
         length = self.vector_length(p)
         if length > MAX_VECTOR_LENGTH:
-            raise ParameterError(self.name, key, f"asks for a {length}-coordinate vector; at most {MAX_VECTOR_LENGTH} are allowed")
+            raise ParameterError(
+                self.name, key, f"asks for a {length}-coordinate vector; at most {MAX_VECTOR_LENGTH} are allowed"
+            )
         return length
 
     def check_data(self, p: Any, X: object, y: object = None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -116,7 +118,9 @@ class Computation(ABC):
             raise InvalidParameter(f"{self.name}: the request declares {width} features, this site's data has {X_arr.shape[1]}")
         used = self.used_columns(p)
         if used and X_arr.shape[1] <= max(used):
-            raise InvalidParameter(f"{self.name}: the request uses column {max(used)}, this site's data has {X_arr.shape[1]} columns")
+            raise InvalidParameter(
+                f"{self.name}: the request uses column {max(used)}, this site's data has {X_arr.shape[1]} columns"
+            )
         rows = X_arr.shape[0]
         if rows > p.cohort.max_rows:
             raise InvalidParameter(
@@ -139,7 +143,9 @@ class Computation(ABC):
                 raise EncodingError(f"{self.name}: y holds NaN or infinity; clean or impute the data first")
         return X_arr, y_arr
 
-    def node_vector(self, params: Mapping[str, object] | Any, X: object, y: object = None, *, rng: UniformSource | None = None) -> np.ndarray:
+    def node_vector(
+        self, params: Mapping[str, object] | Any, X: object, y: object = None, *, rng: UniformSource | None = None
+    ) -> np.ndarray:
         """The node's encoded contribution (uint32), ready for secure aggregation.
 
         ``rng`` drives the stochastic rounding (default: a fresh AES-CTR
@@ -162,7 +168,9 @@ class Computation(ABC):
         length = self.vector_length(p)
         array = np.asarray(summed)
         if array.dtype != np.uint32 or array.shape != (length,):
-            raise EncodingError(f"{self.name}: expected a summed uint32 vector of length {length}, got {array.dtype} {array.shape}")
+            raise EncodingError(
+                f"{self.name}: expected a summed uint32 vector of length {length}, got {array.dtype} {array.shape}"
+            )
         if type(survivors) is not int or not 1 <= survivors <= p.cohort.max_nodes:
             raise InvalidParameter(
                 f"{self.name}: survivors must be 1..max_nodes ({p.cohort.max_nodes}), got {survivors!r}; "
@@ -185,7 +193,10 @@ class Computation(ABC):
         if not isinstance(policy, AnalyticsPolicy):
             raise TypeError("policy must be an AnalyticsPolicy")
         if self.name not in policy.allowed_computations:
-            return Refusal("computation-not-allowed", f"{self.name!r} is not in this site's allowed_computations {sorted(policy.allowed_computations)}")
+            return Refusal(
+                "computation-not-allowed",
+                f"{self.name!r} is not in this site's allowed_computations {sorted(policy.allowed_computations)}",
+            )
         try:
             p = self.ensure(params)
         except InvalidParameter as exc:
@@ -222,7 +233,9 @@ class Computation(ABC):
         """Refuse sums of normalised values larger than the records behind them allow."""
         slack = p.cohort.sum_error(survivors)
         if values.size and np.any(np.abs(values) > np.asarray(limit) + slack):
-            raise EncodingError(f"{self.name}: the summed {what} exceeds what its record count allows; a contribution was malformed")
+            raise EncodingError(
+                f"{self.name}: the summed {what} exceeds what its record count allows; a contribution was malformed"
+            )
 
 
 @dataclass(frozen=True)
@@ -263,7 +276,9 @@ class Driver(ABC):
     @property
     def result(self) -> dict:
         if self._result is None:
-            raise LocalProtocolError("the analytics task has not finished; call next_request() and receive() until it returns None")
+            raise LocalProtocolError(
+                "the analytics task has not finished; call next_request() and receive() until it returns None"
+            )
         return self._result
 
     def next_request(self) -> Request | None:

@@ -80,7 +80,8 @@ class Histogram(Computation):
             width = narrowest_bin(edges)
             if width < floor:
                 return Refusal(
-                    "bins-too-narrow", f"histogram #{i} has a bin {width:g} wide; this site's min_bin_width is {policy.min_bin_width:g}"
+                    "bins-too-narrow",
+                    f"histogram #{i} has a bin {width:g} wide; this site's min_bin_width is {policy.min_bin_width:g}",
                 )
         return None
 
@@ -105,8 +106,16 @@ class Histogram(Computation):
             start += len(edges) + 1
             totals.add(int(part.sum()))
             out.append(
-                {"column": column, "edges": list(edges), "below": int(part[0]), "counts": part[1:-1].tolist(), "above": int(part[-1])}
+                {
+                    "column": column,
+                    "edges": list(edges),
+                    "below": int(part[0]),
+                    "counts": part[1:-1].tolist(),
+                    "above": int(part[-1]),
+                }
             )
         if len(totals) != 1:
-            raise EncodingError(f"{self.name}: the summed histograms hold different record totals {sorted(totals)}; a contribution was malformed")
+            raise EncodingError(
+                f"{self.name}: the summed histograms hold different record totals {sorted(totals)}; a contribution was malformed"
+            )
         return {"count": totals.pop(), "histograms": out}

@@ -29,7 +29,7 @@ import numpy as np
 from securefed.analytics.base import Computation, Driver, Request
 from securefed.analytics.params import Bounds, Cohort, Reader
 
-__all__ = ["KMeansStep", "KMeansDriver", "MAX_CLUSTERS"]
+__all__ = ["MAX_CLUSTERS", "KMeansDriver", "KMeansStep"]
 
 MAX_CLUSTERS = 1024
 
@@ -61,7 +61,9 @@ class KMeansStep(Computation):
     """One Lloyd iteration (what a node sees of a k-means task)."""
 
     name = "kmeans"
-    reveals = "per cluster of the given centres, the number of records nearest to it and the sums of their clipped values and squares"
+    reveals = (
+        "per cluster of the given centres, the number of records nearest to it and the sums of their clipped values and squares"
+    )
 
     def parse(self, params: Mapping[str, object]) -> KMeansParams:
         reader = Reader(self.name, params, ("max_nodes", "max_rows", "low", "high", "centres"))
@@ -171,7 +173,9 @@ class KMeansDriver(Driver):
         last = self.aggregations >= self.max_iter
         reseeded = 0
         if answer["empty_clusters"] and not last:
-            reseeded = _reseed(new, np.asarray(answer["counts"]), np.asarray(answer["cluster_variance"]), answer["empty_clusters"])
+            reseeded = _reseed(
+                new, np.asarray(answer["counts"]), np.asarray(answer["cluster_variance"]), answer["empty_clusters"]
+            )
             self.reseeded += reseeded
         converged = (shift <= self.threshold or settled) and not reseeded
         self.centres = new

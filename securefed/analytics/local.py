@@ -18,7 +18,7 @@ from securefed.analytics.respond import respond
 from securefed.dp.noise import UniformSource
 from securefed.errors import ProtocolAborted
 
-__all__ = ["run_local", "modular_sum"]
+__all__ = ["modular_sum", "run_local"]
 
 Site = tuple[object, object]  # (X, y); y may be None
 

@@ -24,7 +24,7 @@ import numpy as np
 from securefed.analytics.base import Computation
 from securefed.analytics.params import Bounds, Cohort, Reader
 
-__all__ = ["Count", "Mean", "Variance", "Covariance", "Correlation"]
+__all__ = ["Correlation", "Count", "Covariance", "Mean", "Variance"]
 
 
 @dataclass(frozen=True)
@@ -175,7 +175,9 @@ class Covariance(Variance):
         rows, cols = np.triu_indices(d)
         return (Z.T @ Z)[rows, cols]
 
-    def _matrix(self, p: MomentParams, sums: np.ndarray, survivors: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _matrix(
+        self, p: MomentParams, sums: np.ndarray, survivors: int
+    ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         n, S, e = self._first(p, sums, survivors)
         d = p.bounds.n_features
         rows, cols = np.triu_indices(d)

@@ -35,13 +35,13 @@ from securefed.encoding import FixedPointEncoder, max_safe_fractional_bits
 from securefed.errors import InvalidParameter
 
 __all__ = [
+    "MAX_FEATURES",
+    "MAX_NODES",
+    "MAX_VECTOR_LENGTH",
+    "Bounds",
+    "Cohort",
     "ParameterError",
     "Reader",
-    "Cohort",
-    "Bounds",
-    "MAX_NODES",
-    "MAX_FEATURES",
-    "MAX_VECTOR_LENGTH",
 ]
 
 #: The most nodes one sum can hold (the secure-aggregation cohort limit).
@@ -105,7 +105,13 @@ class Reader:
         return value
 
     def number(
-        self, key: str, low: float | None = None, high: float | None = None, default: object = _REQUIRED, *, open_low: bool = False
+        self,
+        key: str,
+        low: float | None = None,
+        high: float | None = None,
+        default: object = _REQUIRED,
+        *,
+        open_low: bool = False,
     ) -> float:
         value = self._get(key, default)
         return self.check_number(key, value, low, high, open_low=open_low)
@@ -132,7 +138,9 @@ class Reader:
             raise self.error(key, f"has {len(value)} values; at most {max_length} are allowed")
         return tuple(self.check_number(key, item) for item in value)
 
-    def integers(self, key: str, low: int, high: int, default: object = _REQUIRED, max_length: int = MAX_FEATURES) -> tuple[int, ...] | None:
+    def integers(
+        self, key: str, low: int, high: int, default: object = _REQUIRED, max_length: int = MAX_FEATURES
+    ) -> tuple[int, ...] | None:
         value = self._get(key, default)
         if value is None:
             return None
@@ -192,7 +200,7 @@ class Cohort:
     @property
     def step(self) -> float:
         """One node's rounding step 2^-f, in normalised units."""
-        return 2.0 ** -self.fractional_bits
+        return 2.0**-self.fractional_bits
 
     def encoder(self, length: int) -> FixedPointEncoder:
         """The encoder for a ``length``-long contribution whose coordinates are at most ``max_rows``.
@@ -212,7 +220,7 @@ class Cohort:
         float64 sum over at most ``max_rows`` terms in [-1, 1] adds well under
         ``max_rows`` * 2^-44 more (pairwise summation).
         """
-        return survivors * (self.step + self.max_rows * 2.0 ** -44)
+        return survivors * (self.step + self.max_rows * 2.0**-44)
 
     def describe(self, survivors: int | None = None) -> dict:
         out = {

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from securefed.config_util import nearest
 from securefed.errors import InvalidParameter
 
-__all__ = ["AnalyticsPolicy", "Refusal", "REFUSAL_CODES"]
+__all__ = ["REFUSAL_CODES", "AnalyticsPolicy", "Refusal"]
 
 #: Reason codes a node may return (safe to log and to send to the coordinator).
 REFUSAL_CODES: tuple[str, ...] = (
@@ -78,7 +78,9 @@ class AnalyticsPolicy:
             if name not in REGISTRY:
                 guess = nearest(name, list(REGISTRY))
                 hint = f"; did you mean {guess!r}?" if guess else ""
-                raise InvalidParameter(f"allowed_computations names {name!r}, which is not a computation{hint} (known: {sorted(REGISTRY)})")
+                raise InvalidParameter(
+                    f"allowed_computations names {name!r}, which is not a computation{hint} (known: {sorted(REGISTRY)})"
+                )
         object.__setattr__(self, "allowed_computations", names)
         if type(self.min_records) is not int or self.min_records < 1:
             raise InvalidParameter(f"min_records must be a positive integer, got {self.min_records!r}")

@@ -37,7 +37,7 @@ from securefed.analytics.params import MAX_FEATURES, Bounds, Cohort, Reader
 from securefed.analytics.policy import AnalyticsPolicy, Refusal
 from securefed.errors import EncodingError
 
-__all__ = ["QuantileStep", "QuantileDriver", "QUANTILE_METHODS", "lattice_index", "lattice_edge"]
+__all__ = ["QUANTILE_METHODS", "QuantileDriver", "QuantileStep", "lattice_edge", "lattice_index"]
 
 #: numpy ``method`` names the driver reproduces (to within half a lattice cell).
 QUANTILE_METHODS: tuple[str, ...] = ("linear", "lower", "higher", "inverted_cdf")
@@ -170,7 +170,9 @@ class QuantileStep(Computation):
         parts = []
         for w in p.windows:
             if w.column not in index:
-                index[w.column] = lattice_index(clipped[:, w.column], p.bounds.low[w.column], p.bounds.high[w.column], p.cells(w.column))
+                index[w.column] = lattice_index(
+                    clipped[:, w.column], p.bounds.low[w.column], p.bounds.high[w.column], p.cells(w.column)
+                )
             cells = index[w.column]
             inside = cells[(cells >= w.start) & (cells < w.stop)]
             binned = np.searchsorted(w.sub_edges(), inside, side="right") - 1
@@ -186,9 +188,19 @@ class QuantileStep(Computation):
             part = cells[start : start + w.bins + 2]
             start += w.bins + 2
             totals.add(int(part.sum()))
-            out.append({**w.to_json(), "edges": w.sub_edges().tolist(), "below": int(part[0]), "counts": part[1:-1].tolist(), "above": int(part[-1])})
+            out.append(
+                {
+                    **w.to_json(),
+                    "edges": w.sub_edges().tolist(),
+                    "below": int(part[0]),
+                    "counts": part[1:-1].tolist(),
+                    "above": int(part[-1]),
+                }
+            )
         if len(totals) != 1:
-            raise EncodingError(f"{self.name}: the summed windows hold different record totals {sorted(totals)}; a contribution was malformed")
+            raise EncodingError(
+                f"{self.name}: the summed windows hold different record totals {sorted(totals)}; a contribution was malformed"
+            )
         return {"count": totals.pop(), "windows": out}
 
 
@@ -222,7 +234,11 @@ class QuantileDriver(Driver):
 
     def __init__(self, spec: Mapping[str, object]) -> None:
         super().__init__()
-        reader = Reader("quantiles", spec, ("max_nodes", "max_rows", "low", "high", "resolution", "quantiles", "method", "bins_per_round", "columns"))
+        reader = Reader(
+            "quantiles",
+            spec,
+            ("max_nodes", "max_rows", "low", "high", "resolution", "quantiles", "method", "bins_per_round", "columns"),
+        )
         self.cohort = reader.cohort()
         self.bounds, self.resolution = _read_lattice(reader)
         levels = reader.numbers("quantiles", max_length=256)
@@ -239,7 +255,9 @@ class QuantileDriver(Driver):
         self._open: dict[tuple[int, int], tuple[int, int]] = {}  # (column, rank) -> lattice window [start, stop)
         self._found: dict[tuple[int, int], int] = {}  # (column, rank) -> lattice cell
         self._asked: list[Window] = []
-        self._step.checked_length(self._step.parse(self._params([self._window(c, 0, self._cells(c)) for c in self.columns])), "columns")
+        self._step.checked_length(
+            self._step.parse(self._params([self._window(c, 0, self._cells(c)) for c in self.columns])), "columns"
+        )
 
     def _cells(self, column: int) -> int:
         return _cells(self.bounds.low[column], self.bounds.high[column], self.resolution[column])
@@ -277,7 +295,9 @@ class QuantileDriver(Driver):
                     for rank in (first, second):
                         self._open[(column, rank)] = (0, self._cells(column))
         elif answer["count"] != self._n:
-            raise EncodingError(f"quantiles: a refinement round counted {answer['count']} records, the first {self._n}; a contribution was malformed")
+            raise EncodingError(
+                f"quantiles: a refinement round counted {answer['count']} records, the first {self._n}; a contribution was malformed"
+            )
         by_window = {(w["column"], w["start"], w["stop"]): w for w in answer["windows"]}
         for (column, rank), (start, stop) in list(self._open.items()):
             self._narrow(column, rank, by_window[(column, start, stop)])
@@ -297,7 +317,9 @@ class QuantileDriver(Driver):
                     self._open[(column, rank)] = (start, stop)
                 return
             before += count
-        raise EncodingError(f"quantiles: rank {rank} of column {column} is not in the window that must hold it; a contribution was malformed")
+        raise EncodingError(
+            f"quantiles: rank {rank} of column {column} is not in the window that must hold it; a contribution was malformed"
+        )
 
     def _value(self, column: int, rank: int) -> float:
         cell = self._found[(column, rank)]

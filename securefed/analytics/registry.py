@@ -23,12 +23,22 @@ from securefed.analytics.regression import LinearRegression
 from securefed.config_util import nearest
 from securefed.errors import InvalidParameter
 
-__all__ = ["REGISTRY", "get", "driver_for", "OneShot"]
+__all__ = ["REGISTRY", "OneShot", "driver_for", "get"]
 
 #: Every computation a node can be asked for, by name.
 REGISTRY: dict[str, Computation] = {
     kind.name: kind
-    for kind in (Count(), Mean(), Variance(), Covariance(), Correlation(), Histogram(), QuantileStep(), KMeansStep(), LinearRegression())
+    for kind in (
+        Count(),
+        Mean(),
+        Variance(),
+        Covariance(),
+        Correlation(),
+        Histogram(),
+        QuantileStep(),
+        KMeansStep(),
+        LinearRegression(),
+    )
 }
 
 

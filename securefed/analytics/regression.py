@@ -85,7 +85,14 @@ class LinearRegression(Computation):
         n = int(self.whole(G[:1, 0], p, survivors, "count")[0])
         self.within(G, float(n), p, survivors, "sums of products")
         if n == 0:
-            return {"count": 0, "intercept": None, "coefficients": None, "r2_train": None, "rank_deficient": True, "error_bound": None}
+            return {
+                "count": 0,
+                "intercept": None,
+                "coefficients": None,
+                "r2_train": None,
+                "rank_deficient": True,
+                "error_bound": None,
+            }
         e = p.cohort.sum_error(survivors)
         S, Sy = G[0, 1 : d + 1], float(G[0, d + 1])
         K = G[1 : d + 1, 1 : d + 1] - np.outer(S, S) / n
@@ -121,8 +128,19 @@ class LinearRegression(Computation):
 
 
 def _bound(
-    p: RegressionParams, n: int, e: float, S: np.ndarray, Sy: float, k: np.ndarray, a: np.ndarray, penalty: np.ndarray,
-    smallest: float, slopes: np.ndarray, x_mean: np.ndarray, sse_z: float, sst_z: float,
+    p: RegressionParams,
+    n: int,
+    e: float,
+    S: np.ndarray,
+    Sy: float,
+    k: np.ndarray,
+    a: np.ndarray,
+    penalty: np.ndarray,
+    smallest: float,
+    slopes: np.ndarray,
+    x_mean: np.ndarray,
+    sse_z: float,
+    sst_z: float,
 ) -> dict | None:
     """Rigorous error bounds (exact arithmetic) from the per-coordinate sum error e; None when undetermined."""
     absS = np.abs(S)
@@ -141,7 +159,13 @@ def _bound(
     d_sst = e + (2 * abs(Sy) * e + e * e) / n
     lam = float(np.max(penalty)) if penalty.size else 0.0
     d_sse = d_sst + dk * norm_a + float(np.linalg.norm(k)) * da + dk * da + lam * (2 * norm_a + da) * da
-    out = {"coefficients": d_slopes.tolist(), "intercept": d_intercept, "sse": hy * hy * d_sse, "sst": hy * hy * d_sst, "r2_train": None}
+    out = {
+        "coefficients": d_slopes.tolist(),
+        "intercept": d_intercept,
+        "sse": hy * hy * d_sse,
+        "sst": hy * hy * d_sst,
+        "r2_train": None,
+    }
     if sst_z - d_sst > 0:
         low = 1.0 - (sse_z + d_sse) / (sst_z - d_sst)
         high = 1.0 - max(sse_z - d_sse, 0.0) / (sst_z + d_sst)

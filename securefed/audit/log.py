@@ -56,19 +56,19 @@ from securefed.crypto.identity import SigningKey, verify
 from securefed.errors import InvalidShare, StorageError
 
 __all__ = [
-    "AuditLog",
-    "AuditEntry",
-    "VerificationReport",
-    "verify_log",
     "GENESIS",
     "RECOVERY",
     "ArchiveCheck",
+    "AuditEntry",
+    "AuditLog",
     "ChainReport",
     "RecoveryResult",
+    "VerificationReport",
     "authentic_entries",
     "expand_carried",
     "recover_log",
     "verify_chain",
+    "verify_log",
 ]
 
 GENESIS = "0" * 64
@@ -208,14 +208,20 @@ def _verify_bytes(content: bytes, public_key: bytes, head: tuple[int, str] | Non
         try:
             line = json.loads(raw)
             entry = AuditEntry(
-                int(line["seq"]), str(line["prev"]), float(line["time"]), dict(line["receipt"]),
-                str(line["hash"]), str(line["signature"]),
+                int(line["seq"]),
+                str(line["prev"]),
+                float(line["time"]),
+                dict(line["receipt"]),
+                str(line["hash"]),
+                str(line["signature"]),
             )
         except (ValueError, KeyError, TypeError):
             report.problems.append(f"line {number}: not a valid entry (edited or partially written)")
             break
         if entry.seq != expected_seq:
-            report.problems.append(f"line {number}: sequence number {entry.seq}, expected {expected_seq} (lines removed or reordered)")
+            report.problems.append(
+                f"line {number}: sequence number {entry.seq}, expected {expected_seq} (lines removed or reordered)"
+            )
         if entry.prev != prev:
             report.problems.append(f"line {number}: does not link to the previous entry (chain broken)")
         if _entry_hash(entry.seq, entry.prev, entry.time, entry.receipt) != entry.hash:
@@ -366,9 +372,9 @@ def recover_log(
         archive = _archive_path(file, now)
         if report.valid_prefix:
             last = report.entries[report.valid_prefix - 1]
-            head, why = {"seq": last.seq, "hash": last.hash}, (
-                f"the chain verifies from entry 1 to entry {last.seq}"
-                + ("" if report.ok else f"; then: {report.problems[0]}")
+            head, why = (
+                {"seq": last.seq, "hash": last.hash},
+                (f"the chain verifies from entry 1 to entry {last.seq}" + ("" if report.ok else f"; then: {report.problems[0]}")),
             )
         else:
             head = "unverifiable"

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from securefed.crypto._encoding import encode_fields
 from securefed.errors import InvalidParameter, InvalidShare
 
-__all__ = ["NONCE_SIZE", "TAG_SIZE", "share_associated_data", "seal", "open_sealed"]
+__all__ = ["NONCE_SIZE", "TAG_SIZE", "open_sealed", "seal", "share_associated_data"]
 
 NONCE_SIZE = 12
 TAG_SIZE = 16

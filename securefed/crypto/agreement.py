@@ -25,8 +25,8 @@ __all__ = [
     "AgreementKeyPair",
     "agree",
     "derive_key",
-    "kdf_info",
     "hkdf_sha256",
+    "kdf_info",
 ]
 
 KEY_SIZE = 32

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from securefed._fs import atomic_write
 from securefed.errors import InvalidParameter, InvalidShare
 
-__all__ = ["PUBLIC_KEY_SIZE", "SIGNATURE_SIZE", "SigningKey", "verify", "load_public_key_pem"]
+__all__ = ["PUBLIC_KEY_SIZE", "SIGNATURE_SIZE", "SigningKey", "load_public_key_pem", "verify"]
 
 PUBLIC_KEY_SIZE = 32
 SIGNATURE_SIZE = 64
@@ -52,9 +52,7 @@ class SigningKey:
         atomic_write(path, pem, mode=0o600)
 
     def save_public(self, path: str | os.PathLike[str]) -> None:
-        pem = self._key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        pem = self._key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         atomic_write(path, pem, mode=0o644)
 
     @classmethod

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from securefed.errors import InvalidParameter
 
-__all__ = ["SEED_SIZE", "expand_mask", "expand_mask_into", "MaskAccumulator", "SecureRandom"]
+__all__ = ["SEED_SIZE", "MaskAccumulator", "SecureRandom", "expand_mask", "expand_mask_into"]
 
 SEED_SIZE = 32
 _MASK_DTYPE = np.dtype("<u4")

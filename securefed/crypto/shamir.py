@@ -24,16 +24,16 @@ from securefed.crypto.reed_solomon import decode_at_zero
 from securefed.errors import InvalidParameter, InvalidShare
 
 __all__ = [
+    "MAX_SHARES",
     "PRIME",
     "SECRET_SIZE",
     "SHARE_SIZE",
-    "MAX_SHARES",
-    "Share",
     "Decoded",
-    "split",
-    "split_at",
+    "Share",
     "combine",
     "decode",
+    "split",
+    "split_at",
 ]
 
 PRIME = (1 << 256) + 297

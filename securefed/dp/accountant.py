@@ -33,12 +33,12 @@ from securefed.errors import InvalidParameter
 
 __all__ = [
     "RDP_ORDERS",
-    "gaussian_epsilon",
-    "calibrate_gaussian",
     "SkellamRelease",
-    "skellam_rdp",
-    "skellam_epsilon",
+    "calibrate_gaussian",
     "calibrate_skellam_variance",
+    "gaussian_epsilon",
+    "skellam_epsilon",
+    "skellam_rdp",
 ]
 
 RDP_ORDERS: tuple[int, ...] = tuple(range(2, 129)) + (160, 192, 256, 384, 512, 768, 1024)
@@ -49,9 +49,7 @@ def _check_delta(delta: float) -> None:
         raise InvalidParameter(f"delta must be in (0, 1), got {delta}")
 
 
-def gaussian_epsilon(
-    noise_multiplier: float, steps: int, delta: float, sampling_rate: float = 1.0, method: str = "pld"
-) -> float:
+def gaussian_epsilon(noise_multiplier: float, steps: int, delta: float, sampling_rate: float = 1.0, method: str = "pld") -> float:
     """epsilon of ``steps`` compositions of the Gaussian mechanism (optionally Poisson-sampled)."""
     _check_delta(delta)
     if not (math.isfinite(noise_multiplier) and noise_multiplier > 0) or steps < 0 or not 0 < sampling_rate <= 1:

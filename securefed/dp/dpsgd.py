@@ -14,7 +14,7 @@ import numpy as np
 
 from securefed.dp.noise import UniformSource
 
-__all__ = ["sampled_clipped_gradient_sum", "dpsgd_delta"]
+__all__ = ["dpsgd_delta", "sampled_clipped_gradient_sum"]
 
 
 def sampled_clipped_gradient_sum(
@@ -30,7 +30,9 @@ def sampled_clipped_gradient_sum(
     return gradients.sum(axis=0)
 
 
-def dpsgd_delta(adapter, params: np.ndarray, noisy_gradient_sum: np.ndarray, expected_batch: float, learning_rate: float) -> np.ndarray:
+def dpsgd_delta(
+    adapter, params: np.ndarray, noisy_gradient_sum: np.ndarray, expected_batch: float, learning_rate: float
+) -> np.ndarray:
     """The step to take from ``params``: minus the learning rate times (noisy sum / expected batch + L2 term)."""
     gradient = np.asarray(noisy_gradient_sum, dtype=np.float64) / float(expected_batch) + adapter.l2_gradient(params)
     return -float(learning_rate) * gradient

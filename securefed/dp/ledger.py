@@ -26,7 +26,7 @@ from securefed.audit.log import expand_carried
 from securefed.dp.accountant import SkellamRelease, skellam_epsilon
 from securefed.errors import InvalidParameter, PrivacyBudgetExhausted, StorageError
 
-__all__ = ["PrivacyLedger", "LedgerEntry", "Budget", "AuditedRelease", "audited_releases", "release_receipts"]
+__all__ = ["AuditedRelease", "Budget", "LedgerEntry", "PrivacyLedger", "audited_releases", "release_receipts"]
 
 _WHAT = "privacy ledger"
 _ADVICE = "do not delete it: restore it from a backup"
@@ -148,9 +148,7 @@ class PrivacyLedger:
 
         (Adding per-task epsilons would hold only at k x delta for k tasks, and is looser besides.)
         """
-        return skellam_epsilon(
-            [release for releases in self._releases(None).values() for release in releases], self.budget.delta
-        )
+        return skellam_epsilon([release for releases in self._releases(None).values() for release in releases], self.budget.delta)
 
     def preview(self, task: str, release: SkellamRelease) -> tuple[float, float]:
         """(task epsilon, site total epsilon) if ``release`` were charged now."""
@@ -187,9 +185,7 @@ class PrivacyLedger:
         """
         self._begin()
         try:
-            earlier = self._all(
-                "SELECT round, at FROM charges WHERE task = ? AND aggregation = ?", (task, aggregation)
-            )
+            earlier = self._all("SELECT round, at FROM charges WHERE task = ? AND aggregation = ?", (task, aggregation))
             if earlier:
                 raise PrivacyBudgetExhausted(
                     f"the privacy ledger {self.path} already records a release for task {task!r} aggregation "

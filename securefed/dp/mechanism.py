@@ -50,7 +50,7 @@ from securefed.dp.noise import NoiseSource
 from securefed.encoding import FixedPointEncoder
 from securefed.errors import EncodingError, InvalidParameter
 
-__all__ = ["SkellamParameters", "MAX_WRAP_PROBABILITY", "MAX_NODE_VARIANCE", "plan_skellam", "plan_record_skellam"]
+__all__ = ["MAX_NODE_VARIANCE", "MAX_WRAP_PROBABILITY", "SkellamParameters", "plan_record_skellam", "plan_skellam"]
 
 MAX_WRAP_PROBABILITY = 2.0**-40
 #: The largest per-coordinate noise variance a node samples: Poisson rates up to 2^32, where

@@ -44,7 +44,7 @@ from securefed.dp.subsampled import (
 )
 from securefed.errors import InvalidParameter
 
-__all__ = ["RecordLevelPlan", "plan_record_level", "batch_bound", "record_level_wrap_probability"]
+__all__ = ["RecordLevelPlan", "batch_bound", "plan_record_level", "record_level_wrap_probability"]
 
 _LIMIT = float(1 << 31)  # the modular sum decodes in (-2^31, 2^31), as in securefed.dp.mechanism
 _MAX_BITS = 24
@@ -281,6 +281,4 @@ def plan_record_level(
             wrap_probability=wrap,
             epsilon=record_level_epsilon(spent + [release] * planned, delta),
         )
-    raise InvalidParameter(
-        f"no safe integer scale for this record-level run ({last_reason}): lower the clip norm or the batch"
-    )
+    raise InvalidParameter(f"no safe integer scale for this record-level run ({last_reason}): lower the clip norm or the batch")

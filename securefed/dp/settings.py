@@ -19,7 +19,7 @@ from typing import Any
 
 from securefed.errors import InvalidParameter
 
-__all__ = ["DpSettings", "PRIVACY_UNITS"]
+__all__ = ["PRIVACY_UNITS", "DpSettings"]
 
 #: the privacy units a task can protect
 PRIVACY_UNITS = ("site", "record")
@@ -56,7 +56,7 @@ class DpSettings:
         if self.unit == "site":
             given = [key for key in _RECORD_KEYS if getattr(self, key) is not None]
             if given:
-                raise InvalidParameter(f"[task.dp] {', '.join(given)} apply to unit = \"record\" only")
+                raise InvalidParameter(f'[task.dp] {", ".join(given)} apply to unit = "record" only')
             return
         if self.total_records is None or self.expected_batch is None:
             raise InvalidParameter(
@@ -67,9 +67,7 @@ class DpSettings:
             raise InvalidParameter(f"[task.dp] total_records must be a positive integer, got {self.total_records!r}")
         batch = _positive("expected_batch", self.expected_batch)
         if batch > self.total_records:
-            raise InvalidParameter(
-                f"[task.dp] expected_batch {batch:g} is more than total_records {self.total_records}"
-            )
+            raise InvalidParameter(f"[task.dp] expected_batch {batch:g} is more than total_records {self.total_records}")
         object.__setattr__(self, "expected_batch", batch)
 
     @property

@@ -66,11 +66,11 @@ from securefed.errors import InvalidParameter
 __all__ = [
     "SUBSAMPLED_ORDERS",
     "SubsampledRelease",
-    "subsampled_skellam_rdp",
+    "calibrate_record_level",
     "composed_curve",
     "rdp_to_epsilon",
     "record_level_epsilon",
-    "calibrate_record_level",
+    "subsampled_skellam_rdp",
 ]
 
 #: Integer orders up to 256 (the bound at order alpha needs the base curve at every order <= alpha),
@@ -273,9 +273,7 @@ def calibrate_record_level(
     # bracket checks refuse a target the curve cannot reach
     low, high = (0.01 * l2) ** 2, (1e4 * l2) ** 2
     if epsilon_for(high) > target_epsilon:
-        raise InvalidParameter(
-            f"epsilon {target_epsilon:g} is out of reach for {rounds} rounds even with noise multiplier 1e4"
-        )
+        raise InvalidParameter(f"epsilon {target_epsilon:g} is out of reach for {rounds} rounds even with noise multiplier 1e4")
     if epsilon_for(low) <= target_epsilon:
         return low
     while high / low > 1 + tolerance:

@@ -31,11 +31,11 @@ from securefed.preprocessing import Preprocessing
 
 __all__ = [
     "COMPUTE_KINDS",
+    "DEFAULT_TREE_OPTIONS",
     "ComputationJob",
-    "tree_params",
     "analytics_requests",
     "request_digest",
-    "DEFAULT_TREE_OPTIONS",
+    "tree_params",
 ]
 
 #: Task "models" run as computations rather than SGD training.
@@ -86,12 +86,16 @@ def tree_params(
             'scaler = "minmax" with min and max for every feature'
         )
     if preprocessing.n_features != n_features:
-        raise InvalidParameter(f"the preprocessing is declared for {preprocessing.n_features} features, the task has {n_features}")
+        raise InvalidParameter(
+            f"the preprocessing is declared for {preprocessing.n_features} features, the task has {n_features}"
+        )
     merged = {**DEFAULT_TREE_OPTIONS[kind], **dict(options)}
     n_bins = merged.pop("n_bins")
     binning = merged.pop("bins", "uniform")
     if binning not in ("uniform", "quantiles"):
-        raise InvalidParameter(f'model_options bins must be "uniform" (equal width between the bounds) or "quantiles", got {binning!r}')
+        raise InvalidParameter(
+            f'model_options bins must be "uniform" (equal width between the bounds) or "quantiles", got {binning!r}'
+        )
     if isinstance(n_bins, bool) or not isinstance(n_bins, int):
         raise InvalidParameter(f"model_options n_bins must be an integer, got {n_bins!r}")
     bins = Bins.from_preprocessing(preprocessing, n_bins)
@@ -161,7 +165,9 @@ def analytics_requests(options: Mapping[str, object]) -> list[tuple[str, dict]]:
         raise InvalidParameter(f"model_options: unknown analytics option {unknown[0]!r} (valid: ['computations'])")
     listed = options.get("computations")
     if not isinstance(listed, list) or not listed:
-        raise InvalidParameter('an analytics task lists its computations: model_options = {computations = [{kind = "mean", params = {...}}]}')
+        raise InvalidParameter(
+            'an analytics task lists its computations: model_options = {computations = [{kind = "mean", params = {...}}]}'
+        )
     out = []
     for i, item in enumerate(listed):
         if not isinstance(item, Mapping) or set(item) != {"kind", "params"} or not isinstance(item["params"], Mapping):
@@ -356,7 +362,9 @@ class ComputationJob:
         """An upper bound on the aggregations the job takes (what status shows as the total)."""
         binning = 4 if self.kind != "analytics" and getattr(self, "_binning", None) is not None else 0
         if self.kind == "random_forest":
-            return binning + _level_aggregations(self.params, int(self.params.n_trees), self.params.features_per_split, int(self.params.n_classes))
+            return binning + _level_aggregations(
+                self.params, int(self.params.n_trees), self.params.features_per_split, int(self.params.n_classes)
+            )
         if self.kind == "gbdt":
             per_round = _level_aggregations(self.params, int(self.params.n_outputs), self.params.bins.n_features, 3)
             return binning + 1 + int(self.params.n_estimators) * per_round

@@ -31,7 +31,7 @@ from securefed.errors import EncodingError, InvalidParameter
 from securefed.federation.computation import COMPUTE_KINDS, quantile_spec, tree_params
 from securefed.federation.spec import RoundSpec
 
-__all__ = ["ComputeResponder", "ComputeRefusal"]
+__all__ = ["ComputeRefusal", "ComputeResponder"]
 
 
 class ComputeRefusal(Exception):
@@ -64,9 +64,7 @@ class ComputeResponder:
             raise ComputeRefusal("bad-spec", "a compute round without a computation")
         name = computation["name"]
         if name != spec.model_kind or name not in COMPUTE_KINDS:
-            raise ComputeRefusal(
-                "computation-mismatch", f"the round asks for {name!r}, but this task is {spec.model_kind!r}"
-            )
+            raise ComputeRefusal("computation-mismatch", f"the round asks for {name!r}, but this task is {spec.model_kind!r}")
         if name == "analytics":
             return self._analytics(computation["request"], cohort_size)
         return self._tree(spec, computation["request"], cohort_size)
@@ -115,7 +113,8 @@ class ComputeResponder:
             return self._binning_step(raw, params, quantile_bins, cohort_size)
         if cohort_size > params.max_nodes:
             raise ComputeRefusal(
-                "cohort-too-large", f"{cohort_size} nodes were invited, the task's wrap bound allows max_nodes = {params.max_nodes}"
+                "cohort-too-large",
+                f"{cohort_size} nodes were invited, the task's wrap bound allows max_nodes = {params.max_nodes}",
             )
         key = hashlib.sha256(json.dumps(params.to_json(), sort_keys=True).encode()).hexdigest()
         worker = self._workers.get(key)
@@ -126,7 +125,13 @@ class ComputeResponder:
             return worker.compute(raw)  # type: ignore[attr-defined]
         except (InvalidParameter, EncodingError) as exc:
             text = str(exc)
-            reason = "model-digest-mismatch" if "model-digest-mismatch" in text else "params-mismatch" if "params-mismatch" in text else "bad-request"
+            reason = (
+                "model-digest-mismatch"
+                if "model-digest-mismatch" in text
+                else "params-mismatch"
+                if "params-mismatch" in text
+                else "bad-request"
+            )
             raise ComputeRefusal(reason, text) from None
 
     def _binning_step(self, raw: dict, params, quantile_bins: bool, cohort_size: int) -> np.ndarray:
@@ -140,7 +145,10 @@ class ComputeResponder:
             if raw["params"].get(key) != expected[key]:
                 raise ComputeRefusal("params-mismatch", f"the quantile step's {key} differs from what the task derives")
         if cohort_size > params.max_nodes:
-            raise ComputeRefusal("cohort-too-large", f"{cohort_size} nodes were invited, the task's wrap bound allows max_nodes = {params.max_nodes}")
+            raise ComputeRefusal(
+                "cohort-too-large",
+                f"{cohort_size} nodes were invited, the task's wrap bound allows max_nodes = {params.max_nodes}",
+            )
         policy = self.analytics_policy
         binning_policy = AnalyticsPolicy(frozenset({"quantiles"}), policy.min_records, policy.min_bin_width)
         answer = respond(raw, self.X, self.y, binning_policy)

@@ -190,7 +190,9 @@ class Coordinator:
         self.socket = socket
         self.store = store
         self.clock = clock
-        self.adapter = None if self.job is not None else make_adapter(task.model_kind, task.n_features, task.classes, **task.model_options)
+        self.adapter = (
+            None if self.job is not None else make_adapter(task.model_kind, task.n_features, task.classes, **task.model_options)
+        )
         self.strategy = make_strategy(task.strategy, **task.strategy_options)
         self.presence: dict[str, float] = {}
         self.counters: Counter[str] = Counter()
@@ -247,14 +249,18 @@ class Coordinator:
         """Rebuild the computation from the sums of the steps already committed (it is deterministic in them)."""
         steps = self.store.computation_steps()
         if [number for number, *_ in steps] != list(range(1, len(steps) + 1)):
-            raise StorageError(f"the stored computation steps of task {self.task.name} are not 1..{len(steps)}; the state is damaged")
+            raise StorageError(
+                f"the stored computation steps of task {self.task.name} are not 1..{len(steps)}; the state is damaged"
+            )
         try:
             self.job.replay([(digest, summed, survivors) for _, digest, summed, survivors in steps])
         except (InvalidParameter, EncodingError, LocalProtocolError) as exc:
             raise StorageError(f"task {self.task.name}: cannot resume the computation from its stored steps: {exc}") from None
         self.completed_round = len(steps)
         if steps:
-            log.info("task %s: rebuilt the %s computation from %d stored step(s)", self.task.name, self.task.model_kind, len(steps))
+            log.info(
+                "task %s: rebuilt the %s computation from %d stored step(s)", self.task.name, self.task.model_kind, len(steps)
+            )
 
     def run(self, stop: threading.Event | None = None, poll_ms: int = 50) -> None:
         """Run until every round is done (or ``stop`` is set)."""
@@ -273,9 +279,7 @@ class Coordinator:
         """Say what a stop leaves behind (call it once, before the socket closes)."""
         current = self.current
         if current is None:
-            log.info(
-                "task %s: %s after round %d of %d", self.task.name, why, self.completed_round, self.task.rounds
-            )
+            log.info("task %s: %s after round %d of %d", self.task.name, why, self.completed_round, self.task.rounds)
         else:
             log.info(
                 "task %s: %s during aggregation %d (round %d %s, %s stage); that round is run again after a restart",
@@ -405,7 +409,11 @@ class Coordinator:
             try:
                 self._save_unmask_state(current)
             except (sqlite3.Error, InvalidParameter) as exc:
-                log.error("aggregation %d: could not save the unmasking state durably (%s); aborting before any share is released", current.id, exc)
+                log.error(
+                    "aggregation %d: could not save the unmasking state durably (%s); aborting before any share is released",
+                    current.id,
+                    exc,
+                )
                 self._abort(f"could not save the unmasking state: {exc}")
                 return
         for send in sends:
@@ -465,7 +473,9 @@ class Coordinator:
         if pending is None:
             return
         aggregation, round_number, phase, state, masked_sum = pending
-        expected = (self.completed_round + 1, self.phase) if self.phase in ("train", "compute") else (self.completed_round, "evaluate")
+        expected = (
+            (self.completed_round + 1, self.phase) if self.phase in ("train", "compute") else (self.completed_round, "evaluate")
+        )
         if (round_number, phase) != expected:
             self.store.clear_unmask_state()
             return
@@ -639,9 +649,7 @@ class Coordinator:
             ).vector_length
         else:
             length = EvaluationCodec(n).vector_length
-        config = RoundConfig(
-            task.name, aggregation, n, threshold, length, round_context(raw_spec, pairs, self.model), neighbours
-        )
+        config = RoundConfig(task.name, aggregation, n, threshold, length, round_context(raw_spec, pairs, self.model), neighbours)
         roster = {i: self.nodes[name].identity_public_key for i, name in pairs}
         roster_size = max(n, len(self.nodes))
         quorum = minimum_safe_threshold(roster_size, task.colluders(roster_size))
@@ -667,7 +675,9 @@ class Coordinator:
             "round" if computation is None else "step",
             round_number,
             task.rounds if computation is None else f"<={task.rounds}",
-            self.phase if computation is None else f"{self.phase} {computation['request'].get('computation') or computation['request'].get('kind')}",
+            self.phase
+            if computation is None
+            else f"{self.phase} {computation['request'].get('computation') or computation['request'].get('kind')}",
             aggregation,
             n,
             threshold,
@@ -759,7 +769,12 @@ class Coordinator:
                 X, y = self.evaluation_data
                 metrics = self.adapter.evaluate(new_model, X, y)
                 self.store.record_evaluation(current.round, current.id, metrics.accuracy, metrics.mean_loss, metrics.count, 0)
-                log.info("round %d/%d: accuracy %.4f on the coordinator's evaluation data", current.round, self.task.rounds, metrics.accuracy)
+                log.info(
+                    "round %d/%d: accuracy %.4f on the coordinator's evaluation data",
+                    current.round,
+                    self.task.rounds,
+                    metrics.accuracy,
+                )
         else:
             totals = EvaluationCodec(n).decode(result.sum, len(survivors))
             bytes_in, bytes_out = self._close_bytes(current)
@@ -775,7 +790,15 @@ class Coordinator:
             )
             self.phase = "train"
             detail = f"round {current.round} evaluated on {totals.count} samples: accuracy {totals.accuracy:.4f}"
-            log.info("round %d/%d: federated accuracy %.4f, loss %.4f over %d samples from %d nodes", current.round, self.task.rounds, totals.accuracy, totals.mean_loss, totals.count, len(survivors))
+            log.info(
+                "round %d/%d: federated accuracy %.4f, loss %.4f over %d samples from %d nodes",
+                current.round,
+                self.task.rounds,
+                totals.accuracy,
+                totals.mean_loss,
+                totals.count,
+                len(survivors),
+            )
         for name in current.cohort:
             self.socket.send(name, Envelope(self.task.name, current.id, RoundResult(True, len(survivors), detail)))
         self.store.clear_unmask_state()

@@ -15,12 +15,12 @@ import numpy as np
 from securefed.secagg.messages import ClientMessage, ServerMessage
 
 __all__ = [
-    "Hello",
-    "Refusal",
-    "RoundStart",
-    "RoundResult",
     "Envelope",
     "FederationMessage",
+    "Hello",
+    "Refusal",
+    "RoundResult",
+    "RoundStart",
 ]
 
 

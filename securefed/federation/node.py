@@ -40,8 +40,8 @@ import numpy as np
 from securefed._db import open_durable
 from securefed.audit.log import AuditLog
 from securefed.crypto.identity import SigningKey
-from securefed.dp.ledger import Budget, PrivacyLedger
 from securefed.dp import dpsgd
+from securefed.dp.ledger import Budget, PrivacyLedger
 from securefed.dp.mechanism import SkellamParameters
 from securefed.dp.noise import NoiseSource
 from securefed.errors import (
@@ -51,8 +51,8 @@ from securefed.errors import (
     RemoteProtocolError,
     SecureFedError,
 )
-from securefed.federation.compute_node import ComputeRefusal, ComputeResponder
 from securefed.federation.computation import request_digest
+from securefed.federation.compute_node import ComputeRefusal, ComputeResponder
 from securefed.federation.messages import Envelope, Hello, Refusal, RoundResult, RoundStart
 from securefed.federation.spec import RoundSpec, parse_spec, round_context
 from securefed.federation.update import EvaluationCodec, TrainingUpdateCodec
@@ -465,7 +465,9 @@ class Node:
         if self.current is not None and self.current.aggregation == aggregation:
             self._finish("refused", f"{reason}: {detail}")
         else:
-            self._record({"task": self.task, "aggregation": aggregation, "outcome": "refused", "detail": f"{reason}: {detail}"[:500]})
+            self._record(
+                {"task": self.task, "aggregation": aggregation, "outcome": "refused", "detail": f"{reason}: {detail}"[:500]}
+            )
 
     def _check_round(self, aggregation: int, start: RoundStart) -> RoundSpec:
         spec = parse_spec(start.spec)
@@ -519,9 +521,7 @@ class Node:
         # The site's secure-aggregation minimums, checked before any training (the client protocol
         # checks them again before it advertises a key).
         try:
-            proposed = RoundConfig(
-                self.task, aggregation, len(cohort), spec.threshold, 1, bytes(32), spec.neighbours
-            )
+            proposed = RoundConfig(self.task, aggregation, len(cohort), spec.threshold, 1, bytes(32), spec.neighbours)
         except InvalidParameter as exc:
             raise _Refused("bad-parameters", str(exc)) from None
         try:
@@ -545,7 +545,9 @@ class Node:
         adapter = make_adapter(spec.model_kind, spec.n_features, spec.classes, **spec.model_options)
         model = np.asarray(start.model, dtype=np.float64)
         if model.shape != (adapter.parameter_count,):
-            raise _Refused("model-mismatch", f"model has {model.shape[0]} parameters, {spec.model_kind} needs {adapter.parameter_count}")
+            raise _Refused(
+                "model-mismatch", f"model has {model.shape[0]} parameters, {spec.model_kind} needs {adapter.parameter_count}"
+            )
         if not np.all(np.isfinite(model)):
             raise _Refused("model-mismatch", "the global model contains NaN or infinity")
         # + 0.0 turns -0.0 into 0.0: the same model must have one hash, whatever its zeros' signs.
@@ -823,7 +825,12 @@ class Node:
                 self._finish("refused", f"budget-exhausted: {exc}")
                 return
             current.epsilon = epsilon
-            log.info("aggregation %d: charged the privacy ledger; epsilon spent on %s is now %.3f", charge.aggregation, self.task, epsilon)
+            log.info(
+                "aggregation %d: charged the privacy ledger; epsilon spent on %s is now %.3f",
+                charge.aggregation,
+                self.task,
+                epsilon,
+            )
             # The signed audit log learns of the release before it leaves, not only when the round
             # ends: a ledger lost after a crash mid-round can still be rebuilt from it.
             self._record(
@@ -951,9 +958,7 @@ def _preprocessing_difference(proposed: dict | None, agreed: dict | None) -> str
 
 def _split(count: int, validation_fraction: float, name: str) -> tuple[np.ndarray, np.ndarray]:
     """A fixed train/validation split per node (seeded by the node's name: reproducible, not secret)."""
-    order = np.argsort(
-        [hashlib.sha256(f"{name}/{i}".encode()).digest() for i in range(count)], kind="stable"
-    )
+    order = np.argsort([hashlib.sha256(f"{name}/{i}".encode()).digest() for i in range(count)], kind="stable")
     validation = int(round(validation_fraction * count))
     if count - validation < 1:
         raise InvalidParameter("too little local data to train on after the validation split")

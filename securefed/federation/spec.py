@@ -21,7 +21,7 @@ import numpy as np
 from securefed.errors import InvalidParameter, RemoteProtocolError
 from securefed.preprocessing import SCALERS, Preprocessing
 
-__all__ = ["RoundSpec", "parse_spec", "round_context", "PHASES"]
+__all__ = ["PHASES", "RoundSpec", "parse_spec", "round_context"]
 
 PHASES = ("train", "evaluate", "compute")
 #: the first parameter of each scaler (its length is the feature count it is declared for)
@@ -172,7 +172,10 @@ def parse_spec(raw: dict) -> RoundSpec:
         (0 <= spec.fractional_bits <= 30, "fractional bits out of range"),
         (1 <= spec.weight_cap <= 1 << 30, "weight cap out of range"),
         (spec.threshold >= 1, "threshold must be positive"),
-        ((spec.phase == "compute") == (spec.computation is not None), "a computation goes with the compute phase, and only there"),
+        (
+            (spec.phase == "compute") == (spec.computation is not None),
+            "a computation goes with the compute phase, and only there",
+        ),
         (spec.feature_names is None or len(spec.feature_names) == spec.n_features, "feature_names must name every feature"),
         (
             spec.preprocessing is None or len(spec.preprocessing[SCALER_FIRST[spec.preprocessing["scaler"]]]) == spec.n_features,

@@ -34,7 +34,7 @@ from securefed.errors import InvalidParameter, StorageError
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["CoordinatorStore", "RoundRecord", "Attempt", "Refusal"]
+__all__ = ["Attempt", "CoordinatorStore", "Refusal", "RoundRecord"]
 
 _WHAT = "coordinator state"
 _ADVICE = "restore it from a backup or move it away"
@@ -262,7 +262,18 @@ class CoordinatorStore:
         present = self._columns("rounds")
         added = [name if name in present else f"{backfill} AS {name}" for name, _, backfill in _ADDED_ROUND_COLUMNS]
         return ", ".join(
-            ["round", "aggregation", "participants", "survivors", "accuracy", "loss", "epsilon", "duration", "completed_at", *added]
+            [
+                "round",
+                "aggregation",
+                "participants",
+                "survivors",
+                "accuracy",
+                "loss",
+                "epsilon",
+                "duration",
+                "completed_at",
+                *added,
+            ]
         )
 
     # --- meta ------------------------------------------------------------
@@ -422,9 +433,7 @@ class CoordinatorStore:
                     _byte_count(bytes_out),
                 ),
             )
-            self._db.execute(
-                "UPDATE attempts SET status = 'completed' WHERE aggregation = ?", (aggregation,)
-            )
+            self._db.execute("UPDATE attempts SET status = 'completed' WHERE aggregation = ?", (aggregation,))
             self._count_attempts(round_number)
             # Keep the newest few models; history rows stay forever.
             self._db.execute("DELETE FROM models WHERE round > 0 AND round < ?", (round_number - 4,))

@@ -13,7 +13,7 @@ from securefed.preprocessing import Preprocessing
 from securefed.secagg.bounds import resolve_colluders, smallest_safe_threshold
 from securefed.secagg.graph import propose_parameters
 
-__all__ = ["TaskDefinition", "NodeEntry", "STAGE_NAMES", "DEFAULT_DEADLINES"]
+__all__ = ["DEFAULT_DEADLINES", "STAGE_NAMES", "NodeEntry", "TaskDefinition"]
 
 STAGE_NAMES = ("advertise", "reveal", "share", "masked_input", "consistency", "unmask")
 #: Seconds per stage. Nodes advertise, reveal and deal their shares as soon as a round starts and

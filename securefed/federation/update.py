@@ -24,7 +24,7 @@ from securefed.dp.noise import UniformSource
 from securefed.encoding import FixedPointEncoder, clip_l2
 from securefed.errors import EncodingError, InvalidParameter
 
-__all__ = ["TrainingUpdateCodec", "EvaluationCodec", "EvaluationTotals", "choose_fractional_bits"]
+__all__ = ["EvaluationCodec", "EvaluationTotals", "TrainingUpdateCodec", "choose_fractional_bits"]
 
 _SIGNED_LIMIT = 1 << 31
 _LOSS_BITS = 8
@@ -42,9 +42,7 @@ def _weighted_encoder(clip_norm: float, fractional_bits: int, cohort_size: int) 
 
 def choose_fractional_bits(clip_norm: float, cohort_size: int) -> int:
     """The finest overflow-safe precision for a cohort (what the coordinator proposes)."""
-    return FixedPointEncoder.for_summands(
-        math.sqrt(clip_norm**2 + 1.0), cohort_size, max_abs=max(clip_norm, 1.0)
-    ).fractional_bits
+    return FixedPointEncoder.for_summands(math.sqrt(clip_norm**2 + 1.0), cohort_size, max_abs=max(clip_norm, 1.0)).fractional_bits
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from securefed.errors import InvalidParameter
 from securefed.learning.models import _is_int, _normalize_classes
 from securefed.preprocessing import SCALERS, Preprocessing
 
-__all__ = ["LocalDataset", "Preprocessing", "SCALERS", "load_local_dataset", "save_csv", "save_npz"]
+__all__ = ["SCALERS", "LocalDataset", "Preprocessing", "load_local_dataset", "save_csv", "save_npz"]
 
 log = logging.getLogger("securefed.data")
 
@@ -152,9 +152,7 @@ def _parse_number(source: str, text: str, line: int, column: str) -> float:
             "only numbers are allowed (encode categories as numbers first)"
         ) from None
     if not math.isfinite(value):
-        raise InvalidParameter(
-            f"{source}: {cell!r} at line {line}, column {column!r}; NaN and infinity are not allowed"
-        )
+        raise InvalidParameter(f"{source}: {cell!r} at line {line}, column {column!r}; NaN and infinity are not allowed")
     return value
 
 
@@ -192,14 +190,10 @@ def _load_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray, tu
             if not row or all(not c.strip() for c in row):
                 continue
             if len(row) != len(names):
-                raise InvalidParameter(
-                    f"{source}: line {line} has {len(row)} fields, the header has {len(names)}"
-                )
+                raise InvalidParameter(f"{source}: line {line} has {len(row)} fields, the header has {len(names)}")
             label = _parse_number(source, row[label_at], line, label_column)
             if not label.is_integer():
-                raise InvalidParameter(
-                    f"{source}: label {row[label_at].strip()!r} at line {line} is not an integer class"
-                )
+                raise InvalidParameter(f"{source}: label {row[label_at].strip()!r} at line {line} is not an integer class")
             labels.append(int(label))
             rows.append([_parse_number(source, row[i], line, names[i]) for i in feature_at])
     if not rows:
@@ -214,9 +208,7 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | Non
     with path.open("rb") as handle:
         magic = handle.read(len(_NPY_MAGIC))
     if magic.startswith(_NPY_MAGIC):
-        raise InvalidParameter(
-            f"{source}: holds a single .npy array, not an .npz archive; save 'X' and 'y' with np.savez"
-        )
+        raise InvalidParameter(f"{source}: holds a single .npy array, not an .npz archive; save 'X' and 'y' with np.savez")
     if not magic.startswith(_ZIP_MAGIC):
         raise InvalidParameter(f"{source}: not a readable .npz file (it is not a zip archive)")
     try:
@@ -225,8 +217,7 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | Non
             missing = [k for k in ("X", "y") if k not in keys]
             if missing:
                 raise InvalidParameter(
-                    f"{source}: missing array(s) {missing}; the .npz needs 'X' (features) and 'y' "
-                    f"(labels), found {sorted(keys)}"
+                    f"{source}: missing array(s) {missing}; the .npz needs 'X' (features) and 'y' (labels), found {sorted(keys)}"
                 )
             X = archive["X"]
             y = archive["y"]
@@ -244,13 +235,9 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | Non
         raise InvalidParameter(f"{source}: not a readable .npz file ({exc})") from None
 
     if X.dtype.kind not in "fiu" or X.ndim != 2:
-        raise InvalidParameter(
-            f"{source}: 'X' must be a 2-D numeric array, got shape {X.shape}, dtype {X.dtype}"
-        )
+        raise InvalidParameter(f"{source}: 'X' must be a 2-D numeric array, got shape {X.shape}, dtype {X.dtype}")
     if y.ndim != 1 or y.shape[0] != X.shape[0]:
-        raise InvalidParameter(
-            f"{source}: 'y' must be 1-D with one label per row of X ({X.shape[0]}), got shape {y.shape}"
-        )
+        raise InvalidParameter(f"{source}: 'y' must be 1-D with one label per row of X ({X.shape[0]}), got shape {y.shape}")
     if X.shape[0] == 0:
         raise InvalidParameter(f"{source}: the data is empty (0 rows)")
     if X.shape[1] == 0:
@@ -260,8 +247,7 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | Non
     if bad.size:
         r, c = (int(v) for v in bad[0])
         raise InvalidParameter(
-            f"{source}: 'X' has NaN or infinity at row {r}, column {c} "
-            f"({bad.shape[0]} such values); clean or drop those rows"
+            f"{source}: 'X' has NaN or infinity at row {r}, column {c} ({bad.shape[0]} such values); clean or drop those rows"
         )
     if y.dtype.kind == "f":
         with np.errstate(invalid="ignore"):
@@ -282,9 +268,7 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | Non
             )
         feature_names = tuple(str(n) for n in names)
         if len(set(feature_names)) != len(feature_names):
-            raise InvalidParameter(
-                f"{source}: 'feature_names' repeats {_listed(_duplicates(feature_names))}"
-            )
+            raise InvalidParameter(f"{source}: 'feature_names' repeats {_listed(_duplicates(feature_names))}")
     return X, y, feature_names
 
 
@@ -339,15 +323,11 @@ def _check_for_saving(
     names = None if feature_names is None else tuple(str(n) for n in feature_names)
     if names is not None:
         if len(names) != X_arr.shape[1] or len(set(names)) != len(names) or not all(names):
-            raise InvalidParameter(
-                f"feature_names must be {X_arr.shape[1]} distinct non-empty names, got {len(names)}"
-            )
+            raise InvalidParameter(f"feature_names must be {X_arr.shape[1]} distinct non-empty names, got {len(names)}")
     return X_arr.astype(np.float64), y_arr.astype(np.int64), names
 
 
-def save_csv(
-    path: str | Path, X: np.ndarray, y: np.ndarray, feature_names: Sequence[str], label_column: str
-) -> None:
+def save_csv(path: str | Path, X: np.ndarray, y: np.ndarray, feature_names: Sequence[str], label_column: str) -> None:
     """Write a CSV that :func:`load_local_dataset` reads back exactly (features, then the label)."""
     X_arr, y_arr, names = _check_for_saving(X, y, feature_names)
     if names is None:
@@ -361,9 +341,7 @@ def save_csv(
             writer.writerow([*(repr(v) for v in row), str(label)])
 
 
-def save_npz(
-    path: str | Path, X: np.ndarray, y: np.ndarray, feature_names: Sequence[str] | None = None
-) -> None:
+def save_npz(path: str | Path, X: np.ndarray, y: np.ndarray, feature_names: Sequence[str] | None = None) -> None:
     """Write an .npz (no object arrays) that :func:`load_local_dataset` reads back exactly."""
     p = Path(path)
     if p.suffix.lower() != ".npz":

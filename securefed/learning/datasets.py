@@ -31,8 +31,8 @@ from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, loa
 from sklearn.model_selection import train_test_split
 
 from securefed.errors import InvalidParameter
-from securefed.preprocessing import Preprocessing
 from securefed.learning.models import _check_real, _check_seed
+from securefed.preprocessing import Preprocessing
 
 __all__ = [
     "BUNDLED_DATASETS",
@@ -40,8 +40,8 @@ __all__ = [
     "REGRESSION_DATASETS",
     "TARGET_BOUNDS",
     "BundledDataset",
-    "bundled_preprocessing",
     "Split",
+    "bundled_preprocessing",
     "load_bundled",
     "train_test_split_stratified",
 ]
@@ -87,13 +87,11 @@ _LOADERS: dict[str, tuple[Callable[..., Any], str]] = {
     ),
     "breast_cancer": (
         load_breast_cancer,
-        "Wisconsin diagnostic breast cancer (569 samples, 30 features, 2 classes); "
-        "min-max scaled by the documented ranges",
+        "Wisconsin diagnostic breast cancer (569 samples, 30 features, 2 classes); min-max scaled by the documented ranges",
     ),
     "diabetes": (
         lambda: load_diabetes(scaled=False),
-        "diabetes progression (442 samples, 10 features, regression target 25..346); "
-        "min-max scaled by public clinical ranges",
+        "diabetes progression (442 samples, 10 features, regression target 25..346); min-max scaled by public clinical ranges",
     ),
 }
 
@@ -184,22 +182,16 @@ def load_bundled(name: str, scaled: bool = True) -> BundledDataset:
     )
 
 
-def train_test_split_stratified(
-    X: np.ndarray, y: np.ndarray, test_fraction: float, seed: int | None
-) -> Split:
+def train_test_split_stratified(X: np.ndarray, y: np.ndarray, test_fraction: float, seed: int | None) -> Split:
     """Hold out ``test_fraction`` of the samples, keeping class proportions (deterministic per seed)."""
     fraction = _check_real("test_fraction", test_fraction, low=0.0)
     if fraction >= 1.0:
         raise InvalidParameter(f"test_fraction must be in (0, 1), got {fraction}")
     X_arr, y_arr = np.asarray(X), np.asarray(y)
     if X_arr.ndim != 2 or y_arr.ndim != 1 or X_arr.shape[0] != y_arr.shape[0]:
-        raise InvalidParameter(
-            f"X must be 2-D and y 1-D with as many rows; got {X_arr.shape} and {y_arr.shape}"
-        )
+        raise InvalidParameter(f"X must be 2-D and y 1-D with as many rows; got {X_arr.shape} and {y_arr.shape}")
     try:
-        parts = train_test_split(
-            X_arr, y_arr, test_size=fraction, random_state=_check_seed(seed), stratify=y_arr
-        )
+        parts = train_test_split(X_arr, y_arr, test_size=fraction, random_state=_check_seed(seed), stratify=y_arr)
     except ValueError as exc:  # e.g. a class with a single member, or a too-small test set
         raise InvalidParameter(f"cannot make a stratified split: {exc}") from exc
     return Split(*parts)

@@ -71,15 +71,15 @@ __all__ = [
     "check_tree_metadata",
     "encode_model",
     "encode_tree_model",
-    "write_model",
-    "write_tree_model",
+    "load_model",
     "read_model",
     "read_tree_model",
     "to_estimator",
     "to_tree_model",
-    "load_model",
     "tree_sha256",
     "weights_sha256",
+    "write_model",
+    "write_tree_model",
 ]
 
 #: the ``format`` field of every exported model's metadata
@@ -249,7 +249,7 @@ def build_tree_metadata(
 def _envelope(task: str, created_at: float | None) -> dict:
     from securefed import __version__
 
-    stamp = _dt.datetime.fromtimestamp(created_at if created_at is not None else _now(), _dt.timezone.utc)
+    stamp = _dt.datetime.fromtimestamp(created_at if created_at is not None else _now(), _dt.UTC)
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -353,7 +353,12 @@ def _check_common(metadata: object, keys: frozenset[str]) -> tuple[dict, int]:
             raise InvalidParameter(f"metadata features.names must be null or {count} distinct non-empty names")
 
     classes = metadata["classes"]
-    if not isinstance(classes, list) or len(classes) < 2 or not all(_is_int(c) for c in classes) or len(set(classes)) != len(classes):
+    if (
+        not isinstance(classes, list)
+        or len(classes) < 2
+        or not all(_is_int(c) for c in classes)
+        or len(set(classes)) != len(classes)
+    ):
         raise InvalidParameter("metadata classes must list at least two distinct integer labels")
 
     if metadata["preprocessing"] is not None:
@@ -431,7 +436,9 @@ def _check_tree_metadata(metadata: object) -> None:
     if not isinstance(model["options"], dict):
         raise InvalidParameter("metadata model.options must be an object")
     if model["loss"] not in _TREE_LOSSES[kind]:
-        raise InvalidParameter(f"metadata model.loss of a {kind} file must be one of {list(_TREE_LOSSES[kind])}, got {model['loss']!r}")
+        raise InvalidParameter(
+            f"metadata model.loss of a {kind} file must be one of {list(_TREE_LOSSES[kind])}, got {model['loss']!r}"
+        )
     if model["loss"] == "logistic" and len(metadata["classes"]) != 2:
         raise InvalidParameter("metadata model.loss logistic is for two classes; this file lists more")
     if not _is_int(model["n_trees"]) or model["n_trees"] < 1:
@@ -445,12 +452,20 @@ def _check_tree_metadata(metadata: object) -> None:
 def _check_tree_fits(metadata: Mapping[str, Any], ensemble: TreeEnsemble) -> None:
     """The checked ensemble is the model the checked metadata describes."""
     model, count, classes = metadata["model"], metadata["features"]["count"], metadata["classes"]
-    found = {"kind": ensemble.kind, "loss": ensemble.loss, "n_trees": ensemble.n_trees, "n_nodes": ensemble.n_nodes, "n_bins": ensemble.bins.n_bins}
+    found = {
+        "kind": ensemble.kind,
+        "loss": ensemble.loss,
+        "n_trees": ensemble.n_trees,
+        "n_nodes": ensemble.n_nodes,
+        "n_bins": ensemble.bins.n_bins,
+    }
     for key, value in found.items():
         if model[key] != value:
             raise InvalidParameter(f"metadata model.{key} is {model[key]!r}, but the tree arrays hold {value!r}")
     if ensemble.bins.n_features != count:
-        raise InvalidParameter(f"metadata features.count is {count}, but the trees' bins cover {ensemble.bins.n_features} features")
+        raise InvalidParameter(
+            f"metadata features.count is {count}, but the trees' bins cover {ensemble.bins.n_features} features"
+        )
     if ensemble.n_classes != len(classes):
         raise InvalidParameter(f"metadata lists {len(classes)} classes, but the trees predict {ensemble.n_classes}")
     bounds = Preprocessing.from_json(metadata["preprocessing"], count)
@@ -547,7 +562,9 @@ def _read_member(
             raise InvalidParameter(f"array {name!r} holds {shape[0]} values, but the model's layout needs {count}")
         expected = math.prod(shape) * found.itemsize
         if expected > max_bytes:
-            raise InvalidParameter(f"array {name!r} declares {math.prod(shape)} values, more than a model of this layout can have")
+            raise InvalidParameter(
+                f"array {name!r} declares {math.prod(shape)} values, more than a model of this layout can have"
+            )
         data = handle.read(expected + 1)
     if len(data) != expected:
         raise InvalidParameter(f"array {name!r} holds {len(data)} bytes where its header declares {expected}")
@@ -774,13 +791,17 @@ class TreeModel:
         names = self.securefed_metadata["features"]["names"]
         columns = getattr(X, "columns", None)
         if names is not None and columns is not None and [str(c) for c in columns] != names:
-            raise InvalidParameter(f"X's columns {[str(c) for c in columns][:20]} are not the model's features {names[:20]} in order")
+            raise InvalidParameter(
+                f"X's columns {[str(c) for c in columns][:20]} are not the model's features {names[:20]} in order"
+            )
         try:
             values = np.asarray(X, dtype=np.float64)
         except (TypeError, ValueError):
             raise InvalidParameter("X must hold numbers only") from None
         if values.ndim != 2 or values.shape[1] != self.n_features_in_:
-            raise InvalidParameter(f"X has shape {values.shape}; the model takes rows x {self.n_features_in_} features (raw values)")
+            raise InvalidParameter(
+                f"X has shape {values.shape}; the model takes rows x {self.n_features_in_} features (raw values)"
+            )
         return values
 
     def predict_proba(self, X: Any) -> np.ndarray:

@@ -93,9 +93,7 @@ class EvalMetrics:
     def __add__(self, other: EvalMetrics) -> EvalMetrics:
         if not isinstance(other, EvalMetrics):
             return NotImplemented
-        return EvalMetrics(
-            self.correct + other.correct, self.count + other.count, self.loss_sum + other.loss_sum
-        )
+        return EvalMetrics(self.correct + other.correct, self.count + other.count, self.loss_sum + other.loss_sum)
 
 
 # --- argument checks (shared with data.py) -------------------------------------------------------
@@ -195,8 +193,7 @@ class ModelAdapter(ABC):
         arr = np.asarray(params)
         if arr.ndim != 1 or arr.shape[0] != self.parameter_count:
             raise InvalidParameter(
-                f"expected a parameter vector of length {self.parameter_count} for {self!r}, "
-                f"got shape {arr.shape}"
+                f"expected a parameter vector of length {self.parameter_count} for {self!r}, got shape {arr.shape}"
             )
         if arr.dtype.kind not in "fiu":
             raise InvalidParameter(f"parameters must be real numbers, got dtype {arr.dtype}")
@@ -208,9 +205,7 @@ class ModelAdapter(ABC):
     def _check_X(self, X: object) -> np.ndarray:
         arr = np.asarray(X)
         if arr.ndim != 2 or arr.shape[1] != self.n_features:
-            raise InvalidParameter(
-                f"X must be 2-D with {self.n_features} feature columns, got shape {arr.shape}"
-            )
+            raise InvalidParameter(f"X must be 2-D with {self.n_features} feature columns, got shape {arr.shape}")
         if arr.dtype.kind not in "fiu":
             raise InvalidParameter(f"X must be numeric, got dtype {arr.dtype}")
         arr = arr.astype(np.float64, copy=False)
@@ -234,9 +229,7 @@ class ModelAdapter(ABC):
         bad = self._classes_array[idx] != arr
         if np.any(bad):
             offending = sorted({int(v) for v in arr[bad]})
-            raise InvalidParameter(
-                f"labels {offending} are not among the task's classes {list(self.classes)}"
-            )
+            raise InvalidParameter(f"labels {offending} are not among the task's classes {list(self.classes)}")
         return idx.astype(np.int64)
 
     # public API --------------------------------------------------------------------------------
@@ -324,10 +317,7 @@ class ModelAdapter(ABC):
                     sel = order[lo : lo + batch]
                     self._step(views, data[sel], idx[sel], lr)
         if not np.all(np.isfinite(work)):
-            raise InvalidParameter(
-                f"local training diverged (non-finite parameters); lower learning_rate "
-                f"(was {lr})"
-            )
+            raise InvalidParameter(f"local training diverged (non-finite parameters); lower learning_rate (was {lr})")
         return work
 
     def predict(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
@@ -365,8 +355,7 @@ class ModelAdapter(ABC):
             raise InvalidParameter("estimator is not fitted (it has no classes_)")
         if list(np.asarray(classes).tolist()) != list(self.classes):
             raise InvalidParameter(
-                f"estimator classes {np.asarray(classes).tolist()} differ from the task's "
-                f"{list(self.classes)}"
+                f"estimator classes {np.asarray(classes).tolist()} differ from the task's {list(self.classes)}"
             )
 
 
@@ -445,21 +434,13 @@ class MLPAdapter(ModelAdapter):
         activation: str = "relu",
         l2: float = 1e-4,
     ) -> None:
-        if isinstance(hidden_layer_sizes, (str, bytes)) or not isinstance(
-            hidden_layer_sizes, (Sequence, np.ndarray)
-        ):
-            raise InvalidParameter(
-                f"hidden_layer_sizes must be a tuple of positive ints, got {hidden_layer_sizes!r}"
-            )
+        if isinstance(hidden_layer_sizes, (str, bytes)) or not isinstance(hidden_layer_sizes, (Sequence, np.ndarray)):
+            raise InvalidParameter(f"hidden_layer_sizes must be a tuple of positive ints, got {hidden_layer_sizes!r}")
         sizes = tuple(hidden_layer_sizes)
         if not sizes or not all(_is_int(s) and int(s) >= 1 for s in sizes):
-            raise InvalidParameter(
-                f"hidden_layer_sizes must be a non-empty tuple of positive ints, got {sizes!r}"
-            )
+            raise InvalidParameter(f"hidden_layer_sizes must be a non-empty tuple of positive ints, got {sizes!r}")
         if activation not in _HIDDEN_ACTIVATIONS:
-            raise InvalidParameter(
-                f"activation must be one of {list(_HIDDEN_ACTIVATIONS)}, got {activation!r}"
-            )
+            raise InvalidParameter(f"activation must be one of {list(_HIDDEN_ACTIVATIONS)}, got {activation!r}")
         self.hidden_layer_sizes = tuple(int(s) for s in sizes)
         self.activation = activation
         super().__init__(n_features, classes, l2)
@@ -504,9 +485,7 @@ class MLPAdapter(ModelAdapter):
             raise TypeError("expected an MLPClassifier")
         self._check_estimator_classes(estimator)
         if estimator.activation != self.activation:
-            raise InvalidParameter(
-                f"estimator uses activation {estimator.activation!r}, the task {self.activation!r}"
-            )
+            raise InvalidParameter(f"estimator uses activation {estimator.activation!r}, the task {self.activation!r}")
         blocks = [np.asarray(a, dtype=np.float64) for a in (*estimator.coefs_, *estimator.intercepts_)]
         got = [b.shape for b in blocks]
         if got != self._shapes:
@@ -617,7 +596,5 @@ def make_adapter(kind: str, n_features: int, classes: Sequence[int], **options: 
     cls, allowed = _KIND_OPTIONS[kind]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise InvalidParameter(
-            f"unknown option(s) {unknown} for model kind {kind!r}; valid options are {list(allowed)}"
-        )
+        raise InvalidParameter(f"unknown option(s) {unknown} for model kind {kind!r}; valid options are {list(allowed)}")
     return cls(n_features, classes, **options)

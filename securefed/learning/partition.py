@@ -158,21 +158,15 @@ _DISPATCH: dict[str, tuple[Callable[..., list[np.ndarray]], tuple[str, ...]]] = 
 PARTITIONERS: tuple[str, ...] = tuple(_DISPATCH)
 
 
-def partition(
-    name: str, X: np.ndarray, y: np.ndarray, n_nodes: int, seed: int | None, **options: Any
-) -> list[np.ndarray]:
+def partition(name: str, X: np.ndarray, y: np.ndarray, n_nodes: int, seed: int | None, **options: Any) -> list[np.ndarray]:
     """Split ``(X, y)``'s indices with the named partitioner (see :data:`PARTITIONERS`)."""
     if name not in _DISPATCH:
         raise InvalidParameter(f"unknown partitioner {name!r}; valid partitioners are {list(PARTITIONERS)}")
     func, allowed = _DISPATCH[name]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise InvalidParameter(
-            f"unknown option(s) {unknown} for partitioner {name!r}; valid options are {list(allowed)}"
-        )
+        raise InvalidParameter(f"unknown option(s) {unknown} for partitioner {name!r}; valid options are {list(allowed)}")
     X_arr, y_arr = np.asarray(X), np.asarray(y)
     if X_arr.ndim != 2 or y_arr.ndim != 1 or X_arr.shape[0] != y_arr.shape[0]:
-        raise InvalidParameter(
-            f"X must be 2-D and y 1-D with as many rows; got {X_arr.shape} and {y_arr.shape}"
-        )
+        raise InvalidParameter(f"X must be 2-D and y 1-D with as many rows; got {X_arr.shape} and {y_arr.shape}")
     return func(X_arr, y_arr, n_nodes, seed, **options)

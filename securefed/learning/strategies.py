@@ -56,8 +56,7 @@ def mean_delta(weighted_sum: np.ndarray, total_weight: float) -> np.ndarray:
         math.isfinite(float(total_weight)) and float(total_weight) > 0
     ):
         raise InvalidParameter(
-            f"total weight must be a positive finite number, got {total_weight!r} "
-            "(no node's update reached the aggregate?)"
+            f"total weight must be a positive finite number, got {total_weight!r} (no node's update reached the aggregate?)"
         )
     return s / float(total_weight)
 
@@ -137,8 +136,7 @@ class AdaptiveStrategy(Strategy):
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(learning_rate={self.learning_rate}, beta1={self.beta1}, "
-            f"beta2={self.beta2}, tau={self.tau})"
+            f"{type(self).__name__}(learning_rate={self.learning_rate}, beta1={self.beta1}, beta2={self.beta2}, tau={self.tau})"
         )
 
     @property
@@ -154,9 +152,7 @@ class AdaptiveStrategy(Strategy):
         if self._m is None or self._v is None:
             m, v = np.zeros_like(x), np.full_like(x, self.tau**2)
         elif self._m.shape != x.shape:
-            raise InvalidParameter(
-                f"{self.name} state is for {self._m.shape[0]} parameters, the model has {x.shape[0]}"
-            )
+            raise InvalidParameter(f"{self.name} state is for {self._m.shape[0]} parameters, the model has {x.shape[0]}")
         else:
             m, v = self._m, self._v
         m = self.beta1 * m + (1.0 - self.beta1) * d
@@ -242,7 +238,5 @@ def make_strategy(name: str, **options: Any) -> Strategy:
     cls, allowed = _STRATEGIES[name]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise InvalidParameter(
-            f"unknown option(s) {unknown} for strategy {name!r}; valid options are {list(allowed)}"
-        )
+        raise InvalidParameter(f"unknown option(s) {unknown} for strategy {name!r}; valid options are {list(allowed)}")
     return cls(**options)

@@ -11,15 +11,15 @@ from securefed.secagg.server import SERVER_TRANSITIONS, AggregateResult, ServerP
 from securefed.secagg.simulate import simulate
 
 __all__ = [
-    "AggregateResult",
     "CLIENT_TRANSITIONS",
+    "SERVER_TRANSITIONS",
+    "AggregateResult",
     "ClientPolicy",
     "ClientProtocol",
     "ClientState",
     "GraphParameters",
     "NeighbourGraph",
     "RoundConfig",
-    "SERVER_TRANSITIONS",
     "ServerProtocol",
     "ServerState",
     "propose_parameters",

@@ -50,15 +50,15 @@ from securefed.errors import InvalidParameter
 
 __all__ = [
     "ADVERSARIES",
-    "default_colluders",
-    "resolve_colluders",
-    "minimum_safe_threshold",
-    "sparse_breaking_colluders",
-    "hypergeometric_tail",
     "binomial_tail",
-    "sparse_failure_probability",
-    "smallest_safe_threshold",
+    "default_colluders",
     "describe_probability",
+    "hypergeometric_tail",
+    "minimum_safe_threshold",
+    "resolve_colluders",
+    "smallest_safe_threshold",
+    "sparse_breaking_colluders",
+    "sparse_failure_probability",
 ]
 
 ADVERSARIES = ("malicious", "curious")

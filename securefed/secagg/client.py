@@ -97,7 +97,7 @@ from securefed.secagg.transcript import (
 )
 from securefed.secagg.validate import check_id_pairs, check_sorted_ids, require
 
-__all__ = ["ClientState", "ClientProtocol", "CLIENT_TRANSITIONS"]
+__all__ = ["CLIENT_TRANSITIONS", "ClientProtocol", "ClientState"]
 
 
 Entropy = Callable[[int], bytes]
@@ -206,9 +206,14 @@ class ClientProtocol:
     def provide_input(self, input_vector: np.ndarray) -> None:
         """Hand over the input later than construction, e.g. after training that overlaps the
         key advertisement. It must arrive before the coordinator relays the shares."""
-        if self._input is not None or self.state in TERMINAL_STATES or self.state in (
-            ClientState.AWAIT_CONSISTENCY_REQUEST,
-            ClientState.AWAIT_UNMASK_REQUEST,
+        if (
+            self._input is not None
+            or self.state in TERMINAL_STATES
+            or self.state
+            in (
+                ClientState.AWAIT_CONSISTENCY_REQUEST,
+                ClientState.AWAIT_UNMASK_REQUEST,
+            )
         ):
             raise LocalProtocolError("the input can be provided once, before the masked-input stage")
         self._input = self._checked_input(input_vector)
@@ -237,9 +242,7 @@ class ClientProtocol:
         self._graph_value = self._random(32)
         commitment = seed_commitment(self.config, self.node_id, self._graph_value)
         signature = self._identity.sign(
-            advertise_transcript(
-                self.config, self.node_id, self._c_keys.public_bytes, self._s_keys.public_bytes, commitment
-            )
+            advertise_transcript(self.config, self.node_id, self._c_keys.public_bytes, self._s_keys.public_bytes, commitment)
         )
         self.state = ClientState.AWAIT_KEY_LIST
         return [AdvertiseKeys(self.node_id, self._c_keys.public_bytes, self._s_keys.public_bytes, commitment, signature)]
@@ -347,9 +350,7 @@ class ClientProtocol:
                 "bad key size",
             )
             require(isinstance(entry.signature, bytes), "bad signature type")
-            self._verify(
-                peer, entry.signature, advertise_transcript(config, peer, entry.c_pk, entry.s_pk, entry.seed_commitment)
-            )
+            self._verify(peer, entry.signature, advertise_transcript(config, peer, entry.c_pk, entry.s_pk, entry.seed_commitment))
 
         holders = sorted(self.neighbours)
         s_shares = split_at(self._s_keys.private_bytes, holders, config.threshold, entropy=self._random)

@@ -20,7 +20,7 @@ from securefed.secagg.bounds import (
     sparse_failure_probability,
 )
 
-__all__ = ["CONTEXT_SIZE", "RoundConfig", "ClientPolicy"]
+__all__ = ["CONTEXT_SIZE", "ClientPolicy", "RoundConfig"]
 
 CONTEXT_SIZE = 32
 MAX_COHORT = 0xFFFF
@@ -178,8 +178,7 @@ class ClientPolicy:
             problems.append(f"cohort of {n} is below this site's minimum of {self.min_cohort}")
         if n < self.min_participants:
             problems.append(
-                f"cohort of {n} can never reach this site's participation floor of {self.min_participants} "
-                "(min_participants)"
+                f"cohort of {n} can never reach this site's participation floor of {self.min_participants} (min_participants)"
             )
         if t < self.min_threshold:
             problems.append(f"threshold {t} is below this site's minimum of {self.min_threshold}")
@@ -196,8 +195,7 @@ class ClientPolicy:
             if t < safe:
                 rule = "t > c" if self.adversary == "curious" else f"2t > N + c = {population} + {c}"
                 problems.append(
-                    f"threshold {t} does not stop {c} colluding nodes (roster of {population}): "
-                    f"needs {rule}, i.e. t >= {safe}"
+                    f"threshold {t} does not stop {c} colluding nodes (roster of {population}): needs {rule}, i.e. t >= {safe}"
                 )
         elif not self.allow_sparse_graph:
             problems.append("this site does not take part in sparse-graph (SecAgg+) rounds")

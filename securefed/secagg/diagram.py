@@ -30,9 +30,7 @@ def render_all() -> str:
         ("ClientProtocol", CLIENT_TRANSITIONS, client_start),
         ("ServerProtocol", SERVER_TRANSITIONS, server_start),
     ]
-    return "\n\n".join(
-        f"```mermaid\n{mermaid(table, name, preamble)}\n```" for name, table, preamble in blocks
-    )
+    return "\n\n".join(f"```mermaid\n{mermaid(table, name, preamble)}\n```" for name, table, preamble in blocks)
 
 
 if __name__ == "__main__":

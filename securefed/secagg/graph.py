@@ -44,7 +44,7 @@ from securefed.secagg.bounds import (
     sparse_breaking_colluders,
 )
 
-__all__ = ["NeighbourGraph", "GraphParameters", "propose_parameters"]
+__all__ = ["GraphParameters", "NeighbourGraph", "propose_parameters"]
 
 
 @dataclass(frozen=True)

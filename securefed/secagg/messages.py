@@ -15,24 +15,24 @@ from enum import Enum
 import numpy as np
 
 __all__ = [
-    "Stage",
     "AdvertiseKeys",
-    "SeedReveal",
-    "ShareKeys",
-    "MaskedInput",
-    "ConsistencySignature",
-    "UnmaskShares",
-    "KeyList",
-    "SeedRevealList",
-    "ShareRelay",
-    "ConsistencyRequest",
-    "UnmaskRequest",
-    "RoundAborted",
-    "Deadline",
-    "PeerGone",
-    "Send",
     "ClientMessage",
+    "ConsistencyRequest",
+    "ConsistencySignature",
+    "Deadline",
+    "KeyList",
+    "MaskedInput",
+    "PeerGone",
+    "RoundAborted",
+    "SeedReveal",
+    "SeedRevealList",
+    "Send",
     "ServerMessage",
+    "ShareKeys",
+    "ShareRelay",
+    "Stage",
+    "UnmaskRequest",
+    "UnmaskShares",
 ]
 
 
@@ -117,11 +117,7 @@ class MaskedInput:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, MaskedInput):
             return NotImplemented
-        return (
-            self.sender == other.sender
-            and self.bad_dealers == other.bad_dealers
-            and np.array_equal(self.vector, other.vector)
-        )
+        return self.sender == other.sender and self.bad_dealers == other.bad_dealers and np.array_equal(self.vector, other.vector)
 
     __hash__ = None  # type: ignore[assignment]
 

@@ -92,7 +92,7 @@ from securefed.secagg.transcript import (
 )
 from securefed.secagg.validate import check_id_pairs, check_sorted_ids, require
 
-__all__ = ["ServerState", "ServerProtocol", "AggregateResult", "SERVER_TRANSITIONS"]
+__all__ = ["SERVER_TRANSITIONS", "AggregateResult", "ServerProtocol", "ServerState"]
 
 
 def _b64(raw: bytes) -> str:
@@ -282,9 +282,7 @@ class ServerProtocol:
             verify(
                 self._roster[message.sender],
                 message.signature,
-                advertise_transcript(
-                    self.config, message.sender, message.c_pk, message.s_pk, message.seed_commitment
-                ),
+                advertise_transcript(self.config, message.sender, message.c_pk, message.s_pk, message.seed_commitment),
             )
         except InvalidShare:
             raise RemoteProtocolError(f"bad key signature from {message.sender}", reason="bad-signature") from None
@@ -440,9 +438,7 @@ class ServerProtocol:
         self._shared = frozenset(shared)
         self._commitments = {sender: inbox[sender][1] for sender in shared}
         self._mask_commitments = {sender: inbox[sender][2] for sender in shared}
-        sends = [
-            Send(node, RoundAborted("too-few-neighbours")) for node in answered if node not in shared
-        ]
+        sends = [Send(node, RoundAborted("too-few-neighbours")) for node in answered if node not in shared]
         for recipient in sorted(shared):
             senders = [s for s in sorted(self._neighbourhoods[recipient] & shared) if s != recipient]
             relay = ShareRelay(
@@ -495,9 +491,7 @@ class ServerProtocol:
                     committed = self._commitments[owner][sender][index]
                     actual = share_commitment(config, owner, sender, kind, share.to_bytes())
                     if not hmac.compare_digest(actual, committed):
-                        excluded.setdefault(
-                            sender, f"revealed a {kind}-share of node {owner} that {owner} never committed to"
-                        )
+                        excluded.setdefault(sender, f"revealed a {kind}-share of node {owner} that {owner} never committed to")
         b_pool: dict[int, list[Share]] = {node: [] for node in self._survivors}
         s_pool: dict[int, list[Share]] = {node: [] for node in dropped}
         for sender in answered:
@@ -568,9 +562,7 @@ class ServerProtocol:
             bad_dealers.setdefault(owner, "its committed shares do not lie on one polynomial of degree < t")
             return None
         if decoded.bad:
-            bad_dealers.setdefault(
-                owner, f"its committed shares at {list(decoded.bad)} lie off the polynomial of the others"
-            )
+            bad_dealers.setdefault(owner, f"its committed shares at {list(decoded.bad)} lie off the polynomial of the others")
             return None
         return decoded.secret
 
@@ -618,9 +610,7 @@ class ServerProtocol:
         data = {
             "version": 1,
             "answered": {stage.value: list(ids) for stage, ids in self.answered.items()},
-            "keys": [
-                [e.sender, b64(e.c_pk), b64(e.s_pk), b64(e.seed_commitment), b64(e.signature)] for e in self._keys.values()
-            ],
+            "keys": [[e.sender, b64(e.c_pk), b64(e.s_pk), b64(e.seed_commitment), b64(e.signature)] for e in self._keys.values()],
             "seed": b64(self._seed),
             "commitments": [
                 [dealer, holder, b64(pair[0]), b64(pair[1])]

@@ -30,7 +30,7 @@ from securefed.secagg.config import ClientPolicy, RoundConfig
 from securefed.secagg.messages import Deadline, Stage
 from securefed.secagg.server import AggregateResult, ServerProtocol
 
-__all__ = ["simulate", "SimulationResult"]
+__all__ = ["SimulationResult", "simulate"]
 
 SimulationResult = AggregateResult
 
@@ -66,7 +66,9 @@ class _AnyRound(ClientPolicy):
 def _entropy_for(seed: bytes | int | None, party: str) -> Callable[[int], bytes]:
     if seed is None:
         return os.urandom
-    return SecureRandom(hashlib.sha256(b"securefed/simulate/entropy/v1" + repr(seed).encode() + b"/" + party.encode()).digest()).bytes
+    return SecureRandom(
+        hashlib.sha256(b"securefed/simulate/entropy/v1" + repr(seed).encode() + b"/" + party.encode()).digest()
+    ).bytes
 
 
 def _identity_for(seed: bytes | int | None, node: int) -> SigningKey:

@@ -21,18 +21,18 @@ from securefed.secagg.config import RoundConfig
 
 __all__ = [
     "COMMITMENT_SIZE",
-    "round_binding",
     "advertise_transcript",
-    "seed_commitment",
-    "graph_seed",
-    "share_commitment",
     "commitments_transcript",
-    "mask_seed_commitment",
     "consistency_transcript",
-    "share_associated_data_for",
-    "share_key",
-    "pairwise_mask_seed",
+    "graph_seed",
+    "mask_seed_commitment",
     "mask_sign",
+    "pairwise_mask_seed",
+    "round_binding",
+    "seed_commitment",
+    "share_associated_data_for",
+    "share_commitment",
+    "share_key",
 ]
 
 COMMITMENT_SIZE = 32

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from securefed.errors import RemoteProtocolError
 
-__all__ = ["require", "check_sorted_ids", "check_id_pairs"]
+__all__ = ["check_id_pairs", "check_sorted_ids", "require"]
 
 
 def require(condition: bool, message: str, reason: str = "malformed") -> None:

@@ -17,11 +17,11 @@ from securefed.trees.model import TreeEnsemble
 from securefed.trees.request import COMPUTATIONS, HistogramRequest
 
 __all__ = [
+    "COMPUTATIONS",
     "Bins",
     "BoostingBuilder",
     "BoostingParams",
     "BoostingWorker",
-    "COMPUTATIONS",
     "ForestBuilder",
     "ForestParams",
     "ForestWorker",

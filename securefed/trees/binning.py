@@ -33,7 +33,7 @@ from securefed.errors import InvalidParameter
 from securefed.preprocessing import Preprocessing
 from securefed.trees._checks import check_int, check_keys
 
-__all__ = ["Bins", "MAX_BINS"]
+__all__ = ["MAX_BINS", "Bins"]
 
 #: The most bins a feature may have (codes are uint16).
 MAX_BINS = 1 << 16
@@ -59,11 +59,15 @@ class Bins:
                 raise InvalidParameter(f"bins {name} must hold finite numbers")
             object.__setattr__(self, name, tuple(float(v) for v in values))
         if len(self.low) != len(self.high):
-            raise InvalidParameter(f"bins declare {len(self.low)} lower and {len(self.high)} upper bounds; give one of each per feature")
+            raise InvalidParameter(
+                f"bins declare {len(self.low)} lower and {len(self.high)} upper bounds; give one of each per feature"
+            )
         bad = [i for i, (lo, hi) in enumerate(zip(self.low, self.high)) if not hi > lo]
         if bad:
             i = bad[0]
-            raise InvalidParameter(f"bin bounds need max > min for every feature; feature #{i + 1} has min {self.low[i]!r}, max {self.high[i]!r}")
+            raise InvalidParameter(
+                f"bin bounds need max > min for every feature; feature #{i + 1} has min {self.low[i]!r}, max {self.high[i]!r}"
+            )
         if self.edges is not None:
             self._check_edges()
 
@@ -81,7 +85,9 @@ class Bins:
             if any(b < a for a, b in zip(values, values[1:])):
                 raise InvalidParameter(f"bin edges of feature #{i + 1} must not decrease")
             if values and (values[0] < self.low[i] or values[-1] > self.high[i]):
-                raise InvalidParameter(f"bin edges of feature #{i + 1} must lie within its bounds [{self.low[i]!r}, {self.high[i]!r}]")
+                raise InvalidParameter(
+                    f"bin edges of feature #{i + 1} must lie within its bounds [{self.low[i]!r}, {self.high[i]!r}]"
+                )
             checked.append(values)
         object.__setattr__(self, "edges", tuple(checked))
 

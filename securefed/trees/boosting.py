@@ -63,7 +63,7 @@ from securefed.trees.request import (
 from securefed.trees.split import GradientCriterion
 from securefed.trees.structure import route
 
-__all__ = ["BoostingParams", "BoostingBuilder", "BoostingWorker", "base_score", "model_digest"]
+__all__ = ["BoostingBuilder", "BoostingParams", "BoostingWorker", "base_score", "model_digest"]
 
 _DEFAULT_CLIPS = {"logistic": (1.0, 0.25), "softmax": (1.0, 0.25), "squared_error": (None, 1.0)}
 _EPS = float(np.finfo(np.float64).eps)
@@ -141,7 +141,9 @@ class BoostingParams(BinnedParams):
         object.__setattr__(self, "_hess_bits", fractional_bits(self.hess_clip, total, "boosting hessians"))
         per_entry = self.bins.n_features * self.bins.n_bins * GradientCriterion.channels
         if per_entry > self.max_vector_length:
-            raise InvalidParameter(f"one tree node's histogram has {per_entry} entries, more than max_vector_length {self.max_vector_length}; use fewer bins")
+            raise InvalidParameter(
+                f"one tree node's histogram has {per_entry} entries, more than max_vector_length {self.max_vector_length}; use fewer bins"
+            )
 
     @property
     def grad_bits(self) -> int:
@@ -168,7 +170,6 @@ class BoostingParams(BinnedParams):
             f"|g| <= {self.grad_clip:g} at 2^-{self.grad_bits}, h <= {self.hess_clip:g} at 2^-{self.hess_bits} per row, "
             f"safe for {self.max_nodes} nodes x {self.max_rows_per_node} rows"
         )
-
 
     def criterion(self) -> GradientCriterion:
         return GradientCriterion(
@@ -204,7 +205,9 @@ def _canonical(obj: object) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
-def model_digest(previous: str | None, *, params: dict | None = None, base: list[float] | None = None, round_trees: list[dict] | None = None) -> str:
+def model_digest(
+    previous: str | None, *, params: dict | None = None, base: list[float] | None = None, round_trees: list[dict] | None = None
+) -> str:
     """The chain digest: start from (params, base score), then fold in each finished round's trees."""
     if previous is None:
         return hashlib.sha256(b"securefed.trees.gbdt\x00" + _canonical({"params": params, "base_score": base})).hexdigest()
@@ -287,7 +290,9 @@ class BoostingBuilder(Driver):
             return None
         trees = [tree for round_trees in self._rounds for tree in round_trees]
         outputs = [k for _ in self._rounds for k in range(self.params.n_outputs)]
-        return TreeEnsemble.from_trees("gbdt", self.params.loss, self.params.n_classes, self.params.bins, trees, outputs, self._base)  # type: ignore[arg-type]
+        return TreeEnsemble.from_trees(
+            "gbdt", self.params.loss, self.params.n_classes, self.params.bins, trees, outputs, self._base
+        )  # type: ignore[arg-type]
 
 
 class BoostingWorker:
@@ -299,14 +304,20 @@ class BoostingWorker:
         self._codes = params.bins.digitize(X)
         n = self._codes.shape[0]
         if n > params.max_rows_per_node:
-            raise InvalidParameter(f"this node has {n} rows, the task allows at most {params.max_rows_per_node} per node (the wrap bound); raise max_rows_per_node in the task")
+            raise InvalidParameter(
+                f"this node has {n} rows, the task allows at most {params.max_rows_per_node} per node (the wrap bound); raise max_rows_per_node in the task"
+            )
         target = np.asarray(y)
         if params.loss == "squared_error":
             if target.shape != (n,) or target.dtype.kind not in "iuf" or not np.all(np.isfinite(target)):
                 raise InvalidParameter(f"targets must be {n} finite numbers")
             self._y = target.astype(np.float64)
         else:
-            if target.shape != (n,) or target.dtype.kind not in "iu" or (n and (int(target.min()) < 0 or int(target.max()) >= params.n_classes)):  # type: ignore[operator]
+            if (
+                target.shape != (n,)
+                or target.dtype.kind not in "iu"
+                or (n and (int(target.min()) < 0 or int(target.max()) >= params.n_classes))
+            ):  # type: ignore[operator]
                 raise InvalidParameter(f"labels must be {n} class indices in 0..{params.n_classes - 1}")  # type: ignore[operator]
             self._y = target.astype(np.int64)
         self._base: tuple[float, ...] | None = None
@@ -352,7 +363,9 @@ class BoostingWorker:
             raise InvalidParameter("a boosting request must ask for every feature of every frontier entry")
         layout = req.layout(bins.n_bins, GradientCriterion.channels)
         if layout.length > params.max_vector_length:
-            raise InvalidParameter(f"the request asks for {layout.length} entries, more than max_vector_length {params.max_vector_length}")
+            raise InvalidParameter(
+                f"the request asks for {layout.length} entries, more than max_vector_length {params.max_vector_length}"
+            )
         features = np.asarray(req.features, dtype=np.int64).reshape(layout.entries, layout.features)
         rows_entry = entry_of_row(self._codes, trees, lookup)
         return to_uint32(stat_histogram(self._codes, features, bins.n_bins, rows_entry, self._round_stats(req.round)))

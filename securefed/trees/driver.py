@@ -19,7 +19,7 @@ from securefed.errors import LocalProtocolError
 from securefed.trees.model import TreeEnsemble
 from securefed.trees.request import HistogramRequest
 
-__all__ = ["State", "TRANSITIONS", "Driver"]
+__all__ = ["TRANSITIONS", "Driver", "State"]
 
 
 class State(enum.Enum):

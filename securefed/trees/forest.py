@@ -37,7 +37,7 @@ from securefed.trees.model import TreeEnsemble
 from securefed.trees.request import FOREST_LEVEL, HistogramRequest, check_request_tree, entry_of_row, frontier_lookup
 from securefed.trees.split import CRITERIA, ClassCriterion
 
-__all__ = ["ForestParams", "ForestBuilder", "ForestWorker", "feature_subset"]
+__all__ = ["ForestBuilder", "ForestParams", "ForestWorker", "feature_subset"]
 
 _MAX_SEED = (1 << 63) - 1
 
@@ -117,7 +117,6 @@ class ForestParams(BinnedParams):
         )
 
 
-
 def feature_subset(seed: int, tree: int, node: int, n_features: int, k: int) -> tuple[int, ...]:
     """The public, derived features tree node ``node`` of tree ``tree`` considers (sorted)."""
     if k >= n_features:
@@ -195,7 +194,9 @@ class ForestWorker:
         self._codes = params.bins.digitize(X)
         n = self._codes.shape[0]
         if n > params.max_rows_per_node:
-            raise InvalidParameter(f"this node has {n} rows, the task allows at most {params.max_rows_per_node} per node (the wrap bound); raise max_rows_per_node in the task")
+            raise InvalidParameter(
+                f"this node has {n} rows, the task allows at most {params.max_rows_per_node} per node (the wrap bound); raise max_rows_per_node in the task"
+            )
         y = np.asarray(labels)
         if y.shape != (n,) or y.dtype.kind not in "iu" or (n and (int(y.min()) < 0 or int(y.max()) >= params.n_classes)):
             raise InvalidParameter(f"labels must be {n} class indices in 0..{params.n_classes - 1}")
@@ -236,8 +237,12 @@ class ForestWorker:
                 raise InvalidParameter(f"frontier entry ({t}, {node}) asks for features other than the task's seed derives")
         layout = req.layout(bins.n_bins, params.n_classes)
         if layout.length > params.max_vector_length:
-            raise InvalidParameter(f"the request asks for {layout.length} entries, more than max_vector_length {params.max_vector_length}")
+            raise InvalidParameter(
+                f"the request asks for {layout.length} entries, more than max_vector_length {params.max_vector_length}"
+            )
         features = np.asarray(req.features, dtype=np.int64).reshape(layout.entries, layout.features)
         rows_entry = entry_of_row(self._codes, trees, lookup)
-        vector = class_count_histogram(self._codes, features, bins.n_bins, params.n_classes, rows_entry, self._labels, self._weights)
+        vector = class_count_histogram(
+            self._codes, features, bins.n_bins, params.n_classes, rows_entry, self._labels, self._weights
+        )
         return to_uint32(vector)

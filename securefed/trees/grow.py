@@ -87,7 +87,9 @@ class GrowingTree:
     def finish(self, criterion: Criterion) -> FinishedTree:
         values = [criterion.leaf_value(s) if s is not None else np.zeros(criterion.value_size) for s in self.stats]
         as_int = lambda column: np.asarray(column, dtype=np.int64)  # noqa: E731
-        return FinishedTree(as_int(self.feature), as_int(self.bin), as_int(self.left), as_int(self.right), np.asarray(values, dtype=np.float64))
+        return FinishedTree(
+            as_int(self.feature), as_int(self.bin), as_int(self.left), as_int(self.right), np.asarray(values, dtype=np.float64)
+        )
 
 
 class LevelGrower:
@@ -132,7 +134,9 @@ class LevelGrower:
         features = self.features(chunk)
         per_feature = hist.sum(axis=2)
         if np.any(per_feature != per_feature[:, :1]):
-            raise RemoteProtocolError("the features of a summed histogram disagree on the node's totals", reason="inconsistent-histogram")
+            raise RemoteProtocolError(
+                "the features of a summed histogram disagree on the node's totals", reason="inconsistent-histogram"
+            )
         totals = per_feature[:, 0]
         self.criterion.check_totals(totals)
         choice = self.criterion.best_splits(hist)
@@ -144,7 +148,9 @@ class LevelGrower:
                 if not self.criterion.splittable(totals[e], tree.depth[node]):
                     continue
             elif not np.array_equal(known, totals[e]):
-                raise RemoteProtocolError("a summed histogram disagrees with its node's totals from the parent split", reason="inconsistent-histogram")
+                raise RemoteProtocolError(
+                    "a summed histogram disagrees with its node's totals from the parent split", reason="inconsistent-histogram"
+                )
             slot = int(choice.slot[e])
             if slot < 0:
                 continue

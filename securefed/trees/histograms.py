@@ -44,18 +44,18 @@ import numpy as np
 from securefed.errors import InvalidParameter, LocalProtocolError, RemoteProtocolError
 
 __all__ = [
-    "SIGNED_LIMIT",
     "MAX_FRACTIONAL_BITS",
     "MIN_SIGNIFICANT_BITS",
+    "SIGNED_LIMIT",
     "Layout",
     "check_no_wrap",
+    "class_count_histogram",
+    "decode_sum",
     "fractional_bits",
     "quantise",
-    "class_count_histogram",
+    "secure_sum",
     "stat_histogram",
     "to_uint32",
-    "decode_sum",
-    "secure_sum",
 ]
 
 #: A summed entry must stay strictly inside (-2^31, 2^31) to read back correctly as int32.
@@ -222,4 +222,6 @@ def decode_sum(summed: np.ndarray, layout: Layout) -> np.ndarray:
 def require_non_negative(values: np.ndarray, what: str) -> None:
     """Counts and hessians of honest nodes are never negative: a negative sum means a node sent garbage."""
     if values.size and int(values.min()) < 0:
-        raise RemoteProtocolError(f"summed {what} is negative: some node's input was out of range", reason="inconsistent-histogram")
+        raise RemoteProtocolError(
+            f"summed {what} is negative: some node's input was out of range", reason="inconsistent-histogram"
+        )

@@ -35,7 +35,7 @@ from securefed.trees.binning import Bins
 from securefed.trees.grow import FinishedTree
 from securefed.trees.structure import check_tree, route
 
-__all__ = ["TreeEnsemble", "MODEL_FORMAT", "MODEL_VERSION", "KINDS", "LOSSES"]
+__all__ = ["KINDS", "LOSSES", "MODEL_FORMAT", "MODEL_VERSION", "TreeEnsemble"]
 
 MODEL_FORMAT = "securefed-trees"
 MODEL_VERSION = 1
@@ -92,7 +92,11 @@ class TreeEnsemble:
             if self.loss not in LOSSES:
                 raise InvalidParameter(f"boosting loss must be one of {list(LOSSES)}, got {self.loss!r}")
             wanted = 0 if self.loss == "squared_error" else (2 if self.loss == "logistic" else None)
-            if not isinstance(self.n_classes, int) or (wanted is not None and self.n_classes != wanted) or (wanted is None and self.n_classes < 2):
+            if (
+                not isinstance(self.n_classes, int)
+                or (wanted is not None and self.n_classes != wanted)
+                or (wanted is None and self.n_classes < 2)
+            ):
                 raise InvalidParameter(f"a {self.loss} model has the wrong n_classes {self.n_classes!r}")
         for name, dtype in _ARRAYS.items():
             if name.startswith("bins_"):
@@ -166,7 +170,9 @@ class TreeEnsemble:
         """Tree ``t``'s arrays (local child indices, int64)."""
         part = slice(int(self.tree_offsets[t]), int(self.tree_offsets[t + 1]))
         as_int = lambda a: a[part].astype(np.int64)  # noqa: E731
-        return FinishedTree(as_int(self.feature), as_int(self.threshold_bin), as_int(self.left), as_int(self.right), self.value[part].copy())
+        return FinishedTree(
+            as_int(self.feature), as_int(self.threshold_bin), as_int(self.left), as_int(self.right), self.value[part].copy()
+        )
 
     def leaves(self, X: np.ndarray) -> np.ndarray:
         """The leaf (local node index) every row reaches in every tree: trees x rows."""
@@ -223,7 +229,9 @@ class TreeEnsemble:
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Numeric arrays only (metadata as UTF-8 JSON in uint8 ``meta``): safe for ``np.savez``/``allow_pickle=False``."""
         meta = json.dumps(self.metadata(), sort_keys=True).encode("utf-8")
-        arrays = {name: np.array(getattr(self, name), dtype=dtype) for name, dtype in _ARRAYS.items() if not name.startswith("bins_")}
+        arrays = {
+            name: np.array(getattr(self, name), dtype=dtype) for name, dtype in _ARRAYS.items() if not name.startswith("bins_")
+        }
         arrays["bins_low"] = np.asarray(self.bins.low, dtype=np.float64)
         arrays["bins_high"] = np.asarray(self.bins.high, dtype=np.float64)
         if self.bins.edges is not None:  # bins at secure quantiles: features x (n_bins - 1)

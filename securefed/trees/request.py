@@ -41,11 +41,11 @@ from securefed.trees.structure import check_tree, route
 __all__ = [
     "COMPUTATIONS",
     "REQUEST_VERSION",
-    "HistogramRequest",
     "CheckedTree",
+    "HistogramRequest",
     "check_request_tree",
-    "frontier_lookup",
     "entry_of_row",
+    "frontier_lookup",
 ]
 
 REQUEST_VERSION = 1
@@ -115,7 +115,9 @@ class HistogramRequest:
             raise InvalidParameter(f"unknown tree computation {got!r}; known: {sorted(COMPUTATIONS)}")
         data = check_keys(f"a {raw['computation']} request", raw, COMPUTATIONS[raw["computation"]])
         if data["version"] != REQUEST_VERSION or not is_int(data["version"]):
-            raise InvalidParameter(f"request version {data['version']!r} is not supported; this node speaks version {REQUEST_VERSION}")
+            raise InvalidParameter(
+                f"request version {data['version']!r} is not supported; this node speaks version {REQUEST_VERSION}"
+            )
         if not isinstance(data["params"], dict):
             raise InvalidParameter("request params must be a JSON object")
         fields: dict = {"computation": data["computation"], "params": data["params"]}
@@ -139,7 +141,9 @@ class HistogramRequest:
                 raise InvalidParameter("request base_score must be a non-empty list of finite numbers")
             fields["base_score"] = tuple(float(v) for v in base)
             rounds = _list("previous", data["previous"])
-            fields["previous"] = tuple(tuple(_tree_json(t, with_value=True) for t in _list("a previous round", r)) for r in rounds)
+            fields["previous"] = tuple(
+                tuple(_tree_json(t, with_value=True) for t in _list("a previous round", r)) for r in rounds
+            )
             digest = data["model_digest"]
             if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
                 raise InvalidParameter("request model_digest must be 64 lowercase hex digits")

@@ -30,7 +30,7 @@ import numpy as np
 from securefed.errors import InvalidParameter
 from securefed.trees.histograms import require_non_negative
 
-__all__ = ["SplitChoice", "ClassCriterion", "GradientCriterion", "CRITERIA"]
+__all__ = ["CRITERIA", "ClassCriterion", "GradientCriterion", "SplitChoice"]
 
 #: Forest impurity criteria.
 CRITERIA = ("gini", "entropy")

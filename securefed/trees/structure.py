@@ -47,7 +47,9 @@ def check_tree(
     return depth
 
 
-def route(codes: np.ndarray, feature: np.ndarray, bin_: np.ndarray, left: np.ndarray, right: np.ndarray, depth: int) -> np.ndarray:
+def route(
+    codes: np.ndarray, feature: np.ndarray, bin_: np.ndarray, left: np.ndarray, right: np.ndarray, depth: int
+) -> np.ndarray:
     """The node each row ends in (a leaf or an open node) of a checked tree of the given maximum depth."""
     node = np.zeros(codes.shape[0], dtype=np.int64)
     rows = np.arange(codes.shape[0])

@@ -76,14 +76,14 @@ from securefed.secagg.messages import (
 )
 
 __all__ = [
-    "VERSION",
-    "Limits",
     "DEFAULT_LIMITS",
+    "MAX_SPEC_DEPTH",
     "MESSAGE_TYPES",
     "REASONS",
-    "MAX_SPEC_DEPTH",
-    "encode",
+    "VERSION",
+    "Limits",
     "decode",
+    "encode",
     "max_message_size",
 ]
 

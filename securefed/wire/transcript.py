@@ -20,7 +20,7 @@ from securefed.errors import InvalidParameter, RemoteProtocolError
 from securefed.federation.messages import Envelope
 from securefed.wire.codec import decode
 
-__all__ = ["TranscriptWriter", "TranscriptRecord", "read_transcript"]
+__all__ = ["TranscriptRecord", "TranscriptWriter", "read_transcript"]
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class TranscriptRecord:
 
 class TranscriptWriter:
     def __init__(self, path: str | Path) -> None:
-        self._file: BinaryIO = open(path, "ab")  # noqa: SIM115 - closed by close()
+        self._file: BinaryIO = open(path, "ab")
 
     def write(self, direction: str, node: str, frames: Sequence[bytes]) -> None:
         name = node.encode("utf-8")

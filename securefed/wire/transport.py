@@ -56,7 +56,7 @@ from securefed.wire.codec import DEFAULT_LIMITS, Limits, decode, encode, max_mes
 from securefed.wire.keys import CurveKeyPair
 from securefed.wire.transcript import TranscriptWriter
 
-__all__ = ["CoordinatorSocket", "NodeSocket", "HEARTBEAT_IVL_MS", "HEARTBEAT_TIMEOUT_MS", "HANDSHAKE_ADVICE_AFTER"]
+__all__ = ["HANDSHAKE_ADVICE_AFTER", "HEARTBEAT_IVL_MS", "HEARTBEAT_TIMEOUT_MS", "CoordinatorSocket", "NodeSocket"]
 
 log = logging.getLogger(__name__)
 
@@ -346,9 +346,7 @@ class CoordinatorSocket:
         try:
             self._socket.send_multipart([route, *frames], zmq.NOBLOCK)
         except zmq.ZMQError as exc:  # queue full or peer gone: the protocol treats it as a dropout
-            self._send_warnings.warn(
-                node, "send-failed", "could not send %s to %s: %s", type(envelope.body).__name__, node, exc
-            )
+            self._send_warnings.warn(node, "send-failed", "could not send %s to %s: %s", type(envelope.body).__name__, node, exc)
             return False
         self.bytes_sent += _size(frames)
         if self._transcript is not None:

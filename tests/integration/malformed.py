@@ -35,7 +35,9 @@ def _with_header(frames: Message, change) -> Message:
     return [frames[0], frames[1], json.dumps(header).encode(), *frames[3:]]
 
 
-def _common(rng: random.Random, sample: Message, array_sample: Message, array_field: str, dtype: str) -> list[tuple[Message, str]]:
+def _common(
+    rng: random.Random, sample: Message, array_sample: Message, array_field: str, dtype: str
+) -> list[tuple[Message, str]]:
     """Malformations that apply to either direction; ``array_sample`` carries one array frame."""
     out: list[tuple[Message, str]] = []
     # Random multipart noise: the frame count alone decides the reason.

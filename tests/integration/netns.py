@@ -35,7 +35,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Host", "Network", "NetnsError", "established_peers", "unavailable_reason"]
+__all__ = ["Host", "NetnsError", "Network", "established_peers", "unavailable_reason"]
 
 _IP_TIMEOUT = 30.0
 #: ``ip`` is in /usr/sbin or /sbin, which a non-login root shell's PATH may lack.

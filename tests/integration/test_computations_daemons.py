@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from coordinator.config import load_coordinator_config
 from node.config import load_node_config
 from securefed.audit.log import authentic_entries, verify_log
 from securefed.crypto.identity import SigningKey
@@ -40,7 +39,12 @@ def _federation(tmp_path, digits, split, task: dict, policy: dict) -> Federation
     base = {"features": list(digits.dataset.feature_names), "classes": list(digits.dataset.classes), "min_nodes": 3}
     deadlines = {stage: 2 * floor for stage, floor in DEADLINE_FLOORS.items()}
     local = LocalFederation.create(
-        tmp_path / task["name"], node_data, list(digits.dataset.feature_names), {**task, **base}, deadlines=deadlines, policy=policy
+        tmp_path / task["name"],
+        node_data,
+        list(digits.dataset.feature_names),
+        {**task, **base},
+        deadlines=deadlines,
+        policy=policy,
     )
     return Federation(local, NAMES, digits, {**task, **base}, deadlines, training=1.0)
 
@@ -95,7 +99,9 @@ def _grow_forest(federation: Federation, split) -> None:
         assert len({r["computation"]["request_sha256"] for r in steps}) == len(steps)
 
 
-def test_analytics_over_the_daemons_match_numpy_and_a_site_refuses_what_its_policy_does_not_allow(tmp_path, digits, raw_split) -> None:
+def test_analytics_over_the_daemons_match_numpy_and_a_site_refuses_what_its_policy_does_not_allow(
+    tmp_path, digits, raw_split
+) -> None:
     low, high = [0.0] * 64, [16.0] * 64  # digits' pixels are 0..16
     covariance = {"max_nodes": 10, "max_rows": 5000, "low": low, "high": high}
     task = {
@@ -117,11 +123,13 @@ def test_analytics_over_the_daemons_match_numpy_and_a_site_refuses_what_its_poli
 
 def _run_analytics(federation: Federation, split) -> None:
     strict = federation.fed.node_configs["site-3"]
-    strict.write_text(strict.read_text().replace('allowed_computations = ["count", "covariance"]', 'allowed_computations = ["count"]'))
+    strict.write_text(
+        strict.read_text().replace('allowed_computations = ["count", "covariance"]', 'allowed_computations = ["count"]')
+    )
     federation.start_coordinator()
     federation.start_nodes()
     federation.wait_until(
-        lambda: any(reason == "computation-not-allowed" for reason, in federation.query("SELECT reason FROM refusals")),
+        lambda: any(reason == "computation-not-allowed" for (reason,) in federation.query("SELECT reason FROM refusals")),
         timeout=STARTUP_BUDGET + 60,
         what="site-3 refusing the covariance",
     )
@@ -138,7 +146,9 @@ def _run_analytics(federation: Federation, split) -> None:
     federation.stop_all()
 
     # With the site's policy widened, the same state finishes the task (the count is not asked again).
-    strict.write_text(strict.read_text().replace('allowed_computations = ["count"]', 'allowed_computations = ["count", "covariance"]'))
+    strict.write_text(
+        strict.read_text().replace('allowed_computations = ["count"]', 'allowed_computations = ["count", "covariance"]')
+    )
     federation.start_coordinator()
     federation.start_nodes()
     assert federation.wait_coordinator_exit(timeout=STARTUP_BUDGET + 120) == 0, federation.diagnostics()

@@ -56,10 +56,10 @@ def test_the_walkthrough_runs_as_written(tmp_path):
         timeout=600,
     )
     trial = tmp_path / "trial"
-    logs = "\n".join(
-        f"--- {log.relative_to(tmp_path)}\n{log.read_text()[-3000:]}" for log in sorted(trial.glob("*/daemon.log"))
+    logs = "\n".join(f"--- {log.relative_to(tmp_path)}\n{log.read_text()[-3000:]}" for log in sorted(trial.glob("*/daemon.log")))
+    assert result.returncode == 0, (
+        f"exit {result.returncode}\nstdout:\n{result.stdout[-5000:]}\nstderr:\n{result.stderr[-5000:]}\n{logs}"
     )
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout[-5000:]}\nstderr:\n{result.stderr[-5000:]}\n{logs}"
 
     out = result.stdout
     # Every config checked out, and the task ran all its rounds and said so.

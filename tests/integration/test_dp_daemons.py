@@ -52,10 +52,7 @@ def _ledger_rows(federation, name: str) -> list[tuple[str, int, int, float]]:
 
 def _dp_rounds(federation) -> list[dict]:
     rows = federation.query("SELECT round, aggregation, participants, survivors, epsilon FROM rounds ORDER BY round")
-    return [
-        {"round": r, "aggregation": a, "participants": p, "survivors": json.loads(s), "epsilon": e}
-        for r, a, p, s, e in rows
-    ]
+    return [{"round": r, "aggregation": a, "participants": p, "survivors": json.loads(s), "epsilon": e} for r, a, p, s, e in rows]
 
 
 def _set_policy(federation, name: str, key: str, value: float) -> None:
@@ -77,9 +74,7 @@ def _plan(federation, n: int, threshold: int):
 def test_dp_task_over_daemons_records_epsilon_and_every_nodes_ledger(launch) -> None:
     """4 nodes, 3 DP rounds: epsilon history increasing and within the target, one ledger row per round joined,
     and ``securefed node ledger`` shows the rows and what is left."""
-    federation = launch(
-        n_nodes=4, rounds=3, dp=dict(DP), evaluate=False, policy={"max_epsilon": 4.0, "delta": DELTA}
-    )
+    federation = launch(n_nodes=4, rounds=3, dp=dict(DP), evaluate=False, policy={"max_epsilon": 4.0, "delta": DELTA})
     federation.start_coordinator()
     federation.start_nodes()
     assert federation.wait_coordinator_exit(timeout=federation.time_budget(3)) == 0, federation.diagnostics()
@@ -126,9 +121,7 @@ def test_dp_task_over_daemons_records_epsilon_and_every_nodes_ledger(launch) -> 
 
 
 def test_node_whose_budget_is_below_one_round_refuses_every_round_and_the_task_goes_on(launch) -> None:
-    federation = launch(
-        n_nodes=4, rounds=2, dp=dict(DP), evaluate=False, policy={"max_epsilon": 4.0, "delta": DELTA}
-    )
+    federation = launch(n_nodes=4, rounds=2, dp=dict(DP), evaluate=False, policy={"max_epsilon": 4.0, "delta": DELTA})
     plan = _plan(federation, 4, 3)
     one_round = plan.epsilon(1, DELTA)
     _set_policy(federation, "site-4", "max_epsilon", round(one_round / 2, 3))
@@ -249,7 +242,9 @@ def test_kill_9_during_rounds_never_leaves_spent_epsilon_unrecorded(launch) -> N
             moment = "random"
         completed = [r["aggregation"] for r in _dp_rounds(federation)]
         federation.kill(victim)
-        kills.append({"victim": victim, "moment": moment, "aggregation": aggregation, "done-before-kill": aggregation in completed})
+        kills.append(
+            {"victim": victim, "moment": moment, "aggregation": aggregation, "done-before-kill": aggregation in completed}
+        )
         federation.start_node(victim)
         next_round = round_number + 2
 
@@ -291,9 +286,7 @@ def test_node_restarts_after_a_crash_between_audit_append_and_head_checkpoint(la
     finally:
         state.close()
     process = federation.start_node(name)
-    federation.wait_until(
-        lambda: "connecting to" in federation.log(name) or process.poll() is not None, 30, f"{name} to start"
-    )
+    federation.wait_until(lambda: "connecting to" in federation.log(name) or process.poll() is not None, 30, f"{name} to start")
     assert process.poll() is None and "connecting to" in federation.log(name), federation.log(name)[-1500:]
 
 

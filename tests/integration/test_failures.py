@@ -16,7 +16,6 @@ tests/unit/test_coordinator_recovery.py covers that case.)
 from __future__ import annotations
 
 import os
-import re
 import signal
 import time
 
@@ -127,7 +126,9 @@ def test_node_killed_mid_round_and_restarted_the_task_still_finishes(launch, mon
 
     budget = federation.time_budget(rounds_total)
     coordinator = federation.processes["coordinator"]
-    federation.wait_until(lambda: coordinator.poll() is not None, budget, f"the task to finish after {victim} was killed and restarted")
+    federation.wait_until(
+        lambda: coordinator.poll() is not None, budget, f"the task to finish after {victim} was killed and restarted"
+    )
     assert coordinator.returncode == 0, federation.diagnostics()
     rounds = federation.rounds()
     assert [row["round"] for row in rounds] == list(range(1, rounds_total + 1)), federation.diagnostics()
@@ -156,9 +157,7 @@ def test_coordinator_killed_mid_round_resumes_after_restart(launch) -> None:
     first_model = federation.model(1)
     assert first_model is not None
     interrupted = [a for a in federation.attempts() if a["aggregation"] == killed_aggregation]
-    assert interrupted == [
-        {"aggregation": killed_aggregation, "round": 2, "phase": "train", "status": "running", "detail": ""}
-    ]
+    assert interrupted == [{"aggregation": killed_aggregation, "round": 2, "phase": "train", "status": "running", "detail": ""}]
     for name in federation.names:
         assert federation.alive(name), f"{name} died with the coordinator\n{federation.diagnostics()}"
 

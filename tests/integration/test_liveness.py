@@ -28,9 +28,9 @@ import time
 import pytest
 import zmq
 
-from securefed.federation.messages import Envelope, Hello
 from securefed.crypto.identity import SigningKey
 from securefed.errors import RemoteProtocolError
+from securefed.federation.messages import Envelope, Hello
 from securefed.logging_setup import SUMMARY_INTERVAL, PeerWarnings
 from securefed.wire.codec import decode, encode
 from securefed.wire.keys import CurveKeyPair
@@ -40,7 +40,7 @@ from securefed.wire.transport import (
     HEARTBEAT_TIMEOUT_MS,
     CoordinatorSocket,
 )
-from tests.integration.conftest import DEADLINE_HEADROOM, SLOW_MLP, STARTUP_BUDGET, derive_deadlines, timed
+from tests.integration.conftest import DEADLINE_HEADROOM, SLOW_MLP, STARTUP_BUDGET, timed
 
 pytestmark = pytest.mark.integration
 
@@ -65,9 +65,7 @@ def _closed_at(log: str, aggregation: int, stage: str) -> float | None:
 def _wait_shares_dealt(federation, aggregation: int) -> None:
     """Every node has dealt its shares (the share stage closed): they all train now."""
     timeout = sum(federation.deadlines[s] for s in ("advertise", "reveal", "share")) + STARTUP_BUDGET
-    match = federation.wait_log(
-        "coordinator", rf"aggregation {aggregation}: (share closed at|\w+ deadline passed)", timeout
-    )
+    match = federation.wait_log("coordinator", rf"aggregation {aggregation}: (share closed at|\w+ deadline passed)", timeout)
     assert "closed" in match.group(1), f"not every node dealt its shares in time:\n{federation.diagnostics()}"
 
 
@@ -257,7 +255,9 @@ def test_a_node_that_cannot_connect_says_what_to_check(launch) -> None:
 
     # Nothing listens yet.
     federation.start_node(nobody)
-    federation.wait_log(nobody, r"no working connection to the coordinator at \S+ after \d+ s: nothing accepts connections", budget)
+    federation.wait_log(
+        nobody, r"no working connection to the coordinator at \S+ after \d+ s: nothing accepts connections", budget
+    )
 
     # A fresh CURVE key the coordinator has never heard of.
     fresh = CurveKeyPair.generate()

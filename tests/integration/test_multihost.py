@@ -44,7 +44,7 @@ import pytest
 from securefed.learning.datasets import load_bundled, train_test_split_stratified
 from securefed.localfed import toml_value
 from tests.integration.conftest import STARTUP_BUDGET, Digits, Federation, StepTimes, derive_deadlines
-from tests.integration.netns import IP, Host, Network, NetnsError, established_peers, unavailable_reason
+from tests.integration.netns import IP, Host, NetnsError, Network, established_peers, unavailable_reason
 
 pytestmark = [pytest.mark.integration, pytest.mark.multihost]
 
@@ -98,9 +98,7 @@ def network() -> Iterator[Network]:
 
 
 @pytest.fixture
-def deployment(
-    tmp_path: Path, network: Network, breast_cancer: Digits, breast_cancer_times: StepTimes
-) -> Iterator[Federation]:
+def deployment(tmp_path: Path, network: Network, breast_cancer: Digits, breast_cancer_times: StepTimes) -> Iterator[Federation]:
     """Four hosts set up by their operators per docs/deployment.md, wrapped in conftest's Federation harness."""
     site = Deployment(tmp_path, network, breast_cancer, breast_cancer_times)
     federation = Federation(site, list(SITES), breast_cancer, site.task, site.deadlines, site.training_time)
@@ -121,9 +119,7 @@ def securefed_command() -> list[str]:
 
 def run_on(host: Host, argv: list[str], timeout: float) -> str:
     """Run a command on ``host`` to completion; its stdout (fails the test with both streams otherwise)."""
-    result = subprocess.run(
-        host.command(argv), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
-    )
+    result = subprocess.run(host.command(argv), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     if result.returncode != 0:
         pytest.fail(f"on {host.role}: {' '.join(argv)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result.stdout

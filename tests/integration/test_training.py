@@ -74,4 +74,3 @@ def test_small_task_completes_with_every_node_in_every_round(launch) -> None:
     assert initial is not None and not np.allclose(weights, initial)  # it did train
     held_out = adapter.evaluate(weights, digits.split.X_test, digits.split.y_test).accuracy
     assert held_out > 0.8, f"held-out accuracy of the federated model is only {held_out:.3f}"
-

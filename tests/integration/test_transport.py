@@ -147,7 +147,9 @@ def test_unknown_curve_key_and_plain_socket_are_refused(launch, zmq_context) -> 
             pass
 
     assert federation.alive("coordinator"), federation.diagnostics()
-    after = federation.wait_until(lambda: (s := federation.status()) and s["updated_at"] > refused["updated_at"] and s, 5, "a fresh status")
+    after = federation.wait_until(
+        lambda: (s := federation.status()) and s["updated_at"] > refused["updated_at"] and s, 5, "a fresh status"
+    )
     assert after["connected_nodes"] == [], after  # no intruder (nor the silent control) counts as a node
     assert after["dropped_messages"].get("unauthenticated", 0) == 0, after  # nothing got past the handshake
 
@@ -320,7 +322,7 @@ def test_node_reconnects_after_an_oversized_frame(launch, zmq_context) -> None:
     while greeted is None and time.monotonic() < deadline:
         frames = greeting()
         greeted = frames if frames is not None and frames[0] != route else None
-    assert greeted is not None, (
-        f"{victim} never reconnected after the oversized frame:\n" + "\n".join(federation.log(victim).splitlines()[-5:])
+    assert greeted is not None, f"{victim} never reconnected after the oversized frame:\n" + "\n".join(
+        federation.log(victim).splitlines()[-5:]
     )
     assert federation.alive(victim)

@@ -71,54 +71,54 @@ from securefed.secagg.messages import MaskedInput
 from tests.privacy_audit import reference_accountant as reference
 
 __all__ = [
-    "CheckResult",
-    "CLIPPING",
-    "AGGREGATE_NOISE",
-    "NOISE_CALIBRATION",
     "ACCOUNTANT_GAUSSIAN",
     "ACCOUNTANT_SKELLAM",
+    "AGGREGATE_NOISE",
     "BUDGET_REFUSAL",
-    "NODE_BUDGET_REFUSAL",
+    "CLIPPING",
+    "CLIPPING_CONFIGS",
     "EMPIRICAL_AUDIT",
+    "GAUSSIAN_GOLDEN",
+    "GDP_AUDIT",
+    "NODE_BUDGET_REFUSAL",
+    "NOISE_CALIBRATION",
+    "PRODUCTION_NOISE",
+    "PRODUCTION_POINTS",
+    "REFERENCE_ACCOUNTANT",
+    "REFERENCE_SCENARIOS",
+    "ROUNDING_MODES",
+    "CheckResult",
+    "DpFederation",
+    "EmpiricalAudit",
+    "GdpAudit",
+    "ReferenceRuns",
     "RoundingOnly",
+    "adversarial_updates",
+    "aggregate_noise_samples",
+    "auc_with_standard_error",
+    "check_aggregate_noise",
+    "check_budget_refusal",
+    "check_clipping",
+    "check_gaussian_accountant",
+    "check_node_budget_refusal",
+    "check_noise_calibration",
+    "check_production_noise",
+    "check_reference_accountant",
+    "check_skellam_accountant",
+    "clopper_pearson",
     "contribution",
     "contribution_within_bounds",
-    "adversarial_updates",
-    "check_clipping",
-    "aggregate_noise_samples",
-    "skellam_goodness_of_fit",
-    "check_aggregate_noise",
-    "check_noise_calibration",
-    "GAUSSIAN_GOLDEN",
-    "check_gaussian_accountant",
-    "reference_skellam_rdp",
-    "reference_skellam_rdp_real_domain",
+    "honest_survivors",
+    "modular_sum",
+    "production_plan",
     "reference_rdp_to_epsilon",
     "reference_skellam_epsilon",
-    "check_skellam_accountant",
-    "check_budget_refusal",
-    "check_node_budget_refusal",
-    "clopper_pearson",
-    "EmpiricalAudit",
-    "modular_sum",
+    "reference_skellam_rdp",
+    "reference_skellam_rdp_real_domain",
     "run_empirical_audit",
-    "ROUNDING_MODES",
-    "CLIPPING_CONFIGS",
-    "REFERENCE_ACCOUNTANT",
-    "PRODUCTION_NOISE",
-    "GDP_AUDIT",
-    "DpFederation",
-    "ReferenceRuns",
-    "REFERENCE_SCENARIOS",
-    "run_reference_scenarios",
-    "check_reference_accountant",
-    "PRODUCTION_POINTS",
-    "honest_survivors",
-    "production_plan",
-    "check_production_noise",
-    "auc_with_standard_error",
-    "GdpAudit",
     "run_gdp_audit",
+    "run_reference_scenarios",
+    "skellam_goodness_of_fit",
 ]
 
 # Check names: what the report shows, and what a canary names as ``caught_by``.
@@ -189,9 +189,7 @@ def contribution(params: SkellamParameters, update: np.ndarray, source: NoiseSou
     return encoded.view(np.int32).astype(np.int64)
 
 
-def contribution_within_bounds(
-    params: SkellamParameters, update: np.ndarray, source: NoiseSource
-) -> tuple[bool, float, str]:
+def contribution_within_bounds(params: SkellamParameters, update: np.ndarray, source: NoiseSource) -> tuple[bool, float, str]:
     """Exact check of one contribution against the documented and the charged L2/L1 sensitivity.
 
     Returns (within bounds, L2 norm / L2 bound, detail).
@@ -354,13 +352,17 @@ def check_aggregate_noise(
         variance = survivors * params.node_variance
         statistic, dof, p = skellam_goodness_of_fit(values, variance)
         z = _variance_z(values, params.total_variance)
-        parts.append(f"s={survivors}: Skellam(var {variance:g}) chi2={statistic:.1f}/{dof} dof p={p:.3g}, sample var {np.var(values):.1f}")
+        parts.append(
+            f"s={survivors}: Skellam(var {variance:g}) chi2={statistic:.1f}/{dof} dof p={p:.3g}, sample var {np.var(values):.1f}"
+        )
         if p < alpha:
             failures.append(f"s={survivors}: {values.size} sums do not fit Skellam(var {variance:g}) (chi2 p={p:.2g})")
         if variance < params.total_variance:
             failures.append(f"s={survivors}: variance {variance:g} < calibrated {params.total_variance:g}")
         if z < -4:
-            failures.append(f"s={survivors}: sample variance {np.var(values):.1f} is below calibrated {params.total_variance:g} (z={z:.1f})")
+            failures.append(
+                f"s={survivors}: sample variance {np.var(values):.1f} is below calibrated {params.total_variance:g} (z={z:.1f})"
+            )
     return _result(AGGREGATE_NOISE, promise, failures, f"{samples} coordinates per s; " + "; ".join(parts))
 
 
@@ -412,13 +414,17 @@ def check_noise_calibration(
         label = f"eps={target:g} x{rounds} C={clip_norm:g} d={dimension} n={n} t={t} c={c}"
         parts.append(f"{label}: (t-c) x node var / needed = {worst_case / needed:.4f}, eps {epsilon:.4f}")
         if epsilon > target * (1 + 1e-9) or worst_case < needed * (1 - 1e-6):
-            failures.append(f"{label}: t - c honest survivors carry variance {worst_case:.6g} < needed {needed:.6g} (eps {epsilon:.4f} > {target:g})")
+            failures.append(
+                f"{label}: t - c honest survivors carry variance {worst_case:.6g} < needed {needed:.6g} (eps {epsilon:.4f} > {target:g})"
+            )
         if worst_case < 1e6:  # well resolved in integers: measure it
             values = aggregate_noise_samples(plan, honest, samples, seed)
             z = _variance_z(values, needed)
             parts.append(f"{label}: measured variance {np.var(values):.1f} vs needed {needed:.1f} (z={z:+.2f})")
             if z < -4:
-                failures.append(f"{label}: measured variance with t - c honest survivors {np.var(values):.1f} < needed {needed:.1f} (z={z:.1f})")
+                failures.append(
+                    f"{label}: measured variance with t - c honest survivors {np.var(values):.1f} < needed {needed:.1f} (z={z:.1f})"
+                )
     return _result(NOISE_CALIBRATION, promise, failures, "; ".join(parts))
 
 
@@ -474,13 +480,16 @@ def reference_rdp_to_epsilon(orders: Sequence[float], rdp: Sequence[float], delt
 REFERENCE_ORDERS: tuple[int, ...] = reference.ORDERS
 
 
-def reference_skellam_epsilon(releases: Sequence[SkellamRelease], delta: float, orders: Sequence[int] = REFERENCE_ORDERS) -> float:
+def reference_skellam_epsilon(
+    releases: Sequence[SkellamRelease], delta: float, orders: Sequence[int] = REFERENCE_ORDERS
+) -> float:
     """epsilon(delta) of the composition: RDP adds up over releases."""
     return reference.epsilon([reference.Release(r.variance, r.l2_sensitivity, r.l1_sensitivity) for r in releases], delta, orders)
 
 
 def _reference_releases() -> list[tuple[str, SkellamRelease, float]]:
     """(label, release, scale): realistic scales, both branches of the min, small and large multipliers."""
+
     def at(multiplier: float, d2: float, d1: float) -> SkellamRelease:
         return SkellamRelease((multiplier * d2) ** 2, d2, d1)
 
@@ -520,7 +529,9 @@ def check_skellam_accountant(delta: float = 1e-5) -> CheckResult:
             got = accountant.skellam_epsilon([release] * rounds, delta)
             same_orders = reference_rdp_to_epsilon(orders, [rounds * r for r in paper], delta)
             dense = reference_skellam_epsilon([release] * rounds, delta)
-            gaussian = reference_rdp_to_epsilon(REFERENCE_ORDERS, [rounds * a * d2 * d2 / (2 * v) for a in REFERENCE_ORDERS], delta)
+            gaussian = reference_rdp_to_epsilon(
+                REFERENCE_ORDERS, [rounds * a * d2 * d2 / (2 * v) for a in REFERENCE_ORDERS], delta
+            )
             parts.append(f"{label} x{rounds}: eps {got:.5f} (reference {same_orders:.5f}, dense orders {dense:.5f})")
             if not math.isclose(got, same_orders, rel_tol=1e-9, abs_tol=1e-12):
                 failures.append(f"{label} x{rounds}: skellam_epsilon {got:.6f} != reference conversion {same_orders:.6f}")
@@ -530,7 +541,9 @@ def check_skellam_accountant(delta: float = 1e-5) -> CheckResult:
                 failures.append(f"{label} x{rounds}: skellam_epsilon {got:.6f} below the Gaussian RDP bound {gaussian:.6f}")
             floor, classic = reference.gaussian_floor([mine] * rounds, delta), reference.epsilon_classic([mine] * rounds, delta)
             if not floor * (1 - 1e-9) <= got <= classic * (1 + 1e-9):
-                failures.append(f"{label} x{rounds}: skellam_epsilon {got:.6f} outside [exact Gaussian {floor:.6f}, classic {classic:.6f}]")
+                failures.append(
+                    f"{label} x{rounds}: skellam_epsilon {got:.6f} outside [exact Gaussian {floor:.6f}, classic {classic:.6f}]"
+                )
     return _result(ACCOUNTANT_SKELLAM, promise, failures, "; ".join(parts))
 
 
@@ -629,7 +642,22 @@ def check_node_budget_refusal(directory: Path, max_epsilon: float = 1.0, delta: 
 
     def round_start(number: int) -> RoundStart:
         spec = RoundSpec(
-            "task", number, "train", "sgd_logistic", {}, 3, (0, 1), 1, 0.1, 8, 1.0, 16, 1000, t, None, True,
+            "task",
+            number,
+            "train",
+            "sgd_logistic",
+            {},
+            3,
+            (0, 1),
+            1,
+            0.1,
+            8,
+            1.0,
+            16,
+            1000,
+            t,
+            None,
+            True,
             plan.to_spec(delta, 0.45 * max_epsilon, 1),
         )
         return RoundStart(1, cohort, spec.to_json(), np.zeros(adapter.parameter_count))
@@ -701,7 +729,9 @@ def clopper_pearson(successes: int, trials: int, alpha: float) -> tuple[float, f
     return low, high
 
 
-def _epsilon_bound(positives: int, in_trials: int, false_positives: int, out_trials: int, delta: float, alpha: float) -> tuple[float, float, float]:
+def _epsilon_bound(
+    positives: int, in_trials: int, false_positives: int, out_trials: int, delta: float, alpha: float
+) -> tuple[float, float, float]:
     """(eps lower bound, TPR lower bound, FPR upper bound) from (eps, delta)-DP's TPR <= e^eps FPR + delta."""
     tpr_low, _ = clopper_pearson(positives, in_trials, alpha)
     _, fpr_high = clopper_pearson(false_positives, out_trials, alpha)
@@ -890,7 +920,7 @@ class DpFederation:
         ledgers: dict[str, PrivacyLedger] | None = None,
         keys: dict[str, SigningKey] | None = None,
     ) -> None:
-        from tests.inprocess import Clock, Hub  # noqa: PLC0415
+        from tests.inprocess import Clock, Hub
 
         self.directory = Path(directory)
         self.names = list(names)
@@ -910,15 +940,24 @@ class DpFederation:
         self.entries = [NodeEntry(name, b"k" * 32, self.roster[name]) for name in self.names]
         self.coordinator = self._coordinator()
         self.owned_ledgers = ledgers is None
-        self.ledgers = ledgers if ledgers is not None else {
-            name: PrivacyLedger(self.directory / name / "ledger.sqlite", policy.budget()) for name in self.names
-        }
+        self.ledgers = (
+            ledgers
+            if ledgers is not None
+            else {name: PrivacyLedger(self.directory / name / "ledger.sqlite", policy.budget()) for name in self.names}
+        )
         self.states = {name: NodeState(self.directory / name / f"{task}-node.sqlite") for name in self.names}
         self.log_paths = {name: self.directory / name / f"{task}-audit.log" for name in self.names}
         self.nodes = {
             name: Node(
-                name, task, self.hub.node_socket(name), self.keys[name], self.roster,
-                _synthetic_dataset(i, features, classes), self.states[name], policy, clock=self.clock,
+                name,
+                task,
+                self.hub.node_socket(name),
+                self.keys[name],
+                self.roster,
+                _synthetic_dataset(i, features, classes),
+                self.states[name],
+                policy,
+                clock=self.clock,
                 ledger=self.ledgers[name],
                 audit_log=AuditLog(self.log_paths[name], self.keys[name], on_append=self.states[name].set_audit_head),
             )  # fmt: skip
@@ -955,7 +994,12 @@ class DpFederation:
         return found
 
     def refusals(self) -> list[str]:
-        return [f"{name}: {e.body.reason} ({e.body.detail})" for name in self.names for e in self.hub.from_node[name] if isinstance(e.body, Refusal)]
+        return [
+            f"{name}: {e.body.reason} ({e.body.detail})"
+            for name in self.names
+            for e in self.hub.from_node[name]
+            if isinstance(e.body, Refusal)
+        ]
 
     def close(self) -> None:
         self.store.close()
@@ -1065,8 +1109,14 @@ def _site_records(federation: DpFederation, *others: DpFederation) -> list[SiteR
         problems = tuple(problem for log in logs for problem in log[name][1])
         sites.append(
             SiteRecord(
-                name, federation.policy, len(federation.roster), parsed, {t: ledger.spent(t) for t in tasks},
-                ledger.spent_total(), receipts, problems,
+                name,
+                federation.policy,
+                len(federation.roster),
+                parsed,
+                {t: ledger.spent(t) for t in tasks},
+                ledger.spent_total(),
+                receipts,
+                problems,
             )  # fmt: skip
         )
     return sites
@@ -1111,7 +1161,11 @@ def run_reference_scenarios(directory: Path, scenarios: Sequence[str] = REFERENC
         def lost(direction: str, node: str, envelope: Envelope) -> bool:
             if direction != "up" or node != "site-5" or not isinstance(envelope.body, MaskedInput):
                 return False
-            starts = [e.body for e in hub.delivered.get(node, []) if e.aggregation == envelope.aggregation and isinstance(e.body, RoundStart)]
+            starts = [
+                e.body
+                for e in hub.delivered.get(node, [])
+                if e.aggregation == envelope.aggregation and isinstance(e.body, RoundStart)
+            ]
             return bool(starts) and starts[0].spec.get("round") == _LOST_INPUT_ROUND
 
         hub.drop = lost
@@ -1155,12 +1209,16 @@ def run_reference_scenarios(directory: Path, scenarios: Sequence[str] = REFERENC
     return ReferenceRuns(tuple(tasks), tuple(sites))
 
 
-def _raw_release(spec: dict, cohort_size: int, dimension: int, setting: int | float | None, roster_size: int) -> tuple[reference.Release, int, int]:
+def _raw_release(
+    spec: dict, cohort_size: int, dimension: int, setting: int | float | None, roster_size: int
+) -> tuple[reference.Release, int, int]:
     """(the reference release, t, c) from a round spec as received, and the colluder setting of who judges it."""
     dp = spec["dp"]
     threshold = int(spec["secagg"]["threshold"])
     c = reference.colluders(setting, max(roster_size, cohort_size))
-    release = reference.release_from_raw(float(dp["node_variance"]), threshold - c, float(dp["clip_norm"]), int(dp["scale_bits"]), dimension)
+    release = reference.release_from_raw(
+        float(dp["node_variance"]), threshold - c, float(dp["clip_norm"]), int(dp["scale_bits"]), dimension
+    )
     return release, threshold, c
 
 
@@ -1206,7 +1264,9 @@ def check_reference_accountant(runs: ReferenceRuns) -> CheckResult:
                 continue
             expected, t, c = _raw_release(spec, cohort, dimension, getattr(task, "max_colluders", None), record.roster_size)
             if int(spec["dp"]["assumed_survivors"]) > t - c:
-                failures.append(f"{where}: noise sized for {spec['dp']['assumed_survivors']} honest survivors, but t - c = {t} - {c} = {t - c}")
+                failures.append(
+                    f"{where}: noise sized for {spec['dp']['assumed_survivors']} honest survivors, but t - c = {t} - {c} = {t - c}"
+                )
             if float(spec["dp"]["clip_norm"]) != float(dp["clip_norm"]) or float(spec["dp"]["delta"]) != float(dp["delta"]):
                 failures.append(f"{where}: spec's clip norm or delta differs from the task's")
             if round_number not in recorded:
@@ -1228,7 +1288,9 @@ def check_reference_accountant(runs: ReferenceRuns) -> CheckResult:
             previous = float(reported)
         if accounted is not None:
             if accounted.epsilon > float(dp["epsilon"]) * (1 + 1e-9):
-                failures.append(f"{record.label}: the reference epsilon {accounted.epsilon:.4f} is above the task's target {dp['epsilon']:g}")
+                failures.append(
+                    f"{record.label}: the reference epsilon {accounted.epsilon:.4f} is above the task's target {dp['epsilon']:g}"
+                )
             parts.append(
                 f"{record.label}: {len(releases)} rounds, coordinator eps {previous:.5f}, reference {accounted.epsilon:.5f} "
                 f"(classic conversion {accounted.classic:.4f}, exact-Gaussian floor {accounted.floor:.4f}), target {dp['epsilon']:g}"
@@ -1253,12 +1315,19 @@ def check_reference_accountant(runs: ReferenceRuns) -> CheckResult:
             if not _same_release(row.charged, expected):
                 failures.append(f"{where}: charged {_show(row.charged)}, reference {_show(expected)} (t={t}, c={c})")
             told = row.mechanism.get("release", {})
-            noted = reference.Release(told.get("variance", math.nan), told.get("l2_sensitivity", math.nan), told.get("l1_sensitivity", math.nan))
+            noted = reference.Release(
+                told.get("variance", math.nan), told.get("l2_sensitivity", math.nan), told.get("l1_sensitivity", math.nan)
+            )
             if not _same_release(noted, row.charged) or row.mechanism.get("dimension") != dimension:
-                failures.append(f"{where}: the row's mechanism record {told}, d={row.mechanism.get('dimension')} differs from its charge")
+                failures.append(
+                    f"{where}: the row's mechanism record {told}, d={row.mechanism.get('dimension')} differs from its charge"
+                )
             so_far.setdefault(row.task, []).append(expected)
             everything.append(expected)
-            for label, value, releases in (("task", row.epsilon_task, so_far[row.task]), ("site total", row.epsilon_total, everything)):
+            for label, value, releases in (
+                ("task", row.epsilon_task, so_far[row.task]),
+                ("site total", row.epsilon_total, everything),
+            ):
                 wrong = reference.account(releases, site.policy.delta).judge(value)
                 if wrong:
                     failures.append(f"{where}: recorded {label} epsilon {wrong}")
@@ -1268,7 +1337,9 @@ def check_reference_accountant(runs: ReferenceRuns) -> CheckResult:
             if wrong:
                 failures.append(f"{site.name}: ledger.spent({task_name!r}) {wrong}")
             if site.policy.max_epsilon is not None and accounted.epsilon > site.policy.max_epsilon * (1 + 1e-9):
-                failures.append(f"{site.name}: {task_name} cost {accounted.epsilon:.4f} by the reference, above the site's limit {site.policy.max_epsilon:g}")
+                failures.append(
+                    f"{site.name}: {task_name} cost {accounted.epsilon:.4f} by the reference, above the site's limit {site.policy.max_epsilon:g}"
+                )
         failures.extend(f"{site.name} audit log: {problem}" for problem in site.log_problems)
         charged_rows = {(row.task, row.aggregation): row for row in site.rows}
         released = {}
@@ -1292,19 +1363,27 @@ def check_reference_accountant(runs: ReferenceRuns) -> CheckResult:
                 failures.append(f"{site.name} receipt {key}: lacks the raw parameters to recompute its release ({exc!r})")
                 continue
             told = dp.get("release", {})
-            noted = reference.Release(told.get("variance", math.nan), told.get("l2_sensitivity", math.nan), told.get("l1_sensitivity", math.nan))
+            noted = reference.Release(
+                told.get("variance", math.nan), told.get("l2_sensitivity", math.nan), told.get("l1_sensitivity", math.nan)
+            )
             if not _same_release(noted, raw):
                 failures.append(f"{site.name} receipt {key}: records {_show(noted)}, its own raw parameters give {_show(raw)}")
             row = charged_rows.get(key)
-            if row is not None and not math.isclose(float(receipt.get("epsilon_task_after") or math.nan), row.epsilon_task, rel_tol=1e-12):
-                failures.append(f"{site.name} receipt {key}: epsilon {receipt.get('epsilon_task_after')} != the ledger's {row.epsilon_task}")
+            if row is not None and not math.isclose(
+                float(receipt.get("epsilon_task_after") or math.nan), row.epsilon_task, rel_tol=1e-12
+            ):
+                failures.append(
+                    f"{site.name} receipt {key}: epsilon {receipt.get('epsilon_task_after')} != the ledger's {row.epsilon_task}"
+                )
         receipts_checked += len(released)
         total = reference.account(everything, site.policy.delta)
         wrong = total.judge(site.spent_total)
         if wrong:
             failures.append(f"{site.name}: ledger.spent_total() {wrong}")
         if site.policy.max_epsilon_total is not None and total.epsilon > site.policy.max_epsilon_total * (1 + 1e-9):
-            failures.append(f"{site.name}: total {total.epsilon:.4f} by the reference, above the site's limit {site.policy.max_epsilon_total:g}")
+            failures.append(
+                f"{site.name}: total {total.epsilon:.4f} by the reference, above the site's limit {site.policy.max_epsilon_total:g}"
+            )
         if len(site.spent) > 1 and site.name in (DEMO_NAMES[0], REPLAN_NAMES[0]):
             parts.append(
                 f"{site.name} (two tasks): site total {site.spent_total:.5f}, reference {total.epsilon:.5f} at delta "
@@ -1375,8 +1454,12 @@ def check_production_noise(
         label = point[0]
         params, honest = production_plan(point)
         if params.node_variance <= 1e8:
-            failures.append(f"{label}: node variance {params.node_variance:.3g} is not production-size; the check proves nothing there")
-        accounted = reference.release_from_raw(params.node_variance, honest, params.clip_norm, params.scale_bits, params.dimension).variance
+            failures.append(
+                f"{label}: node variance {params.node_variance:.3g} is not production-size; the check proves nothing there"
+            )
+        accounted = reference.release_from_raw(
+            params.node_variance, honest, params.clip_norm, params.scale_bits, params.dimension
+        ).variance
         values = aggregate_noise_samples(params, honest, samples, seed + index).astype(np.float64)
         n = values.size
         sample_variance = float(np.var(values, ddof=1))
@@ -1390,9 +1473,13 @@ def check_production_noise(
             f"chi2 {statistic:.1f}/{dof} (p {p_fit:.3g}), excess kurtosis {kurtosis:+.4f} (z {kurtosis_z:+.2f})"
         )
         if z < -Z_ONE_SIDED_1E6:
-            failures.append(f"{label}: sample variance {sample_variance:.6g} < accounted {accounted:.6g} (ratio {sample_variance / accounted:.4f}, z {z:.1f})")
+            failures.append(
+                f"{label}: sample variance {sample_variance:.6g} < accounted {accounted:.6g} (ratio {sample_variance / accounted:.4f}, z {z:.1f})"
+            )
         if p_fit < 1e-6:
-            failures.append(f"{label}: the sums do not fit Skellam(var {accounted:.4g}) (chi2 {statistic:.0f}/{dof}, p {p_fit:.2g})")
+            failures.append(
+                f"{label}: the sums do not fit Skellam(var {accounted:.4g}) (chi2 {statistic:.0f}/{dof}, p {p_fit:.2g})"
+            )
         if abs(kurtosis_z) > Z_TWO_SIDED_1E6:
             failures.append(f"{label}: excess kurtosis {kurtosis:.4f}, the Skellam's is {1 / accounted:.2g} (z {kurtosis_z:.1f})")
     return _result(PRODUCTION_NOISE, promise, failures, "; ".join(parts))

@@ -24,7 +24,7 @@ import types
 
 import numpy as np
 
-from securefed.dp import dpsgd, mechanism
+from securefed.dp import mechanism
 from securefed.dp.noise import NoiseSource
 from securefed.federation import node as node_module
 from tests.privacy_audit.checks_dp import CheckResult, RoundingOnly, _epsilon_bound, _result
@@ -130,10 +130,14 @@ def check_record_noise() -> CheckResult:
     d1 = min(math.sqrt(params.dimension) * d2, d2 * d2)
     orders = list(range(2, 65)) + [80, 96, 128]
     spent = reference_epsilon([(Release(variance, d2, d1), params.sampling_rate)] * p["rounds"], p["delta"], orders)
-    failures = [] if spent <= p["target"] * (1 + 1e-6) else [
-        f"noise from t - c = {honest} honest survivors costs epsilon {spent:.4f} > target {p['target']:g} "
-        f"(per-node variance {params.node_variance:.4g}, plan sized for {params.assumed_survivors})"
-    ]
+    failures = (
+        []
+        if spent <= p["target"] * (1 + 1e-6)
+        else [
+            f"noise from t - c = {honest} honest survivors costs epsilon {spent:.4f} > target {p['target']:g} "
+            f"(per-node variance {params.node_variance:.4g}, plan sized for {params.assumed_survivors})"
+        ]
+    )
     return _result(RECORD_NOISE, "record-level noise is sized for t - c honest survivors", failures,
                    f"reference epsilon of (t - c) V_node over {p['rounds']} rounds at q {params.sampling_rate:.4f}: "
                    f"{spent:.4f} (target {p['target']:g})")  # fmt: skip
@@ -179,6 +183,8 @@ def _single_round_curve(release) -> list[float]:
     from tests.privacy_audit.reference_subsampled import skellam_subsampled_rdp
 
     return [
-        skellam_subsampled_rdp(a, Release(release.variance, release.l2_sensitivity, release.l1_sensitivity), release.sampling_rate)
+        skellam_subsampled_rdp(
+            a, Release(release.variance, release.l2_sensitivity, release.l1_sensitivity), release.sampling_rate
+        )
         for a in range(2, 65)
     ]

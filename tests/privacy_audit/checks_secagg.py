@@ -162,6 +162,8 @@ def _int_seed(seed: bytes | int) -> int:
 @functools.lru_cache(maxsize=8)
 def _identities(n: int, seed: int = 0) -> dict[int, SigningKey]:
     return make_identities(n, seed)
+
+
 # --- results ---------------------------------------------------------------------------------
 
 
@@ -348,9 +350,7 @@ class Transcript:
     configs: dict[int, RoundConfig] = field(default_factory=dict)
 
     def of(self, message_type: type, direction: str | None = None) -> list[Record]:
-        return [
-            r for r in self.records if isinstance(r.body, message_type) and (direction is None or r.direction == direction)
-        ]
+        return [r for r in self.records if isinstance(r.body, message_type) and (direction is None or r.direction == direction)]
 
     def node_id(self, aggregation: int, name: str) -> int:
         return self.cohorts[aggregation][name]
@@ -426,7 +426,7 @@ class RecordedRound:
     where: str = "in-memory"  # how the audit report labels checks on this round
 
     @property
-    def result(self):  # noqa: ANN201 - AggregateResult
+    def result(self):
         return self.round.server.result
 
 
@@ -599,7 +599,9 @@ def check_share_ciphertexts_well_formed(transcript: Transcript) -> CheckResult:
         problems.append("a nonce was used for two different ciphertexts")
     if not found:
         problems.append("no share ciphertext in the transcript (nothing to test)")
-    return _result(name, problems, f"{len(found)} relayed ciphertexts ({len(unique)} distinct), {SHARE_CIPHERTEXT_SIZE} bytes each")
+    return _result(
+        name, problems, f"{len(found)} relayed ciphertexts ({len(unique)} distinct), {SHARE_CIPHERTEXT_SIZE} bytes each"
+    )
 
 
 def check_share_ciphertexts_look_random(transcript: Transcript) -> CheckResult:
@@ -736,7 +738,9 @@ def check_mask_depends_on_every_seed_bit(length: int = 8) -> CheckResult:
             distances.append(distance)
             if not low <= distance <= high:
                 problems.append(f"{path}: flipping seed bit {bit} changes {distance} of {bits} mask bits")
-    return _result(name, problems, f"256 seed bits x 2 code paths, mask bits changed {min(distances)}..{max(distances)} of {bits}")
+    return _result(
+        name, problems, f"256 seed bits x 2 code paths, mask bits changed {min(distances)}..{max(distances)} of {bits}"
+    )
 
 
 def check_share_ciphertext_bound_to_address() -> CheckResult:
@@ -875,7 +879,9 @@ def _round_outcome(r: HonestRound, abort: ProtocolAborted | None) -> tuple[bool,
     return True, f"the round then completed with the exact sum of {len(result.survivors)} survivors{named}"
 
 
-def _shares_not_taken(r: HonestRound, node: int, relay: ShareRelay, dealers: Iterable[int]) -> tuple[tuple[bool, str], list[object]]:
+def _shares_not_taken(
+    r: HonestRound, node: int, relay: ShareRelay, dealers: Iterable[int]
+) -> tuple[tuple[bool, str], list[object]]:
     """Deliver a tampered ShareRelay. The holder may refuse the round; if it goes on, every dealer whose share it
     cannot vouch for must be in its ``bad_dealers`` (and is then never revealed: see :func:`_never_revealed`).
 
@@ -891,7 +897,10 @@ def _shares_not_taken(r: HonestRound, node: int, relay: ShareRelay, dealers: Ite
     taken = sorted(set(dealers) - client.bad_dealers)
     if taken:
         return (False, f"node {node} took the shares of {taken} from a tampered relay"), replies
-    return (True, f"node {node} took no share of {sorted(dealers)} (bad dealers {sorted(client.bad_dealers)}) and went on"), replies
+    return (
+        True,
+        f"node {node} took no share of {sorted(dealers)} (bad dealers {sorted(client.bad_dealers)}) and went on",
+    ), replies
 
 
 def _never_revealed(r: HonestRound, node: int, dealers: Iterable[int]) -> list[tuple[bool, str]]:
@@ -1031,7 +1040,9 @@ def attack_replay(kind: str) -> CheckResult:
     first = HonestRound(5, task=AUDIT_TASK, identities=identities, seed=11)
     first.run()
     second = HonestRound(5, task=AUDIT_TASK, identities=identities, seed=11, round_id=2)
-    wanted = {"key-list": KeyList, "seed-reveals": SeedRevealList, "share-relay": ShareRelay, "unmask-request": UnmaskRequest}[kind]
+    wanted = {"key-list": KeyList, "seed-reveals": SeedRevealList, "share-relay": ShareRelay, "unmask-request": UnmaskRequest}[
+        kind
+    ]
     old = next(send.message for send in first.server_log if send.to == 1 and isinstance(send.message, wanted))
     if wanted is KeyList:
         second.start()
@@ -1143,7 +1154,9 @@ def attack_split_view_parameters() -> CheckResult:
         proposal = propose_parameters(n, 0.05)
         _, error, sent = _node_start(n, proposal.neighbours, proposal.threshold)
         if error is not None or not sent:
-            problems.append(f"n={n}: the coordinator's own proposal k={proposal.neighbours}, t={proposal.threshold} was refused ({error})")
+            problems.append(
+                f"n={n}: the coordinator's own proposal k={proposal.neighbours}, t={proposal.threshold} was refused ({error})"
+            )
         seen.append(f"proposal for n={n} (k={proposal.neighbours}, t={proposal.threshold}) accepted")
     return _result(name, problems, "; ".join(seen))
 
@@ -1157,7 +1170,9 @@ def _colluder_advert(config: RoundConfig, identity: SigningKey, sender: int, val
     c_pk = AgreementKeyPair.from_private_bytes(material).public_bytes
     s_pk = AgreementKeyPair.from_private_bytes(hashlib.sha256(material).digest()).public_bytes
     commitment = seed_commitment(config, sender, value)
-    return AdvertiseKeys(sender, c_pk, s_pk, commitment, identity.sign(advertise_transcript(config, sender, c_pk, s_pk, commitment)))
+    return AdvertiseKeys(
+        sender, c_pk, s_pk, commitment, identity.sign(advertise_transcript(config, sender, c_pk, s_pk, commitment))
+    )
 
 
 def attack_colluder_key_list() -> CheckResult:
@@ -1244,7 +1259,11 @@ def check_graph_randomness_hidden(run: RecordedRound | None = None) -> CheckResu
         guess = graph_seed(config, tuple(sorted((s, getattr(a, field_name)) for s, a in adverts.items())))
         if guess == actual:
             problems.append(f"the graph seed follows from the advertisements' {field_name} fields, before the key list")
-    unopened = [node for node, value in reveals.items() if node not in adverts or seed_commitment(config, node, value) != adverts[node].seed_commitment]
+    unopened = [
+        node
+        for node, value in reveals.items()
+        if node not in adverts or seed_commitment(config, node, value) != adverts[node].seed_commitment
+    ]
     if unopened:
         problems.append(f"the reveals of {sorted(unopened)} do not open the commitments in their advertisements")
     return _result(name, problems, f"{len(reveals)} reveals, none visible in the {cut} messages before the key list")
@@ -1284,7 +1303,9 @@ def attack_withheld_or_altered_reveal() -> CheckResult:
     bad = HonestRound(5, task=AUDIT_TASK, seed=3)
     replies = bad.to_clients(bad.run_until(KeyList))
     tampered = [SeedReveal(m.sender, _flip(m.value)) if m.sender == 2 else m for m in replies]
-    outcomes.append(aborted_naming(bad, 2, lambda: bad.to_server(tampered), "node 2 reveals a value its commitment does not open"))
+    outcomes.append(
+        aborted_naming(bad, 2, lambda: bad.to_server(tampered), "node 2 reveals a value its commitment does not open")
+    )
     reasons = [getattr(error, "reason", None) for _, error in bad.server_rejections]
     if "bad-reveal" not in reasons:
         outcomes.append((False, f"the coordinator did not refuse node 2's reveal as bad-reveal ({reasons})"))
@@ -1316,12 +1337,18 @@ def attack_wrong_share_revealed() -> CheckResult:
         replies = r.to_clients(r.run_until(UnmaskRequest))
         field_name = f"{kind}_shares"
         tampered = [
-            dataclasses.replace(m, **{field_name: tuple((o, _off_by_one(raw) if o == owner else raw) for o, raw in getattr(m, field_name))})
+            dataclasses.replace(
+                m, **{field_name: tuple((o, _off_by_one(raw) if o == owner else raw) for o, raw in getattr(m, field_name))}
+            )
             if isinstance(m, UnmaskShares) and m.sender == liar
             else m
             for m in replies
         ]
-        label = f"n={n}, t={r.config.threshold}" + (f", node {dropped} dropped" if dropped else "") + f", liar {liar} ({kind}-share of {owner})"
+        label = (
+            f"n={n}, t={r.config.threshold}"
+            + (f", node {dropped} dropped" if dropped else "")
+            + f", liar {liar} ({kind}-share of {owner})"
+        )
         good = n - (1 if dropped else 0) - 1
         try:
             r.to_server(tampered)
@@ -1430,10 +1457,10 @@ def attack_dealer_share_mismatch() -> CheckResult:
 # --- real Node objects -----------------------------------------------------------------------------------
 
 
-def _node_fixture(names: Sequence[str]):  # noqa: ANN202 - (keys, roster, dataset, model, spec builder)
-    from securefed.federation.spec import RoundSpec  # noqa: PLC0415
-    from securefed.learning.data import LocalDataset  # noqa: PLC0415
-    from securefed.learning.models import make_adapter  # noqa: PLC0415
+def _node_fixture(names: Sequence[str]):
+    from securefed.federation.spec import RoundSpec
+    from securefed.learning.data import LocalDataset
+    from securefed.learning.models import make_adapter
 
     keys = {name: SigningKey.generate() for name in names}
     rng = np.random.default_rng(3)
@@ -1468,11 +1495,11 @@ def attack_node_round_start(kind: str, policy: object | None = None) -> CheckRes
     Rounds the node should join use the safe threshold (t = 3 for a roster of 3). Training is
     observed (not changed) by wrapping ``ModelAdapter.fit_local``.
     """
-    import tempfile  # noqa: PLC0415
+    import tempfile
 
-    from securefed.federation.messages import Refusal  # noqa: PLC0415
-    from securefed.federation.node import Node, NodeState  # noqa: PLC0415
-    from securefed.learning.models import ModelAdapter  # noqa: PLC0415
+    from securefed.federation.messages import Refusal
+    from securefed.federation.node import Node, NodeState
+    from securefed.learning.models import ModelAdapter
 
     names = [f"site-{i}" for i in range(1, (10 if kind == "weak-threshold" else 3) + 1)]
     keys, roster, dataset, model, spec = _node_fixture(names)
@@ -1487,7 +1514,7 @@ def attack_node_round_start(kind: str, policy: object | None = None) -> CheckRes
     trainings = []
     real_fit = ModelAdapter.fit_local
 
-    def observed_fit(self, *args, **kwargs):  # noqa: ANN001, ANN202
+    def observed_fit(self, *args, **kwargs):
         trainings.append(1)
         return real_fit(self, *args, **kwargs)
 
@@ -1526,12 +1553,12 @@ def attack_rerun_after_release() -> CheckResult:
     on: rerun-and-subtract would give a victim's update as the difference of two sums. Site-1 must refuse
     both with reason "rerun", before it trains or advertises; a genuinely new round it must still join.
     """
-    import tempfile  # noqa: PLC0415
+    import tempfile
 
-    from securefed.federation.messages import Refusal  # noqa: PLC0415
-    from securefed.federation.node import Node, NodeState  # noqa: PLC0415
-    from securefed.learning.models import ModelAdapter  # noqa: PLC0415
-    from securefed.secagg.server import ServerProtocol  # noqa: PLC0415
+    from securefed.federation.messages import Refusal
+    from securefed.federation.node import Node, NodeState
+    from securefed.learning.models import ModelAdapter
+    from securefed.secagg.server import ServerProtocol
 
     name = "refuses-rerun-after-release"
     names = ["site-1", "site-2", "site-3"]
@@ -1542,7 +1569,7 @@ def attack_rerun_after_release() -> CheckResult:
     trainings: list[int] = []
     real_fit = ModelAdapter.fit_local
 
-    def observed_fit(self, *args, **kwargs):  # noqa: ANN001, ANN202
+    def observed_fit(self, *args, **kwargs):
         trainings.append(1)
         return real_fit(self, *args, **kwargs)
 
@@ -1584,7 +1611,9 @@ def attack_rerun_after_release() -> CheckResult:
             sock = sockets["site-1"]
             for aggregation, round_number, start_model, expected, what in attempts:
                 before, trained = len(sock.sent), len(trainings)
-                sock.inbox.append(Envelope(AUDIT_TASK, aggregation, RoundStart(1, cohort, spec(round_number=round_number), start_model)))
+                sock.inbox.append(
+                    Envelope(AUDIT_TASK, aggregation, RoundStart(1, cohort, spec(round_number=round_number), start_model))
+                )
                 nodes["site-1"].step(0)
                 answer = [e.body for e in sock.sent[before:] if e.aggregation == aggregation]
                 reasons = [b.reason for b in answer if isinstance(b, Refusal)]
@@ -1785,7 +1814,9 @@ def check_wire_is_curve_ciphertext(streams: Sequence[bytes]) -> CheckResult:
         p = chi2_uniform_p(np.bincount(np.frombuffer(pooled, dtype=np.uint8), minlength=256))
         if p < ALPHA:
             problems.append(f"pooled box bytes: chi-square p = {p:.2e} (df 255)")
-    return _result(name, problems, f"{len(streams)} streams, {len(boxes)} MESSAGE boxes, {len(pooled)} bytes, chi-square p = {p:.3f}")
+    return _result(
+        name, problems, f"{len(streams)} streams, {len(boxes)} MESSAGE boxes, {len(pooled)} bytes, chi-square p = {p:.3f}"
+    )
 
 
 def check_wire_has_no_plaintext(
@@ -1845,7 +1876,7 @@ class TcpTap:
         while not self._stop.is_set():
             try:
                 downstream, _ = self._listener.accept()
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -1867,7 +1898,7 @@ class TcpTap:
             while not self._stop.is_set():
                 try:
                     data = source.recv(65536)
-                except (TimeoutError, socket.timeout):
+                except TimeoutError:
                     continue
                 if not data:
                     break
@@ -1908,13 +1939,13 @@ class AuditFederation:
     """
 
     def __init__(self, root: Path, n_nodes: int, rounds: int, *, transcript: bool = False, seed: int = 0) -> None:
-        from securefed.learning.datasets import (  # noqa: PLC0415
+        from securefed.learning.datasets import (
             load_bundled,
             train_test_split_stratified,
         )
-        from securefed.learning.models import DEFAULT_TRAINING  # noqa: PLC0415
-        from securefed.learning.partition import partition  # noqa: PLC0415
-        from securefed.localfed import LocalFederation  # noqa: PLC0415
+        from securefed.learning.models import DEFAULT_TRAINING
+        from securefed.learning.partition import partition
+        from securefed.localfed import LocalFederation
 
         dataset = load_bundled("digits")
         split = train_test_split_stratified(dataset.X, dataset.y, 0.25, seed)
@@ -1942,7 +1973,7 @@ class AuditFederation:
 
     @property
     def coordinator_public_key(self) -> bytes:
-        from securefed.wire.keys import CurveKeyPair  # noqa: PLC0415
+        from securefed.wire.keys import CurveKeyPair
 
         return CurveKeyPair.load(self.fed.root / "coordinator" / "curve.key").public
 
@@ -1963,7 +1994,7 @@ class AuditFederation:
             self.processes[name] = self.fed.start_node(name)
 
     def status(self) -> dict | None:
-        import json  # noqa: PLC0415
+        import json
 
         try:
             return json.loads(self.fed.status_path.read_text())

@@ -65,7 +65,7 @@ def audit() -> AuditReport:
 @pytest.fixture(scope="session")
 def reference_runs(tmp_path_factory) -> dict:
     """The real DP runs the reference accountant recomputes, by scenario, run once for the DP audit and its canaries."""
-    from tests.privacy_audit import checks_dp  # noqa: PLC0415
+    from tests.privacy_audit import checks_dp
 
     return {
         scenario: checks_dp.run_reference_scenarios(tmp_path_factory.mktemp(f"dp-{scenario}"), (scenario,))
@@ -73,7 +73,7 @@ def reference_runs(tmp_path_factory) -> dict:
     }
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     if not (_REPORT.checks or _REPORT.canaries or _REPORT.empirical):
         return
     text = _REPORT.render()

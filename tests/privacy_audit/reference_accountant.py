@@ -58,21 +58,21 @@ from scipy import special
 
 __all__ = [
     "ORDERS",
+    "Accounted",
     "Release",
+    "account",
     "colluders",
-    "smallest_threshold",
-    "release_from_raw",
-    "skellam_rdp",
-    "skellam_rdp_poisson_rate",
-    "rdp_curve",
-    "rdp_to_epsilon_improved",
-    "rdp_to_epsilon_classic",
     "epsilon",
     "epsilon_classic",
     "gaussian_exact_epsilon",
     "gaussian_floor",
-    "Accounted",
-    "account",
+    "rdp_curve",
+    "rdp_to_epsilon_classic",
+    "rdp_to_epsilon_improved",
+    "release_from_raw",
+    "skellam_rdp",
+    "skellam_rdp_poisson_rate",
+    "smallest_threshold",
 ]
 
 #: Every integer order up to 4096: a superset of any order grid a product may use.

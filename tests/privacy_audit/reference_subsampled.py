@@ -43,12 +43,12 @@ from scipy import integrate, special
 from tests.privacy_audit.reference_accountant import Release, rdp_to_epsilon_improved, skellam_rdp
 
 __all__ = [
-    "subsampled_rdp",
-    "skellam_subsampled_rdp",
     "epsilon",
-    "skellam_exact_divergences",
     "gaussian_exact_divergences",
     "pair_gap",
+    "skellam_exact_divergences",
+    "skellam_subsampled_rdp",
+    "subsampled_rdp",
 ]
 
 _DIGITS = 60
@@ -82,9 +82,7 @@ def skellam_subsampled_rdp(order: int, release: Release, q: float, bound: str = 
     return subsampled_rdp(order, q, lambda ell: skellam_rdp(ell, release), bound)
 
 
-def epsilon(
-    rounds: Iterable[tuple[Release, float]], delta: float, orders: Sequence[int], bound: str = "symmetric"
-) -> float:
+def epsilon(rounds: Iterable[tuple[Release, float]], delta: float, orders: Sequence[int], bound: str = "symmetric") -> float:
     """epsilon(delta) of the composition of (release, q) rounds over ``orders`` (the caller's order grid)."""
     counts: dict[tuple[Release, float], int] = {}
     for item in rounds:

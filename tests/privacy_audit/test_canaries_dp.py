@@ -121,7 +121,8 @@ def test_skellam_rdp_halved(audit):
         "Skellam RDP halved",
         checks_dp.check_skellam_accountant,
         lambda: mock.patch(
-            "securefed.dp.accountant.skellam_rdp", lambda release, orders=accountant.RDP_ORDERS: [r / 2 for r in original(release, orders)]
+            "securefed.dp.accountant.skellam_rdp",
+            lambda release, orders=accountant.RDP_ORDERS: [r / 2 for r in original(release, orders)],
         ),
     )
 
@@ -161,7 +162,9 @@ def _scaled_at_production_size(factor: float):
     """Nodes that draw variance / factor, but only when the variance is production-size (> 1e8)."""
     original = NoiseSource.skellam
     return mock.patch.object(
-        NoiseSource, "skellam", lambda self, variance, size: original(self, variance / factor if variance > 1e8 else variance, size)
+        NoiseSource,
+        "skellam",
+        lambda self, variance, size: original(self, variance / factor if variance > 1e8 else variance, size),
     )
 
 
@@ -226,8 +229,9 @@ def test_release_charged_for_n_survivors(audit, reference_runs, tmp_path):
 @contextlib.contextmanager
 def _colluders_ignored():
     # The one colluder count every DP sizing and check reads (the coordinator's task and the nodes' policy).
-    with mock.patch("securefed.federation.task.resolve_colluders", lambda setting, roster: 0), mock.patch(
-        "securefed.secagg.config.resolve_colluders", lambda setting, roster: 0
+    with (
+        mock.patch("securefed.federation.task.resolve_colluders", lambda setting, roster: 0),
+        mock.patch("securefed.secagg.config.resolve_colluders", lambda setting, roster: 0),
     ):
         yield
 

@@ -286,7 +286,7 @@ def test_canary_release_not_remembered(audit):
                lambda: mock.patch.object(NodeState, "released", lambda self, task, phase, round_number, model_hash: None))  # fmt: skip
 
 
-class _patch_both(AbstractContextManager):  # noqa: N801 - used like mock.patch
+class _patch_both(AbstractContextManager):
     """Patch one name in two modules (a function imported by name lives on in the importer too)."""
 
     def __init__(self, first: object, second: object, name: str, value: object) -> None:

@@ -205,7 +205,8 @@ def test_coordinator_never_holds_both_shares_of_a_node(observed, audit):
     forged = UnmaskShares(holder.body.sender, ((owner, share),), ())
     envelope = Envelope(holder.envelope.task, holder.aggregation, forged)
     tampered = dataclasses.replace(
-        observed.transcript, records=[*observed.transcript.records, Record("received", "node-1", envelope, tuple(encode(envelope)))]
+        observed.transcript,
+        records=[*observed.transcript.records, Record("received", "node-1", envelope, tuple(encode(envelope)))],
     )
     assert not check_no_double_reveal_in_view(tampered)
     record(audit, result, observed.where)
@@ -243,7 +244,9 @@ def _plain_updates(federation: AuditFederation, transcript: Transcript) -> list[
         model = np.asarray(start.model, dtype=np.float64)
         mean_delta = np.asarray(after[2].model, dtype=np.float64) - model
         adapter = make_adapter(spec.model_kind, spec.n_features, spec.classes, **spec.model_options)
-        codec = TrainingUpdateCodec(adapter.parameter_count, spec.clip_norm, spec.fractional_bits, spec.weight_cap, len(start.cohort))
+        codec = TrainingUpdateCodec(
+            adapter.parameter_count, spec.clip_norm, spec.fractional_bits, spec.weight_cap, len(start.cohort)
+        )
         scale = float(1 << spec.fractional_bits)
         reference = np.round(mean_delta * scale).astype(np.int64).astype(np.uint32)
         for r in transcript.of(MaskedInput, "received"):
@@ -252,7 +255,13 @@ def _plain_updates(federation: AuditFederation, transcript: Transcript) -> list[
             X, y = federation.node_data[r.node]
             train, _ = _split(len(y), 0.2, r.node)
             trained = adapter.fit_local(
-                model, X[train], y[train], epochs=spec.epochs, learning_rate=spec.learning_rate, batch_size=spec.batch_size, seed=0
+                model,
+                X[train],
+                y[train],
+                epochs=spec.epochs,
+                learning_rate=spec.learning_rate,
+                batch_size=spec.batch_size,
+                seed=0,
             )
             plain = codec.encode(trained - model, len(train))
             out.append((f"{r.node} round {round_number}", r.body.vector[:-1], reference, plain[:-1]))

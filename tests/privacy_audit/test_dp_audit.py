@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from securefed.dp.mechanism import SkellamParameters
-
 from tests.privacy_audit import checks_dp
 
 # the sweep's configurations small enough for generated vectors (d <= 64)
@@ -40,9 +39,7 @@ def test_clipping_bound_on_generated_updates(audit):
     def run(data, config, mode):
         clip_norm, bits, dimension, cohort = config
         params = SkellamParameters(clip_norm, bits, 1.0, min(2, cohort), dimension, cohort)
-        update = data.draw(
-            arrays(np.float64, dimension, elements=st.floats(allow_nan=False, allow_infinity=False, width=64))
-        )
+        update = data.draw(arrays(np.float64, dimension, elements=st.floats(allow_nan=False, allow_infinity=False, width=64)))
         ok, ratio, detail = checks_dp.contribution_within_bounds(params, update, checks_dp.RoundingOnly(bytes(32), mode[1]))
         seen.append(ratio)
         assert ok, f"{config} {mode[0]}: {detail}"

@@ -54,7 +54,6 @@ from __future__ import annotations
 from unittest import mock
 
 import numpy as np
-
 import pytest
 
 from securefed.dp.mechanism import plan_skellam
@@ -191,7 +190,9 @@ def test_gdp_fit_detects_halved_node_variance(audit, gdp_healthy):
     )
     with halved:
         outcome = checks_dp.run_gdp_audit()
-    audit.empirical_audit(outcome.label.replace("GDP fit", "node variance halved (canary), GDP fit"), outcome.epsilon_lower, outcome.epsilon_target)
+    audit.empirical_audit(
+        outcome.label.replace("GDP fit", "node variance halved (canary), GDP fit"), outcome.epsilon_lower, outcome.epsilon_target
+    )
     caught = outcome.epsilon_lower > outcome.epsilon_target and outcome.mu_low > outcome.mu_accounted
     audit.canary(
         "node variance / 2 only at production-size variance (> 1e8)",

@@ -55,6 +55,10 @@ def test_malicious_coordinator_attack_is_refused(name, audit):
 def test_share_ciphertext_is_bound_to_its_address(audit):
     """Promise: a share ciphertext opens only under its own task, round, sender -> recipient and model context."""
     result = check_share_ciphertext_bound_to_address()
-    audit.check(result.name, "a relayed share cannot be re-addressed to another node, direction, round, task or model", result.passed, result.detail)
+    audit.check(
+        result.name,
+        "a relayed share cannot be re-addressed to another node, direction, round, task or model",
+        result.passed,
+        result.detail,
+    )
     assert result.passed, result.detail
-

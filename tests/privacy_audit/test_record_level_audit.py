@@ -86,7 +86,9 @@ def test_per_record_clipping_removed(audit):
 
 @pytest.mark.parametrize("factor", [2.0, 1.1])
 def test_sampling_rate_other_than_charged(audit, factor):
-    _canary(audit, f"records sampled at {factor:g} x the charged rate", checks_record_dp.check_sampling_rate, _sampling_at(factor))
+    _canary(
+        audit, f"records sampled at {factor:g} x the charged rate", checks_record_dp.check_sampling_rate, _sampling_at(factor)
+    )
 
 
 def test_record_noise_sized_for_n(audit):

@@ -26,7 +26,6 @@ from hypothesis import strategies as st
 
 from securefed.dp.record_level import plan_record_level
 from securefed.dp.subsampled import SubsampledRelease, record_level_epsilon, subsampled_skellam_rdp
-
 from tests.privacy_audit import reference_subsampled as reference
 from tests.privacy_audit.reference_accountant import Release, release_from_raw
 

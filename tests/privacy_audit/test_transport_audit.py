@@ -101,7 +101,7 @@ def _raw_plain_zmtp(endpoint: str, message: list[bytes]) -> bytes:
         while time.monotonic() < deadline:
             try:
                 data = raw.recv(65536)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError:
                 break
@@ -227,7 +227,9 @@ def test_unknown_curve_key_is_refused(wire, audit):
         problems.append(f"status {wire.status_after_knocks}, coordinator alive: {wire.alive_after_knocks}")
     if wire.exit_code != 0:
         problems.append(f"the coordinator then exited with {wire.exit_code}")
-    detail = f"handshake {knock.event}, refused_connections = {wire.status_after_knocks['refused_connections']}, round then completed"
+    detail = (
+        f"handshake {knock.event}, refused_connections = {wire.status_after_knocks['refused_connections']}, round then completed"
+    )
     record(audit, CheckResult("unknown-curve-key-refused", not problems, "; ".join(problems) or detail),
            "only nodes in the coordinator's allow-list can connect; others are refused and counted")  # fmt: skip
 
@@ -245,7 +247,9 @@ def test_plain_connection_gets_nothing(wire, audit):
     greeting_only = len(raw) <= 64 and raw[:1] in (b"", b"\xff") and (len(raw) < 32 or parse_zmtp(raw).mechanism == b"CURVE")
     if not greeting_only:
         problems.append(f"raw plain ZMTP client got {len(wire.raw_reply)} bytes: {wire.raw_reply[:80]!r}")
-    detail = f"plain socket: handshake event {knock.event}, 0 messages; raw client: {len(wire.raw_reply)} bytes (at most the greeting)"
+    detail = (
+        f"plain socket: handshake event {knock.event}, 0 messages; raw client: {len(wire.raw_reply)} bytes (at most the greeting)"
+    )
     record(audit, CheckResult("plain-connection-gets-nothing", not problems, "; ".join(problems) or detail),
            "every connection is CURVE-encrypted; a plain one gets nothing")  # fmt: skip
 

@@ -54,7 +54,9 @@ def quantile_tasks(draw: st.DrawFn) -> dict:
 @given(quantile_tasks())
 def test_quantiles_within_one_lattice_cell_of_numpy(task: dict) -> None:
     spec = task["spec"]
-    result = run_local(driver_for("quantiles", spec), _split(task["X"], task["owner"], task["nodes"]), rng=NoiseSource(b"quantile-tests-rng"))
+    result = run_local(
+        driver_for("quantiles", spec), _split(task["X"], task["owner"], task["nodes"]), rng=NoiseSource(b"quantile-tests-rng")
+    )
     pooled = np.clip(task["X"], spec["low"], spec["high"])
     assert result["count"] == pooled.shape[0]
     if pooled.shape[0] == 0:
@@ -96,8 +98,18 @@ def test_kmeans_matches_scikit_learn_from_the_same_initial_centres(task: dict) -
     low, high = [-15.0] * task["X"].shape[1], [15.0] * task["X"].shape[1]
     init = np.clip(task["init"], low, high)
     assume(len(np.unique(init, axis=0)) == task["k"])
-    spec = {"max_nodes": task["nodes"], "max_rows": 100, "low": low, "high": high, "centres": init.tolist(), "max_iter": 100, "tol": 0.0}
-    result = run_local(driver_for("kmeans", spec), _split(task["X"], task["owner"], task["nodes"]), rng=NoiseSource(b"kmeans-tests-rng"))
+    spec = {
+        "max_nodes": task["nodes"],
+        "max_rows": 100,
+        "low": low,
+        "high": high,
+        "centres": init.tolist(),
+        "max_iter": 100,
+        "tol": 0.0,
+    }
+    result = run_local(
+        driver_for("kmeans", spec), _split(task["X"], task["owner"], task["nodes"]), rng=NoiseSource(b"kmeans-tests-rng")
+    )
     pooled = np.clip(task["X"], low, high)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. fewer distinct points than clusters

@@ -136,7 +136,9 @@ def test_correlation_within_its_stated_bound_and_undetermined_only_near_zero_var
         for j in range(d):
             value = result["correlation"][i][j]
             if value is None:  # undetermined: one of the variances is within (twice) its bound of zero
-                assert min(true_variance[i] - 2 * variance_bound[i], true_variance[j] - 2 * variance_bound[j]) <= _FLOAT_SLACK * 1e3
+                assert (
+                    min(true_variance[i] - 2 * variance_bound[i], true_variance[j] - 2 * variance_bound[j]) <= _FLOAT_SLACK * 1e3
+                )
                 continue
             assert np.isfinite(expected[i, j])
             assert abs(value - expected[i, j]) <= result["error_bound"]["correlation"][i][j] + 1e-7

@@ -94,9 +94,7 @@ def complete_rounds(draw: st.DrawFn) -> tuple[int, int, int | None]:
 
 
 @given(complete_rounds(), st.one_of(st.integers(0, 16), st.integers(0, 130)), adversaries_)
-def test_complete_graph_accepted_iff_bound_holds_for_a_count(
-    round_: tuple[int, int, int | None], c: int, adversary: str
-) -> None:
+def test_complete_graph_accepted_iff_bound_holds_for_a_count(round_: tuple[int, int, int | None], c: int, adversary: str) -> None:
     n, t, roster = round_
     population = max(n, roster or 0)
     holds = t > c if adversary == "curious" else 2 * t > population + c
@@ -181,7 +179,5 @@ def test_a_site_can_refuse_sparse_rounds_or_small_degrees(round_: tuple[int, int
         ClientPolicy(min_threshold=1, min_cohort=1, min_threshold_fraction=0.0, max_colluders=0, allow_sparse_graph=False),
         config,
     )
-    policy = ClientPolicy(
-        min_threshold=1, min_cohort=1, min_threshold_fraction=0.0, max_colluders=0, min_neighbours=k + extra
-    )
+    policy = ClientPolicy(min_threshold=1, min_cohort=1, min_threshold_fraction=0.0, max_colluders=0, min_neighbours=k + extra)
     assert accepts(policy, safe) is (extra == 0)

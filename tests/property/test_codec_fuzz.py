@@ -95,7 +95,7 @@ scalars = st.one_of(
 )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def json_values(depth: int) -> st.SearchStrategy:
     """JSON values whose container depth is at most ``depth``."""
     if depth == 0:
@@ -183,7 +183,9 @@ def test_pair_field_table_is_complete() -> None:
 def _mangle_base64(data: st.DataObject, raw: bytes) -> str:
     """A string close to the canonical base64 of ``raw`` that is not canonical base64 of anything (or is ``raw``'s own)."""
     text = base64.b64encode(raw).decode("ascii")
-    ops = ["no-padding", "urlsafe", "newline", "space", "extra-padding", "truncate"] + (["unused-bits"] * 3 if len(raw) % 3 else [])
+    ops = ["no-padding", "urlsafe", "newline", "space", "extra-padding", "truncate"] + (
+        ["unused-bits"] * 3 if len(raw) % 3 else []
+    )
     op = data.draw(st.sampled_from(ops))
     if op == "unused-bits":  # decodes to the same bytes: only the canonical check can refuse it
         body = text.rstrip("=")
@@ -213,7 +215,10 @@ def test_pair_fields_accept_exactly_the_valid_lists(key: tuple[type, str], data:
     least = {"none": 0, "unsorted": 2, "duplicate": 2}.get(fault, 1)
     items = data.draw(
         st.lists(
-            st.tuples(st.integers(1, 65535), lengths, st.integers(0, 255)), min_size=least, max_size=5, unique_by=lambda item: item[0]
+            st.tuples(st.integers(1, 65535), lengths, st.integers(0, 255)),
+            min_size=least,
+            max_size=5,
+            unique_by=lambda item: item[0],
         )
     )
     ids_: list[Any] = sorted(item[0] for item in items)
@@ -259,7 +264,12 @@ def test_pair_fields_accept_exactly_the_valid_lists(key: tuple[type, str], data:
 
 
 # Every list-of-ids field.
-IDS_FIELDS = [(MaskedInput, "bad_dealers"), (ConsistencyRequest, "survivors"), (UnmaskRequest, "survivors"), (UnmaskRequest, "dropped")]
+IDS_FIELDS = [
+    (MaskedInput, "bad_dealers"),
+    (ConsistencyRequest, "survivors"),
+    (UnmaskRequest, "survivors"),
+    (UnmaskRequest, "dropped"),
+]
 
 
 def test_ids_field_table_is_complete() -> None:
@@ -321,7 +331,9 @@ BYTES_CASES = [(key, False) for key in BYTES_FIELDS] + [(key, True) for key in B
 
 
 @pytest.mark.parametrize(
-    "key, in_key_list", BYTES_CASES, ids=[f"{'KeyList.entries.' if inside else ''}{c.__name__}.{f}" for (c, f), inside in BYTES_CASES]
+    "key, in_key_list",
+    BYTES_CASES,
+    ids=[f"{'KeyList.entries.' if inside else ''}{c.__name__}.{f}" for (c, f), inside in BYTES_CASES],
 )
 @given(data=st.data())
 def test_bytes_fields_accept_exactly_canonical_base64_of_their_size(

@@ -35,9 +35,7 @@ coordinates = st.one_of(
     st.floats(min_value=-1e3, max_value=1e3, allow_nan=False, allow_infinity=False),
     st.floats(min_value=-1e150, max_value=1e150, allow_nan=False, allow_infinity=False),
 )
-vectors = st.integers(min_value=1, max_value=200).flatmap(
-    lambda n: hnp.arrays(np.float64, n, elements=coordinates)
-)
+vectors = st.integers(min_value=1, max_value=200).flatmap(lambda n: hnp.arrays(np.float64, n, elements=coordinates))
 
 
 @st.composite
@@ -64,9 +62,7 @@ def exact_unit_bound(max_abs: float, bits: int) -> int:
 
 
 @given(enc=encoders(), x=vectors, rng=seeds)
-def test_round_trip_within_one_resolution_of_the_clipped_input(
-    enc: FixedPointEncoder, x: np.ndarray, rng: SecureRandom
-) -> None:
+def test_round_trip_within_one_resolution_of_the_clipped_input(enc: FixedPointEncoder, x: np.ndarray, rng: SecureRandom) -> None:
     encoded = enc.encode(x, rng)
     assert encoded.dtype == np.uint32
     assert encoded.shape == x.shape
@@ -99,9 +95,7 @@ def summation_cases(draw: st.DrawFn) -> tuple[FixedPointEncoder, list[np.ndarray
 
 
 @given(case=summation_cases(), data=st.data())
-def test_decoded_sum_matches_sum_of_clipped_inputs(
-    case: tuple[FixedPointEncoder, list[np.ndarray]], data: st.DataObject
-) -> None:
+def test_decoded_sum_matches_sum_of_clipped_inputs(case: tuple[FixedPointEncoder, list[np.ndarray]], data: st.DataObject) -> None:
     enc, xs = case
     n = len(xs)
     encodings = [enc.encode(x, data.draw(seeds)) for x in xs]
@@ -166,9 +160,7 @@ def test_vectors_within_bounds_are_unchanged(enc: FixedPointEncoder, x: np.ndarr
     # Shrink x into the ball and under the guard (with a little room for float rounding).
     norm = float(np.linalg.norm(x))
     peak = float(np.max(np.abs(x)))
-    factor = shrink * 0.999 * min(
-        1.0, enc.clip_norm / norm if norm else 1.0, enc.effective_max_abs / peak if peak else 1.0
-    )
+    factor = shrink * 0.999 * min(1.0, enc.clip_norm / norm if norm else 1.0, enc.effective_max_abs / peak if peak else 1.0)
     inside = x * factor
     assume(np.linalg.norm(inside) <= enc.clip_norm and np.max(np.abs(inside)) <= enc.effective_max_abs)
     np.testing.assert_array_equal(enc.clip(inside), inside)
@@ -227,9 +219,7 @@ def test_for_summands_picks_the_largest_safe_precision(params: tuple[float, floa
     assert enc.max_summands == n
     if enc.fractional_bits < MAX_BITS:
         try:
-            FixedPointEncoder(
-                clip_norm=clip_norm, fractional_bits=enc.fractional_bits + 1, max_summands=n, max_abs=max_abs
-            )
+            FixedPointEncoder(clip_norm=clip_norm, fractional_bits=enc.fractional_bits + 1, max_summands=n, max_abs=max_abs)
         except InvalidParameter:
             pass
         else:

@@ -189,9 +189,7 @@ class Corruption:
 def corrupt(data: st.DataObject, message: object, n: int) -> Corruption | None:
     """A changed copy of ``message`` (with what to remember about it), or None if there is nothing to change."""
     if isinstance(message, AdvertiseKeys):
-        field = data.draw(
-            st.sampled_from(["c_pk", "s_pk", "seed_commitment", "signature", "sender"]), label="advertise field"
-        )
+        field = data.draw(st.sampled_from(["c_pk", "s_pk", "seed_commitment", "signature", "sender"]), label="advertise field")
         if field == "sender":
             return Corruption(dataclasses.replace(message, sender=_other_id(data, n, message.sender)))
         return Corruption(dataclasses.replace(message, **{field: _flip(data, getattr(message, field), field)}))
@@ -309,7 +307,12 @@ class HostileNetworkRound(RuleBasedStateMachine):
         seed = data.draw(st.binary(min_size=4, max_size=4), label="randomness seed")
         self.clients = {
             node: ClientProtocol(
-                self.config, node, identities[node], roster, self.inputs[node], PERMISSIVE,
+                self.config,
+                node,
+                identities[node],
+                roster,
+                self.inputs[node],
+                PERMISSIVE,
                 entropy=entropy_for(seed, f"node/{node}"),
             )
             for node in self.config.ids
@@ -481,9 +484,7 @@ class HostileNetworkRound(RuleBasedStateMachine):
     def nobody_named_without_cause(self) -> None:
         if not self.ready:
             return
-        forged = tuple(
-            sorted({h for h, op in self.accepted_forgeries.items() if op in FORGING_OPS} | self.refused_forgeries)
-        )
+        forged = tuple(sorted({h for h, op in self.accepted_forgeries.items() if op in FORGING_OPS} | self.refused_forgeries))
         if self.server.result is not None:
             assert set(self.server.result.excluded) == set(forged), (self.server.result.excluded, forged)
         abort = self.server_abort

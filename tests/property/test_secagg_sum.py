@@ -748,9 +748,7 @@ class Plan:
     seed: int
 
     def build(self) -> HonestRound:
-        return HonestRound(
-            self.n, self.t, d=3, neighbours=self.neighbours, policy=CURIOUS, silent=self.silent, seed=self.seed
-        )
+        return HonestRound(self.n, self.t, d=3, neighbours=self.neighbours, policy=CURIOUS, silent=self.silent, seed=self.seed)
 
 
 @st.composite

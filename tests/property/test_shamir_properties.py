@@ -36,9 +36,7 @@ def test_any_t_or_more_shares_reconstruct(secret: bytes, params: tuple[int, int]
 
 
 @given(secrets_, sharing_params(), st.data())
-def test_sampled_subsets_of_threshold_size_reconstruct(
-    secret: bytes, params: tuple[int, int], data: st.DataObject
-) -> None:
+def test_sampled_subsets_of_threshold_size_reconstruct(secret: bytes, params: tuple[int, int], data: st.DataObject) -> None:
     n, t = params
     shares = split(secret, n, t)
     chosen = data.draw(st.sets(st.sampled_from(range(n)), min_size=t, max_size=t), label="chosen")
@@ -46,9 +44,7 @@ def test_sampled_subsets_of_threshold_size_reconstruct(
 
 
 @given(secrets_, sharing_params(), st.data())
-def test_fewer_than_t_shares_do_not_give_the_secret(
-    secret: bytes, params: tuple[int, int], data: st.DataObject
-) -> None:
+def test_fewer_than_t_shares_do_not_give_the_secret(secret: bytes, params: tuple[int, int], data: st.DataObject) -> None:
     n, t = params
     shares = split(secret, n, t)
     order = data.draw(st.permutations(range(n)), label="order")
@@ -123,7 +119,6 @@ def test_combine_rejects_any_repeated_x(xs: list[int]) -> None:
     assume(len(set(xs)) < len(xs))
     with pytest.raises(InvalidShare):
         combine([Share(x, x * 7) for x in xs])
-
 
 
 def _seeded(seed: bytes) -> Callable[[int], bytes]:

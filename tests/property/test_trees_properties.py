@@ -87,7 +87,7 @@ def test_secure_forest_histogram_is_the_pooled_histogram(f: dict) -> None:
     codes = f["bins"].digitize(f["X"])
     weights = np.zeros((params.n_trees, codes.shape[0]), dtype=np.int64)
     for node, part in zip(nodes, f["parts"]):
-        weights[:, part] = node._weights  # noqa: SLF001 - the reference needs the nodes' secret weights
+        weights[:, part] = node._weights
     builder = ForestBuilder(params)
     request: HistogramRequest | TreeEnsemble = builder.request()
     while isinstance(request, HistogramRequest):

@@ -97,9 +97,7 @@ def test_rfc5869_test_case_1() -> None:
         length=42,
         salt=bytes.fromhex("000102030405060708090a0b0c"),
     )
-    assert okm == bytes.fromhex(
-        "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865"
-    )
+    assert okm == bytes.fromhex("3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865")
 
 
 def test_hkdf_default_length_is_key_size() -> None:

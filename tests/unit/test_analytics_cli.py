@@ -25,7 +25,7 @@ from securefed import analytics_cli, status
 from securefed.analytics import AnalyticsPolicy, respond
 from securefed.analytics_cli import EXACT, result_lines, summarize_result
 from securefed.cli import main
-from securefed.federation.computation import COMPUTE_KINDS, ComputationJob, request_digest
+from securefed.federation.computation import COMPUTE_KINDS, request_digest
 from securefed.federation.store import CoordinatorStore
 from securefed.report import gather_report
 from securefed.status import STATUS_FILE, history_text, status_json, status_lines
@@ -38,7 +38,10 @@ COHORT = {"max_nodes": 3, "max_rows": 100}
 COMPUTATIONS = [
     {"kind": "mean", "params": {**COHORT, "low": [0, 40], "high": [100, 200]}},
     {"kind": "count", "params": dict(COHORT)},
-    {"kind": "quantiles", "params": {**COHORT, "low": [0, 40], "high": [100, 200], "resolution": 1.0, "quantiles": [0.5], "bins_per_round": 16}},
+    {
+        "kind": "quantiles",
+        "params": {**COHORT, "low": [0, 40], "high": [100, 200], "resolution": 1.0, "quantiles": [0.5], "bins_per_round": 16},
+    },
 ]
 
 
@@ -202,7 +205,10 @@ def test_a_summary_line_per_computation_with_its_numbers_and_bound(tmp_path: Pat
 
 
 def test_summaries_cut_long_values_and_survive_odd_results() -> None:
-    long = {"kind": "analytics", "results": [{"computation": "mean", "count": 5, "mean": list(range(40)), "error_bound": {"mean": [None] * 40}}]}
+    long = {
+        "kind": "analytics",
+        "results": [{"computation": "mean", "count": 5, "mean": list(range(40)), "error_bound": {"mean": [None] * 40}}],
+    }
     [summary] = summarize_result(long)
     assert summary.values == "n = 5; mean [0, 1, 2, 3, 4, 5, … (34 more)]" and summary.bound == "mean ± n/a"
     odd = {"kind": "analytics", "results": ["not a table", {"computation": "newkind", "score": 0.5, "encoding": {}}]}
@@ -307,7 +313,10 @@ def test_show_writes_the_stored_result_atomically_and_prints_it(tmp_path: Path, 
     assert json.loads(out.read_text()) == result
     assert kept.read_text() == "old" and not out.samefile(kept)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["coordinator.toml", "old-link.json", "results.json", "state"]
-    assert printed.splitlines()[0] == "analytics task stats: already finished (stored in " + str(_store_path(config)) + "); nothing was run"
+    assert (
+        printed.splitlines()[0]
+        == "analytics task stats: already finished (stored in " + str(_store_path(config)) + "); nothing was run"
+    )
     assert [line.strip() for line in printed.splitlines()[1:4]] == result_lines(result)
     assert printed.splitlines()[-1] == f"wrote {out}"
 
@@ -349,7 +358,9 @@ def test_a_task_that_is_not_analytics_is_refused(tmp_path: Path, model: str, cap
     assert "Traceback" not in err and not (tmp_path / "state").exists()
 
 
-def test_a_finished_task_is_never_run_again(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_finished_task_is_never_run_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import coordinator.daemon
 
     config = _analytics_config(tmp_path)
@@ -360,7 +371,9 @@ def test_a_finished_task_is_never_run_again(tmp_path: Path, capsys: pytest.Captu
     assert json.loads((tmp_path / "state" / analytics_cli.DEFAULT_OUT).read_text()) == result
 
 
-def test_without_a_result_the_coordinator_runs_until_the_end(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_a_result_the_coordinator_runs_until_the_end(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The daemon's entry point is called with the config; what it stored is then written."""
     import coordinator.daemon
 
@@ -386,7 +399,9 @@ def test_without_a_result_the_coordinator_runs_until_the_end(tmp_path: Path, cap
     assert result == CoordinatorStore(_store_path(config), read_only=True).computation_result()
 
 
-def test_a_coordinator_that_stops_early_or_already_runs(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_coordinator_that_stops_early_or_already_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import coordinator.daemon
 
     config = _analytics_config(tmp_path)
@@ -433,7 +448,13 @@ def test_the_report_of_an_analytics_task_has_its_steps_and_results(tmp_path: Pat
     assert {"results-heading", "plots", "rounds-heading", "refusals-heading", "aborts-heading"} <= set(page.headings)
     summaries = summarize_result(result)
     assert page.tables["results"] == [
-        [s.name, s.values, "exact" if s.bound == EXACT else s.bound, str(s.aggregations), "–" if s.survivors is None else str(s.survivors)]
+        [
+            s.name,
+            s.values,
+            "exact" if s.bound == EXACT else s.bound,
+            str(s.aggregations),
+            "–" if s.survivors is None else str(s.survivors),
+        ]
         for s in summaries
     ]
     wall = sum(0.25 * n for n in range(1, steps + 1))
@@ -475,7 +496,9 @@ def test_hostile_text_in_a_result_is_escaped(tmp_path: Path, capsys: pytest.Capt
     hostile = {
         "kind": "analytics",
         "aggregations": 1,
-        "results": [{"computation": HOSTILE_KIND, "count": 3, "label": HOSTILE_DETAIL, "aggregations": 1, "error_bound": HOSTILE_DETAIL}],
+        "results": [
+            {"computation": HOSTILE_KIND, "count": 3, "label": HOSTILE_DETAIL, "aggregations": 1, "error_bound": HOSTILE_DETAIL}
+        ],
     }
     store = CoordinatorStore(_store_path(config))
     try:

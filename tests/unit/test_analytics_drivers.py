@@ -99,7 +99,9 @@ def test_refusing_sites_are_left_out_and_recorded() -> None:
     strict = AnalyticsPolicy(frozenset({"mean"}), min_records=30)  # the first site (25 records) refuses
     result = run_local(driver_for("mean", MEAN), sites, [strict, strict, strict])
     assert result["count"] == 35 and result["encoding"]["survivors"] == 2
-    assert result["refusals"] == [{"site": 0, "aggregation": 0, "code": "too-few-records", "detail": result["refusals"][0]["detail"]}]
+    assert result["refusals"] == [
+        {"site": 0, "aggregation": 0, "code": "too-few-records", "detail": result["refusals"][0]["detail"]}
+    ]
     with pytest.raises(ProtocolAborted, match="every site refused"):
         run_local(driver_for("mean", MEAN), sites, AnalyticsPolicy(frozenset({"count"})))
 
@@ -128,5 +130,16 @@ def test_an_empty_cluster_is_reseeded_from_the_sums() -> None:
 def test_analytics_is_sans_io() -> None:
     from tests.unit.test_architecture import _violations
 
-    forbidden = ("zmq", "securefed.wire", "securefed.federation", "securefed.secagg", "socket", "threading", "time", "random", "coordinator", "node")
+    forbidden = (
+        "zmq",
+        "securefed.wire",
+        "securefed.federation",
+        "securefed.secagg",
+        "socket",
+        "threading",
+        "time",
+        "random",
+        "coordinator",
+        "node",
+    )
     assert _violations("securefed.analytics", forbidden) == []

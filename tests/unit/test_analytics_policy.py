@@ -38,7 +38,12 @@ def test_bins_narrower_than_the_site_minimum_are_refused() -> None:
             "windows": [{"column": 0, "start": 0, "stop": 10, "bins": 2}]}  # fmt: skip
     refusal = get("quantiles").policy_check(step, policy)
     assert refusal is not None and refusal.code == "bins-too-narrow" and "lattice" in refusal.detail
-    assert get("quantiles").policy_check({**step, "resolution": 2.0, "windows": [{"column": 0, "start": 0, "stop": 5, "bins": 5}]}, policy) is None
+    assert (
+        get("quantiles").policy_check(
+            {**step, "resolution": 2.0, "windows": [{"column": 0, "start": 0, "stop": 5, "bins": 5}]}, policy
+        )
+        is None
+    )
 
 
 def test_an_aggregate_over_fewer_than_k_of_the_sites_records_is_refused() -> None:

@@ -37,13 +37,45 @@ def _violations(package: str, forbidden: tuple[str, ...]) -> list[str]:
 @pytest.mark.parametrize(
     ("package", "forbidden"),
     [
-        ("securefed.secagg", ("zmq", "securefed.wire", "securefed.federation", "securefed.learning", "socket", "threading", "time", "random")),
+        (
+            "securefed.secagg",
+            ("zmq", "securefed.wire", "securefed.federation", "securefed.learning", "socket", "threading", "time", "random"),
+        ),
         ("securefed.crypto", ("zmq", "securefed.wire", "securefed.secagg", "securefed.federation", "random")),
         ("securefed.federation", ("zmq", "coordinator", "node")),
         ("securefed.learning", ("zmq", "securefed.wire", "securefed.secagg", "coordinator", "node")),
         # histogram trees are pure computations over local data and summed vectors (sans-IO)
-        ("securefed.analytics", ("zmq", "securefed.wire", "securefed.federation", "securefed.secagg", "socket", "threading", "time", "random", "coordinator", "node")),
-        ("securefed.trees", ("zmq", "securefed.wire", "securefed.secagg", "securefed.federation", "securefed.learning", "sklearn", "socket", "threading", "time", "coordinator", "node")),
+        (
+            "securefed.analytics",
+            (
+                "zmq",
+                "securefed.wire",
+                "securefed.federation",
+                "securefed.secagg",
+                "socket",
+                "threading",
+                "time",
+                "random",
+                "coordinator",
+                "node",
+            ),
+        ),
+        (
+            "securefed.trees",
+            (
+                "zmq",
+                "securefed.wire",
+                "securefed.secagg",
+                "securefed.federation",
+                "securefed.learning",
+                "sklearn",
+                "socket",
+                "threading",
+                "time",
+                "coordinator",
+                "node",
+            ),
+        ),
     ],
 )
 def test_dependency_direction(package: str, forbidden: tuple[str, ...]) -> None:

@@ -25,8 +25,8 @@ from securefed.federation.update import EvaluationCodec, TrainingUpdateCodec
 from securefed.secagg.client import ClientState
 from securefed.secagg.config import ClientPolicy
 from securefed.secagg.graph import NeighbourGraph, propose_parameters
-from securefed.secagg.transcript import graph_seed
 from securefed.secagg.messages import KeyList, SeedRevealList, Stage, UnmaskShares
+from securefed.secagg.transcript import graph_seed
 from tests.adversary import Attack, Strategy, advance, knowledge
 from tests.secagg_harness import HonestRound, exact_sum, make_config
 
@@ -79,7 +79,9 @@ def test_the_reviewed_sparse_parameters_are_refused_by_the_default_policy() -> N
 def _sparse_attack(seed: int = 0) -> Attack:
     proposal = propose_parameters(100, 0.05, 5)
     colluders = frozenset(range(96, 101))
-    return Attack(100, proposal.threshold, colluders, ClientPolicy(max_colluders=5), neighbours=proposal.neighbours, d=2, seed=seed)
+    return Attack(
+        100, proposal.threshold, colluders, ClientPolicy(max_colluders=5), neighbours=proposal.neighbours, d=2, seed=seed
+    )
 
 
 def test_a_short_key_list_cannot_reshape_the_target_neighbourhood() -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import math
 from fractions import Fraction
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
@@ -57,12 +57,10 @@ def expected_colluders(setting: int | float | None, roster: int) -> int:
     return math.ceil(Fraction(repr(setting)) * roster)  # repr: the decimal the user wrote, not the binary float
 
 
-@lru_cache(maxsize=None)
+@cache
 def achievable_splits(honest: int) -> frozenset[tuple[int, int]]:
     """Every (|A|, |B|) for disjoint groups A, B of ``honest`` nodes, by enumerating each node's side."""
-    return frozenset(
-        (sides.count(1), sides.count(2)) for sides in itertools.product((0, 1, 2), repeat=honest)
-    )
+    return frozenset((sides.count(1), sides.count(2)) for sides in itertools.product((0, 1, 2), repeat=honest))
 
 
 def split_view_breaks(population: int, colluders: int, threshold: int, adversary: str = "malicious") -> bool:
@@ -130,9 +128,7 @@ def sparse_failure_brute(n: int, k: int, t: int, c: int, adversary: str = "malic
     others = n - 1
     corrupt = min(c, others)
     subsets = list(itertools.combinations(range(others), k))
-    broken = sum(
-        1 for subset in subsets if neighbourhood_breaks(k, sum(1 for v in subset if v < corrupt), t, adversary)
-    )
+    broken = sum(1 for subset in subsets if neighbourhood_breaks(k, sum(1 for v in subset if v < corrupt), t, adversary))
     return min(Fraction(1), n * Fraction(broken, len(subsets)))
 
 
@@ -451,9 +447,7 @@ def test_smallest_safe_threshold_for_the_complete_graph_is_the_closed_form(n: in
     ],
 )
 @pytest.mark.parametrize("adversary", ADVERSARIES)
-def test_smallest_safe_threshold_for_a_sparse_graph_agrees_with_scipy(
-    n: int, k: int, c: int, bits: int, adversary: str
-) -> None:
+def test_smallest_safe_threshold_for_a_sparse_graph_agrees_with_scipy(n: int, k: int, c: int, bits: int, adversary: str) -> None:
     t = smallest_safe_threshold(n, k, c, None, adversary, bits)
     target = 2.0**-bits
     assert 1 <= t <= k + 1

@@ -38,11 +38,11 @@ from securefed.wire import (
     REASONS,
     VERSION,
     Limits,
+    codec,
     decode,
     encode,
     max_message_size,
 )
-from securefed.wire import codec
 from tests.integration import malformed
 
 K1 = bytes(range(32))
@@ -124,7 +124,7 @@ EDGE_EXAMPLES: list[Envelope] = [
     Envelope("x" * 4096, 1, Refusal("r" * 4096, "d" * 4096)),
     Envelope("t", 1, Hello("n")),
     Envelope("t", 1, RoundStart(65535, (), {}, np.zeros(0))),
-    Envelope("t", 1, RoundStart(1, ((1, "a"),), {"deep": _nested(MAX_SPEC_DEPTH - 1), "s": "[[[[[[[[{{{{{{\\\""}, np.ones(1))),
+    Envelope("t", 1, RoundStart(1, ((1, "a"),), {"deep": _nested(MAX_SPEC_DEPTH - 1), "s": '[[[[[[[[{{{{{{\\"'}, np.ones(1))),
     Envelope("t", 1, MaskedInput(1, np.zeros(1, dtype=np.uint32))),
     Envelope("t", 1, MaskedInput(65535, np.zeros(1, dtype=np.uint32), (1, 65535))),
     Envelope("t", 1, RoundResult(False, 0, "line\nline\x00\t")),
@@ -660,7 +660,7 @@ def test_duplicate_keys_are_rejected() -> None:
     frames = encode(BASE["Hello"])
     text = frames[2].decode()
     assert text.startswith('{"task":"task-a",')
-    duplicated = '{"task":"other","task":"task-a",' + text[len('{"task":"task-a",'):]
+    duplicated = '{"task":"other","task":"task-a",' + text[len('{"task":"task-a",') :]
     _rejected([frames[0], frames[1], duplicated.encode()], "bad-header")
     nested = encode(BASE["RoundStart"])
     spec_dup = nested[2].replace(b'"spec":{', b'"spec":{"lr":1,')

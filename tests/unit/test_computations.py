@@ -85,7 +85,9 @@ def test_gbdt_over_the_daemons_equals_the_in_memory_run_tree_for_tree(tmp_path) 
 
 def test_random_forest_over_the_daemons_classifies_iris(tmp_path) -> None:
     X, y, datasets = _iris()
-    fed = InProcessFederation(tmp_path, NAMES, task=_task("random_forest", {"n_trees": 10, "max_depth": 4}), datasets=datasets, policy=POLICY)
+    fed = InProcessFederation(
+        tmp_path, NAMES, task=_task("random_forest", {"n_trees": 10, "max_depth": 4}), datasets=datasets, policy=POLICY
+    )
     _finish(fed)
     model = TreeEnsemble.from_arrays(fed.store.computation_model())
     assert model.n_trees == 10
@@ -95,7 +97,10 @@ def test_random_forest_over_the_daemons_classifies_iris(tmp_path) -> None:
 
 def test_analytics_results_are_numpys_on_the_pooled_data_within_the_stated_bound(tmp_path) -> None:
     X, _, datasets = _iris()
-    histogram = {"kind": "histogram", "params": {"max_nodes": 10, "max_rows": 1000, "columns": [2], "edges": [[1, 2, 3, 4, 5, 6, 7]]}}
+    histogram = {
+        "kind": "histogram",
+        "params": {"max_nodes": 10, "max_rows": 1000, "columns": [2], "edges": [[1, 2, 3, 4, 5, 6, 7]]},
+    }
     task = _task("analytics", {"computations": [_mean_request(), histogram]})
     fed = InProcessFederation(tmp_path, NAMES, task=task, datasets=datasets, policy=POLICY)
     _finish(fed)

@@ -63,7 +63,14 @@ def full_coordinator_config(members: dict) -> dict:
             "masking": True,
             "evaluation_data": "test.csv",
             "evaluation_label_column": "outcome",
-            "dp": {"epsilon": 8.0, "delta": 1e-6, "clip_norm": 0.5, "unit": "record", "expected_batch": 64, "total_records": 1000},
+            "dp": {
+                "epsilon": 8.0,
+                "delta": 1e-6,
+                "clip_norm": 0.5,
+                "unit": "record",
+                "expected_batch": 64,
+                "total_records": 1000,
+            },
             "preprocessing": {"scaler": "minmax", "min": {"age": 0, "bmi": 10, "glucose": 40}, "max": [120, 60, 400]},
         },
         "deadlines": {stage: 10 + i for i, stage in enumerate(STAGE_NAMES)},
@@ -177,7 +184,9 @@ def test_defaults_when_optional_keys_are_absent(tmp_path: Path, base: dict) -> N
     assert (config.task.epochs, config.task.learning_rate, config.task.batch_size) == (5, 0.1, 8)
 
 
-@pytest.mark.parametrize(("path", "key"), _every_key(COORDINATOR_SCHEMA), ids=lambda v: ".".join(v) if isinstance(v, tuple) else v)
+@pytest.mark.parametrize(
+    ("path", "key"), _every_key(COORDINATOR_SCHEMA), ids=lambda v: ".".join(v) if isinstance(v, tuple) else v
+)
 def test_every_misspelt_key_is_refused_with_the_nearest_valid_one(tmp_path: Path, base: dict, path, key) -> None:
     typo = _misspell(key)
     file = write_toml(tmp_path / "c.toml", _rename(base, path, key, typo))
@@ -209,7 +218,9 @@ def test_a_sub_table_at_the_top_level_says_where_it_belongs(tmp_path: Path, base
         load_coordinator_config(write_toml(tmp_path / "c.toml", base))
 
 
-@pytest.mark.parametrize(("path", "key"), _every_key(COORDINATOR_SCHEMA), ids=lambda v: ".".join(v) if isinstance(v, tuple) else v)
+@pytest.mark.parametrize(
+    ("path", "key"), _every_key(COORDINATOR_SCHEMA), ids=lambda v: ".".join(v) if isinstance(v, tuple) else v
+)
 def test_every_key_of_the_wrong_type_is_refused(tmp_path: Path, base: dict, path, key) -> None:
     section = COORDINATOR_SCHEMA[path[0]]
     for part in path[1:]:
@@ -325,7 +336,9 @@ def test_check_reports_a_usable_coordinator_config(tmp_path: Path, base: dict, c
     assert "epsilon 8 for the task at delta 1e-06" in out
     assert "record level (DP-SGD across the sites)" in out and "probability 0.064 (64 of 1000 expected)" in out
     # the plan a round would run with: noise for t - c = 4 - 1 honest survivors
-    assert re.search(r"DP plan: +with all 4 nodes: noise for t - c = 3 honest survivors, noise multiplier \d+\.\d{3} over 5 rounds", out), out
+    assert re.search(
+        r"DP plan: +with all 4 nodes: noise for t - c = 3 honest survivors, noise multiplier \d+\.\d{3} over 5 rounds", out
+    ), out
     assert "CURVE key:     " in out and "test.csv: 20 rows, 3 features + label 'outcome'" in out
     assert out.rstrip().endswith("OK: the config is usable")
 

@@ -212,10 +212,19 @@ def test_every_misspelt_section_is_refused_with_the_nearest_valid_one(tmp_path: 
 def test_the_issue_typos(tmp_path: Path, base: dict) -> None:
     """``max_epsion = 2.0`` and ``[polcy]`` used to load as "no limit"; ``label_colum`` was ignored."""
     cases = [
-        (_rename(base, ("policy",), "max_epsilon", "max_epsion"), "[policy] unknown key 'max_epsion'; did you mean `max_epsilon`?"),
+        (
+            _rename(base, ("policy",), "max_epsilon", "max_epsion"),
+            "[policy] unknown key 'max_epsion'; did you mean `max_epsilon`?",
+        ),
         ({("polcy" if k == "policy" else k): v for k, v in base.items()}, "unknown section 'polcy'; did you mean [policy]?"),
-        (_rename(base, ("data",), "label_column", "label_colum"), "[data] unknown key 'label_colum'; did you mean `label_column`?"),
-        (_rename(base, ("task",), "preprocessing", "preprocesing"), "[task] unknown section 'preprocesing'; did you mean [task.preprocessing]?"),
+        (
+            _rename(base, ("data",), "label_column", "label_colum"),
+            "[data] unknown key 'label_colum'; did you mean `label_column`?",
+        ),
+        (
+            _rename(base, ("task",), "preprocessing", "preprocesing"),
+            "[task] unknown section 'preprocesing'; did you mean [task.preprocessing]?",
+        ),
     ]
     for config, message in cases:
         file = write_toml(tmp_path / "node.toml", config)
@@ -252,6 +261,7 @@ def test_every_problem_is_listed_at_once(tmp_path: Path, base: dict) -> None:
 
 
 # --- wrong types --------------------------------------------------------------------------------------------
+
 
 def _wrong_value(kinds: tuple[type, ...]) -> object:
     if str in kinds:

@@ -135,21 +135,28 @@ def save_raw_npz(path: Path, **arrays: np.ndarray) -> Path:
         ({"X": np.ones((2, 3))}, {}, r"missing array\(s\) \['y'\]"),
         ({"X": np.ones((0, 3)), "y": np.zeros(0, int)}, {"features": 3}, "empty"),
         ({"X": np.ones((2, 3)), "y": np.zeros(3, int)}, {"features": 3}, "one label per row"),
-        ({"X": np.array([[1.0, np.inf, 0], [0, 0, 0]]), "y": np.zeros(2, int)}, {"features": 3},
-         r"NaN or infinity at row 0, column 1"),
+        (
+            {"X": np.array([[1.0, np.inf, 0], [0, 0, 0]]), "y": np.zeros(2, int)},
+            {"features": 3},
+            r"NaN or infinity at row 0, column 1",
+        ),
         ({"X": np.ones((2, 3)), "y": np.array([0.0, 1.5])}, {"features": 3}, r"non-integer label 1.5 at row 1"),
         ({"X": np.ones((2, 3)), "y": np.array(["0", "1"])}, {"features": 3}, "integer labels"),
         ({"X": np.ones((2, 3)), "y": np.array([0, 5])}, {"features": 3}, r"labels \[5\] are not among"),
         ({"X": np.ones((2, 3)), "y": np.zeros(2, int)}, {}, "add a 'feature_names' array"),
-        ({"X": np.ones((2, 3)), "y": np.zeros(2, int), "feature_names": np.array(["a", "b"])}, {},
-         "one name per column"),
-        ({"X": np.ones((2, 3)), "y": np.zeros(2, int), "feature_names": np.array(["a", "b", "x"])}, {},
-         r"missing features \['c'\]; columns the task does not declare \['x'\]"),
+        ({"X": np.ones((2, 3)), "y": np.zeros(2, int), "feature_names": np.array(["a", "b"])}, {}, "one name per column"),
+        (
+            {"X": np.ones((2, 3)), "y": np.zeros(2, int), "feature_names": np.array(["a", "b", "x"])},
+            {},
+            r"missing features \['c'\]; columns the task does not declare \['x'\]",
+        ),
         ({"X": np.ones((2, 2)), "y": np.zeros(2, int)}, {"features": 3}, "has 2 feature columns"),
-        ({"X": np.array([[{"a": 1}]], dtype=object), "y": np.zeros(1, int)}, {"features": 1},
-         "object arrays or pickled data"),
-        ({"X": np.ones((2, 3)), "y": np.zeros(2, int), "feature_names": np.array(["a", "b", "c"], dtype=object)},
-         {}, "object arrays"),
+        ({"X": np.array([[{"a": 1}]], dtype=object), "y": np.zeros(1, int)}, {"features": 1}, "object arrays or pickled data"),
+        (
+            {"X": np.ones((2, 3)), "y": np.zeros(2, int), "feature_names": np.array(["a", "b", "c"], dtype=object)},
+            {},
+            "object arrays",
+        ),
     ],
 )
 def test_npz_refusals(tmp_path: Path, arrays, kw, match) -> None:
@@ -195,8 +202,12 @@ def test_savers_refuse_bad_input(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("name", "shape", "classes"),
-    [("digits", (1797, 64), tuple(range(10))), ("iris", (150, 4), (0, 1, 2)),
-     ("wine", (178, 13), (0, 1, 2)), ("breast_cancer", (569, 30), (0, 1))],
+    [
+        ("digits", (1797, 64), tuple(range(10))),
+        ("iris", (150, 4), (0, 1, 2)),
+        ("wine", (178, 13), (0, 1, 2)),
+        ("breast_cancer", (569, 30), (0, 1)),
+    ],
 )
 def test_bundled_datasets_are_scaled_to_unit_range(name, shape, classes) -> None:
     d = load_bundled(name)

@@ -271,9 +271,7 @@ def test_calibration_refuses_when_the_releases_already_made_leave_no_room() -> N
         calibrate_skellam_variance(already + 1e-3, 10_000, DELTA, d2, d1, spent=spent)
 
 
-@pytest.mark.parametrize(
-    ("target", "steps", "sampling_rate"), [(1.0, 1, 1.0), (2.0, 10, 1.0), (3.0, 1000, 0.01), (8.0, 50, 1.0)]
-)
+@pytest.mark.parametrize(("target", "steps", "sampling_rate"), [(1.0, 1, 1.0), (2.0, 10, 1.0), (3.0, 1000, 0.01), (8.0, 50, 1.0)])
 def test_calibrated_gaussian_noise_is_within_target_and_tight(target: float, steps: int, sampling_rate: float) -> None:
     z = calibrate_gaussian(target, steps, DELTA, sampling_rate, method="rdp")
     assert gaussian_epsilon(z, steps, DELTA, sampling_rate, "rdp") <= target
@@ -361,7 +359,8 @@ def test_calibration_refuses_zero_rounds_and_bad_sensitivities() -> None:
 
 
 @pytest.mark.parametrize(
-    ("variance", "d2", "d1"), [(0.0, 1.0, 1.0), (-1.0, 1.0, 1.0), (NAN, 1.0, 1.0), (1.0, 0.0, 1.0), (1.0, 1.0, -2.0), (1.0, NAN, 1.0)]
+    ("variance", "d2", "d1"),
+    [(0.0, 1.0, 1.0), (-1.0, 1.0, 1.0), (NAN, 1.0, 1.0), (1.0, 0.0, 1.0), (1.0, 1.0, -2.0), (1.0, NAN, 1.0)],
 )
 def test_skellam_release_refuses_non_positive_values(variance: float, d2: float, d1: float) -> None:
     with pytest.raises(InvalidParameter):

@@ -76,9 +76,7 @@ def test_resolution_and_scale() -> None:
         (1000.0, 1000, None, 11),  # 1000 * 1000 * 2^11 ~ 2.05e9 < 2^31 <= 1000 * 1000 * 2^12
     ],
 )
-def test_for_summands_known_answers(
-    clip_norm: float, max_summands: int, max_abs: float | None, expected_bits: int
-) -> None:
+def test_for_summands_known_answers(clip_norm: float, max_summands: int, max_abs: float | None, expected_bits: int) -> None:
     enc = FixedPointEncoder.for_summands(clip_norm, max_summands, max_abs=max_abs)
     assert enc.fractional_bits == expected_bits
     assert enc.max_summands == max_summands
@@ -184,8 +182,16 @@ def test_valid_baseline_of_the_invalid_parameter_table_constructs() -> None:
 
 @pytest.mark.parametrize(
     ("clip_norm", "max_summands", "max_abs"),
-    [(-1.0, 4, None), (0.0, 4, None), (math.nan, 4, None), (1.0, 0, None), (1.0, -1, None), (1.0, 2.5, None),
-     (1.0, 4, -1.0), (1.0, 4, math.nan)],
+    [
+        (-1.0, 4, None),
+        (0.0, 4, None),
+        (math.nan, 4, None),
+        (1.0, 0, None),
+        (1.0, -1, None),
+        (1.0, 2.5, None),
+        (1.0, 4, -1.0),
+        (1.0, 4, math.nan),
+    ],
 )
 def test_for_summands_rejects_invalid_parameters(clip_norm: float, max_summands: int, max_abs: float | None) -> None:
     with pytest.raises(InvalidParameter):
@@ -381,9 +387,7 @@ def test_rounding_frequency_matches_fractional_part() -> None:
 @pytest.mark.parametrize(
     ("max_summands", "fractional_bits"), [(1, 0), (1, 30), (3, 10), (7, 20), (1000, 8), (1000, 0), (12345, 3)]
 )
-def test_max_summands_copies_at_the_guard_sum_right_up_to_the_edge(
-    max_summands: int, fractional_bits: int, sign: float
-) -> None:
+def test_max_summands_copies_at_the_guard_sum_right_up_to_the_edge(max_summands: int, fractional_bits: int, sign: float) -> None:
     """n * unit is the largest multiple of n below 2^31; its decoding must not wrap."""
     unit = (SIGNED_LIMIT - 1) // max_summands
     max_abs = unit / 2.0**fractional_bits  # exact: unit < 2^31

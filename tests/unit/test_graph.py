@@ -34,9 +34,7 @@ def _effective(degree: int | None) -> int | None:
 
 
 @given(members_, degrees_, seeds_)
-def test_neighbourhoods_are_closed_symmetric_and_of_the_right_size(
-    members: set[int], degree: int | None, seed: bytes
-) -> None:
+def test_neighbourhoods_are_closed_symmetric_and_of_the_right_size(members: set[int], degree: int | None, seed: bytes) -> None:
     graph = NeighbourGraph.build(members, degree, seed)
     m = len(members)
     assert graph.members == tuple(sorted(members))
@@ -352,14 +350,13 @@ def test_sparse_graph_for_n_1000(
     # X >= min(2t - m, t - 1) colluding neighbours breaking one (t - 1 against a curious coordinator).
     need = t - 1 if adversary == "curious" else min(2 * t - m, t - 1)
     assert need >= 1
-    exact = min(Fraction(1), n * Fraction(
-        sum(math.comb(c, x) * math.comb(n - 1 - c, k - x) for x in range(need, min(c, k) + 1)), math.comb(n - 1, k)
-    ))
+    exact = min(
+        Fraction(1),
+        n * Fraction(sum(math.comb(c, x) * math.comb(n - 1 - c, k - x) for x in range(need, min(c, k) + 1)), math.comb(n - 1, k)),
+    )
     assert proposal.failure_bound == exact == sparse_failure_probability(n, k, t, c, adversary)
     assert proposal.failure_bound <= Fraction(1, 1 << 40)
-    assert float(proposal.failure_bound) == pytest.approx(
-        n * stats.hypergeom.sf(need - 1, n - 1, c, k), rel=1e-7
-    )
+    assert float(proposal.failure_bound) == pytest.approx(n * stats.hypergeom.sf(need - 1, n - 1, c, k), rel=1e-7)
     assert _tail(m, dropout, m - t + 1) <= 2.0**-20 / n
     assert "2^-40" in proposal.explanation
     config = RoundConfig("t", 0, n, t, 1, SEED, k)
@@ -375,8 +372,7 @@ def test_sparse_k_is_the_smallest_even_k_that_works() -> None:
     m = smaller + 1
     # No threshold works for the next smaller even k (scipy for the privacy tail).
     assert not any(
-        n * stats.hypergeom.sf(2 * t - m - 1, n - 1, c, smaller) <= 2.0**-40
-        and _tail(m, dropout, m - t + 1) <= 2.0**-20 / n
+        n * stats.hypergeom.sf(2 * t - m - 1, n - 1, c, smaller) <= 2.0**-40 and _tail(m, dropout, m - t + 1) <= 2.0**-20 / n
         for t in range(1, m + 1)
     )
 
@@ -479,9 +475,9 @@ def test_every_proposal_is_a_valid_round_config_a_node_accepts(
     assert 1 <= proposal.threshold <= config.neighbourhood_size
     assert proposal.colluders == c
     # A node that defends against the same adversary takes part.
-    ClientPolicy(
-        min_threshold=1, min_cohort=1, min_threshold_fraction=0.0, max_colluders=colluders, adversary=adversary
-    ).check(config)
+    ClientPolicy(min_threshold=1, min_cohort=1, min_threshold_fraction=0.0, max_colluders=colluders, adversary=adversary).check(
+        config
+    )
 
 
 def test_non_integer_degree_is_refused_at_build() -> None:

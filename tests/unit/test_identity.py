@@ -29,9 +29,7 @@ def key() -> SigningKey:
 
 
 def _private_raw(key: SigningKey) -> bytes:
-    return key._key.private_bytes(
-        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-    )
+    return key._key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
 
 
 def _flip(data: bytes, index: int, bit: int = 0x01) -> bytes:

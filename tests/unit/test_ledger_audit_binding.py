@@ -22,18 +22,18 @@ from pathlib import Path
 
 import pytest
 
+from node.daemon import run_node
 from securefed import cli
 from securefed.audit.log import AuditLog, verify_log
 from securefed.crypto.identity import SigningKey
-from securefed.dp.accountant import skellam_epsilon
 from securefed.dp import ledger as ledger_module
+from securefed.dp.accountant import skellam_epsilon
 from securefed.dp.ledger import Budget, PrivacyLedger
 from securefed.errors import InvalidParameter
 from securefed.federation.node import NodePolicy
 from securefed.learning.data import save_csv
 from securefed.localfed import free_port, toml_value
 from securefed.wire.keys import CurveKeyPair
-from node.daemon import run_node
 from tests.unit.test_dp_records import DpFederation
 
 DELTA = 1e-5

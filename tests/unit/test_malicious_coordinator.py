@@ -124,9 +124,7 @@ def no_double_reveal_in_any_round(request, beyond_bound):
                 assert_no_double_reveal(r.clients, r.unmask_outputs)
 
 
-def refuses(
-    r: HonestRound, node: int, message: object, error: type[BaseException] = SecureFedError, reason: str | None = None
-):
+def refuses(r: HonestRound, node: int, message: object, error: type[BaseException] = SecureFedError, reason: str | None = None):
     """Deliver ``message`` to ``node``; it must raise ``error`` (with ``reason``), end ABORTED, send nothing."""
     client = r.clients[node]
     outputs_before = len(r.unmask_outputs.get(node, []))
@@ -290,9 +288,7 @@ def test_own_keys_substituted_are_refused(field):
     # even with a signature over the substituted entry by the node's own identity (worst case)
     own = next(e for e in key_list.entries if e.sender == 4)
     new = dataclasses.replace(own, **changes)
-    changes["signature"] = r.identities[4].sign(
-        advertise_transcript(r.config, 4, new.c_pk, new.s_pk, new.seed_commitment)
-    )
+    changes["signature"] = r.identities[4].sign(advertise_transcript(r.config, 4, new.c_pk, new.s_pk, new.seed_commitment))
     refuses(r, 4, replace_entry(key_list, 4, **changes), RemoteProtocolError, reason="key-substitution")
 
 
@@ -573,9 +569,7 @@ def test_unmask_request_with_another_survivor_set_than_signed_is_refused():
 
 
 def _with_signature(request: UnmaskRequest, signer: int, signature: bytes) -> UnmaskRequest:
-    return dataclasses.replace(
-        request, signatures=tuple((s, signature if s == signer else sig) for s, sig in request.signatures)
-    )
+    return dataclasses.replace(request, signatures=tuple((s, signature if s == signer else sig) for s, sig in request.signatures))
 
 
 @pytest.mark.parametrize("forgery", ["random-bytes", "flipped-bit", "coordinator-key", "other-survivor-set", "other-round"])
@@ -816,9 +810,7 @@ def test_key_list_mixing_two_models_with_recommitted_entries_is_refused():
     adverts = r.start()
     values = {node: hashlib.sha256(b"coordinator/%d" % node).digest() for node in (6, 7)}
     entries = tuple(
-        dataclasses.replace(a, seed_commitment=seed_commitment(r.config, a.sender, values[a.sender]))
-        if a.sender in values
-        else a
+        dataclasses.replace(a, seed_commitment=seed_commitment(r.config, a.sender, values[a.sender])) if a.sender in values else a
         for a in sorted(adverts, key=lambda a: a.sender)
     )
     (reveal,) = r.deliver(1, KeyList(entries))
@@ -995,9 +987,7 @@ def test_share_not_matching_its_relayed_commitment_is_never_revealed(what):
     sends = r.run_until(ShareRelay)
     relay = r.sends_to(sends, 4)
     index = 0 if what == "s-commitment" else 32
-    commitments = tuple(
-        (s, c[:index] + bytes([c[index] ^ 1]) + c[index + 1 :] if s == 3 else c) for s, c in relay.commitments
-    )
+    commitments = tuple((s, c[:index] + bytes([c[index] ^ 1]) + c[index + 1 :] if s == 3 else c) for s, c in relay.commitments)
     finish_with(r, sends, {4: dataclasses.replace(relay, commitments=commitments)})
     _assert_holder_skipped(r, 4, {3})
 
@@ -1010,9 +1000,7 @@ def test_consistency_request_naming_a_withheld_sharer_is_refused():
     r = HonestRound(5)
     sends = r.run_until(ShareRelay)
     relay = r.sends_to(sends, 1)
-    withheld = ShareRelay(
-        tuple(p for p in relay.ciphertexts if p[0] != 4), tuple(p for p in relay.commitments if p[0] != 4)
-    )
+    withheld = ShareRelay(tuple(p for p in relay.ciphertexts if p[0] != 4), tuple(p for p in relay.commitments if p[0] != 4))
     (masked,) = r.deliver(1, withheld)
     assert isinstance(masked, MaskedInput)
     refuses(r, 1, ConsistencyRequest((1, 2, 3, 4, 5)), RemoteProtocolError, reason="inconsistent-survivors")

@@ -20,9 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from coordinator.config import load_coordinator_config
 from node.config import load_node_config
-from securefed.federation.node import Node
 from securefed.errors import ConfigError, InvalidParameter
-from securefed.federation.node import NodePolicy
+from securefed.federation.node import Node, NodePolicy
 from securefed.metrics import (
     COORDINATOR_METRICS,
     MAX_LABEL_VALUES,

@@ -102,8 +102,16 @@ def federation(tmp_path: Path) -> dict:
             trained = adapter.fit_local(model, scaled, data.y, epochs=3, learning_rate=0.5, batch_size=8, seed=round_number)
             model = strategy.apply(model, trained - model)
             store.commit_round(
-                round_number, model, strategy.state_dict(), aggregation, ["site-0", "site-1", "site-2"], 3, 3.0,
-                EPSILON[round_number], 1.5, (4.0e6, 1.0e3, 2.0e4),
+                round_number,
+                model,
+                strategy.state_dict(),
+                aggregation,
+                ["site-0", "site-1", "site-2"],
+                3,
+                3.0,
+                EPSILON[round_number],
+                1.5,
+                (4.0e6, 1.0e3, 2.0e4),
             )
     finally:
         store.close()
@@ -141,7 +149,13 @@ def test_export_then_predict_gives_the_adapters_predictions(federation: dict, ca
     assert meta["features"] == {"count": 4, "names": FEATURES}
     assert meta["classes"] == [0, 1, 2] and meta["label_column"] == "species"
     assert meta["preprocessing"] == task.preprocessing.to_json()
-    assert meta["privacy"] == {"epsilon": EPSILON[ROUNDS], "delta": 1e-6, "epsilon_budget": 8.0, "releases": ROUNDS, "unit": "site"}
+    assert meta["privacy"] == {
+        "epsilon": EPSILON[ROUNDS],
+        "delta": 1e-6,
+        "epsilon_budget": 8.0,
+        "releases": ROUNDS,
+        "unit": "site",
+    }
     assert meta["weights_sha256"] == stored_sha256(federation["config"], ROUNDS)
 
     # columns in another order, label column present: predictions by name, and the accuracy
@@ -214,13 +228,19 @@ def test_a_dp_task_before_its_first_round_exports_epsilon_zero(tmp_path: Path, c
     task = config.task
     store = CoordinatorStore(config.store_path)
     store.bind_task(task.name, task.fingerprint())
-    store.save_initial_model(make_adapter(task.model_kind, task.n_features, task.classes, **task.model_options).initial_parameters(seed=1))
+    store.save_initial_model(
+        make_adapter(task.model_kind, task.n_features, task.classes, **task.model_options).initial_parameters(seed=1)
+    )
     store.close()
     out = tmp_path / "initial.npz"
     assert main(["model", "export", "--config", str(config_path), "--out", str(out)]) == 0
     assert "round 0 (the initial, untrained model)" in capsys.readouterr().out
     assert securefed.load_model(out).securefed_metadata["privacy"] == {
-        "epsilon": 0.0, "delta": 1e-6, "epsilon_budget": 8.0, "releases": 0, "unit": "site"
+        "epsilon": 0.0,
+        "delta": 1e-6,
+        "epsilon_budget": 8.0,
+        "releases": 0,
+        "unit": "site",
     }
 
 

@@ -175,7 +175,12 @@ def test_the_file_holds_two_plain_numeric_arrays_and_loads_without_pickle(model_
     assert set(metadata) == METADATA_KEYS
     assert metadata["format"] == FORMAT and metadata["format_version"] == FORMAT_VERSION
     assert metadata["created_at"] == "2023-11-14T22:13:20Z"
-    assert metadata["preprocessing"] == {"scaler": "minmax", "min": [-1.0, -2.0, -3.0, -4.0], "max": [1.0, 3.0, 5.0, 7.0], "clip": True}
+    assert metadata["preprocessing"] == {
+        "scaler": "minmax",
+        "min": [-1.0, -2.0, -3.0, -4.0],
+        "max": [1.0, 3.0, 5.0, 7.0],
+        "clip": True,
+    }
 
 
 def test_write_is_atomic_and_leaves_no_temporary_file(model_file) -> None:
@@ -469,8 +474,16 @@ def test_export_refuses_inconsistent_input() -> None:
         encode_model(metadata, weights + 1)
     with pytest.raises(InvalidParameter, match="not plain JSON"):
         build_metadata(
-            task="t", round_number=1, model_kind="sgd_logistic", model_options={}, n_features=1, feature_names=None,
-            classes=(0, 1), preprocessing=None, weights=np.zeros(2), privacy={"epsilon": float("nan")},
+            task="t",
+            round_number=1,
+            model_kind="sgd_logistic",
+            model_options={},
+            n_features=1,
+            feature_names=None,
+            classes=(0, 1),
+            preprocessing=None,
+            weights=np.zeros(2),
+            privacy={"epsilon": float("nan")},
         )
     with pytest.raises(InvalidParameter, match="parameter_count"):
         to_estimator({**metadata, "model": {**metadata["model"], "parameter_count": 3}}, weights)

@@ -111,9 +111,7 @@ def test_sklearn_fitted_sgd_round_trips_with_the_same_predictions(classes: tuple
 
 @pytest.mark.parametrize("classes", [(0, 1), (3, 5, 9)])
 @pytest.mark.parametrize("activation", ["relu", "tanh", "logistic"])
-def test_sklearn_fitted_mlp_round_trips_with_the_same_predictions(
-    classes: tuple[int, ...], activation: str
-) -> None:
+def test_sklearn_fitted_mlp_round_trips_with_the_same_predictions(classes: tuple[int, ...], activation: str) -> None:
     X, y = toy_data(classes=classes)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -135,9 +133,7 @@ def test_get_parameters_refuses_foreign_estimators() -> None:
     with pytest.raises(TypeError):
         sgd.get_parameters(SGDClassifier(loss="hinge").fit(X, y))
     with pytest.raises(InvalidParameter, match="classes"):
-        make_adapter("sgd_logistic", X.shape[1], [0, 1, 2, 3]).get_parameters(
-            SGDClassifier(loss="log_loss").fit(X, y)
-        )
+        make_adapter("sgd_logistic", X.shape[1], [0, 1, 2, 3]).get_parameters(SGDClassifier(loss="log_loss").fit(X, y))
     with pytest.raises(InvalidParameter, match="not fitted"):
         sgd.get_parameters(SGDClassifier(loss="log_loss"))
     mlp = make_adapter("mlp", X.shape[1], [0, 1, 2], hidden_layer_sizes=(3,))
@@ -192,8 +188,14 @@ def test_refuses_bad_params_data_and_training_arguments() -> None:
         adapter.fit_local(p, X, y[:-1], **train)
     with pytest.raises(InvalidParameter, match=r"labels \[4, 9\] are not among"):
         adapter.fit_local(p, X, np.where(y == 2, 9, np.where(y == 1, 4, y)), **train)
-    for bad in (dict(epochs=-1), dict(epochs=1.5), dict(learning_rate=0.0), dict(learning_rate=math.nan),
-                dict(batch_size=0), dict(seed=-3)):
+    for bad in (
+        dict(epochs=-1),
+        dict(epochs=1.5),
+        dict(learning_rate=0.0),
+        dict(learning_rate=math.nan),
+        dict(batch_size=0),
+        dict(seed=-3),
+    ):
         with pytest.raises(InvalidParameter):
             adapter.fit_local(p, X, y, **{**train, **bad})
 
@@ -202,8 +204,7 @@ def test_divergence_is_reported_not_returned() -> None:
     X, y = toy_data()
     adapter = make_adapter("mlp", X.shape[1], [0, 1, 2], hidden_layer_sizes=(8,))
     with pytest.raises(InvalidParameter, match="diverged"):
-        adapter.fit_local(adapter.initial_parameters(0), X * 10, y, epochs=3, learning_rate=1e12,
-                          batch_size=5, seed=0)
+        adapter.fit_local(adapter.initial_parameters(0), X * 10, y, epochs=3, learning_rate=1e12, batch_size=5, seed=0)
 
 
 # --- initialisation ------------------------------------------------------------------------------
@@ -376,8 +377,9 @@ def test_binary_task_node_with_one_class() -> None:
     for kind in MODEL_KINDS:
         adapter = make_adapter(kind, X.shape[1], [0, 1])
         ones = y == 1
-        new = adapter.fit_local(adapter.initial_parameters(0), X[ones], y[ones], epochs=5,
-                                learning_rate=0.1, batch_size=8, seed=0)
+        new = adapter.fit_local(
+            adapter.initial_parameters(0), X[ones], y[ones], epochs=5, learning_rate=0.1, batch_size=8, seed=0
+        )
         assert np.all(adapter.predict(new, X[ones]) == 1)
 
 
@@ -401,13 +403,11 @@ def federated_vs_central(kind: str, d, split, *, nodes: int = 5, rounds: int = 1
         weighted_sum = np.zeros_like(global_params)
         total = 0
         for k, idx in enumerate(parts):
-            local = adapter.fit_local(global_params, split.X_train[idx], split.y_train[idx],
-                                      seed=1000 * r + k, **train)
+            local = adapter.fit_local(global_params, split.X_train[idx], split.y_train[idx], seed=1000 * r + k, **train)
             weighted_sum += len(idx) * (local - global_params)
             total += len(idx)
         global_params = global_params + weighted_sum / total
-    central = adapter.fit_local(start, split.X_train, split.y_train, seed=1,
-                                **{**train, "epochs": train["epochs"] * rounds})
+    central = adapter.fit_local(start, split.X_train, split.y_train, seed=1, **{**train, "epochs": train["epochs"] * rounds})
     fed = adapter.evaluate(global_params, split.X_test, split.y_test).accuracy
     cen = adapter.evaluate(central, split.X_test, split.y_test).accuracy
     return fed, cen

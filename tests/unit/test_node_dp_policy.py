@@ -115,9 +115,7 @@ SAFE_T = 3
 SAFE_C = 1
 
 
-def _spec(
-    dp: dict | None, threshold: int = SAFE_T, phase: str = "train", round_number: int = 1, masking: bool = True
-) -> dict:
+def _spec(dp: dict | None, threshold: int = SAFE_T, phase: str = "train", round_number: int = 1, masking: bool = True) -> dict:
     return RoundSpec(
         task=TASK,
         round=round_number,

@@ -99,7 +99,9 @@ def _model_hash(model: np.ndarray) -> str:
 class Site:
     """One real Node on a fake socket, with its own NodeState (SQLite) and signed audit log on disk."""
 
-    def __init__(self, folder: Path, name: str, identity: SigningKey, roster: dict[str, bytes], policy: NodePolicy, seed: int) -> None:
+    def __init__(
+        self, folder: Path, name: str, identity: SigningKey, roster: dict[str, bytes], policy: NodePolicy, seed: int
+    ) -> None:
         self.folder, self.name, self.identity, self.roster, self.policy = folder, name, identity, roster, policy
         rng = np.random.default_rng(seed)
         X = rng.normal(size=(40, N_FEATURES))
@@ -139,7 +141,9 @@ class Site:
         self.state.close()
 
 
-def make_sites(tmp_path: Path, roster_size: int, members: int, policy: NodePolicy | None = None) -> tuple[dict[str, Site], dict[str, bytes]]:
+def make_sites(
+    tmp_path: Path, roster_size: int, members: int, policy: NodePolicy | None = None
+) -> tuple[dict[str, Site], dict[str, bytes]]:
     """A federation roster of ``roster_size`` names; real nodes for the first ``members`` of them."""
     names = [f"site-{i:02d}" for i in range(1, roster_size + 1)]
     keys = {name: SigningKey.generate() for name in names}

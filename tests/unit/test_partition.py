@@ -67,10 +67,7 @@ def label_skew(parts: list[np.ndarray], y: np.ndarray) -> float:
 
 def test_lower_alpha_skews_labels_more() -> None:
     y = load_bundled("digits").y
-    skew = {
-        alpha: np.mean([label_skew(dirichlet(y, 5, alpha, seed), y) for seed in range(5)])
-        for alpha in (0.1, 1.0, 100.0)
-    }
+    skew = {alpha: np.mean([label_skew(dirichlet(y, 5, alpha, seed), y) for seed in range(5)]) for alpha in (0.1, 1.0, 100.0)}
     assert skew[0.1] > skew[1.0] > skew[100.0]
     assert skew[0.1] > 0.4  # nodes see mostly a few classes
     assert skew[100.0] < 0.1  # close to IID

@@ -80,7 +80,9 @@ def test_each_row_is_that_examples_own_gradient(kind, options):
             up, down = params.copy(), params.copy()
             up[j] += step
             down[j] -= step
-            numeric[j] = (_example_loss(adapter, up, X[i], int(y[i])) - _example_loss(adapter, down, X[i], int(y[i]))) / (2 * step)
+            numeric[j] = (_example_loss(adapter, up, X[i], int(y[i])) - _example_loss(adapter, down, X[i], int(y[i]))) / (
+                2 * step
+            )
         np.testing.assert_allclose(rows[i], numeric, rtol=1e-5, atol=1e-7)
 
 

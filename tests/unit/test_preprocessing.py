@@ -23,8 +23,13 @@ from securefed.federation.node import Node, NodePolicy, NodeState
 from securefed.federation.spec import RoundSpec, parse_spec, round_context
 from securefed.federation.task import TaskDefinition
 from securefed.learning.data import LocalDataset, load_local_dataset, save_csv
-from securefed.learning.datasets import BUNDLED_DATASETS, PUBLIC_BOUNDS, bundled_preprocessing, load_bundled
-from securefed.learning.datasets import train_test_split_stratified
+from securefed.learning.datasets import (
+    BUNDLED_DATASETS,
+    PUBLIC_BOUNDS,
+    bundled_preprocessing,
+    load_bundled,
+    train_test_split_stratified,
+)
 from securefed.learning.models import DEFAULT_TRAINING, ModelAdapter, make_adapter
 from securefed.localfed import LocalFederation
 from securefed.preprocessing import Preprocessing
@@ -61,14 +66,30 @@ def test_the_three_ways_to_declare_a_parameter_agree() -> None:
         ({"scaler": "minmx", "min": 0, "max": 1}, 4, r"scaler must be one of .*; did you mean `minmax`\?"),
         ({"scaler": "minmax", "min": 0}, 4, r"the minmax scaler needs 'max'"),
         ({"scaler": "minmax", "min": [0, 1], "max": 5}, 4, r"min has 2 values but the task declares 4 features"),
-        ({"scaler": "minmax", "min": {"age": 0}, "max": 5}, 4, r"keyed by feature name, but the task declares only a feature count"),
-        ({"scaler": "minmax", "min": {"age": 0, "bmi": 1, "glucse": 2, "pressure": 3}, "max": 500}, FEATURES, r"'glucse'.*did you mean `glucose`\?"),
-        ({"scaler": "minmax", "min": {"age": 0, "bmi": 1}, "max": 500}, FEATURES, r"min lacks features \['glucose', 'pressure'\]"),
+        (
+            {"scaler": "minmax", "min": {"age": 0}, "max": 5},
+            4,
+            r"keyed by feature name, but the task declares only a feature count",
+        ),
+        (
+            {"scaler": "minmax", "min": {"age": 0, "bmi": 1, "glucse": 2, "pressure": 3}, "max": 500},
+            FEATURES,
+            r"'glucse'.*did you mean `glucose`\?",
+        ),
+        (
+            {"scaler": "minmax", "min": {"age": 0, "bmi": 1}, "max": 500},
+            FEATURES,
+            r"min lacks features \['glucose', 'pressure'\]",
+        ),
         ({"scaler": "minmax", "min": [0, 5, 0, 0], "max": [1, 5, 1, 1]}, 4, r"max must exceed min .* feature #2"),
         ({"scaler": "minmax", "min": [0, "x", 0, 0], "max": 1}, 4, r"min #2 must be a finite number"),
         ({"scaler": "minmax", "min": float("nan"), "max": 1}, 4, r"min must be a finite number"),
         ({"scaler": "standard", "mean": 0, "scale": [1, 1, 0, 1]}, 4, r"scale must be positive .* feature #3"),
-        ({"scaler": "standard", "mean": 0, "scale": 1, "clip": True}, 4, r"the standard scaler takes \['mean', 'scale'\], not \['clip'\]"),
+        (
+            {"scaler": "standard", "mean": 0, "scale": 1, "clip": True},
+            4,
+            r"the standard scaler takes \['mean', 'scale'\], not \['clip'\]",
+        ),
         ({"scaler": "minmax", "min": 0, "max": 1, "mean": 0}, 4, r"not \['mean'\]"),
         ({"scaler": "none", "min": 0}, 4, r'scaler = "none" takes no parameters'),
     ],
@@ -156,7 +177,9 @@ def test_the_task_checks_its_preprocessing_and_feature_names() -> None:
     }
 
 
-def spec(preprocessing: Preprocessing | None = None, feature_names=FEATURES, phase: str = "train", masking: bool = False, **extra) -> RoundSpec:
+def spec(
+    preprocessing: Preprocessing | None = None, feature_names=FEATURES, phase: str = "train", masking: bool = False, **extra
+) -> RoundSpec:
     return RoundSpec(
         task="t", round=1, phase=phase, model_kind="sgd_logistic", model_options={}, n_features=4, classes=(0, 1),
         epochs=1, learning_rate=0.1, batch_size=8, clip_norm=10.0, fractional_bits=16, weight_cap=100, threshold=3,
@@ -300,7 +323,11 @@ def test_without_preprocessing_the_node_uses_its_data_as_is(tmp_path: Path, reco
             Preprocessing.from_mapping({"scaler": "minmax", "min": LOW, "max": [120.0, 60.0, 500.0, 200.0]}, FEATURES),
             "the round's minmax max for feature #3 is 500.0, this site agreed to 400.0",
         ),
-        (minmax(), Preprocessing.from_mapping({"scaler": "standard", "mean": 0, "scale": 1}, 4), "with standard; this site agreed to minmax"),
+        (
+            minmax(),
+            Preprocessing.from_mapping({"scaler": "standard", "mean": 0, "scale": 1}, 4),
+            "with standard; this site agreed to minmax",
+        ),
     ],
 )
 def test_a_round_with_other_preprocessing_is_refused_before_training(
@@ -351,7 +378,10 @@ def test_csv_columns_are_matched_by_name_in_any_order(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("columns", "message"),
-    [(["age", "bmi", "glucose"], r"missing features \['pressure'\]"), ([*FEATURES, "weight"], r"columns the task does not declare \['weight'\]")],
+    [
+        (["age", "bmi", "glucose"], r"missing features \['pressure'\]"),
+        ([*FEATURES, "weight"], r"columns the task does not declare \['weight'\]"),
+    ],
 )
 def test_missing_or_extra_columns_are_clear_errors(tmp_path: Path, columns: list, message: str) -> None:
     X = np.ones((4, len(columns)))

@@ -42,7 +42,14 @@ class RecordFederation(DpFederation):
 
 
 def record_dp(epsilon: float = 4.0, batch: float = 48.0) -> dict:
-    return {"epsilon": epsilon, "delta": DELTA, "clip_norm": 1.0, "unit": "record", "expected_batch": batch, "total_records": RECORDS}
+    return {
+        "epsilon": epsilon,
+        "delta": DELTA,
+        "clip_norm": 1.0,
+        "unit": "record",
+        "expected_batch": batch,
+        "total_records": RECORDS,
+    }
 
 
 def test_a_record_level_task_runs_charges_each_record_round_and_learns(tmp_path: Path) -> None:

@@ -15,8 +15,8 @@ import io
 import subprocess
 import sys
 import textwrap
-from html.parser import HTMLParser
 from dataclasses import replace
+from html.parser import HTMLParser
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -325,7 +325,10 @@ class _Store:
         return self._records
 
     def attempts(self) -> list:
-        return [SimpleNamespace(aggregation=r.round, round=r.round, phase="train", status="completed", detail="", started_at=0.0) for r in self._records]
+        return [
+            SimpleNamespace(aggregation=r.round, round=r.round, phase="train", status="completed", detail="", started_at=0.0)
+            for r in self._records
+        ]
 
     def refusals(self) -> list:
         return []
@@ -344,7 +347,14 @@ TASK = SimpleNamespace(name="t", model_kind="mlp", n_features=3, feature_names=N
 def test_rounds_from_before_and_after_the_store_records_stages_and_bytes() -> None:
     old = collect(_Store([_record(1)]), TASK, roster_size=4, status=("running", "PID 1"))
     [row] = old.rounds
-    assert (row.stage_durations, row.bytes_in, row.bytes_out, row.completed_at, row.refusals, row.attempts) == ({}, None, None, None, 0, 1)
+    assert (row.stage_durations, row.bytes_in, row.bytes_out, row.completed_at, row.refusals, row.attempts) == (
+        {},
+        None,
+        None,
+        None,
+        0,
+        1,
+    )
 
     new = collect(
         _Store([_record(1, stage_durations={"advertise": 0.5, "unmask": 0.25}, bytes_in=2048, bytes_out=None,
@@ -429,6 +439,8 @@ def test_the_browser_check_accepts_a_report_and_catches_an_external_fetch() -> N
     empty, _ = render_report.check_dom(render_html(_data(()), []))
     assert empty == []
 
-    leaky = page.replace("<footer>", '<img src="https://example.org/t.png" alt="t"><link rel="stylesheet" href="//x/a.css"><footer>')
+    leaky = page.replace(
+        "<footer>", '<img src="https://example.org/t.png" alt="t"><link rel="stylesheet" href="//x/a.css"><footer>'
+    )
     problems, _ = render_report.check_dom(leaky)
     assert any("not inline" in p for p in problems) and any("<link>" in p for p in problems)

@@ -199,9 +199,7 @@ def test_threshold_below_the_minimum_is_refused() -> None:
 )
 def test_threshold_not_above_the_fraction_is_refused(fraction: float, n: int, refused: int, accepted: int) -> None:
     # Colluder bound switched off (curious, no colluders) so only the fraction floor speaks.
-    policy = ClientPolicy(
-        min_threshold=1, min_cohort=1, min_threshold_fraction=fraction, max_colluders=0, adversary="curious"
-    )
+    policy = ClientPolicy(min_threshold=1, min_cohort=1, min_threshold_fraction=fraction, max_colluders=0, adversary="curious")
     error = _refusal(policy, RoundConfig("t", 0, n, refused, 1, CONTEXT))
     assert f"threshold {refused}" in str(error)
     assert f"neighbourhood of {n}" in str(error)

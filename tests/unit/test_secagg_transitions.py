@@ -478,7 +478,9 @@ def test_server_table_deadlines_walk_the_stages_in_order() -> None:
     ]
 
 
-@pytest.mark.parametrize("state", [s for s in ServerState if s not in SERVER_TERMINAL and s is not ServerState.COLLECT_KEYS], ids=_id)
+@pytest.mark.parametrize(
+    "state", [s for s in ServerState if s not in SERVER_TERMINAL and s is not ServerState.COLLECT_KEYS], ids=_id
+)
 def test_server_ignores_a_stale_deadline(state: ServerState) -> None:
     server = server_in(state).server
     waiting = server.waiting_for

@@ -146,7 +146,9 @@ def test_a_live_coordinator_whose_status_is_old_is_reported_stuck(coordinator: P
 
 def test_a_finished_task_and_a_folder_without_state(coordinator: Path, tmp_path: Path) -> None:
     _write_status(coordinator, age=3600.0, finished=True, current=None)
-    assert "coordinator: finished; the coordinator exited after the last round (its last status is 60 min old)" in _text(coordinator)
+    assert "coordinator: finished; the coordinator exited after the last round (its last status is 60 min old)" in _text(
+        coordinator
+    )
     empty = tmp_path / "empty.toml"
     empty.write_text(coordinator.read_text().replace('state_dir = "state"', 'state_dir = "nothing-here"'))
     assert "coordinator: not running; no state yet at" in _text(empty)

@@ -76,11 +76,20 @@ def _run(*args: str, importtime: bool = False) -> subprocess.CompletedProcess:
 def test_the_table_shows_every_round_with_its_stages_bytes_and_tries(coordinator: Path) -> None:
     text = history_text(coordinator)
     lines = text.splitlines()
-    assert re.match(r"round\s+nodes\s+accuracy\s+loss\s+epsilon\s+seconds\s+stages \(s\) adv/rev/shr/inp/con/unm\s+in\s+out\s+tries\s+refusals\s+completed", lines[0]), text
+    assert re.match(
+        r"round\s+nodes\s+accuracy\s+loss\s+epsilon\s+seconds\s+stages \(s\) adv/rev/shr/inp/con/unm\s+in\s+out\s+tries\s+refusals\s+completed",
+        lines[0],
+    ), text
     assert len(lines) == 4, text
     first, second, third = lines[1:]
-    assert re.match(r"\s+1\s+2/3\s+0\.8500\s+0\.5000\s+0\.250\s+1\.50\s+0\.010/0\.020/0\.030/0\.040/0\.050/0\.060\s+2\.0 kB\s+3\.5 MB\s+2\s+0\s+\d{4}-", first), first
-    assert re.match(r"\s+2\s+3/3\s+0\.9000\s+0\.2500\s+0\.500\s+3\.00\s+0\.020/0\.040/0\.060/0\.080/0\.100/0\.120\s+4\.0 kB\s+7\.0 MB\s+3\s+1\s", second), second
+    assert re.match(
+        r"\s+1\s+2/3\s+0\.8500\s+0\.5000\s+0\.250\s+1\.50\s+0\.010/0\.020/0\.030/0\.040/0\.050/0\.060\s+2\.0 kB\s+3\.5 MB\s+2\s+0\s+\d{4}-",
+        first,
+    ), first
+    assert re.match(
+        r"\s+2\s+3/3\s+0\.9000\s+0\.2500\s+0\.500\s+3\.00\s+0\.020/0\.040/0\.060/0\.080/0\.100/0\.120\s+4\.0 kB\s+7\.0 MB\s+3\s+1\s",
+        second,
+    ), second
     assert re.match(r"\s+3\s+2/3\s+-\s+-\s+0\.750\s+4\.50\s", third), third  # not evaluated yet
 
 
@@ -124,7 +133,9 @@ def test_no_state_yet_and_an_old_store(tmp_path: Path, coordinator: Path) -> Non
     assert [(r["round"], r["stage_durations"], r["bytes_in"], r["attempts"], r["refusals"]) for r in rows] == [
         (1, {}, None, 2, 0), (2, {}, None, 2, 1),
     ]  # fmt: skip
-    assert re.search(r"^\s+1\s+3/3\s+0\.8000\s+0\.5000\s+-\s+1\.50\s+-\s+-\s+-\s+2\s+0\s", history_text(old / "coordinator.toml"), re.M)
+    assert re.search(
+        r"^\s+1\s+3/3\s+0\.8000\s+0\.5000\s+-\s+1\.50\s+-\s+-\s+-\s+2\s+0\s", history_text(old / "coordinator.toml"), re.M
+    )
 
 
 def test_the_command_line_forms_and_their_errors(coordinator: Path, capsys: pytest.CaptureFixture) -> None:

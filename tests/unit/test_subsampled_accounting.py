@@ -244,17 +244,20 @@ def test_noise_multiplier_is_close_to_central_dp_sgd(epsilon: float, batch: int,
 
 
 def _plan(**changes) -> RecordLevelPlan:
-    arguments = dict(
-        target_epsilon=2.0,
-        delta=DELTA,
-        total_records=1437,
-        expected_batch=128,
-        rounds=500,
-        clip_norm=1.0,
-        dimension=650,
-        honest_survivors=3,
-        cohort_size=5,
-    ) | changes
+    arguments = (
+        dict(
+            target_epsilon=2.0,
+            delta=DELTA,
+            total_records=1437,
+            expected_batch=128,
+            rounds=500,
+            clip_norm=1.0,
+            dimension=650,
+            honest_survivors=3,
+            cohort_size=5,
+        )
+        | changes
+    )
     return plan_record_level(**arguments)
 
 
@@ -296,7 +299,7 @@ def test_plan_without_rounds_takes_the_most_that_fit() -> None:
 
 
 def test_batch_bound_holds_with_the_exact_binomial_tail() -> None:
-    from scipy import stats  # noqa: PLC0415
+    from scipy import stats
 
     for total, q in ((1437, 128 / 1437), (10**6, 0.001), (50, 0.5), (10, 1.0)):
         bound = batch_bound(total, q)

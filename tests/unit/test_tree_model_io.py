@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 import securefed
 from coordinator.config import load_coordinator_config
+from securefed.analytics import AnalyticsPolicy, respond
 from securefed.cli import main
 from securefed.crypto.identity import SigningKey
 from securefed.errors import InvalidParameter
@@ -49,7 +50,6 @@ from securefed.learning.export import (
     tree_sha256,
     write_model,
 )
-from securefed.analytics import AnalyticsPolicy, respond
 from securefed.learning.models import make_adapter
 from securefed.trees import (
     Bins,
@@ -70,9 +70,21 @@ CASES = {
     # classes declared out of order and not 0..K-1: index i of the ensemble is classes[i]
     "forest": ("random_forest", "iris", (12, 10, 11), 10, {"n_trees": 12, "max_depth": 4, "n_bins": 16, "seed": 5}),
     "gbdt-softmax": ("gbdt", "iris", (2, 0, 1), 0, {"n_estimators": 4, "max_depth": 2, "n_bins": 16}),
-    "gbdt-logistic": ("gbdt", "breast_cancer", (1, 0), 0, {"n_estimators": 5, "max_depth": 2, "n_bins": 16, "max_rows_per_node": 1000}),
+    "gbdt-logistic": (
+        "gbdt",
+        "breast_cancer",
+        (1, 0),
+        0,
+        {"n_estimators": 5, "max_depth": 2, "n_bins": 16, "max_rows_per_node": 1000},
+    ),
     # bins placed at the cohort's quantiles by a secure quantile step: the file carries bins_edges
-    "forest-quantiles": ("random_forest", "iris", (0, 1, 2), 0, {"n_trees": 8, "max_depth": 4, "n_bins": 16, "bins": "quantiles"}),
+    "forest-quantiles": (
+        "random_forest",
+        "iris",
+        (0, 1, 2),
+        0,
+        {"n_trees": 8, "max_depth": 4, "n_bins": 16, "bins": "quantiles"},
+    ),
 }
 
 
@@ -181,8 +193,15 @@ def commit(config_path: Path, case: str, steps: int | None = None) -> None:
             aggregation = store.next_aggregation(number, "compute")
             last = number == len(done)
             store.commit_step(
-                number, aggregation, request_digest(computation), summed, SITES, len(SITES), 0.1,
-                result=result if last else None, model=model.to_arrays() if last else None,
+                number,
+                aggregation,
+                request_digest(computation),
+                summed,
+                SITES,
+                len(SITES),
+                0.1,
+                result=result if last else None,
+                model=model.to_arrays() if last else None,
             )
     finally:
         store.close()
@@ -231,8 +250,12 @@ def test_export_load_and_predict_give_the_ensembles_predictions(tmp_path: Path, 
     assert set(meta) == TREE_METADATA_KEYS
     assert meta["task"] == task.name and meta["aggregations"] == len(steps)
     assert meta["model"] == {
-        "kind": kind, "options": options, "loss": ensemble.loss,
-        "n_trees": ensemble.n_trees, "n_nodes": ensemble.n_nodes, "n_bins": options["n_bins"],
+        "kind": kind,
+        "options": options,
+        "loss": ensemble.loss,
+        "n_trees": ensemble.n_trees,
+        "n_nodes": ensemble.n_nodes,
+        "n_bins": options["n_bins"],
     }
     assert meta["classes"] == list(classes)  # the task's order: the ensemble's class indices
     assert meta["features"] == {"count": len(names_of(dataset)), "names": names_of(dataset)}
@@ -368,8 +391,14 @@ def test_round_does_not_apply_to_tree_tasks(tmp_path: Path, capsys: pytest.Captu
 def test_build_refuses_metadata_that_does_not_describe_the_ensemble() -> None:
     _, ensemble, _ = computed("forest")
     base = {
-        "task": "t", "aggregations": 3, "model_kind": "random_forest", "model_options": {}, "feature_names": None,
-        "classes": (12, 10, 11), "preprocessing": bundled_preprocessing("iris"), "ensemble": ensemble,
+        "task": "t",
+        "aggregations": 3,
+        "model_kind": "random_forest",
+        "model_options": {},
+        "feature_names": None,
+        "classes": (12, 10, 11),
+        "preprocessing": bundled_preprocessing("iris"),
+        "ensemble": ensemble,
     }
     build_tree_metadata(**base)
     with pytest.raises(InvalidParameter, match="lists 2 classes, but the trees predict 3"):
@@ -377,8 +406,14 @@ def test_build_refuses_metadata_that_does_not_describe_the_ensemble() -> None:
     with pytest.raises(InvalidParameter, match=r"model.loss of a gbdt file must be one of \['logistic', 'softmax'\], got ''"):
         build_tree_metadata(**{**base, "model_kind": "gbdt"})
     with pytest.raises(InvalidParameter, match="not cut over the metadata's preprocessing"):
-        build_tree_metadata(**{**base, "preprocessing": bundled_preprocessing("iris").__class__.from_json(
-            {"scaler": "minmax", "min": [0.0] * 4, "max": [10.0] * 4, "clip": True})})
+        build_tree_metadata(
+            **{
+                **base,
+                "preprocessing": bundled_preprocessing("iris").__class__.from_json(
+                    {"scaler": "minmax", "min": [0.0] * 4, "max": [10.0] * 4, "clip": True}
+                ),
+            }
+        )
     with pytest.raises(InvalidParameter, match="preprocessing must be the task's minmax bounds"):
         build_tree_metadata(**{**base, "preprocessing": None})
 
@@ -391,8 +426,15 @@ def tree_blob(case: str = "forest") -> bytes:
     _, ensemble, _ = computed(case)
     kind, dataset, classes, _, options = CASES[case]
     metadata = build_tree_metadata(
-        task="fuzz", aggregations=4, model_kind=kind, model_options=options, feature_names=names_of(dataset),
-        classes=classes, preprocessing=bundled_preprocessing(dataset), ensemble=ensemble, created_at=1_700_000_000.0,
+        task="fuzz",
+        aggregations=4,
+        model_kind=kind,
+        model_options=options,
+        feature_names=names_of(dataset),
+        classes=classes,
+        preprocessing=bundled_preprocessing(dataset),
+        ensemble=ensemble,
+        created_at=1_700_000_000.0,
     )
     return encode_tree_model(metadata, ensemble)
 
@@ -499,13 +541,24 @@ def test_a_wrong_dtype_is_refused_naming_the_array(tmp_path: Path, name: str) ->
     metadata, arrays = parts(tree_blob())
     wrong = WRONG_DTYPES[TREE_ARRAYS[name][0].str[1:]]
     arrays[name] = arrays[name].astype(wrong)
-    refused(savez(tmp_path / "m.npz", metadata, arrays), f"array {name!r} has dtype {np.dtype(wrong)}, expected {TREE_ARRAYS[name][0]}")
+    refused(
+        savez(tmp_path / "m.npz", metadata, arrays),
+        f"array {name!r} has dtype {np.dtype(wrong)}, expected {TREE_ARRAYS[name][0]}",
+    )
 
 
 def test_wrong_shapes_are_refused(tmp_path: Path) -> None:
     metadata, arrays = parts(tree_blob())
-    refused(savez(tmp_path / "m.npz", metadata, {**arrays, "value": arrays["value"].reshape(-1)}), "array 'value'", "expected a 2-D array")
-    refused(savez(tmp_path / "m.npz", metadata, {**arrays, "left": arrays["left"].reshape(1, -1)}), "array 'left'", "expected a 1-D array")
+    refused(
+        savez(tmp_path / "m.npz", metadata, {**arrays, "value": arrays["value"].reshape(-1)}),
+        "array 'value'",
+        "expected a 2-D array",
+    )
+    refused(
+        savez(tmp_path / "m.npz", metadata, {**arrays, "left": arrays["left"].reshape(1, -1)}),
+        "array 'left'",
+        "expected a 1-D array",
+    )
     fortran = np.asfortranarray(arrays["value"])  # written column-major: read back in the right order
     savez(tmp_path / "m.npz", metadata, {**arrays, "value": fortran})
     assert securefed.load_model(tmp_path / "m.npz").ensemble.equals(computed("forest")[1])
@@ -550,7 +603,10 @@ def test_a_defective_tree_is_refused_by_the_ensembles_checks(tmp_path: Path) -> 
     left = arrays["left"].copy()
     internal = int(np.flatnonzero(left >= 0)[0])
     left[internal] = internal  # a node that is its own child: a cycle
-    refused(savez(tmp_path / "m.npz", metadata, {**arrays, "left": left}), "tree model: a tree node's children must be distinct nodes after it")
+    refused(
+        savez(tmp_path / "m.npz", metadata, {**arrays, "left": left}),
+        "tree model: a tree node's children must be distinct nodes after it",
+    )
     feature = arrays["feature"].copy()
     feature[int(np.flatnonzero(feature >= 0)[0])] = 4
     refused(savez(tmp_path / "m.npz", metadata, {**arrays, "feature": feature}), "splits on a feature outside 0..3")
@@ -568,7 +624,10 @@ def test_a_defective_tree_is_refused_by_the_ensembles_checks(tmp_path: Path) -> 
     ("change", "fragment"),
     [
         (lambda m: m["classes"].pop(), "lists 2 classes, but the trees predict 3"),
-        (lambda m: m["model"].update(kind="gbdt", loss="softmax"), "model.kind is 'gbdt', but the tree arrays hold 'random_forest'"),
+        (
+            lambda m: m["model"].update(kind="gbdt", loss="softmax"),
+            "model.kind is 'gbdt', but the tree arrays hold 'random_forest'",
+        ),
         (lambda m: m["model"].update(loss="squared_error"), "model.loss of a random_forest file must be one of ['']"),
         (lambda m: m["model"].update(n_trees=3), "model.n_trees is 3"),
         (lambda m: m.update(privacy={"epsilon": 1.0}), "privacy must be null"),
@@ -589,7 +648,11 @@ def test_extra_or_missing_tree_arrays_are_refused(tmp_path: Path) -> None:
     metadata, arrays = parts(tree_blob())
     refused(savez(tmp_path / "m.npz", metadata, {**arrays, "weights": np.zeros(3)}), "unexpected arrays ['weights.npy']")
     del arrays["base_score"]
-    refused(savez(tmp_path / "m.npz", metadata, arrays), "random_forest model file holds exactly the arrays", "missing arrays ['base_score.npy']")
+    refused(
+        savez(tmp_path / "m.npz", metadata, arrays),
+        "random_forest model file holds exactly the arrays",
+        "missing arrays ['base_score.npy']",
+    )
 
 
 @pytest.mark.filterwarnings("ignore:Duplicate name")
@@ -615,15 +678,28 @@ def test_a_header_claiming_huge_arrays_is_refused_before_reading(tmp_path: Path)
 def test_each_reader_points_to_the_other_kind(tmp_path: Path) -> None:
     tree = tmp_path / "tree.npz"
     tree.write_bytes(tree_blob())
-    with pytest.raises(InvalidParameter, match="holds a random_forest tree model, not weights; read it with securefed.load_model"):
+    with pytest.raises(
+        InvalidParameter, match="holds a random_forest tree model, not weights; read it with securefed.load_model"
+    ):
         read_model(tree)
     adapter = make_adapter("sgd_logistic", 4, (0, 1))
     weights = adapter.initial_parameters(seed=1)
     sgd = tmp_path / "sgd.npz"
-    write_model(sgd, build_metadata(
-        task="t", round_number=1, model_kind="sgd_logistic", model_options={}, n_features=4, feature_names=None,
-        classes=(0, 1), preprocessing=None, weights=weights,
-    ), weights)
+    write_model(
+        sgd,
+        build_metadata(
+            task="t",
+            round_number=1,
+            model_kind="sgd_logistic",
+            model_options={},
+            n_features=4,
+            feature_names=None,
+            classes=(0, 1),
+            preprocessing=None,
+            weights=weights,
+        ),
+        weights,
+    )
     with pytest.raises(InvalidParameter, match="holds a sgd_logistic model's weights, not trees"):
         read_tree_model(sgd)
     assert not isinstance(securefed.load_model(sgd), TreeModel)

@@ -29,7 +29,14 @@ def data(seed: int, n: int = 300, classes: int = 2) -> tuple[np.ndarray, np.ndar
 
 
 def params(**overrides: object) -> BoostingParams:
-    base: dict = {"bins": BINS, "n_estimators": 10, "max_depth": 3, "learning_rate": 0.3, "max_rows_per_node": 1000, "max_nodes": 10}
+    base: dict = {
+        "bins": BINS,
+        "n_estimators": 10,
+        "max_depth": 3,
+        "learning_rate": 0.3,
+        "max_rows_per_node": 1000,
+        "max_nodes": 10,
+    }
     return BoostingParams(**{**base, **overrides})
 
 
@@ -140,7 +147,15 @@ def test_worker_refusals() -> None:
 def test_params_validation_and_json() -> None:
     p = params(loss="softmax", n_classes=4, reg_lambda=0.5, gamma=0.1)
     assert BoostingParams.from_json(json.loads(json.dumps(p.to_json()))) == p
-    for bad in ({"loss": "hinge"}, {"loss": "softmax"}, {"n_classes": 3}, {"learning_rate": 0.0}, {"max_depth": 0}, {"reg_lambda": -1.0}, {"grad_clip": float("inf")}):
+    for bad in (
+        {"loss": "hinge"},
+        {"loss": "softmax"},
+        {"n_classes": 3},
+        {"learning_rate": 0.0},
+        {"max_depth": 0},
+        {"reg_lambda": -1.0},
+        {"grad_clip": float("inf")},
+    ):
         with pytest.raises(InvalidParameter):
             params(**bad)
     assert "2^-" in p.describe()

@@ -28,7 +28,15 @@ BINS = Bins((-2.0,) * 4, (4.0,) * 4, 16)
 
 
 def params(**overrides: object) -> ForestParams:
-    base: dict = {"bins": BINS, "n_classes": 3, "n_trees": 8, "max_depth": 4, "seed": 7, "max_rows_per_node": 1000, "max_nodes": 10}
+    base: dict = {
+        "bins": BINS,
+        "n_classes": 3,
+        "n_trees": 8,
+        "max_depth": 4,
+        "seed": 7,
+        "max_rows_per_node": 1000,
+        "max_nodes": 10,
+    }
     return ForestParams(**{**base, **overrides})
 
 
@@ -56,7 +64,9 @@ def test_feature_subsets_are_derived_sorted_and_vary() -> None:
     assert all(len(s) == 3 and list(s) == sorted(set(s)) and max(s) < 10 for s in subsets)
     assert len(subsets) > 5
     assert feature_subset(3, 1, 2, 10, 3) == feature_subset(3, 1, 2, 10, 3)
-    assert feature_subset(3, 1, 2, 10, 3) != feature_subset(4, 1, 2, 10, 3) or feature_subset(3, 1, 3, 10, 3) != feature_subset(4, 1, 3, 10, 3)
+    assert feature_subset(3, 1, 2, 10, 3) != feature_subset(4, 1, 2, 10, 3) or feature_subset(3, 1, 3, 10, 3) != feature_subset(
+        4, 1, 3, 10, 3
+    )
     assert feature_subset(0, 0, 0, 4, 4) == (0, 1, 2, 3)
     assert params(max_features="sqrt").features_per_split == 2
     assert params(max_features="all").features_per_split == 4
@@ -164,7 +174,14 @@ def test_params_json_round_trip_and_validation() -> None:
     assert ForestParams.from_json(json.loads(json.dumps(p.to_json()))) == p
     with pytest.raises(InvalidParameter, match="wrong keys"):
         ForestParams.from_json({**p.to_json(), "n_tree": 3})
-    for bad in ({"criterion": "mse"}, {"max_features": 9}, {"max_features": "half"}, {"n_trees": 0}, {"bootstrap": 1}, {"seed": -1}):
+    for bad in (
+        {"criterion": "mse"},
+        {"max_features": 9},
+        {"max_features": "half"},
+        {"n_trees": 0},
+        {"bootstrap": 1},
+        {"seed": -1},
+    ):
         with pytest.raises(InvalidParameter):
             params(**bad)
     with pytest.raises(InvalidParameter, match="max_vector_length"):

@@ -123,4 +123,13 @@ def test_model_checks_its_kind() -> None:
         model.predict_raw(np.zeros((1, 2)))
     arrays = model.to_arrays()
     with pytest.raises(InvalidParameter, match="kind"):
-        TreeEnsemble(kind="svm", loss="", n_classes=3, bins=BINS, **{k: arrays[k] for k in ("tree_offsets", "feature", "threshold_bin", "left", "right", "value", "tree_output", "base_score")})
+        TreeEnsemble(
+            kind="svm",
+            loss="",
+            n_classes=3,
+            bins=BINS,
+            **{
+                k: arrays[k]
+                for k in ("tree_offsets", "feature", "threshold_bin", "left", "right", "value", "tree_output", "base_score")
+            },
+        )

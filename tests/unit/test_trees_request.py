@@ -90,7 +90,9 @@ def arrays(*rows: list[int]) -> list[np.ndarray]:
 
 
 def test_check_tree_accepts_trees_and_gives_depths() -> None:
-    depth = check_tree(*arrays([0, -1, 1, -1, -1], [3, -1, 0, -1, -1], [1, -1, 3, -1, -1], [2, -1, 4, -1, -1]), n_features=2, n_bins=8)
+    depth = check_tree(
+        *arrays([0, -1, 1, -1, -1], [3, -1, 0, -1, -1], [1, -1, 3, -1, -1], [2, -1, 4, -1, -1]), n_features=2, n_bins=8
+    )
     assert depth.tolist() == [0, 1, 1, 2, 2]
     codes = np.array([[0, 0], [5, 0], [5, 7]], dtype=np.uint8)
     tree = arrays([0, -1, 1, -1, -1], [3, -1, 0, -1, -1], [1, -1, 3, -1, -1], [2, -1, 4, -1, -1])
