@@ -58,7 +58,7 @@ def bench_warm(repeats: int, rng: random.Random) -> dict[str, tuple[float, float
         faulty = [list(shares) for shares in batch]
         wrong = faulty[7][r % M]
         faulty[7][r % M] = Share(wrong.x, (wrong.y + 1) % PRIME)
-        one_error.append(_time(lambda: [decode(shares, T) for shares in faulty]))
+        one_error.append(_time(lambda faulty=faulty: [decode(shares, T) for shares in faulty]))
         if decode(faulty[7], T).bad != (wrong.x,):
             raise RuntimeError("decode did not name the wrong share")
     return {"clean": _summary(clean), "combine": _summary(combined), "one_error": _summary(one_error)}
@@ -72,8 +72,8 @@ def bench_cold(repeats: int, rng: random.Random, dense: bool) -> dict[str, tuple
         sets = [rng.sample(range(1, 65) if dense else range(1, 65536), COLD_M) for _ in range(COLD_SETS)]
         secrets = [os.urandom(32) for _ in range(COLD_SETS)]
         batch = [split_at(secret, xs, COLD_T) for secret, xs in zip(secrets, sets)]
-        decoded.append(_time(lambda: _check(batch, COLD_T, secrets)))
-        combined.append(_time(lambda: [combine(shares) for shares in batch]))
+        decoded.append(_time(lambda batch=batch, secrets=secrets: _check(batch, COLD_T, secrets)))
+        combined.append(_time(lambda batch=batch: [combine(shares) for shares in batch]))
     return {"decode": _summary(decoded), "combine": _summary(combined)}
 
 

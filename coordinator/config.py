@@ -324,7 +324,7 @@ def _colluders(table: Table) -> int | float | None:
     return value
 
 
-def _model_options(table: Table) -> dict:
+def _model_options(table: Table) -> dict[str, object]:
     cleaned = dict(table.get("model_options", {}))
     if "hidden_layer_sizes" in cleaned:
         sizes = cleaned["hidden_layer_sizes"]

@@ -12,12 +12,13 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
-from node.config import load_node_config
+from node.config import NodeConfig, load_node_config
 from securefed._fs import StateLock
-from securefed.audit.log import RECOVERY, AuditLog, ChainReport, recover_log, verify_chain, verify_log
+from securefed.audit.log import RECOVERY, AuditEntry, AuditLog, ChainReport, recover_log, verify_chain, verify_log
 from securefed.crypto.identity import SigningKey
 from securefed.dp.ledger import PrivacyLedger, audited_releases, release_receipts
 from securefed.errors import InvalidParameter
@@ -57,7 +58,9 @@ def run_node(config_path: str | Path, stop: threading.Event | None = None) -> in
         lock.release()
 
 
-def _run_locked(config_path, config, keys, identity, stop: threading.Event | None) -> int:
+def _run_locked(
+    config_path: str | Path, config: NodeConfig, keys: CurveKeyPair, identity: SigningKey, stop: threading.Event | None
+) -> int:
     dataset = load_local_dataset(
         config.data_path, label_column=config.label_column, features=config.features, classes=config.classes
     )
@@ -211,7 +214,7 @@ def print_ledger(config_path: str | Path) -> int:
     return 0
 
 
-def _print_entries(entries) -> None:
+def _print_entries(entries: Sequence[AuditEntry]) -> None:
     import time as _time
 
     print("seq  time                 task / round / aggregation        outcome                 signed U3  revealed b/s  epsilon")

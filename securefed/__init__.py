@@ -1,5 +1,7 @@
 """securefed: federated learning in which the coordinator learns only the sum."""
 
+from typing import TYPE_CHECKING
+
 from securefed.errors import (
     EncodingError,
     InvalidParameter,
@@ -21,7 +23,13 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
+if TYPE_CHECKING:  # what the lazy attributes below are, for type checkers
+    from securefed.federation.coordinator import Coordinator
+    from securefed.federation.node import Node
+    from securefed.learning.export import load_model
+
+
+def __getattr__(name: str) -> object:
     """``securefed.Coordinator`` / ``securefed.Node`` / ``securefed.load_model`` without importing scikit-learn for every user."""
     if name in _LAZY:
         import importlib

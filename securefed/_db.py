@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from types import TracebackType
+from typing import Literal
 
 from securefed.errors import StorageError
 
@@ -52,7 +54,9 @@ class StorageGuard:
     def __enter__(self) -> StorageGuard:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> Literal[False]:
         if isinstance(exc, sqlite3.Error):
             raise storage_error(exc, self.path, self.what, self.advice) from exc
         return False

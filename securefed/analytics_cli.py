@@ -17,7 +17,7 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,7 +124,7 @@ def _values(kind: str, result: Mapping[str, object]) -> list[str]:
     elif kind in ("covariance", "correlation"):
         parts.append(f"{kind} {_compact(result.get(kind), '.4g')}")
     elif kind == "histogram":
-        for histogram in result.get("histograms") or []:
+        for histogram in _iterable(result.get("histograms")):
             if isinstance(histogram, Mapping):
                 parts.append(
                     f"column {_scalar(histogram.get('column'))}: counts {_compact(histogram.get('counts'))} "
@@ -132,14 +132,13 @@ def _values(kind: str, result: Mapping[str, object]) -> list[str]:
                 )
     elif kind == "quantiles":
         parts.append(f"levels {_compact(result.get('levels'))} ({_scalar(result.get('method'))})")
-        columns = result.get("columns") or []
-        for column, values in zip(columns, result.get("quantiles") or []):
+        for column, values in zip(_iterable(result.get("columns")), _iterable(result.get("quantiles"))):
             parts.append(f"column {_scalar(column)}: {_compact(values)}")
     elif kind == "kmeans":
         centres = result.get("centres") or []
         converged = "converged" if result.get("converged") else "not converged"
         parts += [
-            f"{len(centres)} clusters after {_scalar(result.get('iterations'))} iterations ({converged})",
+            f"{len(centres) if isinstance(centres, Sized) else 0} clusters after {_scalar(result.get('iterations'))} iterations ({converged})",
             f"counts {_compact(result.get('counts'))}",
             f"inertia {_scalar(result.get('inertia'))}",
             f"centres {_compact(centres, '.4g')}",
@@ -155,6 +154,11 @@ def _values(kind: str, result: Mapping[str, object]) -> list[str]:
     elif kind not in ("count", "mean"):  # a kind this version does not know: its plain values
         parts += [f"{key} {_compact(value)}" for key, value in result.items() if key not in _BOOKKEEPING]
     return parts
+
+
+def _iterable(value: object) -> Iterable[object]:
+    """A JSON list's items (nothing for a missing value or a number)."""
+    return value if isinstance(value, Iterable) else ()
 
 
 def _count(value: object) -> int | None:
@@ -186,7 +190,8 @@ def summarize_result(result: Mapping[str, object]) -> list[ComputationSummary]:
             label = f"linear_regression (ridge {_scalar(entry.get('ridge'))})"
         else:
             label = name
-        encoding = entry.get("encoding") if isinstance(entry.get("encoding"), Mapping) else {}
+        raw_encoding = entry.get("encoding")
+        encoding = raw_encoding if isinstance(raw_encoding, Mapping) else {}
         exact = name in ("count", "histogram") and entry.get("error_bound") is None
         out.append(
             ComputationSummary(

@@ -15,11 +15,18 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from securefed.config_util import load_toml
 from securefed.errors import ConfigError, InvalidParameter, SecureFedError
+
+if TYPE_CHECKING:
+    from securefed.dp.settings import DpSettings
+    from securefed.federation.task import TaskDefinition
+    from securefed.metrics import MetricsListen
+    from securefed.preprocessing import Preprocessing
 
 __all__ = ["check_config", "config_kind"]
 
@@ -85,18 +92,20 @@ def _impossible(file: Path, population: int, setting: int | float | None, who: s
     return [f"{file}: no round can run: {c} colluders among {population} {who} need a threshold of {t} (2t > N + c)"]
 
 
-def _metrics_line(listen) -> str:
+def _metrics_line(listen: MetricsListen | None) -> str:
     if listen is None:
         return "metrics:       no Prometheus endpoint (no [metrics] section)"
     where = "loopback only" if listen.loopback else "plain HTTP: keep it on a management network"
     return f"metrics:       Prometheus endpoint {listen.url} ({where})"
 
 
-def _describe_preprocessing(preprocessing) -> str:
+def _describe_preprocessing(preprocessing: Preprocessing | None) -> str:
     return "none (raw features)" if preprocessing is None else preprocessing.describe()
 
 
-def _check_data(out: TextIO, path: Path, label_column: str, features, classes, what: str = "data") -> list[str]:
+def _check_data(
+    out: TextIO, path: Path, label_column: str, features: int | Sequence[str], classes: Sequence[int], what: str = "data"
+) -> list[str]:
     from securefed.learning.data import load_local_dataset
 
     if not path.exists():
@@ -133,7 +142,7 @@ def _check_data(out: TextIO, path: Path, label_column: str, features, classes, w
     return []
 
 
-def _check_key(out: TextIO, what: str, path: Path, loader) -> list[str]:
+def _check_key(out: TextIO, what: str, path: Path, loader: Callable[[Path], object]) -> list[str]:
     if not path.exists():
         print(f"{what + ':':<15}{path}: not found here (not checked)", file=out)
         return []
@@ -169,7 +178,7 @@ def _check_node(file: Path, out: TextIO) -> list[str]:
     if config.name not in config.roster:
         problems.append(f"{file}: [[roster]] must list this node ({config.name!r}) with its own identity key")
     print(_threshold_line(roster_size, policy.max_colluders, "roster members"), file=out)
-    problems += _impossible(config.source, roster_size, policy.max_colluders, "roster members")
+    problems += _impossible(config.source or file, roster_size, policy.max_colluders, "roster members")
     print(
         f"policy:        invited cohort >= {policy.min_cohort} (min_cohort); survivors signed for >= "
         f"{policy.min_participants or 'threshold'} (min_participants); threshold >= {policy.min_threshold} "
@@ -208,17 +217,18 @@ def _check_node(file: Path, out: TextIO) -> list[str]:
     return problems
 
 
-def _dp_plan_line(out: TextIO, task, n: int, threshold: int) -> list[str]:
+def _dp_plan_line(out: TextIO, task: TaskDefinition, dp: DpSettings, n: int, threshold: int) -> list[str]:
     """What the coordinator would plan with all ``n`` nodes: the noise multiplier the target costs, before a round runs."""
     from securefed.dp.mechanism import plan_record_skellam, plan_skellam
     from securefed.errors import InvalidParameter
     from securefed.learning.models import make_adapter
 
-    dp = task.dp
     honest = threshold - task.colluders(n)
     dimension = make_adapter(task.model_kind, task.n_features, task.classes, **task.model_options).parameter_count
     try:
         if dp.unit == "record":
+            if dp.total_records is None or dp.expected_batch is None:  # refused by DpSettings.__post_init__
+                raise InvalidParameter('[task.dp] unit = "record" needs total_records and expected_batch')
             plan = plan_record_skellam(
                 dp.epsilon, dp.delta, task.rounds, dp.clip_norm, dimension, n, honest, dp.total_records, dp.expected_batch
             )
@@ -285,7 +295,7 @@ def _check_coordinator(file: Path, out: TextIO) -> list[str]:
                 file=out,
             )
         if threshold <= n:
-            problems += _dp_plan_line(out, task, n, threshold)
+            problems += _dp_plan_line(out, task, task.dp, n, threshold)
     else:
         print("privacy:       no differential privacy", file=out)
     print(_metrics_line(config.metrics), file=out)

@@ -29,6 +29,7 @@ Three kinds of task run this way:
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import signal
@@ -38,10 +39,16 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from securefed.errors import InvalidParameter
+
+if TYPE_CHECKING:
+    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+
+    from securefed.localfed import LocalFederation
 
 __all__ = ["TREE_MODELS", "TREE_OPTIONS", "run_demo"]
 
@@ -83,7 +90,7 @@ def _stop(processes: list[subprocess.Popen]) -> None:
             process.wait()
 
 
-def run_demo(args) -> int:
+def run_demo(args: argparse.Namespace) -> int:
     from securefed.learning.datasets import BUNDLED_DATASETS, REGRESSION_DATASETS
     from securefed.learning.models import DEFAULT_TRAINING
 
@@ -118,7 +125,7 @@ def run_demo(args) -> int:
     return _run_training(args)
 
 
-def _compute_only_flags(args, what: str) -> None:
+def _compute_only_flags(args: argparse.Namespace, what: str) -> None:
     """Refuse the SGD-only flags for a compute task, saying why."""
     if args.epsilon is not None:
         raise InvalidParameter(f"--epsilon: differential privacy is not available for {what} yet; run it without --epsilon")
@@ -130,7 +137,7 @@ def _compute_only_flags(args, what: str) -> None:
 
 
 def _drive(
-    federation, names: list[str], workdir: Path, ready: Callable[[dict], bool], line: Callable[[dict], str]
+    federation: LocalFederation, names: list[str], workdir: Path, ready: Callable[[dict], bool], line: Callable[[dict], str]
 ) -> tuple[int, list[dict]]:
     """Start the coordinator and the nodes, print ``line(row)`` for each history row once ``ready(row)``,
     and stop everything when the coordinator exits; returns its exit code and the rows not yet printed."""
@@ -158,7 +165,14 @@ def _drive(
     return int(coordinator.returncode), history[shown:]
 
 
-def _layout(args, node_data: dict, feature_names: list[str], task: dict, policy: dict, validation_fraction: float):
+def _layout(
+    args: argparse.Namespace,
+    node_data: dict[str, tuple[np.ndarray, np.ndarray]],
+    feature_names: list[str],
+    task: dict,
+    policy: dict,
+    validation_fraction: float,
+) -> tuple[Path, LocalFederation]:
     from securefed.localfed import LocalFederation
 
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="securefed-demo-"))
@@ -168,7 +182,7 @@ def _layout(args, node_data: dict, feature_names: list[str], task: dict, policy:
     return workdir, federation
 
 
-def _finish(args, report: dict, workdir: Path) -> None:
+def _finish(args: argparse.Namespace, report: dict, workdir: Path) -> None:
     if args.report:
         Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
         print(f"report written to {args.report}")
@@ -176,12 +190,12 @@ def _finish(args, report: dict, workdir: Path) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _failed(federation, workdir: Path, returncode: int) -> InvalidParameter:
+def _failed(federation: LocalFederation, workdir: Path, returncode: int) -> InvalidParameter:
     print(federation.log("coordinator")[-3000:], file=sys.stderr)
     return InvalidParameter(f"the coordinator stopped early (exit {returncode}); logs are in {workdir}")
 
 
-def _computation_outcome(federation) -> tuple[dict | None, dict | None]:
+def _computation_outcome(federation: LocalFederation) -> tuple[dict | None, dict[str, np.ndarray] | None]:
     from securefed.federation.store import CoordinatorStore
 
     store = CoordinatorStore(federation.state_path, read_only=True)
@@ -191,7 +205,7 @@ def _computation_outcome(federation) -> tuple[dict | None, dict | None]:
         store.close()
 
 
-def _partition(args, X_scaled: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
+def _partition(args: argparse.Namespace, X_scaled: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
     from securefed.learning.partition import partition
 
     options = {"alpha": args.alpha} if args.partition == "dirichlet" else {}
@@ -226,7 +240,7 @@ def _rows(history: list[dict]) -> list[dict]:
 # --- trees --------------------------------------------------------------------------------------
 
 
-def _run_trees(args) -> int:
+def _run_trees(args: argparse.Namespace) -> int:
     """A random forest or GBDT grown over secure sums of histograms, beside scikit-learn on the pooled data."""
     from securefed.learning.datasets import bundled_preprocessing, load_bundled, train_test_split_stratified
     from securefed.trees import TreeEnsemble
@@ -313,14 +327,14 @@ def _run_trees(args) -> int:
     return 0
 
 
-def _expected_aggregations(federation) -> int:
+def _expected_aggregations(federation: LocalFederation) -> int:
     """The coordinator's own bound on the task's secure aggregations (its derived ``rounds``)."""
     from coordinator.config import load_coordinator_config
 
     return int(load_coordinator_config(federation.coordinator_config).task.rounds)
 
 
-def _central_trees(model: str, options: dict, seed: int):
+def _central_trees(model: str, options: dict, seed: int) -> RandomForestClassifier | HistGradientBoostingClassifier:
     """scikit-learn's closest model with the same hyper-parameters, for the pooled-data baseline."""
     if model == "random_forest":
         from sklearn.ensemble import RandomForestClassifier
@@ -341,7 +355,7 @@ def _central_trees(model: str, options: dict, seed: int):
 # --- regression (analytics) ---------------------------------------------------------------------
 
 
-def _run_regression(args) -> int:
+def _run_regression(args: argparse.Namespace) -> int:
     """Linear and ridge regression from secure sums, scored by held-out R² beside scikit-learn."""
     from sklearn.linear_model import LinearRegression, Ridge
     from sklearn.metrics import r2_score
@@ -362,7 +376,8 @@ def _run_regression(args) -> int:
     base = {
         # the wrap bound: at most --nodes sites of at most every training record each (public figures)
         "max_nodes": args.nodes, "max_rows": len(y_train),
-        "low": list(low), "high": list(high), "y_low": float(y_low), "y_high": float(y_high),
+        "low": _per_feature(low, dataset.n_features), "high": _per_feature(high, dataset.n_features),
+        "y_low": float(y_low), "y_high": float(y_high),
     }  # fmt: skip
     penalties = (0.0, RIDGE_ALPHA)
     task = {
@@ -443,10 +458,15 @@ def _run_regression(args) -> int:
     return 0
 
 
+def _per_feature(bound: float | tuple[float, ...], n_features: int) -> list[float]:
+    """A public bound as one value per feature (a single number holds for every feature)."""
+    return [bound] * n_features if isinstance(bound, (int, float)) else list(bound)
+
+
 # --- SGD training -------------------------------------------------------------------------------
 
 
-def _run_training(args) -> int:
+def _run_training(args: argparse.Namespace) -> int:
     from securefed.federation.store import CoordinatorStore
     from securefed.learning.data import save_csv
     from securefed.learning.datasets import bundled_preprocessing, load_bundled, train_test_split_stratified
@@ -544,8 +564,11 @@ def _run_training(args) -> int:
         )
 
     store = CoordinatorStore(federation.state_path)
-    _, model, _ = store.latest_model()
+    latest = store.latest_model()
     store.close()
+    if latest is None:
+        raise _failed(federation, workdir, returncode)
+    _, model, _ = latest
     adapter = make_adapter(args.model, dataset.n_features, dataset.classes)
     X_train, X_test = preprocessing.transform(split.X_train), preprocessing.transform(split.X_test)
     federated = adapter.evaluate(model, X_test, split.y_test).accuracy

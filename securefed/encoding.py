@@ -86,9 +86,10 @@ class FixedPointEncoder:
     def __post_init__(self) -> None:
         if not (_is_real(self.clip_norm) and math.isfinite(self.clip_norm) and self.clip_norm > 0):
             raise InvalidParameter(f"clip_norm must be a positive finite number, got {self.clip_norm!r}")
-        if self.max_abs is None:
-            object.__setattr__(self, "max_abs", float(self.clip_norm))
         guard = self.max_abs
+        if guard is None:
+            guard = float(self.clip_norm)
+            object.__setattr__(self, "max_abs", guard)
         if not (_is_real(guard) and math.isfinite(guard) and guard > 0):
             raise InvalidParameter(f"max_abs must be a positive finite number, got {guard!r}")
         if type(self.fractional_bits) is not int or not 0 <= self.fractional_bits <= _MAX_FRACTIONAL_BITS:

@@ -30,11 +30,14 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from securefed.errors import ConfigError, InvalidParameter
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
 
 __all__ = [
     "COORDINATOR_METRICS",
@@ -284,7 +287,7 @@ class MetricsEndpoint:
         self._source = source
         self._lock = threading.Lock()
         self._samples: Samples = {}
-        self._server = None
+        self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -543,7 +546,7 @@ class NodeMetrics:
 class Throttle:
     """True at most once per ``interval`` seconds (the daemons' "update the metrics now?")."""
 
-    def __init__(self, interval: float = UPDATE_INTERVAL, clock=time.monotonic) -> None:
+    def __init__(self, interval: float = UPDATE_INTERVAL, clock: Callable[[], float] = time.monotonic) -> None:
         self.interval = interval
         self.clock = clock
         self._last = float("-inf")

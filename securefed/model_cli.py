@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from securefed._stdout import write_stdout
 from securefed.errors import InvalidParameter
@@ -27,7 +27,9 @@ from securefed.errors import InvalidParameter
 if TYPE_CHECKING:
     import numpy as np
 
+    from coordinator.config import CoordinatorConfig
     from securefed.federation.store import CoordinatorStore
+    from securefed.federation.task import TaskDefinition
     from securefed.trees import TreeEnsemble
 
 __all__ = ["add_commands"]
@@ -173,7 +175,7 @@ def _stored_trees(store: CoordinatorStore, config_path: str) -> tuple[TreeEnsemb
     return ensemble, aggregations
 
 
-def _write_trees(out: Path, config: Any, ensemble: TreeEnsemble, aggregations: int) -> int:
+def _write_trees(out: Path, config: CoordinatorConfig, ensemble: TreeEnsemble, aggregations: int) -> int:
     from securefed.learning.export import build_tree_metadata, write_tree_model
 
     task = config.task
@@ -220,7 +222,7 @@ def _stored_model(store: CoordinatorStore, wanted: int | None) -> tuple[int, np.
     return wanted, weights
 
 
-def _privacy(store: CoordinatorStore, task: Any, round_number: int) -> dict | None:
+def _privacy(store: CoordinatorStore, task: TaskDefinition, round_number: int) -> dict | None:
     """Epsilon spent up to ``round_number`` (as the coordinator recorded it), with the task's delta; None without DP."""
     if task.dp is None:
         return None

@@ -149,8 +149,12 @@ class Preprocessing:
         per feature, in the order of ``features``), or, when the features are
         named, a table keyed by feature name covering every feature.
         """
-        names = None if isinstance(features, int) else tuple(features)
-        count = features if isinstance(features, int) else len(names)
+        names: tuple[str, ...] | None = None
+        if isinstance(features, int):
+            count = features
+        else:
+            names = tuple(features)
+            count = len(names)
         scaler = table.get("scaler")
         if scaler == "none":
             extra = sorted(set(table) - {"scaler"})

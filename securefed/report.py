@@ -31,7 +31,9 @@ from typing import TYPE_CHECKING, Any
 from securefed.errors import InvalidParameter, StorageError
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+    from matplotlib.typing import RcKeyType
 
     from securefed.federation.store import CoordinatorStore
 
@@ -392,7 +394,7 @@ def _png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def _round_axis(ax: Any, rounds: Sequence[int], label: str = "round") -> None:
+def _round_axis(ax: Axes, rounds: Sequence[int], label: str = "round") -> None:
     from matplotlib.ticker import MaxNLocator
 
     ax.set_xlabel(label)
@@ -405,7 +407,7 @@ def _round_axis(ax: Any, rounds: Sequence[int], label: str = "round") -> None:
         ax.spines[side].set_visible(False)
 
 
-def _legend_below(fig: Figure, ax: Any) -> None:
+def _legend_below(fig: Figure, ax: Axes) -> None:
     """The legend under the plot, never over the data; every plot keeps the same width."""
     handles, labels = ax.get_legend_handles_labels()
     if not handles:
@@ -591,7 +593,7 @@ def _refusals(data: ReportData) -> Plot:
     fig = _figure()
     ax = fig.add_subplot()
     rounds = sorted(set(data.refusals_by_round) | set(data.aborted_by_round) | {r.round for r in data.rounds})
-    reasons = Counter()
+    reasons: Counter[str] = Counter()
     for counts in data.refusals_by_round.values():
         reasons.update(counts)
     ordered = [reason for reason, _ in reasons.most_common()]
@@ -670,7 +672,7 @@ def draw_plots(data: ReportData) -> list[Plot]:
     matplotlib.use("Agg")  # never an interactive backend: this runs on servers
     from matplotlib import rc_context
 
-    style = {
+    style: dict[RcKeyType, Any] = {
         "font.size": 9,
         "axes.titlesize": 10,
         "axes.labelsize": 9,
@@ -728,7 +730,7 @@ footer { margin-top: 36px; color: #777; font-size: 12px; }
 """
 
 
-def _e(value: Any) -> str:
+def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
@@ -757,7 +759,7 @@ def _seconds(value: float) -> str:
     return f"{value:.2f} s"
 
 
-def _listing(items: Sequence[Any], limit: int = 8) -> str:
+def _listing(items: Sequence[object], limit: int = 8) -> str:
     shown = ", ".join(str(i) for i in items[:limit])
     return shown + (f", … ({len(items) - limit} more)" if len(items) > limit else "")
 

@@ -169,7 +169,7 @@ class InProcessFederation:
                 policy or NodePolicy(),
                 clock=self.clock,
                 preprocessing=self.task.preprocessing,
-            )  # fmt: skip
+            )
             for i, name in enumerate(self.names)
         }
 

@@ -25,11 +25,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
 
-from securefed.analytics.params import MAX_VECTOR_LENGTH, ParameterError
+from securefed.analytics.params import MAX_VECTOR_LENGTH, Cohort, ParameterError
 from securefed.analytics.policy import AnalyticsPolicy, Refusal
 from securefed.dp.noise import UniformSource
 from securefed.errors import EncodingError, InvalidParameter, LocalProtocolError
@@ -37,8 +37,18 @@ from securefed.errors import EncodingError, InvalidParameter, LocalProtocolError
 __all__ = ["Computation", "Driver", "Request"]
 
 
-class Computation(ABC):
-    """One registered kind. Stateless: parameters come in with every call."""
+class Parsed(Protocol):
+    """What every kind's parsed parameters have: the cohort that fixes the encoding."""
+
+    @property
+    def cohort(self) -> Cohort: ...
+
+
+P = TypeVar("P", bound=Parsed)
+
+
+class Computation(ABC, Generic[P]):
+    """One registered kind, over its parsed parameters ``P``. Stateless: parameters come in with every call."""
 
     name: ClassVar[str]
     #: What the coordinator learns, in one line (shown in docs and the node's audit log).
@@ -48,44 +58,44 @@ class Computation(ABC):
     # -- to implement -------------------------------------------------------------------------
 
     @abstractmethod
-    def parse(self, params: Mapping[str, object]) -> Any:
+    def parse(self, params: Mapping[str, object]) -> P:
         """Validate JSON parameters strictly into a frozen dataclass with a ``cohort``; raise ParameterError."""
 
     @abstractmethod
-    def vector_length(self, p: Any) -> int: ...
+    def vector_length(self, p: P) -> int: ...
 
     @abstractmethod
-    def n_features(self, p: Any) -> int | None:
+    def n_features(self, p: P) -> int | None:
         """Columns the node's data must have (None: any)."""
 
     @abstractmethod
-    def contribution(self, p: Any, X: np.ndarray, y: np.ndarray | None) -> np.ndarray:
+    def contribution(self, p: P, X: np.ndarray, y: np.ndarray | None) -> np.ndarray:
         """The node's float64 sums, every coordinate in [-rows, rows]."""
 
     @abstractmethod
-    def cell_counts(self, p: Any, X: np.ndarray, y: np.ndarray | None) -> np.ndarray:
+    def cell_counts(self, p: P, X: np.ndarray, y: np.ndarray | None) -> np.ndarray:
         """How many of the node's records each released aggregate covers (for ``min_records``)."""
 
     @abstractmethod
-    def result(self, p: Any, sums: np.ndarray, survivors: int) -> dict:
+    def result(self, p: P, sums: np.ndarray, survivors: int) -> dict:
         """The JSON result from the decoded sums (normalised units)."""
 
-    def used_columns(self, p: Any) -> tuple[int, ...]:
+    def used_columns(self, p: P) -> tuple[int, ...]:
         """The data columns the computation reads (checked to exist and to be finite)."""
         width = self.n_features(p)
         return tuple(range(width)) if width is not None else ()
 
-    def static_policy(self, p: Any, policy: AnalyticsPolicy) -> Refusal | None:
+    def static_policy(self, p: P, policy: AnalyticsPolicy) -> Refusal | None:
         """Checks on the parameters alone beyond the allow-list (e.g. bin widths)."""
         return None
 
-    def describe(self, params: Mapping[str, object] | Any) -> str:
+    def describe(self, params: Mapping[str, object] | P) -> str:
         p = self.ensure(params)
         return f"{self.name} over at most {p.cohort.max_nodes} nodes x {p.cohort.max_rows} rows ({self.vector_length(p)} coordinates)"
 
     # -- shared machinery ---------------------------------------------------------------------
 
-    def ensure(self, params: Mapping[str, object] | Any) -> Any:
+    def ensure(self, params: Mapping[str, object] | P) -> P:
         """Parsed parameters from either JSON or an already parsed object."""
         if isinstance(params, Mapping):
             parsed = self.parse(params)
@@ -95,7 +105,7 @@ class Computation(ABC):
                 raise TypeError(f"{self.name}: expected JSON parameters or parsed ones, got {type(params).__name__}")
         return parsed
 
-    def checked_length(self, p: Any, key: str) -> int:
+    def checked_length(self, p: P, key: str) -> int:
         length = self.vector_length(p)
         if length > MAX_VECTOR_LENGTH:
             raise ParameterError(
@@ -103,7 +113,7 @@ class Computation(ABC):
             )
         return length
 
-    def check_data(self, p: Any, X: object, y: object = None) -> tuple[np.ndarray, np.ndarray | None]:
+    def check_data(self, p: P, X: object, y: object = None) -> tuple[np.ndarray, np.ndarray | None]:
         """The node's data as float64 arrays; raises InvalidParameter/EncodingError when it does not fit."""
         try:
             X_arr = np.asarray(X, dtype=np.float64)
@@ -144,7 +154,7 @@ class Computation(ABC):
         return X_arr, y_arr
 
     def node_vector(
-        self, params: Mapping[str, object] | Any, X: object, y: object = None, *, rng: UniformSource | None = None
+        self, params: Mapping[str, object] | P, X: object, y: object = None, *, rng: UniformSource | None = None
     ) -> np.ndarray:
         """The node's encoded contribution (uint32), ready for secure aggregation.
 
@@ -162,7 +172,7 @@ class Computation(ABC):
             raise LocalProtocolError(f"{self.name}: a coordinate exceeds the row bound")
         return p.cohort.encoder(length).encode(values, rng)
 
-    def finish(self, params: Mapping[str, object] | Any, summed: np.ndarray, survivors: int) -> dict:
+    def finish(self, params: Mapping[str, object] | P, summed: np.ndarray, survivors: int) -> dict:
         """The coordinator's JSON result from the unmasked sum of ``survivors`` contributions."""
         p = self.ensure(params)
         length = self.vector_length(p)
@@ -183,7 +193,7 @@ class Computation(ABC):
         return out
 
     def policy_check(
-        self, params: Mapping[str, object] | Any, policy: AnalyticsPolicy, X: object = None, y: object = None
+        self, params: Mapping[str, object] | P, policy: AnalyticsPolicy, X: object = None, y: object = None
     ) -> Refusal | None:
         """None if the site's ``policy`` lets this request run, else the :class:`Refusal`.
 
@@ -219,7 +229,7 @@ class Computation(ABC):
 
     # -- helpers for finish -------------------------------------------------------------------
 
-    def whole(self, values: np.ndarray, p: Any, survivors: int, what: str) -> np.ndarray:
+    def whole(self, values: np.ndarray, p: P, survivors: int, what: str) -> np.ndarray:
         """Summed counts as int64; refuses a sum no honest cohort could produce."""
         counts = np.rint(values)
         limit = survivors * p.cohort.max_rows
@@ -229,7 +239,7 @@ class Computation(ABC):
             raise EncodingError(f"{self.name}: the summed {what} is outside 0..{limit}; a contribution was malformed")
         return counts.astype(np.int64)
 
-    def within(self, values: np.ndarray, limit: np.ndarray | float, p: Any, survivors: int, what: str) -> None:
+    def within(self, values: np.ndarray, limit: np.ndarray | float, p: P, survivors: int, what: str) -> None:
         """Refuse sums of normalised values larger than the records behind them allow."""
         slack = p.cohort.sum_error(survivors)
         if values.size and np.any(np.abs(values) > np.asarray(limit) + slack):

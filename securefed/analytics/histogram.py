@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from securefed.analytics.base import Computation
 from securefed.analytics.params import MAX_FEATURES, MAX_VECTOR_LENGTH, Cohort, Reader
@@ -38,7 +39,7 @@ def narrowest_bin(edges: tuple[float, ...]) -> float:
     return float(np.min(np.diff(np.asarray(edges))))
 
 
-class Histogram(Computation):
+class Histogram(Computation[HistogramParams]):
     name = "histogram"
     reveals = "per declared bin, the number of records whose value falls in it (and below / above the edges)"
 
@@ -89,7 +90,7 @@ class Histogram(Computation):
         return self.cell_counts(p, X, y).astype(np.float64)
 
     def cell_counts(self, p: HistogramParams, X: np.ndarray, y: np.ndarray | None) -> np.ndarray:
-        parts = []
+        parts: list[npt.ArrayLike] = []
         for column, edges in zip(p.columns, p.edges):
             values = X[:, column]
             inside, _ = np.histogram(values, bins=np.asarray(edges))

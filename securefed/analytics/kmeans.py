@@ -57,7 +57,7 @@ def _read_centres(reader: Reader, d: int) -> tuple[tuple[float, ...], ...]:
     return tuple(centres)
 
 
-class KMeansStep(Computation):
+class KMeansStep(Computation[KMeansParams]):
     """One Lloyd iteration (what a node sees of a k-means task)."""
 
     name = "kmeans"

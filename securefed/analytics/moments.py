@@ -43,7 +43,7 @@ def _listed(values: np.ndarray, defined: bool) -> list | None:
     return [float(v) for v in values] if defined else None
 
 
-class Count(Computation):
+class Count(Computation[CountParams]):
     name = "count"
     reveals = "the total number of records"
 
@@ -67,7 +67,7 @@ class Count(Computation):
         return {"count": int(self.whole(sums[:1], p, survivors, "count")[0])}
 
 
-class Mean(Computation):
+class Mean(Computation[MomentParams]):
     name = "mean"
     reveals = "the record count and, per feature, the sum of values clipped to the declared bounds"
     _KEYS: tuple[str, ...] = ("max_nodes", "max_rows", "low", "high")
@@ -97,7 +97,7 @@ class Mean(Computation):
     def cell_counts(self, p: MomentParams, X: np.ndarray, y: np.ndarray | None) -> np.ndarray:
         return np.array([X.shape[0]])
 
-    def describe(self, params: object) -> str:
+    def describe(self, params: Mapping[str, object] | MomentParams) -> str:
         p = self.ensure(params)
         return (
             f"{self.name} of {p.bounds.n_features} features clipped to declared bounds, at most "

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 import numpy as np
 
@@ -65,7 +66,7 @@ class ParameterError(InvalidParameter):
         self.key = key
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -119,9 +120,9 @@ class Reader:
     def check_number(
         self, key: str, value: object, low: float | None = None, high: float | None = None, *, open_low: bool = False
     ) -> float:
-        if not _is_number(value) or not math.isfinite(float(value)):  # type: ignore[arg-type]
+        if not _is_number(value) or not math.isfinite(float(value)):
             raise self.error(key, f"must be a finite number, got {value!r}")
-        number = float(value)  # type: ignore[arg-type]
+        number = float(value)
         if low is not None and (number <= low if open_low else number < low):
             raise self.error(key, f"must be {'>' if open_low else '>='} {low:g}, got {number:g}")
         if high is not None and number > high:

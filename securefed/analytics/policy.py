@@ -68,26 +68,9 @@ class AnalyticsPolicy:
     min_bin_width: float = 0.0
 
     def __post_init__(self) -> None:
-        allowed = self.allowed_computations
-        if isinstance(allowed, str) or not isinstance(allowed, Iterable):
-            raise InvalidParameter("allowed_computations must be a list of computation names")
-        names = frozenset(allowed)
-        from securefed.analytics.registry import REGISTRY  # late: the registry imports this module
-
-        for name in sorted(map(str, names)):
-            if name not in REGISTRY:
-                guess = nearest(name, list(REGISTRY))
-                hint = f"; did you mean {guess!r}?" if guess else ""
-                raise InvalidParameter(
-                    f"allowed_computations names {name!r}, which is not a computation{hint} (known: {sorted(REGISTRY)})"
-                )
-        object.__setattr__(self, "allowed_computations", names)
-        if type(self.min_records) is not int or self.min_records < 1:
-            raise InvalidParameter(f"min_records must be a positive integer, got {self.min_records!r}")
-        width = self.min_bin_width
-        if isinstance(width, bool) or not isinstance(width, (int, float)) or not math.isfinite(width) or width < 0:
-            raise InvalidParameter(f"min_bin_width must be a non-negative number, got {width!r}")
-        object.__setattr__(self, "min_bin_width", float(width))
+        object.__setattr__(self, "allowed_computations", _allowed_computations(self.allowed_computations))
+        _min_records(self.min_records)
+        object.__setattr__(self, "min_bin_width", _min_bin_width(self.min_bin_width))
 
     @classmethod
     def permissive(cls) -> AnalyticsPolicy:
@@ -109,7 +92,12 @@ class AnalyticsPolicy:
         allowed = table.get("allowed_computations", [])
         if not isinstance(allowed, list) or not all(isinstance(n, str) for n in allowed):
             raise InvalidParameter("allowed_computations must be a list of computation names")
-        return cls(frozenset(allowed), table.get("min_records", 1), table.get("min_bin_width", 0.0))  # type: ignore[arg-type]
+        # checked here in the constructor's order, so the values passed are typed (the constructor checks them again)
+        return cls(
+            _allowed_computations(allowed),
+            _min_records(table.get("min_records", 1)),
+            _min_bin_width(table.get("min_bin_width", 0.0)),
+        )
 
     def to_json(self) -> dict:
         return {
@@ -117,3 +105,31 @@ class AnalyticsPolicy:
             "min_records": self.min_records,
             "min_bin_width": self.min_bin_width,
         }
+
+
+def _allowed_computations(allowed: object) -> frozenset[str]:
+    if isinstance(allowed, str) or not isinstance(allowed, Iterable):
+        raise InvalidParameter("allowed_computations must be a list of computation names")
+    names = frozenset(allowed)
+    from securefed.analytics.registry import REGISTRY  # late: the registry imports this module
+
+    for name in sorted(map(str, names)):
+        if name not in REGISTRY:
+            guess = nearest(name, list(REGISTRY))
+            hint = f"; did you mean {guess!r}?" if guess else ""
+            raise InvalidParameter(
+                f"allowed_computations names {name!r}, which is not a computation{hint} (known: {sorted(REGISTRY)})"
+            )
+    return names
+
+
+def _min_records(value: object) -> int:
+    if type(value) is not int or value < 1:
+        raise InvalidParameter(f"min_records must be a positive integer, got {value!r}")
+    return value
+
+
+def _min_bin_width(width: object) -> float:
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not math.isfinite(width) or width < 0:
+        raise InvalidParameter(f"min_bin_width must be a non-negative number, got {width!r}")
+    return float(width)

@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from securefed.analytics.base import Computation, Driver, Request
 from securefed.analytics.params import MAX_FEATURES, Bounds, Cohort, Reader
@@ -113,7 +114,7 @@ def _read_lattice(reader: Reader) -> tuple[Bounds, tuple[float, ...]]:
     return bounds, resolution
 
 
-class QuantileStep(Computation):
+class QuantileStep(Computation[QuantileStepParams]):
     """One refinement round: counts per bin of lattice windows (what the node sees of a quantile task)."""
 
     name = "quantiles"
@@ -167,7 +168,7 @@ class QuantileStep(Computation):
     def cell_counts(self, p: QuantileStepParams, X: np.ndarray, y: np.ndarray | None) -> np.ndarray:
         clipped = p.bounds.clip(X)
         index: dict[int, np.ndarray] = {}
-        parts = []
+        parts: list[npt.ArrayLike] = []
         for w in p.windows:
             if w.column not in index:
                 index[w.column] = lattice_index(

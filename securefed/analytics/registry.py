@@ -11,6 +11,7 @@ the per-round parameters the nodes see (see their drivers).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +27,7 @@ from securefed.errors import InvalidParameter
 __all__ = ["REGISTRY", "OneShot", "driver_for", "get"]
 
 #: Every computation a node can be asked for, by name.
-REGISTRY: dict[str, Computation] = {
+REGISTRY: dict[str, Computation[Any]] = {
     kind.name: kind
     for kind in (
         Count(),
@@ -42,7 +43,7 @@ REGISTRY: dict[str, Computation] = {
 }
 
 
-def get(name: object) -> Computation:
+def get(name: object) -> Computation[Any]:
     """The registered kind called ``name``; InvalidParameter (with the nearest name) otherwise."""
     if not isinstance(name, str) or name not in REGISTRY:
         guess = nearest(str(name), list(REGISTRY))

@@ -40,7 +40,7 @@ class RegressionParams:
     ridge: float
 
 
-class LinearRegression(Computation):
+class LinearRegression(Computation[RegressionParams]):
     name = "linear_regression"
     reveals = "the record count and the sums of [1, x, y][1, x, y]ᵀ over records clipped to the declared bounds (XᵀX, Xᵀy, yᵀy)"
     needs_y = True

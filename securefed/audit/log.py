@@ -357,14 +357,16 @@ def recover_log(
     now = time.time()
     content = _read(file)
     public_key = identity.public_bytes
-    recorded = None if recorded_head is None else {"seq": int(recorded_head[0]), "hash": str(recorded_head[1])}
+    recorded: dict[str, int | str] | None = None
+    recorded_seq = 0
+    if recorded_head is not None:
+        recorded_seq = int(recorded_head[0])
+        recorded = {"seq": recorded_seq, "hash": str(recorded_head[1])}
     archive: Path | None = None
     if content is None:
         report = verify_log(file, public_key, recorded_head)
         head: dict | str = "unverifiable"
-        why = "the log file was missing" + (
-            f" (the node had recorded entry {recorded['seq']})" if recorded is not None and recorded["seq"] > 0 else ""
-        )
+        why = "the log file was missing" + (f" (the node had recorded entry {recorded_seq})" if recorded_seq > 0 else "")
         authentic: list[AuditEntry] = []
     else:
         report = _verify_bytes(content, public_key, recorded_head)
@@ -416,7 +418,9 @@ class ArchiveCheck:
     name: str | None
     path: Path | None
     present: bool
-    head: dict | str
+    #: the archive's head as the recovery entry states it: {"seq", "hash"} or "unverifiable" when
+    #: readable, anything else when not (then ``problems`` says so)
+    head: object
     #: the archive changed after it was archived, or no longer verifies up to its recorded head
     problems: list[str] = field(default_factory=list)
     #: what the recovery recorded, and what is merely absent
@@ -505,7 +509,7 @@ def verify_chain(path: str | Path, public_key: bytes, head: tuple[int, str] | No
         check = _check_archive(file.parent, chain.entries[0], public_key)
         report.archives.append(check)
         report.problems += check.problems
-        if not check.present or check.report is None or check.name in seen:
+        if not check.present or check.report is None or check.name is None or check.name in seen:
             return report
         seen.add(check.name)
         chain = check.report

@@ -19,14 +19,15 @@ def encode_fields(*fields: Field) -> bytes:
     """Length-prefix each field: str as UTF-8, int as unsigned 64-bit big-endian."""
     parts: list[bytes] = []
     for field in fields:
-        kind = type(field)
-        if kind is bytes:  # the common case first: this runs millions of times in large simulations
+        # Exact types first (subclasses, e.g. str enums, are converted below); bytes is the common
+        # case: this runs millions of times in large simulations.
+        if type(field) is bytes:
             parts.append(b"b" + _LENGTH.pack(len(field)) + field)
-        elif kind is int:
+        elif type(field) is int:
             if field < 0 or field >= 1 << 64:
                 raise ValueError(f"integer field out of range: {field}")
             parts.append(b"i" + field.to_bytes(8, "big"))
-        elif kind is str:
+        elif type(field) is str:
             raw = field.encode("utf-8")
             parts.append(b"s" + _LENGTH.pack(len(raw)) + raw)
         elif isinstance(field, bool):

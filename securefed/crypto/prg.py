@@ -47,7 +47,7 @@ def expand_mask_into(seed: bytes, out: np.ndarray) -> np.ndarray:
     if out.dtype != _MASK_DTYPE or not out.flags.c_contiguous or not out.flags.writeable:
         raise InvalidParameter("mask output must be a writable, C-contiguous little-endian uint32 array")
     out[...] = 0
-    view = memoryview(out).cast("B")
+    view = out.data.cast("B")  # ndarray.data is memoryview(out); numpy types ndarray as a buffer only on 3.12+
     _keystream_into(seed, view, view)
     return out
 
@@ -89,7 +89,7 @@ class MaskAccumulator:
             self.value = np.zeros(int(length_or_initial), dtype=_MASK_DTYPE)
         block = min(self.BLOCK, max(1, self.value.shape[0]))
         self._scratch = np.empty(block, dtype=_MASK_DTYPE)
-        self._zeros = memoryview(np.zeros(block, dtype=_MASK_DTYPE)).cast("B")
+        self._zeros = np.zeros(block, dtype=_MASK_DTYPE).data.cast("B")
 
     def __len__(self) -> int:
         return int(self.value.shape[0])
@@ -108,7 +108,7 @@ class MaskAccumulator:
         value = self.value
         length = value.shape[0]
         full_scratch = self._scratch
-        full_view = memoryview(full_scratch).cast("B")
+        full_view = full_scratch.data.cast("B")
         for start in range(0, length, self.BLOCK):
             stop = min(length, start + self.BLOCK)
             block = value[start:stop]
@@ -145,7 +145,7 @@ class SecureRandom:
         self._encryptor = Cipher(algorithms.AES(key), modes.CTR(_ZERO_COUNTER)).encryptor()
 
     def _fill(self, out: np.ndarray) -> np.ndarray:
-        view = memoryview(out).cast("B")
+        view = out.data.cast("B")
         self._encryptor.update_into(view, view)
         return out
 

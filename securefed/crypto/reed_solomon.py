@@ -140,7 +140,7 @@ def _inverse_difference_products(xs: tuple[int, ...], p: int) -> tuple[int, ...]
             value = math.comb(span - 1, x - lo) * math.prod([x - g for g in gaps])
             inverses.append((-value if (hi - x) % 2 else value) * scale % p)
         return tuple(inverses)
-    products = [math.prod([x - l for l in xs[:i]]) * math.prod([x - l for l in xs[i + 1 :]]) % p for i, x in enumerate(xs)]
+    products = [math.prod([x - xj for xj in xs[:i]]) * math.prod([x - xj for xj in xs[i + 1 :]]) % p for i, x in enumerate(xs)]
     return tuple(_batch_inverse(products, p))
 
 

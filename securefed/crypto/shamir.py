@@ -164,7 +164,7 @@ def combine(shares: Sequence[Share]) -> bytes:
     for x in xs:
         all_x *= x
     total = 0
-    for i, share in enumerate(points):
+    for share in points:
         xi = share.x
         denominator = xi
         for xj in xs:

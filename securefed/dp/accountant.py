@@ -22,7 +22,7 @@ in every round (q = 1), the conservative case.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import dp_accounting
@@ -201,7 +201,7 @@ def calibrate_skellam_variance(
     return (z * l2_sensitivity) ** 2
 
 
-def _bisect_decreasing(function, target: float, low: float, high: float) -> float:
+def _bisect_decreasing(function: Callable[[float], float], target: float, low: float, high: float) -> float:
     """The smallest x in [low, high] with function(x) <= target, for decreasing function."""
     if function(high) > target:
         raise InvalidParameter(f"epsilon {target} is unreachable even with noise multiplier {high}")

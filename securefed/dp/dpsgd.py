@@ -10,15 +10,34 @@ public model) and steps; everything after the release is post-processing.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 
 from securefed.dp.noise import UniformSource
 
-__all__ = ["dpsgd_delta", "sampled_clipped_gradient_sum"]
+__all__ = ["GradientModel", "dpsgd_delta", "sampled_clipped_gradient_sum"]
+
+
+class GradientModel(Protocol):
+    """What DP-SGD needs of a model (``securefed.learning.models.ModelAdapter`` has it)."""
+
+    @property
+    def parameter_count(self) -> int: ...
+
+    def per_example_gradients(self, params: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray: ...
+
+    def l2_gradient(self, params: np.ndarray) -> np.ndarray: ...
 
 
 def sampled_clipped_gradient_sum(
-    adapter, params: np.ndarray, X: np.ndarray, y: np.ndarray, clip_norm: float, sampling_rate: float, source: UniformSource
+    adapter: GradientModel,
+    params: np.ndarray,
+    X: np.ndarray,
+    y: np.ndarray,
+    clip_norm: float,
+    sampling_rate: float,
+    source: UniformSource,
 ) -> np.ndarray:
     """The sum of the clipped gradients of the records Poisson-sampled at rate q (zeros if none were)."""
     keep = source.uniform(len(y)) < sampling_rate
@@ -31,7 +50,7 @@ def sampled_clipped_gradient_sum(
 
 
 def dpsgd_delta(
-    adapter, params: np.ndarray, noisy_gradient_sum: np.ndarray, expected_batch: float, learning_rate: float
+    adapter: GradientModel, params: np.ndarray, noisy_gradient_sum: np.ndarray, expected_batch: float, learning_rate: float
 ) -> np.ndarray:
     """The step to take from ``params``: minus the learning rate times (noisy sum / expected batch + L2 term)."""
     gradient = np.asarray(noisy_gradient_sum, dtype=np.float64) / float(expected_batch) + adapter.l2_gradient(params)

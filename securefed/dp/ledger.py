@@ -332,6 +332,10 @@ def audited_releases(receipts: list[tuple[float, dict]]) -> tuple[list[AuditedRe
         mechanism = receipt["dp"]
         where = f"task {receipt.get('task')!r} aggregation {receipt.get('aggregation')}"
         numbers = mechanism.get("release") if isinstance(mechanism, dict) else None
+        missing = f"{where}: the receipt does not carry the release's noise and sensitivity"
+        if not isinstance(numbers, dict):
+            problems.append(missing)
+            continue
         try:
             release = SkellamRelease(
                 float(numbers["variance"]),
@@ -346,5 +350,5 @@ def audited_releases(receipts: list[tuple[float, dict]]) -> tuple[list[AuditedRe
                 )
             )  # fmt: skip
         except (KeyError, TypeError, ValueError, InvalidParameter):
-            problems.append(f"{where}: the receipt does not carry the release's noise and sensitivity")
+            problems.append(missing)
     return found, problems

@@ -231,6 +231,8 @@ def plan_record_level(
     def total_variance(d2: float, d1: float) -> tuple[float, int]:
         if rounds is not None:
             return calibrate_record_level(target_epsilon, delta, rounds, q, d2, d1, spent), rounds
+        if noise_multiplier is None:  # refused above: without rounds, the noise multiplier is required
+            raise InvalidParameter("give the number of rounds, or a positive noise multiplier to plan the most rounds")
         variance = (noise_multiplier * d2) ** 2
         planned = _most_rounds(SubsampledRelease(variance, d2, d1, q), delta, target_epsilon, spent, max_rounds)
         if planned == 0:

@@ -75,6 +75,8 @@ class DpSettings:
         """q: each record's chance of being in a round (1 for site-level releases)."""
         if self.unit == "site":
             return 1.0
+        if self.expected_batch is None or self.total_records is None:  # refused by __post_init__
+            raise InvalidParameter('[task.dp] unit = "record" needs total_records and expected_batch')
         return float(self.expected_batch) / float(self.total_records)
 
     @classmethod

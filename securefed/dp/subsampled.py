@@ -108,13 +108,13 @@ def _check_orders(orders: Sequence[int]) -> tuple[int, ...]:
 
 @functools.lru_cache(maxsize=64)
 def _log_binomials(max_order: int) -> np.ndarray:
-    """log C(a, l) for a, l in 0..max_order (-inf where l > a)."""
+    """log C(a, j) for a, j in 0..max_order (-inf where j > a)."""
     lg = np.array([math.lgamma(k + 1) for k in range(max_order + 1)])
     a = np.arange(max_order + 1)[:, None]
-    l = np.arange(max_order + 1)[None, :]
+    j = np.arange(max_order + 1)[None, :]
     with np.errstate(invalid="ignore"):
-        table = lg[a] - lg[l] - lg[np.maximum(a - l, 0)]
-    return np.where(l <= a, table, -np.inf)
+        table = lg[a] - lg[j] - lg[np.maximum(a - j, 0)]
+    return np.where(j <= a, table, -np.inf)
 
 
 _BOUNDS = ("symmetric", "general")
@@ -189,7 +189,7 @@ def _check_delta(delta: float) -> None:
         raise InvalidParameter(f"delta must be in (0, 1), got {delta}")
 
 
-def rdp_to_epsilon(orders: Sequence[int], curve: Sequence[float], delta: float) -> float:
+def rdp_to_epsilon(orders: Sequence[int], curve: Sequence[float] | np.ndarray, delta: float) -> float:
     """epsilon(delta) from an RDP curve: the conversion securefed.dp.accountant uses (CKS 2020, Prop. 12)."""
     epsilon, _ = rdp_privacy_accountant.compute_epsilon(list(orders), list(curve), delta)
     return float(epsilon)

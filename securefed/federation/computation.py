@@ -22,12 +22,16 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from securefed.errors import InvalidParameter
+from securefed.errors import InvalidParameter, LocalProtocolError
 from securefed.preprocessing import Preprocessing
+
+if TYPE_CHECKING:  # imported where used: a process that runs no computation never loads them
+    from securefed.analytics import Driver, QuantileDriver
+    from securefed.trees import BoostingBuilder, BoostingParams, ForestBuilder, ForestParams, HistogramRequest, TreeEnsemble
 
 __all__ = [
     "COMPUTE_KINDS",
@@ -68,7 +72,7 @@ def tree_params(
     classes: Sequence[int],
     preprocessing: Preprocessing | None,
     edges: Sequence[Sequence[float]] | None = None,
-):
+) -> ForestParams | BoostingParams:
     """The ForestParams / BoostingParams a tree task's options describe; InvalidParameter naming what is wrong.
 
     Bins come from the task's public per-feature bounds (``[task.preprocessing]``
@@ -121,7 +125,7 @@ def tree_params(
     return BoostingParams(bins=bins, loss=loss, n_classes=len(classes), **merged)
 
 
-def quantile_spec(params) -> dict:
+def quantile_spec(params: ForestParams | BoostingParams) -> dict:
     """The secure quantile step that places a tree task's bin edges (``bins = "quantiles"``).
 
     The n_bins - 1 inner quantiles of every feature, to 1/QUANTILE_CELLS of its declared range,
@@ -140,11 +144,14 @@ def quantile_spec(params) -> dict:
     }
 
 
-def edges_from_quantiles(result: Mapping[str, object], params) -> list[list[float]]:
+def edges_from_quantiles(result: Mapping[str, object], params: ForestParams | BoostingParams) -> list[list[float]]:
     """Bin edges from a quantile step's result: clipped to the bounds and made non-decreasing."""
     bins = params.bins
+    quantiles = result["quantiles"]
+    if not isinstance(quantiles, list):
+        raise LocalProtocolError("a quantile step's result lists each feature's quantiles")
     out = []
-    for f, values in enumerate(result["quantiles"]):  # type: ignore[union-attr]
+    for f, values in enumerate(quantiles):
         if values is None:  # no records at all: equal width
             row = np.linspace(bins.low[f], bins.high[f], bins.n_bins + 1)[1:-1]
         else:
@@ -181,7 +188,7 @@ def analytics_requests(options: Mapping[str, object]) -> list[tuple[str, dict]]:
     return out
 
 
-def _level_aggregations(params, trees: int, features: int, channels: int) -> int:
+def _level_aggregations(params: ForestParams | BoostingParams, trees: int, features: int, channels: int) -> int:
     """At most how many aggregations growing ``trees`` trees level by level takes: per level, the
     frontier (at most trees x 2^level open nodes) in as many chunks as max_vector_length needs."""
     per_entry = features * params.bins.n_bins * channels
@@ -204,19 +211,19 @@ class ComputationJob:
             raise InvalidParameter(f"{kind!r} is not a computation (known: {list(COMPUTE_KINDS)})")
         self.kind = kind
         self.aggregations = 0
-        self._model = None
+        self._model: TreeEnsemble | None = None
         self._result: dict | None = None
         if kind == "analytics":
             from securefed.analytics import driver_for
 
             self._queue = analytics_requests(options)
-            self._drivers = [driver_for(k, spec) for k, spec in self._queue]
+            self._drivers: list[Driver] = [driver_for(k, spec) for k, spec in self._queue]
             self._index = 0
             self._results: list[dict] = []
         else:
             self._tree_args = (kind, dict(options), n_features, tuple(classes), preprocessing)
             self.params = tree_params(*self._tree_args)
-            self._binning = None
+            self._binning: QuantileDriver | None = None
             #: the secure quantile step's result, when the bins were placed at quantiles
             self.binning_result: dict | None = None
             if options.get("bins") == "quantiles":
@@ -228,9 +235,12 @@ class ComputationJob:
         self._pending: dict | None = None
 
     def _start_builder(self) -> None:
-        from securefed.trees import BoostingBuilder, ForestBuilder
+        from securefed.trees import BoostingBuilder, ForestBuilder, ForestParams
 
-        self._builder = ForestBuilder(self.params) if self.kind == "random_forest" else BoostingBuilder(self.params)
+        params = self.params  # tree_params: ForestParams for a random forest, BoostingParams for gbdt
+        self._builder: ForestBuilder | BoostingBuilder = (
+            ForestBuilder(params) if isinstance(params, ForestParams) else BoostingBuilder(params)
+        )
 
     # --- what to aggregate next ------------------------------------------------------------
 
@@ -249,16 +259,19 @@ class ComputationJob:
     def _next(self) -> dict:
         if self.kind == "analytics":
             request = self._drivers[self._index].next_request()
-            assert request is not None  # a finished driver moves the index on in receive()
+            if request is None:
+                raise LocalProtocolError("an analytics driver that finished is still current (receive() moves on)")
             return request.to_json()
         if self._binning is not None:
             request = self._binning.next_request()
-            assert request is not None  # a finished binning step starts the builder in receive()
+            if request is None:
+                raise LocalProtocolError("a finished binning step is still current (receive() starts the builder)")
             return request.to_json()
+        from securefed.trees import BoostingBuilder
         from securefed.trees.driver import State
 
         builder = self._builder
-        if self.kind == "gbdt" and builder.state is State.AWAIT_HISTOGRAM:
+        if isinstance(builder, BoostingBuilder) and builder.state is State.AWAIT_HISTOGRAM:
             # Every finished round travels with every request: a node that dropped out or restarted
             # catches up from it, and one that is current checks the model digest and skips it.
             return builder.request_since(0).to_json()
@@ -280,20 +293,25 @@ class ComputationJob:
         request = HistogramRequest.from_json(raw)
         return self._tree_vector_length(request)
 
-    def _tree_vector_length(self, request) -> int:
-        from securefed.trees.request import BOOSTING_BASE
+    def _tree_vector_length(self, request: HistogramRequest) -> int:
+        from securefed.trees import ForestParams
 
         params = self.params
+        if isinstance(params, ForestParams):
+            return int(request.layout(params.bins.n_bins, params.n_classes).length)
+        from securefed.trees.request import BOOSTING_BASE
+
         if request.computation == BOOSTING_BASE:
             return int(params.base_channels)
-        channels = params.n_classes if self.kind == "random_forest" else 3
-        return int(request.layout(params.bins.n_bins, channels).length)
+        return int(request.layout(params.bins.n_bins, 3).length)
 
     def max_nodes(self) -> int:
         """The most nodes the pending request's wrap bound allows in one sum."""
         if self.kind != "analytics":
             return int(self.params.max_nodes)
         computation = self.request()
+        if computation is None:
+            raise InvalidParameter("the computation has finished")
         raw = computation["request"]
         from securefed.analytics import get
 
@@ -354,20 +372,23 @@ class ComputationJob:
         return self._result
 
     @property
-    def model(self):
+    def model(self) -> TreeEnsemble | None:
         """The finished :class:`~securefed.trees.TreeEnsemble` of a tree task (None otherwise or before the end)."""
         return self._model
 
     def expected_aggregations(self) -> int:
         """An upper bound on the aggregations the job takes (what status shows as the total)."""
-        binning = 4 if self.kind != "analytics" and getattr(self, "_binning", None) is not None else 0
-        if self.kind == "random_forest":
-            return binning + _level_aggregations(
-                self.params, int(self.params.n_trees), self.params.features_per_split, int(self.params.n_classes)
-            )
-        if self.kind == "gbdt":
-            per_round = _level_aggregations(self.params, int(self.params.n_outputs), self.params.bins.n_features, 3)
-            return binning + 1 + int(self.params.n_estimators) * per_round
+        if self.kind != "analytics":
+            from securefed.trees import ForestParams
+
+            binning = 4 if self._binning is not None else 0
+            params = self.params
+            if isinstance(params, ForestParams):
+                return binning + _level_aggregations(
+                    params, int(params.n_trees), params.features_per_split, int(params.n_classes)
+                )
+            per_round = _level_aggregations(params, int(params.n_outputs), params.bins.n_features, 3)
+            return binning + 1 + int(params.n_estimators) * per_round
         total = 0
         for kind, spec in self._queue:
             if kind == "kmeans":

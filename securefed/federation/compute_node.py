@@ -24,12 +24,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from securefed.errors import EncodingError, InvalidParameter
 from securefed.federation.computation import COMPUTE_KINDS, quantile_spec, tree_params
 from securefed.federation.spec import RoundSpec
+
+if TYPE_CHECKING:  # imported where used: a process that runs no computation never loads them
+    from securefed.analytics import AnalyticsPolicy
+    from securefed.trees import BoostingParams, BoostingWorker, ForestParams, ForestWorker
 
 __all__ = ["ComputeRefusal", "ComputeResponder"]
 
@@ -51,11 +56,11 @@ class ComputeResponder:
     parameter set and rebuilt when the parameters change.
     """
 
-    def __init__(self, X: np.ndarray, y: np.ndarray, analytics_policy) -> None:
+    def __init__(self, X: np.ndarray, y: np.ndarray, analytics_policy: AnalyticsPolicy) -> None:
         self.X = np.asarray(X, dtype=np.float64)
         self.y = np.asarray(y)
         self.analytics_policy = analytics_policy
-        self._workers: dict[str, object] = {}
+        self._workers: dict[str, ForestWorker | BoostingWorker] = {}
 
     def vector(self, spec: RoundSpec, cohort_size: int) -> np.ndarray:
         """The uint32 vector this site adds to the sum for ``spec.computation``; raises ComputeRefusal."""
@@ -122,7 +127,7 @@ class ComputeResponder:
             worker = self._new_worker(spec, params)
             self._workers = {key: worker}  # one task, one parameter set: drop any older worker
         try:
-            return worker.compute(raw)  # type: ignore[attr-defined]
+            return worker.compute(raw)
         except (InvalidParameter, EncodingError) as exc:
             text = str(exc)
             reason = (
@@ -134,7 +139,9 @@ class ComputeResponder:
             )
             raise ComputeRefusal(reason, text) from None
 
-    def _binning_step(self, raw: dict, params, quantile_bins: bool, cohort_size: int) -> np.ndarray:
+    def _binning_step(
+        self, raw: dict, params: ForestParams | BoostingParams, quantile_bins: bool, cohort_size: int
+    ) -> np.ndarray:
         """A tree task's secure quantile step: only the one the task derives, under this site's record rules."""
         from securefed.analytics import AnalyticsPolicy, Refusal, respond
 
@@ -156,8 +163,8 @@ class ComputeResponder:
             raise ComputeRefusal(answer.code, answer.detail)
         return answer
 
-    def _new_worker(self, spec: RoundSpec, params):
-        from securefed.trees import BoostingWorker, ForestWorker
+    def _new_worker(self, spec: RoundSpec, params: ForestParams | BoostingParams) -> ForestWorker | BoostingWorker:
+        from securefed.trees import BoostingWorker, ForestParams, ForestWorker
 
         index = {label: i for i, label in enumerate(spec.classes)}
         try:
@@ -165,7 +172,7 @@ class ComputeResponder:
         except KeyError as exc:
             raise ComputeRefusal("class-mismatch", f"local label {exc.args[0]} is not among the task's classes") from None
         try:
-            if spec.model_kind == "random_forest":
+            if isinstance(params, ForestParams):  # tree_params: what a random_forest task derives
                 # The bootstrap weights are this site's secret: drawn from a generator seeded by the OS CSPRNG.
                 rng = np.random.default_rng(int.from_bytes(os.urandom(32), "big"))
                 return ForestWorker(params, self.X, labels, rng=rng)

@@ -45,6 +45,7 @@ import numpy as np
 from securefed.dp.accountant import SkellamRelease, skellam_epsilon
 from securefed.dp.dpsgd import dpsgd_delta
 from securefed.dp.mechanism import SkellamParameters, plan_record_skellam, plan_skellam
+from securefed.dp.settings import DpSettings
 from securefed.errors import (
     EncodingError,
     InvalidParameter,
@@ -53,13 +54,13 @@ from securefed.errors import (
     RemoteProtocolError,
     StorageError,
 )
-from securefed.federation.computation import request_digest
+from securefed.federation.computation import ComputationJob, request_digest
 from securefed.federation.messages import Envelope, Hello, Refusal, RoundResult, RoundStart
 from securefed.federation.spec import RoundSpec, parse_spec, round_context
 from securefed.federation.store import CoordinatorStore
 from securefed.federation.task import NodeEntry, TaskDefinition
 from securefed.federation.update import EvaluationCodec, TrainingUpdateCodec, choose_fractional_bits
-from securefed.learning.models import make_adapter
+from securefed.learning.models import ModelAdapter, make_adapter
 from securefed.learning.strategies import make_strategy
 from securefed.logging_setup import PeerWarnings
 from securefed.secagg.bounds import minimum_safe_threshold
@@ -72,6 +73,8 @@ from securefed.secagg.messages import (
     PeerGone,
     RoundAborted,
     SeedReveal,
+    Send,
+    ServerMessage,
     ShareKeys,
     Stage,
     UnmaskShares,
@@ -115,7 +118,7 @@ class _PlainSum:
         self._senders: set[int] = set()
         self._gone: set[int] = set()
 
-    def receive(self, event: object) -> list:
+    def receive(self, event: object) -> list[Send]:
         if isinstance(event, MaskedInput):
             if event.sender in self._senders or event.vector.shape != self._total.shape or event.vector.dtype != np.uint32:
                 raise RemoteProtocolError("bad or duplicate input", reason="malformed")
@@ -131,7 +134,7 @@ class _PlainSum:
             return self._finish()
         return []
 
-    def _finish(self) -> list:
+    def _finish(self) -> list[Send]:
         if len(self._senders) < self.config.threshold:
             self.stage = None
             raise ProtocolAborted(
@@ -183,14 +186,15 @@ class Coordinator:
         # Federated evaluation releases exact counts, so it is off under DP (nodes would refuse it).
         self.federated_evaluation = task.evaluate and task.dp is None and evaluation_data is None and not task.is_computation
         #: trees and analytics: the computation driven one aggregation at a time (None: SGD training)
-        self.job = task.computation_job() if task.is_computation else None
+        self.job: ComputationJob | None = task.computation_job() if task.is_computation else None
         self._dp_plans: dict[tuple[int, int], SkellamParameters] = {}
         self._dp_refusals: dict[tuple[int, int, int, int], InvalidParameter] = {}
         self.nodes = {node.name: node for node in nodes}
         self.socket = socket
         self.store = store
         self.clock = clock
-        self.adapter = (
+        #: SGD training: the model's parameter layout (None: a computation, which has no global weights)
+        self.adapter: ModelAdapter | None = (
             None if self.job is not None else make_adapter(task.model_kind, task.n_features, task.classes, **task.model_options)
         )
         self.strategy = make_strategy(task.strategy, **task.strategy_options)
@@ -207,15 +211,17 @@ class Coordinator:
         self._waiting_reminded = 0.0
         self._rejections = PeerWarnings(log, "rejected messages from {peer}")
         #: unmask requests to send again, by node, after a restart in the middle of unmasking
-        self._resend: dict[str, object] = {}
+        self._resend: dict[str, ServerMessage] = {}
         self._rerun_backoff = 0.0
         #: message bytes (received, sent) of the aggregations of the round in progress, by round
         self._round_bytes: dict[int, list[int]] = {}
         store.bind_task(task.name, task.fingerprint())
         latest = store.latest_model()
         if latest is None:
-            store.save_initial_model(np.zeros(0) if self.job is not None else self.adapter.initial_parameters())
+            store.save_initial_model(self.adapter.initial_parameters() if self.adapter is not None else np.zeros(0))
             latest = store.latest_model()
+            if latest is None:
+                raise StorageError(f"task {task.name}: the initial model just saved cannot be read back")
         self.completed_round, self.model, strategy_state = latest
         if strategy_state:
             self.strategy.load_state_dict(strategy_state)
@@ -223,7 +229,7 @@ class Coordinator:
         if self.job is not None:
             self.phase = "compute"
             self.model = np.zeros(0)  # a computation has no global weights: requests carry everything
-            self._replay_steps()
+            self._replay_steps(self.job)
         history = {record.round: record for record in store.rounds()}
         last = history.get(self.completed_round)
         if self.federated_evaluation and last is not None and last.accuracy is None:
@@ -245,15 +251,27 @@ class Coordinator:
             return self.current is None and (self.job.done or self.completed_round >= self.task.rounds)
         return self.completed_round >= self.task.rounds and self.phase == "train" and self.current is None
 
-    def _replay_steps(self) -> None:
-        """Rebuild the computation from the sums of the steps already committed (it is deterministic in them)."""
+    def _sgd_adapter(self) -> ModelAdapter:
+        """The model's adapter, for the train and evaluate phases (only SGD tasks have them)."""
+        if self.adapter is None:
+            raise LocalProtocolError(f"task {self.task.name} is a {self.task.model_kind} computation: it trains no model")
+        return self.adapter
+
+    def _computation_job(self) -> ComputationJob:
+        """The computation, for the compute phase (only trees and analytics have it)."""
+        if self.job is None:
+            raise LocalProtocolError(f"task {self.task.name} trains a {self.task.model_kind} model: it runs no computation")
+        return self.job
+
+    def _replay_steps(self, job: ComputationJob) -> None:
+        """Rebuild ``job`` from the sums of the steps already committed (it is deterministic in them)."""
         steps = self.store.computation_steps()
         if [number for number, *_ in steps] != list(range(1, len(steps) + 1)):
             raise StorageError(
                 f"the stored computation steps of task {self.task.name} are not 1..{len(steps)}; the state is damaged"
             )
         try:
-            self.job.replay([(digest, summed, survivors) for _, digest, summed, survivors in steps])
+            job.replay([(digest, summed, survivors) for _, digest, summed, survivors in steps])
         except (InvalidParameter, EncodingError, LocalProtocolError) as exc:
             raise StorageError(f"task {self.task.name}: cannot resume the computation from its stored steps: {exc}") from None
         self.completed_round = len(steps)
@@ -335,7 +353,7 @@ class Coordinator:
             self.store.record_refusal(current.id, node, body.reason, body.detail)
             if body.reason == "rerun":
                 current.rerun_refusals.add(node)
-            self._feed(PeerGone(current.ids[node]))
+            self._feed(current, PeerGone(current.ids[node]))
             return
         if not isinstance(body, _NODE_MESSAGES):
             self._reject(node, "unexpected-message", type(body).__name__)
@@ -343,7 +361,7 @@ class Coordinator:
         if body.sender != current.ids[node]:
             self._reject(node, "impersonation", f"claims id {body.sender}, holds id {current.ids[node]}")
             return
-        self._feed(body)
+        self._feed(current, body)
 
     def _reject(self, node: str, reason: str, detail: str) -> None:
         self.counters[reason] += 1
@@ -390,35 +408,37 @@ class Coordinator:
             stage,
             stage,
         )
-        self._feed(PeerGone(current.ids[node]))
+        self._feed(current, PeerGone(current.ids[node]))
 
-    def _feed(self, event: object) -> None:
-        current = self.current
+    def _feed(self, current: _Aggregation, event: object) -> None:
+        """Hand ``event`` to the running aggregation ``current`` (which is ``self.current``) and act on the outcome."""
+        server = current.server
         try:
-            sends = current.server.receive(event)
+            sends = server.receive(event)
         except RemoteProtocolError as exc:
-            self._reject(self._name_of(event), exc.reason, str(exc))
+            self._reject(self._name_of(current, event), exc.reason, str(exc))
             return
         except ProtocolAborted as exc:
-            self._exclude_culprits(exc)
-            self._abort(str(exc))
+            self._exclude_culprits(current, exc)
+            self._abort(current, str(exc))
             return
-        if current.server.stage is Stage.UNMASK and current.stage is not Stage.UNMASK:
+        if isinstance(server, ServerProtocol) and server.stage is Stage.UNMASK and current.stage is not Stage.UNMASK:
             # Nodes are about to release their shares and will never contribute to this round again:
             # keep what finishing it needs, so a restarted coordinator can collect the same shares again.
+            # (A plain sum has no unmask stage.)
             try:
-                self._save_unmask_state(current)
+                self._save_unmask_state(current, server)
             except (sqlite3.Error, InvalidParameter) as exc:
                 log.error(
                     "aggregation %d: could not save the unmasking state durably (%s); aborting before any share is released",
                     current.id,
                     exc,
                 )
-                self._abort(f"could not save the unmasking state: {exc}")
+                self._abort(current, f"could not save the unmasking state: {exc}")
                 return
         for send in sends:
             self.socket.send(current.cohort[send.to - 1], Envelope(self.task.name, current.id, send.message))
-        if current.server.stage is not current.stage:
+        if server.stage is not current.stage:
             now = self.clock()
             log.debug(
                 "aggregation %d: %s closed at %.3f s",
@@ -429,7 +449,7 @@ class Coordinator:
             if current.stage is not None:
                 current.stage_durations[current.stage.value] = now - current.stage_started
             current.stage_started = now
-            current.stage = current.server.stage
+            current.stage = server.stage
             if current.stage is not None:
                 current.deadline = self.clock() + self.task.deadlines[current.stage.value]
                 # A node whose connection closed answers no later stage either: do not wait for it.
@@ -438,14 +458,13 @@ class Coordinator:
                 for name in sorted(current.gone):
                     if self.current is not current or current.stage is not stage:
                         return
-                    self._feed(PeerGone(current.ids[name]))
+                    self._feed(current, PeerGone(current.ids[name]))
                 if self.current is not current or current.stage is not stage:
                     return
-        if current.server.result is not None:
-            self._complete(current.server.result)
+        if server.result is not None:
+            self._complete(current, server.result)
 
-    def _save_unmask_state(self, current: _Aggregation) -> None:
-        server = current.server
+    def _save_unmask_state(self, current: _Aggregation, server: ServerProtocol) -> None:
         data, masked_sum = server.unmask_snapshot()
         config = server.config
         state = {
@@ -525,10 +544,10 @@ class Coordinator:
             len(self._resend),
         )
 
-    def _name_of(self, event: object) -> str:
+    def _name_of(self, current: _Aggregation, event: object) -> str:
         sender = getattr(event, "sender", None) or getattr(event, "node", None)
-        if self.current is not None and isinstance(sender, int) and 1 <= sender <= len(self.current.cohort):
-            return self.current.cohort[sender - 1]
+        if isinstance(sender, int) and 1 <= sender <= len(current.cohort):
+            return current.cohort[sender - 1]
         return "?"
 
     # --- timing -------------------------------------------------------------
@@ -539,7 +558,7 @@ class Coordinator:
         if current is not None:
             if current.stage is not None and now >= current.deadline:
                 log.info("aggregation %d: %s deadline passed", current.id, current.stage.value)
-                self._feed(Deadline(current.stage))
+                self._feed(current, Deadline(current.stage))
             return
         if self.finished or now < self._not_before:
             return
@@ -609,11 +628,11 @@ class Coordinator:
         dp_spec = None
         if task.dp is not None and self.phase == "train":
             try:
-                plan = self._dp_plan(n, threshold)
+                plan = self._dp_plan(task.dp, self._sgd_adapter().parameter_count, n, threshold)
             except InvalidParameter as exc:
                 self._log_waiting(f"no round can run within the task's epsilon: {exc}")
                 return
-            dp_spec = plan.to_spec(task.dp["delta"], task.dp["epsilon"], task.rounds)
+            dp_spec = plan.to_spec(task.dp.delta, task.dp.epsilon, task.rounds)
         self._waiting_logged = None  # a round starts: anything we wait for next is news again
         aggregation = self.store.next_aggregation(round_number, self.phase)
         spec = RoundSpec(
@@ -640,12 +659,12 @@ class Coordinator:
         raw_spec = spec.to_json()
         pairs = tuple((i, name) for i, name in enumerate(cohort, start=1))
         if self.phase == "compute":
-            length = self.job.vector_length()
+            length = self._computation_job().vector_length()
         elif self.phase == "train" and dp_spec is not None:
-            length = self.adapter.parameter_count
+            length = self._sgd_adapter().parameter_count
         elif self.phase == "train":
             length = TrainingUpdateCodec(
-                self.adapter.parameter_count, spec.clip_norm, spec.fractional_bits, spec.weight_cap, n
+                self._sgd_adapter().parameter_count, spec.clip_norm, spec.fractional_bits, spec.weight_cap, n
             ).vector_length
         else:
             length = EvaluationCodec(n).vector_length
@@ -686,8 +705,7 @@ class Coordinator:
         for i, name in pairs:
             self.socket.send(name, Envelope(task.name, aggregation, RoundStart(i, pairs, raw_spec, self.model)))
 
-    def _complete(self, result: AggregateResult) -> None:
-        current = self.current
+    def _complete(self, current: _Aggregation, result: AggregateResult) -> None:
         survivors = [current.cohort[i - 1] for i in result.survivors]
         for node_id, why in sorted(result.excluded.items()):
             name = current.cohort[node_id - 1]
@@ -702,103 +720,16 @@ class Coordinator:
         try:
             self._apply(current, result, survivors)
         except EncodingError as exc:
-            self._abort(f"the unmasked sum was refused: {exc}")
+            self._abort(current, f"the unmasked sum was refused: {exc}")
 
     def _apply(self, current: _Aggregation, result: AggregateResult, survivors: list[str]) -> None:
         duration = self.clock() - current.started
-        spec = current.spec
-        n = len(current.cohort)
         if current.phase == "compute":
-            detail = self._apply_step(current, result, survivors, duration)
+            detail = self._apply_step(self._computation_job(), current, result, survivors, duration)
         elif current.phase == "train":
-            epsilon = None
-            release = None
-            if spec.dp is not None:
-                # Decode with the parameters this round actually used, and compose its cost with
-                # every release recorded before it: the task's epsilon comes from records, never a plan.
-                params = SkellamParameters.from_spec(spec.dp, self.adapter.parameter_count, n)
-                if params.unit == "record":
-                    # One DP-SGD step: the noisy sum of clipped per-record gradients over the public expected
-                    # batch, plus the (public) L2 term; the step itself is post-processing.
-                    gradient_sum = params.decode_gradient_sum(result.sum, len(survivors))  # range-checked
-                    mean_delta = dpsgd_delta(
-                        self.adapter, self.model, gradient_sum, params.expected_batch, self.task.learning_rate
-                    )
-                else:
-                    mean_delta = params.decode_mean(result.sum, len(survivors))  # range-checked
-                total_weight = float(len(survivors))
-                made = params.release
-                release = (made.variance, made.l2_sensitivity, made.l1_sensitivity, made.sampling_rate)
-                epsilon = skellam_epsilon([*self._recorded_releases(), made], self.task.dp["delta"])
-            else:
-                codec = TrainingUpdateCodec(
-                    self.adapter.parameter_count, spec.clip_norm, spec.fractional_bits, spec.weight_cap, n
-                )
-                mean_delta, total_weight = codec.decode_mean(result.sum, len(survivors))
-            new_model = self.strategy.apply(self.model, mean_delta)
-            bytes_in, bytes_out = self._close_bytes(current)
-            self.store.commit_round(
-                current.round,
-                new_model,
-                self.strategy.state_dict(),
-                current.id,
-                survivors,
-                n,
-                total_weight,
-                epsilon,
-                duration,
-                release,
-                stage_durations=current.stage_durations,
-                bytes_in=bytes_in,
-                bytes_out=bytes_out,
-            )
-            self.model = new_model
-            self.completed_round = current.round
-            self.phase = "evaluate" if self.federated_evaluation else "train"
-            detail = f"round {current.round} aggregated from {len(survivors)} of {n} nodes"
-            log.info(
-                "round %d/%d: model updated from %d of %d nodes in %.2f s%s",
-                current.round,
-                self.task.rounds,
-                len(survivors),
-                n,
-                duration,
-                "" if epsilon is None else f", epsilon spent {epsilon:.3f}",
-            )
-            if self.evaluation_data is not None:
-                X, y = self.evaluation_data
-                metrics = self.adapter.evaluate(new_model, X, y)
-                self.store.record_evaluation(current.round, current.id, metrics.accuracy, metrics.mean_loss, metrics.count, 0)
-                log.info(
-                    "round %d/%d: accuracy %.4f on the coordinator's evaluation data",
-                    current.round,
-                    self.task.rounds,
-                    metrics.accuracy,
-                )
+            detail = self._apply_round(self._sgd_adapter(), current, result, survivors, duration)
         else:
-            totals = EvaluationCodec(n).decode(result.sum, len(survivors))
-            bytes_in, bytes_out = self._close_bytes(current)
-            self.store.record_evaluation(
-                current.round,
-                current.id,
-                totals.accuracy,
-                totals.mean_loss,
-                totals.count,
-                len(survivors),
-                bytes_in=bytes_in,
-                bytes_out=bytes_out,
-            )
-            self.phase = "train"
-            detail = f"round {current.round} evaluated on {totals.count} samples: accuracy {totals.accuracy:.4f}"
-            log.info(
-                "round %d/%d: federated accuracy %.4f, loss %.4f over %d samples from %d nodes",
-                current.round,
-                self.task.rounds,
-                totals.accuracy,
-                totals.mean_loss,
-                totals.count,
-                len(survivors),
-            )
+            detail = self._apply_evaluation(current, result, survivors)
         for name in current.cohort:
             self.socket.send(name, Envelope(self.task.name, current.id, RoundResult(True, len(survivors), detail)))
         self.store.clear_unmask_state()
@@ -807,19 +738,122 @@ class Coordinator:
         self.excluded_for_round.clear()
         self._rerun_backoff = 0.0
 
-    def _apply_step(self, current: _Aggregation, result: AggregateResult, survivors: list[str], duration: float) -> str:
-        """A compute aggregation completed: feed its sum to the computation and commit the step (and any result)."""
-        digest = request_digest(current.spec.computation)
+    def _apply_round(
+        self, adapter: ModelAdapter, current: _Aggregation, result: AggregateResult, survivors: list[str], duration: float
+    ) -> str:
+        """A train aggregation completed: decode the mean update, apply it and commit the round."""
+        spec = current.spec
+        n = len(current.cohort)
+        epsilon = None
+        release = None
+        if spec.dp is not None:
+            dp = self.task.dp
+            if dp is None:
+                raise LocalProtocolError(
+                    f"aggregation {current.id} carries DP parameters, but task {self.task.name} has no [task.dp]"
+                )
+            # Decode with the parameters this round actually used, and compose its cost with
+            # every release recorded before it: the task's epsilon comes from records, never a plan.
+            params = SkellamParameters.from_spec(spec.dp, adapter.parameter_count, n)
+            if params.unit == "record":
+                # One DP-SGD step: the noisy sum of clipped per-record gradients over the public expected
+                # batch, plus the (public) L2 term; the step itself is post-processing.
+                gradient_sum = params.decode_gradient_sum(result.sum, len(survivors))  # range-checked
+                mean_delta = dpsgd_delta(adapter, self.model, gradient_sum, params.expected_batch, self.task.learning_rate)
+            else:
+                mean_delta = params.decode_mean(result.sum, len(survivors))  # range-checked
+            total_weight = float(len(survivors))
+            made = params.release
+            release = (made.variance, made.l2_sensitivity, made.l1_sensitivity, made.sampling_rate)
+            epsilon = skellam_epsilon([*self._recorded_releases(), made], dp.delta)
+        else:
+            codec = TrainingUpdateCodec(adapter.parameter_count, spec.clip_norm, spec.fractional_bits, spec.weight_cap, n)
+            mean_delta, total_weight = codec.decode_mean(result.sum, len(survivors))
+        new_model = self.strategy.apply(self.model, mean_delta)
+        bytes_in, bytes_out = self._close_bytes(current)
+        self.store.commit_round(
+            current.round,
+            new_model,
+            self.strategy.state_dict(),
+            current.id,
+            survivors,
+            n,
+            total_weight,
+            epsilon,
+            duration,
+            release,
+            stage_durations=current.stage_durations,
+            bytes_in=bytes_in,
+            bytes_out=bytes_out,
+        )
+        self.model = new_model
+        self.completed_round = current.round
+        self.phase = "evaluate" if self.federated_evaluation else "train"
+        log.info(
+            "round %d/%d: model updated from %d of %d nodes in %.2f s%s",
+            current.round,
+            self.task.rounds,
+            len(survivors),
+            n,
+            duration,
+            "" if epsilon is None else f", epsilon spent {epsilon:.3f}",
+        )
+        if self.evaluation_data is not None:
+            X, y = self.evaluation_data
+            metrics = adapter.evaluate(new_model, X, y)
+            self.store.record_evaluation(current.round, current.id, metrics.accuracy, metrics.mean_loss, metrics.count, 0)
+            log.info(
+                "round %d/%d: accuracy %.4f on the coordinator's evaluation data",
+                current.round,
+                self.task.rounds,
+                metrics.accuracy,
+            )
+        return f"round {current.round} aggregated from {len(survivors)} of {n} nodes"
+
+    def _apply_evaluation(self, current: _Aggregation, result: AggregateResult, survivors: list[str]) -> str:
+        """An evaluate aggregation completed: record the model's federated accuracy and loss."""
+        totals = EvaluationCodec(len(current.cohort)).decode(result.sum, len(survivors))
+        bytes_in, bytes_out = self._close_bytes(current)
+        self.store.record_evaluation(
+            current.round,
+            current.id,
+            totals.accuracy,
+            totals.mean_loss,
+            totals.count,
+            len(survivors),
+            bytes_in=bytes_in,
+            bytes_out=bytes_out,
+        )
+        self.phase = "train"
+        log.info(
+            "round %d/%d: federated accuracy %.4f, loss %.4f over %d samples from %d nodes",
+            current.round,
+            self.task.rounds,
+            totals.accuracy,
+            totals.mean_loss,
+            totals.count,
+            len(survivors),
+        )
+        return f"round {current.round} evaluated on {totals.count} samples: accuracy {totals.accuracy:.4f}"
+
+    def _apply_step(
+        self, job: ComputationJob, current: _Aggregation, result: AggregateResult, survivors: list[str], duration: float
+    ) -> str:
+        """A compute aggregation completed: feed its sum to ``job`` and commit the step (and any result)."""
+        computation = current.spec.computation
+        if computation is None:  # parse_spec and _start pair the compute phase with a computation
+            raise LocalProtocolError(f"compute aggregation {current.id} has no computation in its spec")
+        digest = request_digest(computation)
         try:
-            self.job.receive(result.sum, len(survivors))
+            job.receive(result.sum, len(survivors))
         except (InvalidParameter, LocalProtocolError, EncodingError, ProtocolAborted) as exc:
             # A refused sum leaves a driver unusable: rebuild it from the committed steps, so the
             # retry of this step starts from exactly the state before it.
-            self.job = self.task.computation_job()
-            self._replay_steps()
+            self.job = rebuilt = self.task.computation_job()
+            self._replay_steps(rebuilt)
             raise EncodingError(str(exc)) from None
-        finished = self.job.done
-        model = self.job.model.to_arrays() if finished and self.job.model is not None else None
+        finished = job.done
+        model = job.model.to_arrays() if finished and job.model is not None else None
         bytes_in, bytes_out = self._close_bytes(current)
         self.store.commit_step(
             current.round,
@@ -832,7 +866,7 @@ class Coordinator:
             stage_durations=current.stage_durations,
             bytes_in=bytes_in,
             bytes_out=bytes_out,
-            result=self.job.result() if finished else None,
+            result=job.result() if finished else None,
             model=model,
         )
         self.completed_round = current.round
@@ -843,7 +877,7 @@ class Coordinator:
             len(survivors),
             len(current.cohort),
             duration,
-            f"; the computation finished after {self.job.aggregations} secure aggregations" if finished else "",
+            f"; the computation finished after {job.aggregations} secure aggregations" if finished else "",
         )
         return f"step {current.round} aggregated from {len(survivors)} of {len(current.cohort)} nodes"
 
@@ -867,30 +901,30 @@ class Coordinator:
     def _recorded_releases(self) -> list[SkellamRelease]:
         return [SkellamRelease(v, l2, l1, q) for _, v, l2, l1, q in self.store.dp_releases()]
 
-    def _dp_plan(self, n: int, threshold: int) -> SkellamParameters:
+    def _dp_plan(self, dp: DpSettings, dimension: int, n: int, threshold: int) -> SkellamParameters:
         """Noise for the remaining rounds, calibrated so that they and every release already recorded
-        stay within the task's epsilon; sized for t - c honest survivors. Raises InvalidParameter when
-        the recorded releases leave no room (e.g. ``rounds`` was raised after the budget was spent)."""
+        stay within ``dp``'s epsilon (the task's); sized for t - c honest survivors and a model of
+        ``dimension`` parameters. Raises InvalidParameter when the recorded releases leave no room
+        (e.g. ``rounds`` was raised after the budget was spent)."""
         key = (n, threshold)
         refusal = self._dp_refusals.get((n, threshold, self.completed_round, self.task.rounds))
         if refusal is not None:
             raise refusal
         if key not in self._dp_plans:
-            dp = self.task.dp
             roster = max(n, len(self.nodes))
             honest = threshold - self.task.colluders(roster)
             spent = self._recorded_releases()
             remaining = self.task.rounds - self.completed_round
             try:
                 if dp.unit == "record":
+                    if dp.total_records is None or dp.expected_batch is None:  # DpSettings requires both for records
+                        raise LocalProtocolError("record-level DP settings without total_records and expected_batch")
                     self._dp_plans[key] = plan_record_skellam(
-                        dp.epsilon, dp.delta, remaining, dp.clip_norm, self.adapter.parameter_count, n, honest,
+                        dp.epsilon, dp.delta, remaining, dp.clip_norm, dimension, n, honest,
                         dp.total_records, dp.expected_batch, spent,
                     )  # fmt: skip
                 else:
-                    self._dp_plans[key] = plan_skellam(
-                        dp["epsilon"], dp["delta"], remaining, dp["clip_norm"], self.adapter.parameter_count, n, honest, spent
-                    )
+                    self._dp_plans[key] = plan_skellam(dp.epsilon, dp.delta, remaining, dp.clip_norm, dimension, n, honest, spent)
             except InvalidParameter as exc:  # the same answer until something changes: do not recompute it every tick
                 self._dp_refusals[(n, threshold, self.completed_round, self.task.rounds)] = exc
                 raise
@@ -908,13 +942,12 @@ class Coordinator:
                 "DP plan for %d nodes (t=%d, noise sized for %d honest survivors): Skellam noise multiplier %.3f, "
                 "scale 2^%d; %d rounds recorded, %d to go, epsilon <= %g in all at delta %g",
                 n, threshold, honest, plan.noise_multiplier, plan.scale_bits, len(spent), remaining,
-                dp["epsilon"], dp["delta"],
+                dp.epsilon, dp.delta,
             )  # fmt: skip
         return self._dp_plans[key]
 
-    def _exclude_culprits(self, exc: ProtocolAborted) -> None:
-        """Leave out of the retry every node the abort names (identifiable abort)."""
-        current = self.current
+    def _exclude_culprits(self, current: _Aggregation, exc: ProtocolAborted) -> None:
+        """Leave out of ``current``'s retry every node the abort names (identifiable abort)."""
         for node_id in exc.culprits:
             if not 1 <= node_id <= len(current.cohort):
                 continue
@@ -926,8 +959,8 @@ class Coordinator:
                 self.excluded_for_round[name] = str(exc)
                 log.warning("aggregation %d: node %s is left out of the retries of this round", current.id, name)
 
-    def _abort(self, reason: str) -> None:
-        current = self.current
+    def _abort(self, current: _Aggregation, reason: str) -> None:
+        """Give up the running aggregation ``current`` (which is ``self.current``) and schedule the retry."""
         log.warning("aggregation %d (round %d %s) aborted: %s", current.id, current.round, current.phase, reason)
         self.store.finish_attempt(current.id, "aborted", reason)
         self.store.clear_unmask_state()

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -46,6 +46,7 @@ from securefed.dp.mechanism import SkellamParameters
 from securefed.dp.noise import NoiseSource
 from securefed.errors import (
     InvalidParameter,
+    LocalProtocolError,
     PrivacyBudgetExhausted,
     ProtocolAborted,
     RemoteProtocolError,
@@ -53,25 +54,30 @@ from securefed.errors import (
 )
 from securefed.federation.computation import request_digest
 from securefed.federation.compute_node import ComputeRefusal, ComputeResponder
-from securefed.federation.messages import Envelope, Hello, Refusal, RoundResult, RoundStart
+from securefed.federation.messages import Envelope, FederationMessage, Hello, Refusal, RoundResult, RoundStart
 from securefed.federation.spec import RoundSpec, parse_spec, round_context
 from securefed.federation.update import EvaluationCodec, TrainingUpdateCodec
 from securefed.learning.data import LocalDataset
-from securefed.learning.models import make_adapter
+from securefed.learning.models import ModelAdapter, make_adapter
 from securefed.preprocessing import Preprocessing
 from securefed.secagg.client import ClientProtocol
 from securefed.secagg.config import ClientPolicy, RoundConfig
 from securefed.secagg.messages import (
+    ClientMessage,
     ConsistencyRequest,
     KeyList,
     MaskedInput,
     RoundAborted,
     SeedRevealList,
+    ServerMessage,
     ShareKeys,
     ShareRelay,
     UnmaskRequest,
     UnmaskShares,
 )
+
+if TYPE_CHECKING:
+    from securefed.analytics import AnalyticsPolicy
 
 __all__ = ["Node", "NodePolicy", "NodeState"]
 
@@ -145,7 +151,7 @@ class NodePolicy:
             delta=self.delta,
         )
 
-    def analytics_policy(self):
+    def analytics_policy(self) -> AnalyticsPolicy:
         """The :class:`~securefed.analytics.AnalyticsPolicy` this site applies to analytics requests."""
         from securefed.analytics import AnalyticsPolicy
 
@@ -334,6 +340,9 @@ class _Refused(Exception):
 
 @dataclass(frozen=True)
 class _Charge:
+    """A DP round's cost, checked against ``ledger``, which it is charged to before the masked input leaves."""
+
+    ledger: PrivacyLedger
     parameters: SkellamParameters
     round: int
     aggregation: int
@@ -538,8 +547,8 @@ class Node:
         return spec
 
     def _participate(self, aggregation: int, start: RoundStart, spec: RoundSpec) -> None:
-        if spec.phase == "compute":
-            self._participate_in_computation(aggregation, start, spec)
+        if spec.computation is not None:  # parse_spec: the compute phase, and only it, carries one
+            self._participate_in_computation(aggregation, start, spec, spec.computation)
             return
         n = len(start.cohort)
         adapter = make_adapter(spec.model_kind, spec.n_features, spec.classes, **spec.model_options)
@@ -560,7 +569,7 @@ class Node:
         context = round_context(start.spec, start.cohort, model)
         charge = None
         if spec.dp is not None:
-            charge = self._check_dp(spec, adapter.parameter_count, n, aggregation, context)
+            charge = self._check_dp(spec, spec.dp, adapter.parameter_count, n, aggregation, context)
         codec = None
         if spec.phase == "evaluate":
             length = EvaluationCodec(n).vector_length
@@ -585,12 +594,12 @@ class Node:
                 self.policy.client_policy(),
                 roster_size=max(len(self.roster), n),
             )
-            self.current = _Participation(aggregation, client, spec, charge, context.hex(), n, model_hash=model_hash)
+            current = self.current = _Participation(aggregation, client, spec, charge, context.hex(), n, model_hash=model_hash)
             try:
                 outgoing = client.start()
             except RemoteProtocolError as exc:
                 raise _Refused(exc.reason, str(exc)) from None
-            self.current.pending_input = lambda: self._local_input(adapter, model, spec, charge, codec, n)
+            current.pending_input = lambda: self._local_input(adapter, model, spec, charge, codec, n)
             for message in outgoing:
                 self._send(aggregation, message)
         else:
@@ -598,7 +607,7 @@ class Node:
             vector = self._local_input(adapter, model, spec, charge, codec, n)
             self._charge_and_send(MaskedInput(start.node_id, vector))
 
-    def _participate_in_computation(self, aggregation: int, start: RoundStart, spec: RoundSpec) -> None:
+    def _participate_in_computation(self, aggregation: int, start: RoundStart, spec: RoundSpec, computation: dict) -> None:
         """A trees or analytics aggregation: check the request, compute the vector, then join the sum.
 
         The vector is computed before anything is sent, so a request outside the site's policy is
@@ -610,7 +619,7 @@ class Node:
         model = np.asarray(start.model)
         if model.size != 0:
             raise _Refused("model-mismatch", "a compute round carries no model weights")
-        digest = request_digest(spec.computation)
+        digest = request_digest(computation)
         earlier = self.state.released(self.task, spec.phase, spec.round, digest)
         if earlier is not None:
             raise _Refused("rerun", f"{earlier}; a second contribution could be subtracted from the first")
@@ -630,7 +639,7 @@ class Node:
         log.info(
             "step %d: computed this site's %s contribution (%d coordinates)",
             spec.round,
-            spec.computation["request"].get("computation") or spec.computation["request"].get("kind"),
+            computation["request"].get("computation") or computation["request"].get("kind"),
             vector.size,
         )
         client = None
@@ -646,7 +655,7 @@ class Node:
                 self.policy.client_policy(),
                 roster_size=max(len(self.roster), n),
             )
-        self.current = _Participation(aggregation, client, spec, None, context.hex(), n, model_hash=digest)
+        current = self.current = _Participation(aggregation, client, spec, None, context.hex(), n, model_hash=digest)
         if client is None:
             self._charge_and_send(MaskedInput(start.node_id, vector))
             return
@@ -654,11 +663,19 @@ class Node:
             outgoing = client.start()
         except RemoteProtocolError as exc:
             raise _Refused(exc.reason, str(exc)) from None
-        self.current.pending_input = lambda: vector
+        current.pending_input = lambda: vector
         for message in outgoing:
             self._send(aggregation, message)
 
-    def _local_input(self, adapter, model: np.ndarray, spec: RoundSpec, charge: _Charge | None, codec, n: int) -> np.ndarray:
+    def _local_input(
+        self,
+        adapter: ModelAdapter,
+        model: np.ndarray,
+        spec: RoundSpec,
+        charge: _Charge | None,
+        codec: TrainingUpdateCodec | None,
+        n: int,
+    ) -> np.ndarray:
         """Train (or evaluate) on local data and encode the result: this node's input to the sum."""
         if spec.phase == "train":
             X, y = self._features[self._train_idx], self.dataset.y[self._train_idx]
@@ -679,12 +696,22 @@ class Node:
             )
             if charge is not None:
                 return charge.parameters.encode(trained - model)
+            if codec is None:
+                raise LocalProtocolError("a training round without DP needs the update codec _participate makes for it")
             return codec.encode(trained - model, len(y))
         X, y = self._features[self._val_idx], self.dataset.y[self._val_idx]
         metrics = adapter.evaluate(model, X, y)
         return EvaluationCodec(n).encode(metrics.correct, metrics.count, metrics.loss_sum)
 
-    def _record_level_input(self, adapter, model: np.ndarray, spec: RoundSpec, parameters: SkellamParameters, X, y) -> np.ndarray:
+    def _record_level_input(
+        self,
+        adapter: ModelAdapter,
+        model: np.ndarray,
+        spec: RoundSpec,
+        parameters: SkellamParameters,
+        X: np.ndarray,
+        y: np.ndarray,
+    ) -> np.ndarray:
         """This site's part of one DP-SGD step: its Poisson-sampled records' clipped gradients, summed, noised.
 
         Each record joins with probability q, decided here from the cryptographic generator that also
@@ -706,26 +733,26 @@ class Node:
         )
         return encoded
 
-    def _provide_input(self, current: _Participation) -> bool:
+    def _provide_input(self, aggregation: int, client: ClientProtocol, compute: Callable[[], np.ndarray]) -> bool:
         """Compute the input once the shares are dealt; False (and the round given up) if that failed."""
-        compute, current.pending_input = current.pending_input, None
         try:
-            current.client.provide_input(compute())
+            client.provide_input(compute())
         except SecureFedError as exc:
             reason = str(getattr(exc, "reason", "") or type(exc).__name__)
-            self._refuse(current.aggregation, reason, f"could not compute this node's input: {exc}")
+            self._refuse(aggregation, reason, f"could not compute this node's input: {exc}")
             return False
         return True
 
-    def _on_protocol_message(self, aggregation: int, message: object) -> None:
+    def _on_protocol_message(self, aggregation: int, message: ServerMessage) -> None:
         current = self.current
-        if current is None or current.aggregation != aggregation or current.client is None:
+        client = current.client if current is not None and current.aggregation == aggregation else None
+        if current is None or client is None:
             if isinstance(message, UnmaskRequest) and self._answer_again(aggregation, message):
                 return
             log.debug("ignored %s for aggregation %d", type(message).__name__, aggregation)
             return
         try:
-            outgoing = current.client.receive(message)
+            outgoing = client.receive(message)
         except (RemoteProtocolError, ProtocolAborted) as exc:
             reason = getattr(exc, "reason", None) or getattr(exc, "stage", None) or type(exc).__name__
             log.warning("aggregation %d: stopped taking part (%s): %s", aggregation, reason, exc)
@@ -744,25 +771,28 @@ class Node:
         for reply in outgoing:
             if isinstance(reply, ShareKeys):
                 self._send(aggregation, reply)
-                if current.pending_input is not None and not self._provide_input(current):
+                compute, current.pending_input = current.pending_input, None
+                if compute is not None and not self._provide_input(aggregation, client, compute):
                     return
             elif isinstance(reply, MaskedInput):
                 self._charge_and_send(reply)
                 if self.current is None:  # the ledger refused at the last moment
                     return
             elif isinstance(reply, UnmaskShares):
-                if not self._record_release(message, reply):
+                if not isinstance(message, UnmaskRequest):
+                    raise LocalProtocolError(f"the client protocol answered a {type(message).__name__} with unmasking shares")
+                if not self._record_release(current, message, reply):
                     return
                 self._send(aggregation, reply)
             else:
                 self._send(aggregation, reply)
-        if current.client.state.value == "done":
+        if client.state.value == "done":
             self._finish("completed", "unmasking shares sent")
 
-    def _check_dp(self, spec: RoundSpec, dimension: int, cohort_size: int, aggregation: int, context: bytes) -> _Charge:
-        """Refuse DP rounds weaker than the site's policy or beyond its budget, before any training."""
+    def _check_dp(self, spec: RoundSpec, dp: dict, dimension: int, cohort_size: int, aggregation: int, context: bytes) -> _Charge:
+        """Refuse DP rounds weaker than the site's policy or beyond its budget, before any training (``dp``: ``spec.dp``)."""
         try:
-            parameters = SkellamParameters.from_spec(spec.dp, dimension, cohort_size)
+            parameters = SkellamParameters.from_spec(dp, dimension, cohort_size)
         except InvalidParameter as exc:
             raise _Refused("dp-mismatch", str(exc)) from None
         if not spec.masking:
@@ -790,14 +820,15 @@ class Node:
                 f"noise multiplier {parameters.noise_multiplier:.3f} is below this site's minimum of "
                 f"{self.policy.min_noise_multiplier:g}",
             )
-        if self.ledger is None:
+        ledger = self.ledger
+        if ledger is None:
             raise _Refused("dp-unsupported", "this node has no privacy ledger configured")
         try:
-            self.ledger.check(self.task, parameters.release)
+            ledger.check(self.task, parameters.release)
         except PrivacyBudgetExhausted as exc:
             raise _Refused("budget-exhausted", str(exc)) from None
         mechanism = {
-            **spec.dp,
+            **dp,
             "noise_multiplier": round(parameters.noise_multiplier, 4),
             "dimension": dimension,
             "unit": parameters.unit,
@@ -808,15 +839,17 @@ class Node:
                 "sampling_rate": parameters.release.sampling_rate,
             },
         }
-        return _Charge(parameters, spec.round, aggregation, context.hex(), mechanism)
+        return _Charge(ledger, parameters, spec.round, aggregation, context.hex(), mechanism)
 
     def _charge_and_send(self, message: MaskedInput) -> None:
         """Record the privacy cost durably, then release the (masked, noised) input."""
         current = self.current
-        charge = current.charge if current is not None else None
+        if current is None:
+            raise LocalProtocolError("a masked input can only be sent during an aggregation")
+        charge = current.charge
         if charge is not None:
             try:
-                epsilon = self.ledger.charge(
+                epsilon = charge.ledger.charge(
                     self.task, charge.round, charge.aggregation, charge.parameters.release, charge.mechanism, charge.model_hash
                 )
             except PrivacyBudgetExhausted as exc:
@@ -846,7 +879,7 @@ class Node:
                     "epsilon_task_after": epsilon,
                 }
             )
-        if current.client is None and not self._record_release():  # unmasked: the input itself is the release
+        if current.client is None and not self._record_release(current):  # unmasked: the input itself is the release
             return
         current.sent_input = True
         self._send(current.aggregation, message)
@@ -864,9 +897,10 @@ class Node:
         self._send(aggregation, shares)
         return True
 
-    def _record_release(self, request: UnmaskRequest | None = None, shares: UnmaskShares | None = None) -> bool:
+    def _record_release(
+        self, current: _Participation, request: UnmaskRequest | None = None, shares: UnmaskShares | None = None
+    ) -> bool:
         """Durably mark this round and model as released before the release leaves; False if that failed."""
-        current = self.current
         try:
             self.state.record_release(
                 self.task, current.spec.phase, current.spec.round, current.model_hash, current.aggregation, request, shares
@@ -915,7 +949,7 @@ class Node:
         if self.audit_log is not None:
             self.audit_log.append(receipt)
 
-    def _send(self, aggregation: int, body: object) -> None:
+    def _send(self, aggregation: int, body: FederationMessage | ClientMessage) -> None:
         if isinstance(body, Refusal):  # keep refusals within what the wire accepts
             reason = "".join(c if c.isprintable() else "?" for c in body.reason)[:64] or "refused"
             body = Refusal(reason, body.detail[:1000])
@@ -938,10 +972,12 @@ def _computation_receipt(spec: RoundSpec) -> dict:
 
 def _preprocessing_difference(proposed: dict | None, agreed: dict | None) -> str:
     """Say how a round's preprocessing differs from the one this site agreed to (no data, only parameters)."""
-    if agreed is None:
+    if proposed is not None and agreed is None:
         return f"the round scales features with {proposed['scaler']}; this site agreed to no preprocessing"
-    if proposed is None:
+    if proposed is None and agreed is not None:
         return f"the round has no preprocessing; this site agreed to {agreed['scaler']} scaling"
+    if proposed is None or agreed is None:  # neither: not a difference (the caller compares first)
+        return "the round's preprocessing differs from what this site agreed to"
     if proposed["scaler"] != agreed["scaler"]:
         return f"the round scales features with {proposed['scaler']}; this site agreed to {agreed['scaler']}"
     for key in agreed:
@@ -959,7 +995,7 @@ def _preprocessing_difference(proposed: dict | None, agreed: dict | None) -> str
 def _split(count: int, validation_fraction: float, name: str) -> tuple[np.ndarray, np.ndarray]:
     """A fixed train/validation split per node (seeded by the node's name: reproducible, not secret)."""
     order = np.argsort([hashlib.sha256(f"{name}/{i}".encode()).digest() for i in range(count)], kind="stable")
-    validation = int(round(validation_fraction * count))
+    validation = round(validation_fraction * count)
     if count - validation < 1:
         raise InvalidParameter("too little local data to train on after the validation split")
     return np.sort(order[validation:]), np.sort(order[:validation])

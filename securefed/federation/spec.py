@@ -56,16 +56,20 @@ class RoundSpec:
     computation: dict | None = None
 
     def to_json(self) -> dict[str, Any]:
-        out = {
+        model: dict[str, object] = {
+            "kind": self.model_kind,
+            "options": self.model_options,
+            "n_features": self.n_features,
+            "classes": list(self.classes),
+        }
+        # Only when declared, so that a task without them keeps the spec (and context hash) it had.
+        if self.feature_names is not None:
+            model["feature_names"] = list(self.feature_names)
+        out: dict[str, object] = {
             "task": self.task,
             "round": self.round,
             "phase": self.phase,
-            "model": {
-                "kind": self.model_kind,
-                "options": self.model_options,
-                "n_features": self.n_features,
-                "classes": list(self.classes),
-            },
+            "model": model,
             "training": {"epochs": self.epochs, "learning_rate": self.learning_rate, "batch_size": self.batch_size},
             "encoding": {
                 "clip_norm": self.clip_norm,
@@ -75,9 +79,6 @@ class RoundSpec:
             "secagg": {"threshold": self.threshold, "neighbours": self.neighbours, "masking": self.masking},
             "dp": self.dp,
         }
-        # Only when declared, so that a task without them keeps the spec (and context hash) it had.
-        if self.feature_names is not None:
-            out["model"]["feature_names"] = list(self.feature_names)
         if self.preprocessing is not None:
             out["preprocessing"] = self.preprocessing
         if self.computation is not None:

@@ -26,7 +26,8 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import TracebackType
+from typing import TYPE_CHECKING, Literal
 
 from securefed._db import StorageGuard, open_durable, open_readonly
 from securefed.errors import InvalidParameter, StorageError
@@ -392,7 +393,7 @@ class CoordinatorStore:
         total_weight: float,
         epsilon: float | None,
         duration: float,
-        release: tuple[float, float, float] | None = None,
+        release: tuple[float, float, float] | tuple[float, float, float, float] | None = None,
         stage_durations: Mapping[str, float] | None = None,
         bytes_in: int | None = None,
         bytes_out: int | None = None,
@@ -400,11 +401,12 @@ class CoordinatorStore:
         """Everything a completed round changes, in one transaction.
 
         ``release`` is the round's DP release as accounted (total noise variance for the honest
-        survivors it was sized for, L2 and L1 sensitivity, integer domain): the task's epsilon is
-        always composed from these records, never from a plan. ``stage_durations`` (seconds per
-        stage of the training aggregation) and ``bytes_in``/``bytes_out`` (message bytes of the
-        round's aggregations so far) are history for operators; the round's attempts and refusals
-        are counted from their own tables here.
+        survivors it was sized for, L2 and L1 sensitivity, integer domain; then the sampling rate of a
+        record-level release, 1 when left out): the task's epsilon is always composed from these
+        records, never from a plan. ``stage_durations`` (seconds per stage of the training
+        aggregation) and ``bytes_in``/``bytes_out`` (message bytes of the round's aggregations so far)
+        are history for operators; the round's attempts and refusals are counted from their own
+        tables here.
         """
         with self._transaction():
             self._insert_model(round_number, weights, strategy_state)
@@ -489,11 +491,7 @@ class CoordinatorStore:
             self._db.execute("UPDATE attempts SET status = 'completed' WHERE aggregation = ?", (aggregation,))
             self._count_attempts(round_number)
             if result is not None:
-                model_blob = None
-                if model is not None:
-                    buffer = io.BytesIO()
-                    np.savez(buffer, **{name: np.asarray(value) for name, value in model.items()})
-                    model_blob = buffer.getvalue()
+                model_blob = None if model is None else _npz(model)
                 self._db.execute(
                     "INSERT OR REPLACE INTO computation_result (id, result, model, model_sha256, completed_at) "
                     "VALUES (1, ?, ?, ?, ?)",
@@ -680,11 +678,7 @@ class CoordinatorStore:
         import numpy as np
 
         blob = np.ascontiguousarray(weights, dtype="<f8").tobytes()
-        state_blob = None
-        if state:
-            buffer = io.BytesIO()
-            np.savez(buffer, **{name: np.asarray(value) for name, value in state.items()})
-            state_blob = buffer.getvalue()
+        state_blob = _npz(state) if state else None
         self._db.execute(
             "INSERT OR REPLACE INTO models (round, weights, sha256, strategy_state) VALUES (?, ?, ?, ?)",
             (round_number, blob, hashlib.sha256(blob).hexdigest(), state_blob),
@@ -744,7 +738,9 @@ class _Transaction:
         with self._guard:
             self._db.execute("BEGIN IMMEDIATE")
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> Literal[False]:
         if exc_type is None:
             try:
                 with self._guard:
@@ -769,3 +765,13 @@ class _Transaction:
         from securefed._db import storage_error
 
         return storage_error(exc, self._guard.path, self._guard.what, self._guard.advice)
+
+
+def _npz(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """Named arrays as ``.npz`` bytes (read back with ``allow_pickle=False``)."""
+    import numpy as np
+
+    buffer = io.BytesIO()
+    # numpy's stub gives **kwds and the allow_pickle flag one namespace; every key here names an array
+    np.savez(buffer, **{name: np.asarray(value) for name, value in arrays.items()})  # type: ignore[arg-type]
+    return buffer.getvalue()

@@ -6,12 +6,16 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from securefed.dp.settings import DpSettings
 from securefed.errors import InvalidParameter
 from securefed.preprocessing import Preprocessing
 from securefed.secagg.bounds import resolve_colluders, smallest_safe_threshold
 from securefed.secagg.graph import propose_parameters
+
+if TYPE_CHECKING:
+    from securefed.federation.computation import ComputationJob
 
 __all__ = ["DEFAULT_DEADLINES", "STAGE_NAMES", "NodeEntry", "TaskDefinition"]
 
@@ -126,7 +130,7 @@ class TaskDefinition:
 
         return self.model_kind in COMPUTE_KINDS
 
-    def computation_job(self):
+    def computation_job(self) -> ComputationJob:
         """A fresh :class:`~securefed.federation.computation.ComputationJob` for this task."""
         from securefed.federation.computation import ComputationJob
 
@@ -173,7 +177,8 @@ class TaskDefinition:
         if self.neighbours == "auto":
             proposal = propose_parameters(n, self.expected_dropout, c, roster_size=population)
             return max(proposal.threshold, self._requested(proposal.neighbourhood_size(n))), proposal.neighbours
-        neighbours = None if self.neighbours == "complete" or self.neighbours >= n - 1 else int(self.neighbours)
+        # The one string left is "complete" ("auto" returned above).
+        neighbours = None if isinstance(self.neighbours, str) or self.neighbours >= n - 1 else self.neighbours
         if neighbours is None:
             return max(smallest_safe_threshold(n, None, c, population), self._requested(n)), None
         degree = neighbours + neighbours % 2

@@ -26,7 +26,7 @@ import csv
 import logging
 import math
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,9 +72,9 @@ def _check_declared_features(features: int | Sequence[str] | None) -> int | tupl
     if features is None:
         return None
     if _is_int(features):
-        if int(features) < 1:  # type: ignore[arg-type]
+        if int(features) < 1:
             raise InvalidParameter(f"the declared feature count must be >= 1, got {features}")
-        return int(features)  # type: ignore[arg-type]
+        return int(features)
     if isinstance(features, (str, bytes)) or not isinstance(features, (Sequence, np.ndarray)):
         raise InvalidParameter("features must be a count, a sequence of names, or None")
     names = tuple(str(n) if isinstance(n, np.str_) else n for n in features)
@@ -156,7 +156,7 @@ def _parse_number(source: str, text: str, line: int, column: str) -> float:
     return value
 
 
-def header_names(reader, source: str) -> list[str]:
+def header_names(reader: Iterator[list[str]], source: str) -> list[str]:
     """The header row of a CSV (``csv.reader``): stripped, non-empty, distinct column names, or a clear error."""
     header = next(reader, None)
     if header is None:
@@ -296,11 +296,11 @@ def load_local_dataset(
     if not p.is_file():
         raise InvalidParameter(f"{p}: not a regular file; point the node at a .csv or .npz file")
     suffix = p.suffix.lower()
+    found: tuple[str, ...] | None
     if suffix == ".csv":
         X, y, found = _load_csv(p, label_column)
     elif suffix == ".npz":
-        X, y, found_npz = _load_npz(p)
-        found = found_npz
+        X, y, found = _load_npz(p)
     else:
         raise InvalidParameter(f"{p}: unknown file type {p.suffix!r}; use a .csv (with a header row) or .npz file")
     order, names = _order_columns(str(p), found, X.shape[1], declared)
@@ -347,8 +347,8 @@ def save_npz(path: str | Path, X: np.ndarray, y: np.ndarray, feature_names: Sequ
     if p.suffix.lower() != ".npz":
         raise InvalidParameter(f"{p}: an .npz data file must end in .npz")
     X_arr, y_arr, names = _check_for_saving(X, y, feature_names)
-    arrays = {"X": X_arr, "y": y_arr}
-    if names is not None:
-        arrays["feature_names"] = np.array(names, dtype=np.str_)
     with p.open("wb") as handle:
-        np.savez(handle, **arrays)
+        if names is None:
+            np.savez(handle, X=X_arr, y=y_arr)
+        else:
+            np.savez(handle, X=X_arr, y=y_arr, feature_names=np.array(names, dtype=np.str_))

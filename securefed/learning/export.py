@@ -47,14 +47,16 @@ import math
 import os
 import zipfile
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeGuard
 
 import numpy as np
+import numpy.typing as npt
 
 from securefed.errors import InvalidParameter
 from securefed.preprocessing import Preprocessing
 
 if TYPE_CHECKING:
+    from securefed.learning.models import ModelAdapter
     from securefed.trees import TreeEnsemble
 
 __all__ = [
@@ -210,7 +212,7 @@ def build_tree_metadata(
     model_options: Mapping[str, Any],
     feature_names: Sequence[str] | None,
     classes: Sequence[int],
-    preprocessing: Preprocessing,
+    preprocessing: Preprocessing | None,
     ensemble: TreeEnsemble,
     label_column: str = "label",
     created_at: float | None = None,
@@ -219,8 +221,8 @@ def build_tree_metadata(
 
     ``classes`` are the task's classes *in the task's order*: the ensemble's class index i
     is ``classes[i]`` (the order every node mapped its labels in). ``preprocessing`` is the
-    task's declared min-max bounds, over which the bins were cut; it is recorded, not applied.
-    Tree tasks run without differential privacy, so ``privacy`` is null.
+    task's declared min-max bounds, over which the bins were cut; it is recorded, not applied
+    (None is refused: a tree model's bins need them). Tree tasks run without differential privacy, so ``privacy`` is null.
     """
     metadata = {
         **_envelope(task, created_at),
@@ -272,7 +274,7 @@ def _now() -> float:
     return time.time()
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -298,7 +300,7 @@ def _is_tree(metadata: object) -> bool:
     return isinstance(model, dict) and isinstance(model.get("kind"), str) and model["kind"] in TREE_KINDS
 
 
-def check_metadata(metadata: object) -> Any:
+def check_metadata(metadata: object) -> ModelAdapter:
     """Check every field's presence and type; return the model adapter the metadata describes.
 
     For SGD models (a weight vector); tree models are checked by :func:`check_tree_metadata`.
@@ -375,7 +377,7 @@ def _check_digest(metadata: dict, key: str) -> None:
         raise InvalidParameter(f"metadata {key} must be 64 lower-case hex digits")
 
 
-def _check_metadata(metadata: object) -> Any:
+def _check_metadata(metadata: object) -> ModelAdapter:
     from securefed.learning.models import MODEL_KINDS, make_adapter
 
     metadata, count = _check_common(metadata, METADATA_KEYS)
@@ -787,7 +789,7 @@ class TreeModel:
         loss = f" ({self.ensemble.loss})" if self.ensemble.loss else ""
         return f"TreeModel({self.ensemble.kind}{loss}, {self.ensemble.n_trees} trees, {self.n_features_in_} features, classes {self.classes_.tolist()})"
 
-    def _features(self, X: Any) -> np.ndarray:
+    def _features(self, X: npt.ArrayLike) -> np.ndarray:
         names = self.securefed_metadata["features"]["names"]
         columns = getattr(X, "columns", None)
         if names is not None and columns is not None and [str(c) for c in columns] != names:
@@ -804,15 +806,15 @@ class TreeModel:
             )
         return values
 
-    def predict_proba(self, X: Any) -> np.ndarray:
+    def predict_proba(self, X: npt.ArrayLike) -> np.ndarray:
         """Class probabilities, rows x classes in the order of ``classes_``."""
         return self.ensemble.predict_proba(self._features(X))[:, self._columns]
 
-    def predict(self, X: Any) -> np.ndarray:
+    def predict(self, X: npt.ArrayLike) -> np.ndarray:
         """The predicted class label of every row (the most probable class; ties go to the task's first-listed)."""
         return self._labels[self.ensemble.predict(self._features(X))]
 
-    def score(self, X: Any, y: Any) -> float:
+    def score(self, X: npt.ArrayLike, y: npt.ArrayLike) -> float:
         """Accuracy of :meth:`predict` against labels ``y`` (as scikit-learn classifiers' ``score``)."""
         labels = np.asarray(y)
         predicted = self.predict(X)

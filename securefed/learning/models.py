@@ -36,7 +36,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 from scipy.special import expit
@@ -99,7 +99,7 @@ class EvalMetrics:
 # --- argument checks (shared with data.py) -------------------------------------------------------
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[Integral]:
     return isinstance(value, Integral) and not isinstance(value, bool)
 
 
@@ -119,9 +119,9 @@ def _normalize_classes(classes: Sequence[int]) -> tuple[int, ...]:
 
 
 def _check_positive_int(name: str, value: object, *, minimum: int = 1) -> int:
-    if not _is_int(value) or int(value) < minimum:  # type: ignore[call-overload]
+    if not _is_int(value) or int(value) < minimum:
         raise InvalidParameter(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)  # type: ignore[call-overload]
+    return int(value)
 
 
 def _check_real(name: str, value: object, *, low: float, low_open: bool = True) -> float:
@@ -135,9 +135,11 @@ def _check_real(name: str, value: object, *, low: float, low_open: bool = True) 
 
 
 def _check_seed(seed: object) -> int | None:
-    if seed is not None and (not _is_int(seed) or int(seed) < 0):  # type: ignore[call-overload]
+    if seed is None:
+        return None
+    if not _is_int(seed) or int(seed) < 0:
         raise InvalidParameter(f"seed must be a non-negative integer or None, got {seed!r}")
-    return None if seed is None else int(seed)  # type: ignore[call-overload]
+    return int(seed)
 
 
 def _fresh_seed() -> int:
@@ -455,8 +457,8 @@ class MLPAdapter(ModelAdapter):
 
     def _block_shapes(self) -> list[tuple[int, ...]]:
         units = self._layer_units
-        coefs = [(units[i], units[i + 1]) for i in range(len(units) - 1)]
-        intercepts = [(units[i + 1],) for i in range(len(units) - 1)]
+        coefs: list[tuple[int, ...]] = [(units[i], units[i + 1]) for i in range(len(units) - 1)]
+        intercepts: list[tuple[int, ...]] = [(units[i + 1],) for i in range(len(units) - 1)]
         return coefs + intercepts
 
     def _split(self, views: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:

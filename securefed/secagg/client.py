@@ -48,6 +48,7 @@ import hmac
 import os
 from collections.abc import Callable, Mapping
 from enum import Enum
+from typing import Any
 
 import numpy as np
 
@@ -292,6 +293,10 @@ class ClientProtocol:
 
     def _on_key_list(self, message: KeyList) -> list[ClientMessage]:
         config = self.config
+        c_keys, s_keys, _ = self._round_keys()
+        graph_value = self._graph_value
+        if graph_value is None:
+            raise LocalProtocolError(f"graph randomness needed in state {self.state.value}, after it was revealed")
         entries = message.entries
         require(isinstance(entries, tuple) and all(isinstance(e, AdvertiseKeys) for e in entries), "bad key list")
         check_sorted_ids((e.sender for e in entries), config.cohort_size, "key list")
@@ -299,9 +304,9 @@ class ClientProtocol:
         own = by_id.get(self.node_id)
         require(
             own is not None
-            and own.c_pk == self._c_keys.public_bytes
-            and own.s_pk == self._s_keys.public_bytes
-            and own.seed_commitment == seed_commitment(config, self.node_id, self._graph_value),
+            and own.c_pk == c_keys.public_bytes
+            and own.s_pk == s_keys.public_bytes
+            and own.seed_commitment == seed_commitment(config, self.node_id, graph_value),
             "key list does not carry this node's own keys unchanged",
             reason="key-substitution",
         )
@@ -316,10 +321,11 @@ class ClientProtocol:
         self._policy.check_participants(len(by_id), "the key list")
         # The key list is fixed now; only from here on may this node's graph randomness be known.
         self._entries = by_id
-        return [SeedReveal(self.node_id, self._graph_value)]
+        return [SeedReveal(self.node_id, graph_value)]
 
     def _on_seed_reveals(self, message: SeedRevealList) -> list[ClientMessage]:
         config = self.config
+        c_keys, s_keys, b_seed = self._round_keys()
         revealers = check_id_pairs(message.reveals, config.cohort_size, "seed reveals")
         require(
             revealers == tuple(sorted(self._entries)),
@@ -353,8 +359,8 @@ class ClientProtocol:
             self._verify(peer, entry.signature, advertise_transcript(config, peer, entry.c_pk, entry.s_pk, entry.seed_commitment))
 
         holders = sorted(self.neighbours)
-        s_shares = split_at(self._s_keys.private_bytes, holders, config.threshold, entropy=self._random)
-        b_shares = split_at(self._b_seed, holders, config.threshold, entropy=self._random)
+        s_shares = split_at(s_keys.private_bytes, holders, config.threshold, entropy=self._random)
+        b_shares = split_at(b_seed, holders, config.threshold, entropy=self._random)
         ciphertexts = []
         commitments = []
         for s_share, b_share in zip(s_shares, b_shares):
@@ -370,12 +376,12 @@ class ClientProtocol:
             if peer == self.node_id:
                 self._held[peer] = (s_share, b_share)
                 continue
-            key = share_key(config, self._c_keys, self._entries[peer].c_pk, self.node_id, peer)
+            key = share_key(config, c_keys, self._entries[peer].c_pk, self.node_id, peer)
             self._share_keys[peer] = key  # the same key opens what that peer sends back
             associated = share_associated_data_for(config, self.node_id, peer)
             ciphertexts.append((peer, seal(key, s_bytes + b_bytes, associated, nonce=self._random(NONCE_SIZE))))
         commitments_t = tuple(commitments)
-        mask_commitment = mask_seed_commitment(config, self.node_id, self._b_seed)
+        mask_commitment = mask_seed_commitment(config, self.node_id, b_seed)
         signature = self._identity.sign(
             commitments_transcript(config, self._graph_seed, self.node_id, commitments_t, mask_commitment)
         )
@@ -383,6 +389,7 @@ class ClientProtocol:
 
     def _on_share_relay(self, message: ShareRelay) -> list[ClientMessage]:
         config = self.config
+        c_keys, s_keys, b_seed = self._round_keys()
         senders = check_id_pairs(message.ciphertexts, config.cohort_size, "share relay")
         committed = check_id_pairs(message.commitments, config.cohort_size, "share commitments")
         require(committed == senders, "share commitments do not match the relayed ciphertexts")
@@ -396,7 +403,7 @@ class ClientProtocol:
             require(len(commitment) == 2 * COMMITMENT_SIZE, "share commitment has the wrong size")
             key = self._share_keys.get(sender)
             if key is None:
-                key = share_key(config, self._c_keys, self._entries[sender].c_pk, self.node_id, sender)
+                key = share_key(config, c_keys, self._entries[sender].c_pk, self.node_id, sender)
             try:
                 plaintext = open_sealed(key, ciphertext, share_associated_data_for(config, sender, self.node_id))
                 if len(plaintext) != 2 * SHARE_SIZE:
@@ -423,9 +430,9 @@ class ClientProtocol:
             # not even send the masked input. (In a sparse graph only the neighbours are seen here.)
             self._policy.check_participants(len(self._shared_with), "the share relay")
 
-        masks = [(self._b_seed, 1)]
+        masks = [(b_seed, 1)]
         for peer in sorted(self._shared_with - {self.node_id}):
-            seed = pairwise_mask_seed(config, self._s_keys, self._entries[peer].s_pk, self.node_id, peer)
+            seed = pairwise_mask_seed(config, s_keys, self._entries[peer].s_pk, self.node_id, peer)
             masks.append((seed, mask_sign(self.node_id, peer)))
         if self._input is None:
             raise LocalProtocolError("shares arrived before the input was provided")
@@ -459,13 +466,16 @@ class ClientProtocol:
 
     def _on_unmask_request(self, message: UnmaskRequest) -> list[ClientMessage]:
         config = self.config
+        signed = self._signed_survivors
+        if signed is None:
+            raise LocalProtocolError(f"unmask request handled in state {self.state.value}, before a survivor set was signed")
         require(
-            tuple(message.survivors) == self._signed_survivors,
+            tuple(message.survivors) == signed,
             "unmask request names a different survivor set than the one signed",
             reason="inconsistent-survivors",
         )
         check_sorted_ids(message.dropped, config.cohort_size, "dropped list")
-        survivors = frozenset(self._signed_survivors)
+        survivors = frozenset(signed)
         dropped = frozenset(message.dropped)
         require(not survivors & dropped, "a node is listed as both dropped and survived", reason="double-reveal")
         own_dropped = self._shared_with - survivors
@@ -476,7 +486,7 @@ class ClientProtocol:
         )
         signers = check_id_pairs(message.signatures, config.cohort_size, "signature list")
         require(set(signers) <= survivors, "consistency signature from a node outside the survivors", reason="bad-signature")
-        transcript = consistency_transcript(config, self._graph_seed, self._signed_survivors)
+        transcript = consistency_transcript(config, self._graph_seed, signed)
         for signer, signature in message.signatures:
             require(isinstance(signature, bytes), "signature must be bytes")
             self._verify(signer, signature, transcript)
@@ -508,6 +518,14 @@ class ClientProtocol:
         return [UnmaskShares(self.node_id, tuple(b_shares), tuple(s_shares))]
 
     # --- helpers ------------------------------------------------------------
+
+    def _round_keys(self) -> tuple[AgreementKeyPair, AgreementKeyPair, bytes]:
+        """(c keys, s keys, self-mask seed): made by start(), dropped once the masked input is sent."""
+        if self._c_keys is None or self._s_keys is None or self._b_seed is None:
+            raise LocalProtocolError(
+                f"round keys needed in state {self.state.value}; they exist only from start() until the masked input"
+            )
+        return self._c_keys, self._s_keys, self._b_seed
 
     def _random(self, size: int) -> bytes:
         value = self._entropy(size)
@@ -547,7 +565,8 @@ class ClientProtocol:
         self._held.clear()
 
 
-_HANDLERS = {
+#: Each handler takes the message type it is keyed by; a dict type cannot tie the two, hence ``Any``.
+_HANDLERS: dict[type, Callable[[ClientProtocol, Any], list[ClientMessage]]] = {
     KeyList: ClientProtocol._on_key_list,
     SeedRevealList: ClientProtocol._on_seed_reveals,
     ShareRelay: ClientProtocol._on_share_relay,

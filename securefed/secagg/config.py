@@ -190,7 +190,8 @@ class ClientPolicy:
             )
         if config.vector_length > self.max_vector_length:
             problems.append(f"vector length {config.vector_length} exceeds this site's limit")
-        if config.is_complete_graph:
+        k = config.degree
+        if k is None:  # a complete graph
             safe = minimum_safe_threshold(population, c, self.adversary)
             if t < safe:
                 rule = "t > c" if self.adversary == "curious" else f"2t > N + c = {population} + {c}"
@@ -200,7 +201,6 @@ class ClientPolicy:
         elif not self.allow_sparse_graph:
             problems.append("this site does not take part in sparse-graph (SecAgg+) rounds")
         else:
-            k = config.degree
             quorum = minimum_safe_threshold(population, c, self.adversary)
             if n < quorum:
                 problems.append(

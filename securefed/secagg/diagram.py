@@ -7,15 +7,19 @@ stale.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import Enum
+from typing import TypeVar
 
 from securefed.secagg.client import CLIENT_TRANSITIONS
 from securefed.secagg.server import SERVER_TRANSITIONS
 
 __all__ = ["mermaid", "render_all"]
 
+State = TypeVar("State", bound=Enum)
 
-def mermaid(table: dict[tuple[Enum, type], Enum], title: str, preamble: tuple[str, ...] = ()) -> str:
+
+def mermaid(table: Mapping[tuple[State, type], State], title: str, preamble: tuple[str, ...] = ()) -> str:
     lines = [f"%% {title}: generated from the transition table", "stateDiagram-v2", *preamble]
     for (state, event), target in table.items():
         source = state.name
@@ -27,10 +31,10 @@ def render_all() -> str:
     client_start = ("    [*] --> START", "    START --> AWAIT_KEY_LIST: start()")
     server_start = ("    [*] --> COLLECT_KEYS",)
     blocks = [
-        ("ClientProtocol", CLIENT_TRANSITIONS, client_start),
-        ("ServerProtocol", SERVER_TRANSITIONS, server_start),
+        mermaid(CLIENT_TRANSITIONS, "ClientProtocol", client_start),
+        mermaid(SERVER_TRANSITIONS, "ServerProtocol", server_start),
     ]
-    return "\n\n".join(f"```mermaid\n{mermaid(table, name, preamble)}\n```" for name, table, preamble in blocks)
+    return "\n\n".join(f"```mermaid\n{block}\n```" for block in blocks)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 import numpy as np
 
@@ -304,7 +305,7 @@ class ServerProtocol:
         )
         return value
 
-    def _validate_share_keys(self, message: ShareKeys) -> tuple[dict[int, bytes], dict[int, tuple[bytes, bytes]]]:
+    def _validate_share_keys(self, message: ShareKeys) -> tuple[dict[int, bytes], dict[int, tuple[bytes, bytes]], bytes]:
         sender = message.sender
         recipients = check_id_pairs(message.ciphertexts, self.config.cohort_size, "share keys")
         neighbourhood = self._neighbourhoods[sender]
@@ -375,6 +376,8 @@ class ServerProtocol:
 
     def _close_stage(self) -> list[Send]:
         stage = self.stage
+        if stage is None:
+            raise LocalProtocolError(f"a stage closed in state {self.state.value}, which collects nothing")
         answered = tuple(sorted(self._inbox))
         self.answered[stage] = answered
         inbox, self._inbox = self._inbox, {}
@@ -479,6 +482,9 @@ class ServerProtocol:
 
     def _close_unmask(self, answered: tuple[int, ...], inbox: dict) -> list[Send]:
         config = self.config
+        masked_sum = self._masked_sum
+        if masked_sum is None:
+            raise LocalProtocolError("unmasking closed without a masked sum (not after the masked-input stage or a resume)")
         survivors = set(self._survivors)
         dropped = self._shared - survivors
         # 1. Every revealed share must be the one its dealer committed to; a holder caught
@@ -550,7 +556,7 @@ class ServerProtocol:
                 seed = pairwise_mask_seed(config, keys, self._keys[survivor].s_pk, owner, survivor)
                 # The survivor applied mask_sign(survivor, owner) * PRG(seed): take it back out.
                 masks.append((seed, -mask_sign(survivor, owner)))
-        unmasked = MaskAccumulator(self._masked_sum)
+        unmasked = MaskAccumulator(masked_sum)
         unmasked.apply(masks)
         self.result = AggregateResult(unmasked.value, self._survivors, excluded)
         return []
@@ -694,7 +700,8 @@ class ServerProtocol:
         return [Send(node, RoundAborted(reason)) for node in sorted(participants)]
 
 
-_VALIDATORS = {
+#: Each validator takes the message type it is keyed by; a dict type cannot tie the two, hence ``Any``.
+_VALIDATORS: dict[type, Callable[[ServerProtocol, Any], object]] = {
     AdvertiseKeys: ServerProtocol._validate_advertise,
     SeedReveal: ServerProtocol._validate_reveal,
     ShareKeys: ServerProtocol._validate_share_keys,
@@ -702,7 +709,7 @@ _VALIDATORS = {
     ConsistencySignature: ServerProtocol._validate_signature,
     UnmaskShares: ServerProtocol._validate_unmask,
 }
-_CLOSERS = {
+_CLOSERS: dict[ServerState, Callable[[ServerProtocol, tuple[int, ...], dict], list[Send]]] = {
     ServerState.COLLECT_KEYS: ServerProtocol._close_keys,
     ServerState.COLLECT_REVEALS: ServerProtocol._close_reveals,
     ServerState.COLLECT_SHARES: ServerProtocol._close_shares,

@@ -28,7 +28,8 @@ def check_sorted_ids(ids: Iterable[int], cohort_size: int, what: str) -> tuple[i
 
 def check_id_pairs(pairs: object, cohort_size: int, what: str) -> tuple[int, ...]:
     """A tuple of ``(id, bytes)`` pairs with strictly increasing ids; returns the ids."""
-    require(isinstance(pairs, tuple), f"{what}: expected a tuple of pairs")
+    if not isinstance(pairs, tuple):
+        raise RemoteProtocolError(f"{what}: expected a tuple of pairs", reason="malformed")
     require(
         all(type(pair) is tuple and len(pair) == 2 and type(pair[1]) is bytes for pair in pairs),
         f"{what}: malformed pair",

@@ -4,33 +4,32 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection
+from typing import TypeGuard
 
 from securefed.errors import InvalidParameter
 
 
-def is_int(value: object) -> bool:
+def is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
     """``value`` as an int in [low, high]; a bool or a float is refused, not converted."""
-    if not is_int(value) or value < low or (high is not None and value > high):  # type: ignore[operator]
+    if not is_int(value) or value < low or (high is not None and value > high):
         span = f">= {low}" if high is None else f"in {low}..{high}"
         raise InvalidParameter(f"{name} must be an integer {span}, got {value!r}")
-    return int(value)  # type: ignore[arg-type]
+    return int(value)
 
 
 def check_real(name: str, value: object, low: float, *, open_low: bool = False, high: float | None = None) -> float:
     """``value`` as a finite float >= low (> low with ``open_low``) and <= high."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
-    if ok:
-        v = float(value)  # type: ignore[arg-type]
-        ok = (v > low if open_low else v >= low) and (high is None or v <= high)
+    v = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    ok = math.isfinite(v) and (v > low if open_low else v >= low) and (high is None or v <= high)
     if not ok:
         bound = f"> {low:g}" if open_low else f">= {low:g}"
         top = "" if high is None else f" and <= {high:g}"
         raise InvalidParameter(f"{name} must be a finite number {bound}{top}, got {value!r}")
-    return float(value)  # type: ignore[arg-type]
+    return v
 
 
 def check_choice(name: str, value: object, choices: Collection[str]) -> str:

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import Field, dataclass, fields
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
@@ -172,20 +173,17 @@ class BinnedParams:
 
     ``from_json`` refuses missing or unknown keys by name (``_JSON_NAME`` says what is being read)."""
 
-    _JSON_NAME = "params"
+    _JSON_NAME: ClassVar[str] = "params"
+    # What a subclass has by being a dataclass with a ``bins`` field (declared here for the type checker only).
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
+    bins: Bins
 
-    def to_json(self) -> dict:
-        from dataclasses import fields
-
-        out = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
-        out["bins"] = self.bins.to_json()  # type: ignore[attr-defined]
+    def to_json(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["bins"] = self.bins.to_json()
         return out
 
     @classmethod
-    def from_json(cls, raw: object):
-        from dataclasses import fields
-
-        from securefed.trees._checks import check_keys
-
-        data = check_keys(cls._JSON_NAME, raw, [f.name for f in fields(cls)])  # type: ignore[arg-type]
+    def from_json(cls, raw: object) -> Self:
+        data = check_keys(cls._JSON_NAME, raw, [f.name for f in fields(cls)])
         return cls(**{**data, "bins": Bins.from_json(data["bins"])})

@@ -32,10 +32,11 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
-from securefed.errors import InvalidParameter, ProtocolAborted
+from securefed.errors import InvalidParameter, LocalProtocolError, ProtocolAborted
 from securefed.trees._checks import check_choice, check_int, check_real
 from securefed.trees.binning import BinnedParams, Bins
 from securefed.trees.driver import Driver, State
@@ -67,6 +68,14 @@ __all__ = ["BoostingBuilder", "BoostingParams", "BoostingWorker", "base_score", 
 
 _DEFAULT_CLIPS = {"logistic": (1.0, 0.25), "softmax": (1.0, 0.25), "squared_error": (None, 1.0)}
 _EPS = float(np.finfo(np.float64).eps)
+_T = TypeVar("_T")
+
+
+def _resolved(value: _T | None, name: str) -> _T:
+    """A field that ``BoostingParams.__post_init__`` always fills in (None only on an object it did not build)."""
+    if value is None:
+        raise LocalProtocolError(f"BoostingParams.{name} is None: build the parameters with the constructor")
+    return value
 
 
 @dataclass(frozen=True)
@@ -137,8 +146,8 @@ class BoostingParams(BinnedParams):
         check_int("max_vector_length", self.max_vector_length, 1)
         total = self.max_nodes * self.max_rows_per_node
         check_no_wrap(1, total, "boosting row counts")
-        object.__setattr__(self, "_grad_bits", fractional_bits(self.grad_clip, total, "boosting gradients"))
-        object.__setattr__(self, "_hess_bits", fractional_bits(self.hess_clip, total, "boosting hessians"))
+        fractional_bits(self.grad_bound, total, "boosting gradients")  # refuses a clip too coarse for the cohort
+        fractional_bits(self.hess_bound, total, "boosting hessians")
         per_entry = self.bins.n_features * self.bins.n_bins * GradientCriterion.channels
         if per_entry > self.max_vector_length:
             raise InvalidParameter(
@@ -146,22 +155,37 @@ class BoostingParams(BinnedParams):
             )
 
     @property
+    def classes(self) -> int:
+        """``n_classes`` as resolved at construction (2 for logistic, 0 for squared error when left out)."""
+        return _resolved(self.n_classes, "n_classes")
+
+    @property
+    def grad_bound(self) -> float:
+        """``grad_clip`` as resolved at construction (the loss's default when left out)."""
+        return _resolved(self.grad_clip, "grad_clip")
+
+    @property
+    def hess_bound(self) -> float:
+        """``hess_clip`` as resolved at construction (the loss's default when left out)."""
+        return _resolved(self.hess_clip, "hess_clip")
+
+    @property
     def grad_bits(self) -> int:
         """Fractional bits of each row's gradient: resolution 2^-grad_bits."""
-        return self._grad_bits  # type: ignore[attr-defined,no-any-return]
+        return fractional_bits(self.grad_bound, self.max_nodes * self.max_rows_per_node, "boosting gradients")
 
     @property
     def hess_bits(self) -> int:
-        return self._hess_bits  # type: ignore[attr-defined,no-any-return]
+        return fractional_bits(self.hess_bound, self.max_nodes * self.max_rows_per_node, "boosting hessians")
 
     @property
     def n_outputs(self) -> int:
         """Trees per round (raw-score columns)."""
-        return n_outputs("gbdt", self.loss, self.n_classes)  # type: ignore[arg-type]
+        return n_outputs("gbdt", self.loss, self.classes)
 
     @property
     def base_channels(self) -> int:
-        return self.n_classes if self.loss != "squared_error" else 2  # type: ignore[return-value]
+        return self.classes if self.loss != "squared_error" else 2
 
     def describe(self) -> str:
         return (
@@ -272,7 +296,7 @@ class BoostingBuilder(Driver):
         )
 
     def _take(self, summed: np.ndarray) -> TreeEnsemble | None:
-        if self._grower is None:
+        if self._grower is None or self._base is None:  # the two are set together, after the base sum
             totals = decode_sum(summed, Layout(1, 1, 1, self.params.base_channels)).reshape(-1)
             require_non_negative(totals if self.params.loss != "squared_error" else totals[1:], "class or row count")
             self._base = base_score(self.params, totals)
@@ -291,8 +315,8 @@ class BoostingBuilder(Driver):
         trees = [tree for round_trees in self._rounds for tree in round_trees]
         outputs = [k for _ in self._rounds for k in range(self.params.n_outputs)]
         return TreeEnsemble.from_trees(
-            "gbdt", self.params.loss, self.params.n_classes, self.params.bins, trees, outputs, self._base
-        )  # type: ignore[arg-type]
+            "gbdt", self.params.loss, self.params.classes, self.params.bins, trees, outputs, self._base
+        )
 
 
 class BoostingWorker:
@@ -316,9 +340,9 @@ class BoostingWorker:
             if (
                 target.shape != (n,)
                 or target.dtype.kind not in "iu"
-                or (n and (int(target.min()) < 0 or int(target.max()) >= params.n_classes))
-            ):  # type: ignore[operator]
-                raise InvalidParameter(f"labels must be {n} class indices in 0..{params.n_classes - 1}")  # type: ignore[operator]
+                or (n and (int(target.min()) < 0 or int(target.max()) >= params.classes))
+            ):
+                raise InvalidParameter(f"labels must be {n} class indices in 0..{params.classes - 1}")
             self._y = target.astype(np.int64)
         self._base: tuple[float, ...] | None = None
         self._raw: np.ndarray | None = None
@@ -345,9 +369,9 @@ class BoostingWorker:
     def _base_vector(self) -> np.ndarray:
         params = self.params
         if params.loss == "squared_error":
-            total = int(quantise(self._y, params.grad_clip, params.grad_bits).sum())  # type: ignore[arg-type]
+            total = int(quantise(self._y, params.grad_bound, params.grad_bits).sum())
             return to_uint32(np.array([total, self._y.shape[0]], dtype=np.int64))
-        return to_uint32(np.bincount(self._y, minlength=params.n_classes).astype(np.int64))  # type: ignore[arg-type]
+        return to_uint32(np.bincount(self._y, minlength=params.classes).astype(np.int64))
 
     def _level_vector(self, req: HistogramRequest) -> np.ndarray:
         params, bins = self.params, self.params.bins
@@ -422,16 +446,18 @@ class BoostingWorker:
             grad = p - (self._y[:, None] == np.arange(params.n_outputs)[None, :])
             hess = p * (1.0 - p)
         stats = np.empty((params.n_outputs, raw.shape[0], 3), dtype=np.int64)
-        stats[:, :, 0] = quantise(grad, params.grad_clip, params.grad_bits).T  # type: ignore[arg-type]
-        stats[:, :, 1] = quantise(hess, params.hess_clip, params.hess_bits, non_negative=True).T  # type: ignore[arg-type]
+        stats[:, :, 0] = quantise(grad, params.grad_bound, params.grad_bits).T
+        stats[:, :, 1] = quantise(hess, params.hess_bound, params.hess_bits, non_negative=True).T
         stats[:, :, 2] = 1
         self._stats = (round_, stats)
         return stats
 
 
 def _leaf_values(codes: np.ndarray, tree: CheckedTree) -> np.ndarray:
+    if tree.value is None:
+        raise LocalProtocolError("_leaf_values needs a finished tree: check it with value_size")
     leaf = route(codes, tree.feature, tree.bin, tree.left, tree.right, tree.max_depth)
-    return tree.value[leaf, 0]  # type: ignore[index]
+    return tree.value[leaf, 0]
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -77,6 +77,8 @@ class TreeEnsemble:
     value: np.ndarray
     tree_output: np.ndarray
     base_score: np.ndarray
+    # every tree's depth, found by _check_arrays (routing stops there)
+    _depths: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.bins, Bins):
@@ -127,8 +129,12 @@ class TreeEnsemble:
         depths = []
         for t in range(trees):
             part = slice(int(offsets[t]), int(offsets[t + 1]))
-            arrays = [getattr(self, name)[part].astype(np.int64) for name in ("feature", "threshold_bin", "left", "right")]
-            depths.append(int(check_tree(*arrays, n_features=self.bins.n_features, n_bins=self.bins.n_bins).max()))
+            feature, bin_, left, right = (
+                a[part].astype(np.int64) for a in (self.feature, self.threshold_bin, self.left, self.right)
+            )
+            depths.append(
+                int(check_tree(feature, bin_, left, right, n_features=self.bins.n_features, n_bins=self.bins.n_bins).max())
+            )
         object.__setattr__(self, "_depths", tuple(depths))
 
     @classmethod
@@ -140,7 +146,7 @@ class TreeEnsemble:
         bins: Bins,
         trees: Sequence[FinishedTree],
         tree_output: Sequence[int] | None = None,
-        base_score: Sequence[float] = (),
+        base_score: Sequence[float] | np.ndarray = (),
     ) -> TreeEnsemble:
         sizes = [tree.feature.shape[0] for tree in trees]
         return cls(
@@ -180,7 +186,7 @@ class TreeEnsemble:
         out = np.empty((self.n_trees, codes.shape[0]), dtype=np.int64)
         for t in range(self.n_trees):
             tree = self.tree(t)
-            out[t] = route(codes, tree.feature, tree.bin, tree.left, tree.right, self._depths[t])  # type: ignore[attr-defined]
+            out[t] = route(codes, tree.feature, tree.bin, tree.left, tree.right, self._depths[t])
         return out
 
     def predict_raw(self, X: np.ndarray) -> np.ndarray:

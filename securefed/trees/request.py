@@ -196,16 +196,16 @@ class CheckedTree:
 
 def check_request_tree(raw: dict, n_features: int, n_bins: int, max_depth: int, value_size: int | None = None) -> CheckedTree:
     """A request tree's arrays, checked as a tree over the task's features and bins, no deeper than ``max_depth``."""
-    arrays = [np.asarray(raw[key], dtype=np.int64) for key in _TREE_KEYS]
-    depth = check_tree(*arrays, n_features=n_features, n_bins=n_bins)
+    feature, bin_, left, right = (np.asarray(raw[key], dtype=np.int64) for key in _TREE_KEYS)
+    depth = check_tree(feature, bin_, left, right, n_features=n_features, n_bins=n_bins)
     if int(depth.max()) > max_depth:
         raise InvalidParameter(f"a request tree is deeper than the task's max_depth {max_depth}")
     value = None
     if value_size is not None:
         value = np.asarray(raw["value"], dtype=np.float64)
-        if value.shape != (arrays[0].shape[0], value_size):
+        if value.shape != (feature.shape[0], value_size):
             raise InvalidParameter(f"a finished tree needs {value_size} value(s) per node")
-    return CheckedTree(*arrays, depth=depth, value=value)
+    return CheckedTree(feature, bin_, left, right, depth=depth, value=value)
 
 
 def frontier_lookup(request: HistogramRequest, trees: list[CheckedTree]) -> list[dict[int, int]]:

@@ -92,7 +92,7 @@ def _heartbeats(socket: zmq.Socket) -> None:
 
 def _drain(monitor: zmq.Socket) -> list[tuple[int, int]]:
     """Every monitor event waiting now, as (event, value)."""
-    events = []
+    events: list[tuple[int, int]] = []
     while True:
         try:
             frames = monitor.recv_multipart(zmq.NOBLOCK)
@@ -203,7 +203,7 @@ class CoordinatorSocket:
         self._handshake_warnings = PeerWarnings(log, "failed handshakes by {peer}")
         self._send_warnings = PeerWarnings(log, "failed sends to {peer}")
         self._closed_routes: dict[bytes, None] = {}  # recently closed routes (messages may still be queued)
-        self.dropped = Counter()  # reason code -> count of messages refused
+        self.dropped: Counter[str] = Counter()  # reason code -> count of messages refused
         self.failed_handshakes = 0
         #: message bytes received from and sent to nodes (every frame but the routing id)
         self.bytes_received = 0
@@ -231,7 +231,7 @@ class CoordinatorSocket:
             route = frames[0].bytes
             self.bytes_received += sum(len(frame) for frame in frames[1:])
             try:
-                name = frames[-1].get("User-Id")
+                name = frames[-1].get(b"User-Id")  # a message property: pyzmq types it str when named by bytes
             except zmq.ZMQError:
                 name = None
             if not name:
@@ -432,7 +432,7 @@ class NodeSocket:
         self._seen: Counter[str] = Counter()  # what the monitor showed since the last handshake
         self._last_failure = ""
         self.reconnects = 0
-        self.dropped = Counter()
+        self.dropped: Counter[str] = Counter()
         #: message bytes received from and sent to the coordinator
         self.bytes_received = 0
         self.bytes_sent = 0

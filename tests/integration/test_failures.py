@@ -119,6 +119,7 @@ def test_node_killed_mid_round_and_restarted_the_task_still_finishes(launch, mon
     _start_with_stage_log(federation, monkeypatch)
     match = federation.wait_log("coordinator", _TRAIN_START.format(rounds=rounds_total, n=4), federation.time_budget(1))
     killed_round, killed_aggregation = int(match.group(1)), int(match.group(2))
+    assert killed_round == 1, f"the first four-node training round was round {killed_round}, not 1"
     victim = federation.names[-1]
     _kill_while_training(federation, victim, killed_aggregation)
     assert federation.rounds() == [], "the kill did not land inside the first round"

@@ -78,7 +78,10 @@ def test_both_daemons_serve_metrics_once_a_round_completes(launch) -> None:
 
     for name in federation.names:
         node = federation.wait_until(
-            lambda: node_refused(name), budget, f"round 2's refusal in {name}'s metrics", must_live=("coordinator", name)
+            lambda name=name: node_refused(name),
+            budget,
+            f"round 2's refusal in {name}'s metrics",
+            must_live=("coordinator", name),
         )
         assert _value(node, "securefed_node_connected") == 1, name
         assert _value(node, "securefed_node_rounds_contributed_total") == 1, name

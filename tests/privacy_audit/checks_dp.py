@@ -267,7 +267,9 @@ def check_clipping(configs: Iterable[tuple[float, int, int, int]] = CLIPPING_CON
                 source = RoundingOnly(seed.to_bytes(8, "little") * 2 + bytes([index, count % 256]), pinned)
                 try:
                     ok, ratio, detail = contribution_within_bounds(params, update, source)
-                except Exception as exc:  # any exception on a finite update is a failure of the promise
+                except (ValueError, ArithmeticError) as exc:
+                    # a refusal (EncodingError, InvalidParameter are ValueErrors) or an overflow (Fraction, float
+                    # conversion) on a finite update is a failure of the promise; anything else is a bug in this check
                     failures.append(f"C={clip_norm:g} f={bits} d={dimension} {label} ({mode}): raised {exc!r}")
                     continue
                 worst = max(worst, ratio)
@@ -304,7 +306,7 @@ def skellam_goodness_of_fit(values: np.ndarray, variance: float, min_expected: f
     """
     n = values.size
     reference = stats.skellam(variance / 2.0, variance / 2.0)
-    spread = int(math.ceil(12 * math.sqrt(variance))) + 5
+    spread = math.ceil(12 * math.sqrt(variance)) + 5
     support = np.arange(-spread, spread + 1)
     cdf = reference.cdf(support)
     sf = reference.sf(support - 1)  # P(X >= k)
@@ -960,7 +962,7 @@ class DpFederation:
                 clock=self.clock,
                 ledger=self.ledgers[name],
                 audit_log=AuditLog(self.log_paths[name], self.keys[name], on_append=self.states[name].set_audit_head),
-            )  # fmt: skip
+            )
             for i, name in enumerate(self.names)
         }
 
@@ -1117,7 +1119,7 @@ def _site_records(federation: DpFederation, *others: DpFederation) -> list[SiteR
                 ledger.spent_total(),
                 receipts,
                 problems,
-            )  # fmt: skip
+            )
         )
     return sites
 
@@ -1551,7 +1553,7 @@ def run_gdp_audit(
     shape is a model (securefed's noise is Skellam, normal to 1/V in kurtosis at this scale), so
     this is an estimate, not a proof; its power is against noise smaller than accounted.
     """
-    label, target, delta, rounds, clip_norm, dimension, cohort = point
+    label, target, delta, rounds, clip_norm, dimension, _cohort = point
     params, honest = production_plan(point)
     accounted = reference.release_from_raw(params.node_variance, honest, params.clip_norm, params.scale_bits, params.dimension)
     rng = np.random.default_rng(seed)

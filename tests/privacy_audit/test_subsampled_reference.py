@@ -134,7 +134,7 @@ def test_gaussian_divergences_are_the_binomial_formula(audit):
     failures = []
     for sigma, q, order in [(1.0, 0.01, 8), (1.0, 0.1, 4), (2.0, 0.05, 16), (0.8, 0.2, 3), (5.0, 0.3, 32)]:
         remove, add = reference.gaussian_exact_divergences(sigma, q, order)
-        formula = reference.subsampled_rdp(order, q, lambda ell: ell / (2 * sigma * sigma))
+        formula = reference.subsampled_rdp(order, q, lambda ell, sigma=sigma: ell / (2 * sigma * sigma))
         if _relative(remove, formula) > 1e-8 or add > remove:
             failures.append(f"sigma={sigma} q={q} a={order}: remove {remove:.10g}, formula {formula:.10g}, add {add:.10g}")
     audit.check(

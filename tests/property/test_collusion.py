@@ -146,9 +146,13 @@ def _recovered_input(attack: Attack, target: int) -> np.ndarray | None:
         if held is not None:
             s_shares[colluder], b_shares[colluder] = held
     for holder, outputs in r.unmask_outputs.items():
-        for message in outputs:
-            b_shares.update({holder: Share.from_bytes(raw) for owner, raw in message.b_shares if owner == target})
-            s_shares.update({holder: Share.from_bytes(raw) for owner, raw in message.s_shares if owner == target})
+        for message in outputs:  # a holder reveals at most one share of each owner: key them by holder
+            for owner, raw in message.b_shares:
+                if owner == target:
+                    b_shares[holder] = Share.from_bytes(raw)
+            for owner, raw in message.s_shares:
+                if owner == target:
+                    s_shares[holder] = Share.from_bytes(raw)
     if len(b_shares) < config.threshold or len(s_shares) < config.threshold:
         return None
     b_seed = combine(list(b_shares.values())[: config.threshold])

@@ -77,13 +77,13 @@ def test_a_sum_no_honest_cohort_could_produce_is_refused() -> None:
         mean.finish(MEAN, skewed, 1)
     negative = honest.copy()
     negative[0] = np.uint32((1 << 32) - int(honest[0]))  # -1 records
-    with pytest.raises(EncodingError, match="outside 0.."):
+    with pytest.raises(EncodingError, match=r"outside 0\.\."):
         mean.finish(MEAN, negative, 1)
     inflated = honest.copy()
     inflated[1] = np.uint32(1 << 30)  # a sum of values one record cannot reach
     with pytest.raises(EncodingError, match="exceeds what its record count allows"):
         mean.finish(MEAN, inflated, 1)
-    with pytest.raises(InvalidParameter, match="survivors must be 1..max_nodes"):
+    with pytest.raises(InvalidParameter, match=r"survivors must be 1\.\.max_nodes"):
         mean.finish(MEAN, honest, 5)
     with pytest.raises(EncodingError, match="length 3"):
         mean.finish(MEAN, honest[:2], 1)

@@ -93,7 +93,7 @@ def test_respond_gives_the_vector_or_the_refusal() -> None:
 
 
 def test_policy_is_validated_and_reads_a_config_table() -> None:
-    with pytest.raises(InvalidParameter, match="'meen'.*did you mean 'mean'"):
+    with pytest.raises(InvalidParameter, match=r"'meen'.*did you mean 'mean'"):
         AnalyticsPolicy(frozenset({"meen"}))
     with pytest.raises(InvalidParameter, match="min_records"):
         AnalyticsPolicy(frozenset(), min_records=0)
@@ -101,7 +101,7 @@ def test_policy_is_validated_and_reads_a_config_table() -> None:
         AnalyticsPolicy(frozenset(), min_bin_width=-1.0)
     with pytest.raises(InvalidParameter, match="list of computation names"):
         AnalyticsPolicy("mean")  # type: ignore[arg-type]
-    with pytest.raises(InvalidParameter, match="'min_record'.*did you mean 'min_records'"):
+    with pytest.raises(InvalidParameter, match=r"'min_record'.*did you mean 'min_records'"):
         AnalyticsPolicy.from_mapping({"min_record": 5})
     policy = AnalyticsPolicy.from_mapping({"allowed_computations": ["mean", "count"], "min_records": 5, "min_bin_width": 2})
     assert policy.allowed_computations == frozenset({"mean", "count"}) and policy.min_records == 5 and policy.min_bin_width == 2.0

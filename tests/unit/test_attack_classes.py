@@ -192,5 +192,6 @@ def test_a_raw_malicious_summand_is_refused_at_decode() -> None:
     fine = ((total + codec.encode(np.full(4, -0.2), 80)) % (1 << 32)).astype(np.uint32)
     mean, weight = codec.decode_mean(fine, 5)
     assert weight == pytest.approx(4 * 0.5 + 0.8, abs=1e-3)
+    np.testing.assert_allclose(mean, np.full(4, (4 * 0.5 * 0.1 + 0.8 * -0.2) / (4 * 0.5 + 0.8)), atol=1e-3)
     with pytest.raises(EncodingError, match="out-of-range"):
         EvaluationCodec(3).decode(np.array([10, 5, 0], dtype=np.uint32), 3)  # more correct than counted

@@ -83,7 +83,7 @@ def test_a_consistently_rewritten_entry_fails_the_signature(tmp_path: Path) -> N
     """An attacker who recomputes hashes after an edit still cannot sign as the node."""
     from securefed.audit.log import _entry_hash
 
-    path, heads = _write(tmp_path, 1)
+    path, _ = _write(tmp_path, 1)
     line = json.loads(path.read_bytes())
     line["receipt"]["revealed_s_shares_of"] = [1, 2, 3, 4]
     line["hash"] = _entry_hash(line["seq"], line["prev"], line["time"], line["receipt"])

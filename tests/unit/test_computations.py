@@ -126,7 +126,7 @@ def test_a_site_refuses_a_computation_outside_its_policy_and_says_why(tmp_path) 
 
 
 def test_a_coordinator_restart_resumes_the_computation_from_its_stored_sums(tmp_path) -> None:
-    X, y, datasets = _iris()
+    _, _, datasets = _iris()
     task = _task("gbdt", {"n_estimators": 3, "max_depth": 2})
     fed = InProcessFederation(tmp_path, NAMES, task=task, datasets=datasets, policy=POLICY)
     fed.run_until(lambda f: f.coordinator.completed_round >= 3)

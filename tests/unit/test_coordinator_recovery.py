@@ -106,8 +106,8 @@ def test_released_nodes_refusing_a_retry_do_not_make_the_coordinator_spin(federa
         return direction == "up" and isinstance(envelope.body, UnmaskShares)
 
     f.hub.drop = drop_all_unmask_answers
-    steps = 0
-    for steps in range(1, 3000):  # 750 simulated seconds
+    steps = 3000  # 750 simulated seconds
+    for _ in range(steps):
         f.step()
     attempts = f.store._db.execute("SELECT COUNT(*) FROM attempts").fetchone()[0]
     refusals = [r for name in NAMES for _, r in f.said(name, Refusal) if r.reason == "rerun"]

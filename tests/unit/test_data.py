@@ -169,7 +169,7 @@ def test_npz_holding_a_single_array_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "d.npz"
     with path.open("wb") as handle:
         np.save(handle, np.ones((2, 3)))
-    with pytest.raises(InvalidParameter, match="single .npy array, not an .npz archive"):
+    with pytest.raises(InvalidParameter, match=r"single \.npy array, not an \.npz archive"):
         load(path, features=3)
 
 
@@ -189,7 +189,7 @@ def test_savers_refuse_bad_input(tmp_path: Path) -> None:
         save_csv(tmp_path / "d.csv", X, y, ("a", "b", "label"), "label")
     with pytest.raises(InvalidParameter, match="feature_names"):
         save_csv(tmp_path / "d.csv", X, y, ("a", "b"), "label")
-    with pytest.raises(InvalidParameter, match="end in .npz"):
+    with pytest.raises(InvalidParameter, match=r"end in \.npz"):
         save_npz(tmp_path / "d.bin", X, y)
     with pytest.raises(InvalidParameter, match="NaN"):
         save_npz(tmp_path / "d.npz", np.full((2, 3), np.nan), y[:2])

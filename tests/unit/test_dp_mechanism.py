@@ -85,7 +85,7 @@ def test_plan_takes_the_finest_scale_that_is_safe(plan_args: tuple) -> None:
     bits = plan.scale_bits + 1
     d2 = clip * (1 << bits) + math.sqrt(dimension)
     total = calibrate_skellam_variance(target, rounds, delta, d2, min(math.sqrt(dimension) * d2, d2 * d2))
-    with pytest.raises(InvalidParameter, match="wrap|sampler is validated"):
+    with pytest.raises(InvalidParameter, match=r"wrap|sampler is validated"):
         SkellamParameters(clip, bits, total / honest, honest, dimension, cohort)
 
 

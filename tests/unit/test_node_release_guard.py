@@ -338,10 +338,15 @@ def test_rerun_of_an_unmasked_round_without_the_victim_is_refused_by_every_hones
             sites[name], relabelled, "rerun", ROSTER, training, "computed from this exact model (aggregation 1)"
         )
     assert relabelled.result is None
+    # The victim really was left out of both: its audit log has the first aggregation only.
+    assert [receipt["aggregation"] for receipt in sites[victim].receipts()] == [first.aggregation]
 
     # Control: the genuine next round (a new model) is joined by everyone, victim included.
-    _complete(coordinator, coordinator.start(4, 2, names, _model(0.5), T))
+    control = coordinator.start(4, 2, names, _model(0.5), T)
+    _complete(coordinator, control)
     assert training.calls == 2 * ROSTER
+    last = sites[victim].receipts()[-1]
+    assert last["aggregation"] == control.aggregation and last["outcome"] == "completed", last
     for site in sites.values():
         site.close()
 

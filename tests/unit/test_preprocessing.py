@@ -413,8 +413,9 @@ def test_bundled_public_bounds_cover_the_data(name: str) -> None:
     unclipped = Preprocessing("minmax", made.params, clip=False).transform(raw.X)
     assert unclipped.min() > -0.02 and unclipped.max() < 1.02  # the documented ranges, rounded
     np.testing.assert_array_equal(load_bundled(name).X, made.transform(raw.X))
-    low, high = PUBLIC_BOUNDS[name]
-    assert made.param("min")[0] == (low if isinstance(low, float) else low[0])
+    # the declared range is the public table's, per feature (a scalar bound applies to every feature)
+    declared = [(bound,) * raw.n_features if isinstance(bound, float) else bound for bound in PUBLIC_BOUNDS[name]]
+    assert [made.param("min"), made.param("max")] == declared
 
 
 def test_raw_features_train_poorly_and_declared_scaling_fixes_it() -> None:

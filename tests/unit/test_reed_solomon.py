@@ -22,8 +22,11 @@ SMALL_P = 101
 
 
 def _naive(xs: tuple[int, ...], p: int) -> tuple[list[int], list[int]]:
-    dual = [pow(math.prod(x - l for l in xs if l != x), -1, p) for x in xs]
-    lagrange = [math.prod(l for l in xs if l != x) * pow(math.prod(l - x for l in xs if l != x), -1, p) % p for x in xs]
+    dual = [pow(math.prod(x - other for other in xs if other != x), -1, p) for x in xs]
+    lagrange = [
+        math.prod(other for other in xs if other != x) * pow(math.prod(other - x for other in xs if other != x), -1, p) % p
+        for x in xs
+    ]
     return dual, lagrange
 
 

@@ -271,7 +271,7 @@ def test_client_table_covers_the_non_terminal_states() -> None:
     # START is left by start(), not by a message; at most a RoundAborted could be legal there.
     assert non_terminal - {ClientState.START} <= states <= non_terminal
     assert all(message_type is RoundAborted for state, message_type in CLIENT_TRANSITIONS if state is ClientState.START)
-    for (state, message_type), target in CLIENT_TRANSITIONS.items():
+    for (_, message_type), target in CLIENT_TRANSITIONS.items():
         assert message_type in SERVER_MESSAGE_TYPES
         if message_type is RoundAborted:
             assert target is ClientState.ABORTED

@@ -102,7 +102,7 @@ def test_damaged_pages_of_the_coordinator_store_never_raise_a_raw_sqlite_error(t
     path = tmp_path / "coordinator.sqlite"
     _full_store(path)
     _damage_pages(path)
-    with pytest.raises(StorageError, match="unreadable .*restore it from a backup"):
+    with pytest.raises(StorageError, match=r"unreadable .*restore it from a backup"):
         CoordinatorStore(path)  # found at open (quick_check)
     reader = CoordinatorStore(path, read_only=True)  # what `securefed status` opens: no check at open
     try:

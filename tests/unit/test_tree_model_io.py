@@ -679,7 +679,7 @@ def test_each_reader_points_to_the_other_kind(tmp_path: Path) -> None:
     tree = tmp_path / "tree.npz"
     tree.write_bytes(tree_blob())
     with pytest.raises(
-        InvalidParameter, match="holds a random_forest tree model, not weights; read it with securefed.load_model"
+        InvalidParameter, match=r"holds a random_forest tree model, not weights; read it with securefed\.load_model"
     ):
         read_model(tree)
     adapter = make_adapter("sgd_logistic", 4, (0, 1))

@@ -97,7 +97,7 @@ def test_worker_follows_the_coordinators_model_by_digest() -> None:
     assert isinstance(request, HistogramRequest) and request.round == 2 and len(request.previous) == 1
 
     late = BoostingWorker(p, X[:50], y[:50])  # missed rounds 0 and 1 entirely
-    with pytest.raises(InvalidParameter, match="out of step.*from 0 on"):
+    with pytest.raises(InvalidParameter, match=r"out of step.*from 0 on"):
         late.compute(request)
     catch_up = builder.request_since(late.rounds_applied)
     assert len(catch_up.previous) == 2

@@ -94,7 +94,7 @@ def test_state_machine_misuse_and_bad_sums() -> None:
     builder = ForestBuilder(p)
     assert builder.request() is builder.request()
     with pytest.raises(LocalProtocolError, match="no model"):
-        builder.model
+        _ = builder.model
     with pytest.raises(LocalProtocolError, match="expects"):
         builder.receive(np.zeros(5, dtype=np.uint32))
     assert builder.state is State.ABORTED
@@ -151,7 +151,7 @@ def test_worker_refuses_what_the_task_did_not_agree() -> None:
         worker.compute({**request, "level": 4})
     with pytest.raises(InvalidParameter, match="all 8 trees"):
         worker.compute({**request, "trees": request["trees"][:3]})
-    with pytest.raises(InvalidParameter, match="computes trees.forest-level for this task, not trees.boosting-base"):
+    with pytest.raises(InvalidParameter, match=r"computes trees\.forest-level for this task, not trees\.boosting-base"):
         worker.compute({"computation": "trees.boosting-base", "version": 1, "params": request["params"]})
     with pytest.raises(InvalidParameter, match="wrong keys"):
         worker.compute({**request, "computation": "trees.boosting-base"})
