@@ -278,11 +278,12 @@ def run(args: argparse.Namespace) -> int:
     if source.suffix == ".toml":
         report = Path(args.html or (Path(args.screenshot).with_suffix(".html") if args.screenshot else "report.html")).resolve()
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from coordinator.config import load_coordinator_config
         from securefed.errors import SecureFedError
         from securefed.report import write_report
 
         try:
-            data, size = write_report(source, report)
+            data, size = write_report(load_coordinator_config(source), report)
         except SecureFedError as exc:
             raise Usage(str(exc)) from None
         print(f"wrote {report} ({size / 1024:.0f} KiB, {data.rounds_done} of {data.rounds_total} rounds)")

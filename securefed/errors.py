@@ -1,13 +1,31 @@
 """One exception tree for everything securefed raises on purpose.
 
 Callers can catch :class:`SecureFedError` to handle all of them. Checks on
-input never use ``assert`` (asserts vanish under ``python -O``).
+input never use ``assert`` (asserts vanish under ``python -O``). Whose fault
+an error is decides its class, because that decides what is done about it:
+
+- **the caller's**: :class:`InvalidParameter` -- an argument or declared
+  setting is unusable; :class:`ConfigError` (a config file) and
+  :class:`DataError` (a data, model or key file the operator gave) are kinds
+  of it. The message says what to change.
+- **ours**: :class:`LocalProtocolError` -- securefed itself was misused (a
+  call the current state does not allow); a bug, never blamed on a peer.
+- **a peer's**: :class:`RemoteProtocolError` (with a ``reason`` code),
+  :class:`InvalidShare` (a share or signature that does not verify) and
+  :class:`EncodingError` for a sum no honest inputs could produce. Only these
+  may get a peer's message dropped, a node excluded or a round aborted with
+  culprits.
+- **the machine's**: :class:`StorageError` -- a state file is damaged,
+  locked, full or unwritable.
+- **nobody's in particular**: :class:`ProtocolAborted` -- a round cannot go
+  on (too few nodes, a deadline); :class:`PrivacyBudgetExhausted`.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "DataError",
     "EncodingError",
     "InvalidParameter",
     "InvalidShare",
@@ -102,3 +120,13 @@ class ConfigError(InvalidParameter):
         self.file = file
         self.key = key
         self.suggestion = suggestion
+
+
+class DataError(InvalidParameter):
+    """A file the operator supplied cannot be used: a data file (CSV or .npz), a model file or a key file.
+
+    The message names the file and what is wrong with it. A subclass of
+    :class:`InvalidParameter`, since the file is the operator's input, like an
+    argument; its own class lets tools tell "fix this file" from "fix this
+    call". A securefed *state* file that is damaged is a :class:`StorageError`.
+    """

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from matplotlib.typing import RcKeyType
 
+    from coordinator.config import CoordinatorConfig  # for the annotation only (docs/architecture.md)
     from securefed.federation.store import CoordinatorStore
 
 __all__ = [
@@ -334,16 +335,14 @@ def coordinator_status(
     return "running", f"PID {pid}; waiting for nodes"
 
 
-def gather_report(config_path: str | Path, now: float | None = None) -> ReportData:
-    """Load the coordinator config (the real loader) and read its store read-only.
+def gather_report(config: CoordinatorConfig, now: float | None = None) -> ReportData:
+    """Read the store of a loaded coordinator config read-only.
 
-    Raises :class:`ConfigError` for a bad config and :class:`StorageError` when there is no store yet
-    or it cannot be read.
+    ``securefed report`` loads the config (the library never imports the daemon packages,
+    docs/architecture.md). Raises :class:`StorageError` when there is no store yet or it cannot be read.
     """
-    from coordinator.config import load_coordinator_config
     from securefed.federation.store import CoordinatorStore
 
-    config = load_coordinator_config(config_path)
     store_path = config.store_path
     if not store_path.exists():
         raise StorageError(
@@ -361,7 +360,7 @@ def gather_report(config_path: str | Path, now: float | None = None) -> ReportDa
             config.task,
             roster_size=len(config.nodes),
             status=status,
-            config_path=str(config.source or config_path),
+            config_path=str(config.source or config.store_path),
             now=now,
         )
     finally:
@@ -1022,7 +1021,7 @@ def render_html(data: ReportData, plots: Sequence[Plot]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def write_report(config_path: str | Path, out: str | Path) -> tuple[ReportData, int]:
+def write_report(config: CoordinatorConfig, out: str | Path) -> tuple[ReportData, int]:
     """Gather, draw, render and write the page atomically; (data, bytes written). ``out`` "-" is stdout."""
     import sys
 
@@ -1034,7 +1033,7 @@ def write_report(config_path: str | Path, out: str | Path) -> tuple[ReportData, 
             raise InvalidParameter(f"--out {target} is a folder; give a file name such as {target / 'report.html'}")
         if not target.parent.is_dir():
             raise InvalidParameter(f"--out {target}: the folder {target.parent} does not exist; create it first")
-    data = gather_report(config_path)
+    data = gather_report(config)
     page = render_html(data, draw_plots(data)).encode("utf-8")
     if target is None:
         sys.stdout.buffer.write(page)

@@ -11,9 +11,10 @@ import sys
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from coordinator.config import load_coordinator_config
     from securefed.report import write_report
 
-    data, size = write_report(args.config, args.out)
+    data, size = write_report(load_coordinator_config(args.config), args.out)
     if args.out != "-":
         if data.computation:
             finished = "result stored" if data.result is not None else f"at most {data.rounds_total}, no result yet"

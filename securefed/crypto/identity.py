@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from securefed._fs import atomic_write
-from securefed.errors import InvalidParameter, InvalidShare
+from securefed.errors import DataError, InvalidParameter, InvalidShare
 
 __all__ = ["PUBLIC_KEY_SIZE", "SIGNATURE_SIZE", "SigningKey", "load_public_key_pem", "verify"]
 
@@ -63,15 +63,15 @@ class SigningKey:
             mode = file.stat().st_mode
             data = file.read_bytes()
         except OSError as exc:
-            raise InvalidParameter(f"cannot read identity key {file}: {exc.strerror}") from None
+            raise DataError(f"cannot read identity key {file}: {exc.strerror}") from None
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise InvalidParameter(f"identity key {file} is readable by others; run: chmod 600 {file}")
+            raise DataError(f"identity key {file} is readable by others; run: chmod 600 {file}")
         try:
             key = serialization.load_pem_private_key(data, password=None)
         except (ValueError, TypeError):
-            raise InvalidParameter(f"{file} is not an unencrypted PEM private key") from None
+            raise DataError(f"{file} is not an unencrypted PEM private key") from None
         if not isinstance(key, Ed25519PrivateKey):
-            raise InvalidParameter(f"{file} holds a {type(key).__name__}, not an Ed25519 key")
+            raise DataError(f"{file} holds a {type(key).__name__}, not an Ed25519 key")
         return cls(key)
 
     def __repr__(self) -> str:

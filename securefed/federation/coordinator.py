@@ -485,7 +485,7 @@ class Coordinator:
         """After a restart: finish the unmasking a crash interrupted, by asking for the same shares again."""
         try:
             pending = self.store.pending_unmask_state()
-        except InvalidParameter as exc:
+        except (StorageError, InvalidParameter) as exc:
             log.error("task %s: %s; that round will be run again from scratch", self.task.name, exc)
             self.store.clear_unmask_state()
             return

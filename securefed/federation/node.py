@@ -46,11 +46,13 @@ from securefed.dp.mechanism import SkellamParameters
 from securefed.dp.noise import NoiseSource
 from securefed.errors import (
     InvalidParameter,
+    InvalidShare,
     LocalProtocolError,
     PrivacyBudgetExhausted,
     ProtocolAborted,
     RemoteProtocolError,
     SecureFedError,
+    StorageError,
 )
 from securefed.federation.computation import request_digest
 from securefed.federation.compute_node import ComputeRefusal, ComputeResponder
@@ -464,7 +466,13 @@ class Node:
             self._participate(aggregation, start, spec)
         except _Refused as refusal:
             self._refuse(aggregation, refusal.reason, refusal.detail)
-        except SecureFedError as exc:
+        except (LocalProtocolError, StorageError) as exc:
+            # This node's own fault (a bug, or its state file): it cannot take part, and it says so
+            # as its own problem, not as something the coordinator asked wrongly.
+            reason = "local-error" if isinstance(exc, LocalProtocolError) else "storage-failure"
+            log.error("aggregation %d: this node cannot take part (%s): %s", aggregation, reason, exc)
+            self._refuse(aggregation, reason, f"this node's own failure: {exc}")
+        except SecureFedError as exc:  # the round's request is unusable here (parameters, encoding, budget)
             self._refuse(aggregation, str(getattr(exc, "reason", type(exc).__name__)), str(exc))
 
     def _refuse(self, aggregation: int, reason: str, detail: str) -> None:
@@ -759,10 +767,21 @@ class Node:
             self._send(aggregation, Refusal(str(reason), str(exc)))
             self._finish("aborted", f"{reason}: {exc}")
             return
-        except SecureFedError as exc:  # InvalidShare: a signature or ciphertext failed to verify
+        except InvalidShare as exc:  # a signature or ciphertext failed to verify
             log.warning("aggregation %d: stopped taking part (authentication failure): %s", aggregation, exc)
             self._send(aggregation, Refusal("authentication-failure", "a signature or share did not verify"))
             self._finish("aborted", "authentication-failure: a signature or share did not verify")
+            return
+        except LocalProtocolError as exc:  # securefed misused itself: a bug here, not the coordinator's doing
+            log.error("aggregation %d: stopped taking part after an internal error (a bug in securefed): %s", aggregation, exc)
+            self._send(aggregation, Refusal("local-error", "this node stopped on an internal error"))
+            self._finish("aborted", f"local-error: {exc}")
+            return
+        except SecureFedError as exc:  # anything else the client raised on the coordinator's message
+            reason = str(getattr(exc, "reason", "") or type(exc).__name__)
+            log.warning("aggregation %d: stopped taking part (%s): %s", aggregation, reason, exc)
+            self._send(aggregation, Refusal(reason, str(exc)))
+            self._finish("aborted", f"{reason}: {exc}")
             return
         if isinstance(message, RoundAborted):
             log.info("aggregation %d aborted by the coordinator (%s)", aggregation, message.reason)

@@ -356,7 +356,7 @@ class CoordinatorStore:
     def pending_unmask_state(self) -> tuple[int, int, str, dict, bytes] | None:
         """(aggregation, round, phase, state, masked sum) of an unmasking a crash interrupted, if any.
 
-        A saved state that fails its checksum raises ``InvalidParameter`` (the coordinator then runs
+        A saved state that fails its checksum raises :class:`StorageError` (the coordinator then runs
         the round again from scratch).
         """
         row = self._one(
@@ -367,9 +367,8 @@ class CoordinatorStore:
             return None
         aggregation, round_number, phase, text, blob, digest = row
         if hashlib.sha256(text.encode() + bytes(blob)).hexdigest() != digest:
-            # InvalidParameter, not StorageError, because Coordinator._resume_unmasking catches that
-            # one and runs the round again from scratch.
-            raise InvalidParameter(f"the saved unmasking state of aggregation {aggregation} fails its checksum")
+            # Coordinator._resume_unmasking catches this and runs the round again from scratch.
+            raise StorageError(f"{_WHAT} {self.path}: the saved unmasking state of aggregation {aggregation} fails its checksum")
         return int(aggregation), int(round_number), str(phase), json.loads(text), bytes(blob)
 
     def clear_unmask_state(self) -> None:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from securefed.errors import InvalidParameter
+from securefed.errors import DataError, InvalidParameter
 from securefed.learning.models import _is_int, _normalize_classes
 from securefed.preprocessing import SCALERS, Preprocessing
 
@@ -101,7 +101,7 @@ def _order_columns(
         return None, found
     if isinstance(declared, int):
         if n_columns != declared:
-            raise InvalidParameter(
+            raise DataError(
                 f"{source}: has {n_columns} feature columns but the task declares {declared}; "
                 "bring the file to the task's features"
             )
@@ -113,7 +113,7 @@ def _order_columns(
         )
         return None, found
     if found is None:
-        raise InvalidParameter(
+        raise DataError(
             f"{source}: the task declares feature names but the file has none; add a "
             "'feature_names' array listing the columns of X"
         )
@@ -125,7 +125,7 @@ def _order_columns(
             parts.append(f"missing features {_listed(missing)}")
         if extra:
             parts.append(f"columns the task does not declare {_listed(extra)} (remove them)")
-        raise InvalidParameter(f"{source}: " + "; ".join(parts))
+        raise DataError(f"{source}: " + "; ".join(parts))
     position = {n: i for i, n in enumerate(found)}
     return np.array([position[n] for n in declared], dtype=np.int64), declared
 
@@ -133,7 +133,7 @@ def _order_columns(
 def _check_labels(source: str, y: np.ndarray, classes: tuple[int, ...]) -> np.ndarray:
     unknown = np.setdiff1d(np.unique(y), np.asarray(classes, dtype=np.int64))
     if unknown.size:
-        raise InvalidParameter(
+        raise DataError(
             f"{source}: labels {_listed([int(v) for v in unknown])} are not among the task's "
             f"classes {list(classes)}; remove those rows or fix the labels"
         )
@@ -143,16 +143,16 @@ def _check_labels(source: str, y: np.ndarray, classes: tuple[int, ...]) -> np.nd
 def _parse_number(source: str, text: str, line: int, column: str) -> float:
     cell = text.strip()
     if not cell:
-        raise InvalidParameter(f"{source}: empty value at line {line}, column {column!r}; fill it in or drop the row")
+        raise DataError(f"{source}: empty value at line {line}, column {column!r}; fill it in or drop the row")
     try:
         value = float(cell)
     except ValueError:
-        raise InvalidParameter(
+        raise DataError(
             f"{source}: non-numeric value {cell[:40]!r} at line {line}, column {column!r}; "
             "only numbers are allowed (encode categories as numbers first)"
         ) from None
     if not math.isfinite(value):
-        raise InvalidParameter(f"{source}: {cell!r} at line {line}, column {column!r}; NaN and infinity are not allowed")
+        raise DataError(f"{source}: {cell!r} at line {line}, column {column!r}; NaN and infinity are not allowed")
     return value
 
 
@@ -160,12 +160,12 @@ def header_names(reader: Iterator[list[str]], source: str) -> list[str]:
     """The header row of a CSV (``csv.reader``): stripped, non-empty, distinct column names, or a clear error."""
     header = next(reader, None)
     if header is None:
-        raise InvalidParameter(f"{source}: the file is empty; it needs a header row and data rows")
+        raise DataError(f"{source}: the file is empty; it needs a header row and data rows")
     names = [h.strip() for h in header]
     if any(not n for n in names):
-        raise InvalidParameter(f"{source}: the header row has an empty column name")
+        raise DataError(f"{source}: the header row has an empty column name")
     if len(set(names)) != len(names):
-        raise InvalidParameter(f"{source}: the header repeats column names {_listed(_duplicates(names))}")
+        raise DataError(f"{source}: the header repeats column names {_listed(_duplicates(names))}")
     return names
 
 
@@ -175,14 +175,14 @@ def _load_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray, tu
         reader = csv.reader(handle)
         names = header_names(reader, source)
         if label_column not in names:
-            raise InvalidParameter(
+            raise DataError(
                 f"{source}: no label column {label_column!r}; the header has {_listed(names)}. "
                 "Name the label column as the task says"
             )
         label_at = names.index(label_column)
         feature_at = [i for i in range(len(names)) if i != label_at]
         if not feature_at:
-            raise InvalidParameter(f"{source}: there are no feature columns besides {label_column!r}")
+            raise DataError(f"{source}: there are no feature columns besides {label_column!r}")
         rows: list[list[float]] = []
         labels: list[int] = []
         for row in reader:
@@ -190,14 +190,14 @@ def _load_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray, tu
             if not row or all(not c.strip() for c in row):
                 continue
             if len(row) != len(names):
-                raise InvalidParameter(f"{source}: line {line} has {len(row)} fields, the header has {len(names)}")
+                raise DataError(f"{source}: line {line} has {len(row)} fields, the header has {len(names)}")
             label = _parse_number(source, row[label_at], line, label_column)
             if not label.is_integer():
-                raise InvalidParameter(f"{source}: label {row[label_at].strip()!r} at line {line} is not an integer class")
+                raise DataError(f"{source}: label {row[label_at].strip()!r} at line {line} is not an integer class")
             labels.append(int(label))
             rows.append([_parse_number(source, row[i], line, names[i]) for i in feature_at])
     if not rows:
-        raise InvalidParameter(f"{source}: no data rows after the header")
+        raise DataError(f"{source}: no data rows after the header")
     X = np.asarray(rows, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
     return X, y, tuple(names[i] for i in feature_at)
@@ -208,15 +208,15 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | Non
     with path.open("rb") as handle:
         magic = handle.read(len(_NPY_MAGIC))
     if magic.startswith(_NPY_MAGIC):
-        raise InvalidParameter(f"{source}: holds a single .npy array, not an .npz archive; save 'X' and 'y' with np.savez")
+        raise DataError(f"{source}: holds a single .npy array, not an .npz archive; save 'X' and 'y' with np.savez")
     if not magic.startswith(_ZIP_MAGIC):
-        raise InvalidParameter(f"{source}: not a readable .npz file (it is not a zip archive)")
+        raise DataError(f"{source}: not a readable .npz file (it is not a zip archive)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             keys = set(archive.files)
             missing = [k for k in ("X", "y") if k not in keys]
             if missing:
-                raise InvalidParameter(
+                raise DataError(
                     f"{source}: missing array(s) {missing}; the .npz needs 'X' (features) and 'y' (labels), found {sorted(keys)}"
                 )
             X = archive["X"]
@@ -226,27 +226,27 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | Non
         raise
     except ValueError as exc:
         if "pickle" in str(exc).lower():
-            raise InvalidParameter(
+            raise DataError(
                 f"{source}: holds object arrays or pickled data, which would need pickle to "
                 "load; save plain numeric arrays (and feature names as a unicode string array)"
             ) from None
-        raise InvalidParameter(f"{source}: not a readable .npz file ({exc})") from None
+        raise DataError(f"{source}: not a readable .npz file ({exc})") from None
     except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise InvalidParameter(f"{source}: not a readable .npz file ({exc})") from None
+        raise DataError(f"{source}: not a readable .npz file ({exc})") from None
 
     if X.dtype.kind not in "fiu" or X.ndim != 2:
-        raise InvalidParameter(f"{source}: 'X' must be a 2-D numeric array, got shape {X.shape}, dtype {X.dtype}")
+        raise DataError(f"{source}: 'X' must be a 2-D numeric array, got shape {X.shape}, dtype {X.dtype}")
     if y.ndim != 1 or y.shape[0] != X.shape[0]:
-        raise InvalidParameter(f"{source}: 'y' must be 1-D with one label per row of X ({X.shape[0]}), got shape {y.shape}")
+        raise DataError(f"{source}: 'y' must be 1-D with one label per row of X ({X.shape[0]}), got shape {y.shape}")
     if X.shape[0] == 0:
-        raise InvalidParameter(f"{source}: the data is empty (0 rows)")
+        raise DataError(f"{source}: the data is empty (0 rows)")
     if X.shape[1] == 0:
-        raise InvalidParameter(f"{source}: 'X' has no feature columns")
+        raise DataError(f"{source}: 'X' has no feature columns")
     X = X.astype(np.float64)
     bad = np.argwhere(~np.isfinite(X))
     if bad.size:
         r, c = (int(v) for v in bad[0])
-        raise InvalidParameter(
+        raise DataError(
             f"{source}: 'X' has NaN or infinity at row {r}, column {c} ({bad.shape[0]} such values); clean or drop those rows"
         )
     if y.dtype.kind == "f":
@@ -254,21 +254,21 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | Non
             not_integer = ~np.isfinite(y) | (y != np.round(y))
         if np.any(not_integer):
             row = int(np.flatnonzero(not_integer)[0])
-            raise InvalidParameter(f"{source}: 'y' has a non-integer label {float(y[row])!r} at row {row}")
+            raise DataError(f"{source}: 'y' has a non-integer label {float(y[row])!r} at row {row}")
     elif y.dtype.kind not in "iu":
-        raise InvalidParameter(f"{source}: 'y' must hold integer labels, got dtype {y.dtype}")
+        raise DataError(f"{source}: 'y' must hold integer labels, got dtype {y.dtype}")
     y = y.astype(np.int64)
 
     feature_names: tuple[str, ...] | None = None
     if names is not None:
         if names.dtype.kind != "U" or names.ndim != 1 or names.shape[0] != X.shape[1]:
-            raise InvalidParameter(
+            raise DataError(
                 f"{source}: 'feature_names' must be a 1-D string array with one name per column "
                 f"of X ({X.shape[1]}), got shape {names.shape}, dtype {names.dtype}"
             )
         feature_names = tuple(str(n) for n in names)
         if len(set(feature_names)) != len(feature_names):
-            raise InvalidParameter(f"{source}: 'feature_names' repeats {_listed(_duplicates(feature_names))}")
+            raise DataError(f"{source}: 'feature_names' repeats {_listed(_duplicates(feature_names))}")
     return X, y, feature_names
 
 
@@ -292,9 +292,9 @@ def load_local_dataset(
         raise InvalidParameter("label_column must be a non-empty column name")
     p = Path(path)
     if not p.exists():
-        raise InvalidParameter(f"{p}: no such file; check the node's data path")
+        raise DataError(f"{p}: no such file; check the node's data path")
     if not p.is_file():
-        raise InvalidParameter(f"{p}: not a regular file; point the node at a .csv or .npz file")
+        raise DataError(f"{p}: not a regular file; point the node at a .csv or .npz file")
     suffix = p.suffix.lower()
     found: tuple[str, ...] | None
     if suffix == ".csv":
@@ -302,7 +302,7 @@ def load_local_dataset(
     elif suffix == ".npz":
         X, y, found = _load_npz(p)
     else:
-        raise InvalidParameter(f"{p}: unknown file type {p.suffix!r}; use a .csv (with a header row) or .npz file")
+        raise DataError(f"{p}: unknown file type {p.suffix!r}; use a .csv (with a header row) or .npz file")
     order, names = _order_columns(str(p), found, X.shape[1], declared)
     if order is not None:
         X = X[:, order]
@@ -345,7 +345,7 @@ def save_npz(path: str | Path, X: np.ndarray, y: np.ndarray, feature_names: Sequ
     """Write an .npz (no object arrays) that :func:`load_local_dataset` reads back exactly."""
     p = Path(path)
     if p.suffix.lower() != ".npz":
-        raise InvalidParameter(f"{p}: an .npz data file must end in .npz")
+        raise DataError(f"{p}: an .npz data file must end in .npz")
     X_arr, y_arr, names = _check_for_saving(X, y, feature_names)
     with p.open("wb") as handle:
         if names is None:

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeGuard
 import numpy as np
 import numpy.typing as npt
 
-from securefed.errors import InvalidParameter
+from securefed.errors import DataError, InvalidParameter
 from securefed.preprocessing import Preprocessing
 
 if TYPE_CHECKING:
@@ -575,7 +575,7 @@ def _read_member(
 
 
 def read_model(path: str | os.PathLike[str]) -> tuple[dict, np.ndarray]:
-    """Read and verify an SGD model file: (metadata, weights). Anything else raises :class:`InvalidParameter`.
+    """Read and verify an SGD model file: (metadata, weights). Anything else raises :class:`DataError` (an :class:`InvalidParameter`).
 
     Checked: a zip holding exactly the two arrays, their dtypes and shapes, the
     metadata's format, version, fields and types, the weight count against the
@@ -584,7 +584,7 @@ def read_model(path: str | os.PathLike[str]) -> tuple[dict, np.ndarray]:
     """
     metadata, model = _read_file(path)
     if not isinstance(model, np.ndarray):
-        raise InvalidParameter(
+        raise DataError(
             f"{os.fspath(path)}: holds a {metadata['model']['kind']} tree model, not weights; read it with "
             "securefed.load_model or read_tree_model"
         )
@@ -592,7 +592,7 @@ def read_model(path: str | os.PathLike[str]) -> tuple[dict, np.ndarray]:
 
 
 def read_tree_model(path: str | os.PathLike[str]) -> tuple[dict, TreeEnsemble]:
-    """Read and verify a tree model file: (metadata, ensemble). Anything else raises :class:`InvalidParameter`.
+    """Read and verify a tree model file: (metadata, ensemble). Anything else raises :class:`DataError` (an :class:`InvalidParameter`).
 
     Checked: a zip holding exactly the ensemble's arrays and the metadata, each
     array's dtype and shape, the metadata's fields and types, the SHA-256 of the
@@ -602,7 +602,7 @@ def read_tree_model(path: str | os.PathLike[str]) -> tuple[dict, TreeEnsemble]:
     """
     metadata, model = _read_file(path)
     if isinstance(model, np.ndarray):
-        raise InvalidParameter(
+        raise DataError(
             f"{os.fspath(path)}: holds a {metadata['model']['kind']} model's weights, not trees; read it with "
             "securefed.load_model or read_model"
         )
@@ -614,18 +614,18 @@ def _read_file(path: str | os.PathLike[str]) -> tuple[dict, np.ndarray | TreeEns
     try:
         handle = open(source, "rb")
     except FileNotFoundError:
-        raise InvalidParameter(f"{source}: no such file") from None
+        raise DataError(f"{source}: no such file") from None
     except OSError as exc:
-        raise InvalidParameter(f"{source}: cannot read the model file ({exc.strerror or exc})") from None
+        raise DataError(f"{source}: cannot read the model file ({exc.strerror or exc})") from None
     try:
         with handle:
             return _read_model(handle)
     except InvalidParameter as exc:
-        raise InvalidParameter(f"{source}: {exc}") from None
+        raise DataError(f"{source}: {exc}") from None
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError, RuntimeError) as exc:
         # Damage inside the archive: zipfile's own errors, a seek past the end (OSError), numpy's header
         # errors and zlib or UTF-8 decoding (ValueError), an unknown compression or an encrypted member.
-        raise InvalidParameter(
+        raise DataError(
             f"{source}: not a readable securefed model file ({type(exc).__name__}: {str(exc)[:200]}); export it again"
         ) from None
 

@@ -268,8 +268,12 @@ class ClientProtocol:
         except SecureFedError as exc:
             self._abort(exc)
             raise
-        except (TypeError, ValueError, AttributeError, IndexError, KeyError, OverflowError) as exc:  # malformed fields
-            error = RemoteProtocolError(f"malformed {type(message).__name__}: {exc}", reason="malformed")
+        except (TypeError, ValueError, AttributeError, IndexError, KeyError, OverflowError) as exc:
+            # Not one of the handlers' own checks: a message they should have refused, or a bug here.
+            # The round cannot go on either way; the reason says so without blaming the coordinator.
+            error = RemoteProtocolError(
+                f"could not process {type(message).__name__} ({type(exc).__name__}: {exc})", reason="unprocessable"
+            )
             self._abort(error)
             raise error from None
         self.state = next_state

@@ -52,12 +52,12 @@ from securefed.crypto.identity import verify
 from securefed.crypto.prg import MaskAccumulator
 from securefed.crypto.shamir import Share, decode
 from securefed.errors import (
+    EncodingError,
     InvalidParameter,
     InvalidShare,
     LocalProtocolError,
     ProtocolAborted,
     RemoteProtocolError,
-    SecureFedError,
 )
 from securefed.secagg.config import RoundConfig
 from securefed.secagg.graph import NeighbourGraph
@@ -262,13 +262,21 @@ class ServerProtocol:
             raise RemoteProtocolError(f"duplicate message from {sender}", reason="duplicate")
         try:
             validated = _VALIDATORS[type(message)](self, message)
-        except (SecureFedError, TypeError, ValueError, AttributeError, IndexError, KeyError, OverflowError) as exc:
+        except (RemoteProtocolError, InvalidShare, EncodingError) as exc:
+            # The validators' own checks failed: provably this sender's fault.
             if isinstance(message, UnmaskShares):
                 # An unmasking answer that breaks the rules is as good as none, but its sender is named.
                 self._malformed_unmask.setdefault(sender, f"sent malformed unmasking shares ({exc})")
-            if isinstance(exc, SecureFedError):
-                raise
-            raise RemoteProtocolError(f"malformed {type(message).__name__} from {sender}: {exc}", reason="malformed") from None
+            raise
+        except (InvalidParameter, TypeError, ValueError, AttributeError, IndexError, KeyError, OverflowError) as exc:
+            # Something the validators did not foresee: a message they should have refused, or a bug
+            # here. The message is dropped either way, but its sender is not named a culprit (which
+            # would exclude it for the run) on the strength of an error that may be ours.
+            raise RemoteProtocolError(
+                f"could not process {type(message).__name__} from {sender} ({type(exc).__name__}: {exc}); "
+                "dropped, sender not blamed",
+                reason="unprocessable",
+            ) from None
         self._inbox[sender] = validated
 
     def _validate_advertise(self, message: AdvertiseKeys) -> AdvertiseKeys:

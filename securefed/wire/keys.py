@@ -16,7 +16,7 @@ import zmq
 from zmq.utils import z85
 
 from securefed._fs import atomic_write
-from securefed.errors import InvalidParameter
+from securefed.errors import DataError, InvalidParameter
 
 __all__ = ["CurveKeyPair", "parse_public_key"]
 
@@ -59,15 +59,15 @@ class CurveKeyPair:
             mode = path.stat().st_mode
             secret = path.read_bytes().strip()
         except OSError as exc:
-            raise InvalidParameter(f"cannot read CURVE secret key {path}: {exc.strerror}") from None
+            raise DataError(f"cannot read CURVE secret key {path}: {exc.strerror}") from None
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise InvalidParameter(f"CURVE secret key {path} is readable by others; run: chmod 600 {path}")
+            raise DataError(f"CURVE secret key {path} is readable by others; run: chmod 600 {path}")
         if len(secret) != _Z85_KEY_LENGTH:
-            raise InvalidParameter(f"{path} is not a CURVE secret key file")
+            raise DataError(f"{path} is not a CURVE secret key file")
         try:
             public = zmq.curve_public(secret)
         except (zmq.ZMQError, ValueError):
-            raise InvalidParameter(f"{path} is not a CURVE secret key file") from None
+            raise DataError(f"{path} is not a CURVE secret key file") from None
         return cls(public, secret)
 
     def __repr__(self) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from securefed.errors import InvalidParameter, RemoteProtocolError
+from securefed.errors import DataError, RemoteProtocolError
 from securefed.federation.messages import Envelope
 from securefed.wire.codec import decode
 
@@ -57,7 +57,7 @@ def read_transcript(path: str | Path) -> Iterator[TranscriptRecord]:
     def take(count: int) -> bytes:
         nonlocal offset
         if offset + count > len(data):
-            raise InvalidParameter(f"transcript {path} is truncated")
+            raise DataError(f"transcript {path} is truncated")
         chunk = data[offset : offset + count]
         offset += count
         return chunk
@@ -65,7 +65,7 @@ def read_transcript(path: str | Path) -> Iterator[TranscriptRecord]:
     while offset < len(data):
         direction = {b"<": "received", b">": "sent"}.get(take(1))
         if direction is None:
-            raise InvalidParameter(f"transcript {path} is corrupt at byte {offset - 1}")
+            raise DataError(f"transcript {path} is corrupt at byte {offset - 1}")
         node = take(struct.unpack(">I", take(4))[0]).decode("utf-8")
         count = struct.unpack(">I", take(4))[0]
         frames = tuple(take(struct.unpack(">I", take(4))[0]) for _ in range(count))

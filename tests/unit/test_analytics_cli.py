@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from coordinator.config import load_coordinator_config
 from securefed import analytics_cli, status
 from securefed.analytics import AnalyticsPolicy, respond
 from securefed.analytics_cli import EXACT, result_lines, summarize_result
@@ -511,4 +512,4 @@ def test_hostile_text_in_a_result_is_escaped(tmp_path: Path, capsys: pytest.Capt
     assert page.headings["h1"] == f"securefed report: {HOSTILE_TASK}"
     [row] = page.tables["results"]
     assert row[0] == f"#1 {HOSTILE_KIND}" and row[1] == f"n = 3; label {' '.join(HOSTILE_DETAIL.split())}"
-    assert gather_report(config).result == hostile
+    assert gather_report(load_coordinator_config(config)).result == hostile

@@ -82,16 +82,70 @@ def test_dependency_direction(package: str, forbidden: tuple[str, ...]) -> None:
     assert _violations(package, forbidden) == []
 
 
-def test_library_does_not_import_daemons_at_module_level() -> None:
+#: The command-line entry points: the only modules of securefed that may import the daemon packages,
+#: and only inside the function that runs the command (docs/architecture.md, "Dependency direction").
+CLI_ENTRY_POINTS = {
+    "securefed/cli.py",
+    "securefed/check.py",
+    "securefed/status.py",
+    "securefed/demo.py",
+    "securefed/analytics_cli.py",
+    "securefed/model_cli.py",
+    "securefed/report_cli.py",
+}
+DAEMONS = ("coordinator", "node")
+
+
+def _type_checking_only(tree: ast.Module) -> set[int]:
+    """ids of the import nodes under ``if TYPE_CHECKING:`` (annotations only: they never run)."""
+    skipped: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            skipped.update(id(inner) for child in node.body for inner in ast.walk(child))
+    return skipped
+
+
+def daemon_imports(path: Path) -> list[tuple[int, str, bool]]:
+    """Every import of a daemon package in ``path``: (line, module, made at module level)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skipped = _type_checking_only(tree)
+    top = {id(node) for node in tree.body}
+    found = []
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        names: list[str] = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        for name in names:
+            if name.split(".")[0] in DAEMONS:
+                found.append((node.lineno, name, id(node) in top))
+    return found
+
+
+def test_only_the_command_line_entry_points_import_the_daemons_and_only_in_functions() -> None:
     offenders = []
     for path in modules_under("securefed"):
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        for node in tree.body:  # module level only; securefed.status imports lazily inside a function
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("coordinator", "node"):
-                offenders.append(f"{path.relative_to(ROOT)}: {node.module}")
-            if isinstance(node, ast.Import) and any(a.name.split(".")[0] in ("coordinator", "node") for a in node.names):
-                offenders.append(str(path.relative_to(ROOT)))
+        where = str(path.relative_to(ROOT))
+        for line, name, module_level in daemon_imports(path):
+            if where not in CLI_ENTRY_POINTS:
+                offenders.append(f"{where}:{line} imports {name} (only the command-line entry points may)")
+            elif module_level:
+                offenders.append(f"{where}:{line} imports {name} at module level (import it in the command's function)")
     assert offenders == []
+
+
+def test_the_daemon_import_check_sees_imports_inside_functions(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from coordinator.config import CoordinatorConfig\n"
+        "import node.daemon\n"
+        "def run():\n    from coordinator.daemon import run_coordinator\n    return run_coordinator\n"
+    )
+    assert daemon_imports(sample) == [(4, "node.daemon", True), (6, "coordinator.daemon", False)]
 
 
 def test_no_unsafe_deserialisation_anywhere() -> None:

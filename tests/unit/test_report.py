@@ -25,6 +25,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from coordinator.config import load_coordinator_config
 from securefed.cli import main
 from securefed.federation.store import CoordinatorStore
 from securefed.report import (
@@ -231,7 +232,7 @@ def test_report_has_inline_plots_and_the_rounds_numbers(tmp_path: Path, capsys: 
     assert page.column("rounds", 7) == ["2", "2", "2"]  # attempts: train + evaluate, abort + retry, train + evaluate
     assert page.column("rounds", 8) == ["0", "1", "0"]  # refusals
 
-    data = gather_report(config)  # what the refusal plot is drawn from
+    data = gather_report(load_coordinator_config(config))  # what the refusal plot is drawn from
     assert data.refusals_by_round == {2: {HOSTILE_REASON: 1}}
     assert data.aborted_by_round == {2: 1}
     assert data.attempt_counts == {"completed": 5, "aborted": 1}
