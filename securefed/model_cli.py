@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from securefed._stdout import write_stdout
-from securefed.errors import InvalidParameter
+from securefed.errors import DataError, InvalidParameter, StorageError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -167,7 +167,7 @@ def _stored_trees(store: CoordinatorStore, config_path: str) -> tuple[TreeEnsemb
     try:
         ensemble = TreeEnsemble.from_arrays(arrays)
     except InvalidParameter as exc:
-        raise InvalidParameter(f"{store.path}: the stored tree model is not usable ({exc})") from None
+        raise StorageError(f"{store.path}: the stored tree model is not usable ({exc}); restore the state from a backup") from None
     result = store.computation_result() or {}
     aggregations = result.get("aggregations")
     if isinstance(aggregations, bool) or not isinstance(aggregations, int) or aggregations < 1:
@@ -302,7 +302,7 @@ def _read_csv(path: Path, label_column: str, declared: int | tuple[str, ...]) ->
 
     source = str(path)
     if not path.is_file():
-        raise InvalidParameter(f"{source}: no such file" if not path.exists() else f"{source}: not a regular file")
+        raise DataError(f"{source}: no such file" if not path.exists() else f"{source}: not a regular file")
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
@@ -316,23 +316,23 @@ def _read_csv(path: Path, label_column: str, declared: int | tuple[str, ...]) ->
                 if not row or all(not c.strip() for c in row):
                     continue
                 if len(row) != len(names):
-                    raise InvalidParameter(f"{source}: line {line} has {len(row)} fields, the header has {len(names)}")
+                    raise DataError(f"{source}: line {line} has {len(row)} fields, the header has {len(names)}")
                 if label_at is not None:
                     label = _parse_number(source, row[label_at], line, label_column)
                     if not label.is_integer():
-                        raise InvalidParameter(
+                        raise DataError(
                             f"{source}: label {row[label_at].strip()!r} at line {line} is not an integer class"
                         )
                     labels.append(int(label))
                 rows.append([_parse_number(source, row[i], line, names[i]) for i in feature_at])
     except UnicodeDecodeError:
-        raise InvalidParameter(f"{source}: not UTF-8 text; save the CSV as UTF-8") from None
+        raise DataError(f"{source}: not UTF-8 text; save the CSV as UTF-8") from None
     except csv.Error as exc:
-        raise InvalidParameter(f"{source}: not a readable CSV ({exc})") from None
+        raise DataError(f"{source}: not a readable CSV ({exc})") from None
     except OSError as exc:
-        raise InvalidParameter(f"{source}: cannot read ({exc.strerror or exc})") from None
+        raise DataError(f"{source}: cannot read ({exc.strerror or exc})") from None
     if not rows:
-        raise InvalidParameter(f"{source}: no data rows after the header")
+        raise DataError(f"{source}: no data rows after the header")
     found = tuple(names[i] for i in feature_at)
     try:
         order, _ = _order_columns(source, found, len(found), declared)

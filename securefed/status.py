@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from securefed._stdout import write_stdout
-from securefed.errors import InvalidParameter
+from securefed.errors import ConfigError, InvalidParameter
 
 if TYPE_CHECKING:
     from securefed.federation.store import Refusal, RoundRecord
@@ -88,16 +88,16 @@ def _read_raw(config_path: str | os.PathLike[str]) -> tuple[Path, dict]:
         with file.open("rb") as handle:
             raw = tomllib.load(handle)
     except FileNotFoundError:
-        raise InvalidParameter(f"config file {file} does not exist") from None
+        raise ConfigError(f"config file {file} does not exist", file) from None
     except tomllib.TOMLDecodeError as exc:
-        raise InvalidParameter(f"config file {file} is not valid TOML: {exc}") from None
+        raise ConfigError(f"config file {file} is not valid TOML: {exc}", file) from None
     except OSError as exc:
-        raise InvalidParameter(f"cannot read config file {file}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read config file {file}: {exc.strerror}", file) from None
     main, task = raw.get("coordinator"), raw.get("task")
     if not isinstance(main, dict) or not isinstance(main.get("state_dir"), str):
-        raise InvalidParameter(f"{file}: [coordinator] state_dir is missing; is this a coordinator config?")
+        raise ConfigError(f"{file}: [coordinator] state_dir is missing; is this a coordinator config?", file, "coordinator.state_dir")
     if not isinstance(task, dict):
-        raise InvalidParameter(f"{file}: the [task] section is missing; is this a coordinator config?")
+        raise ConfigError(f"{file}: the [task] section is missing; is this a coordinator config?", file, "task")
     state_dir = Path(main["state_dir"]).expanduser()
     return (state_dir if state_dir.is_absolute() else file.parent / state_dir), raw
 

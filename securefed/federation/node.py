@@ -591,17 +591,7 @@ class Node:
             # Set up the round's keys and shares first (they do not depend on the input) and train
             # once the shares are dealt: the whole key exchange happens before training, and a node
             # that trains slowly only misses the masked-input deadline, where it is a dropout.
-            config = RoundConfig(self.task, aggregation, n, spec.threshold, length, context, spec.neighbours)
-            roster = {i: self.roster[name] for i, name in start.cohort}
-            client = ClientProtocol(
-                config,
-                start.node_id,
-                self.identity,
-                roster,
-                None,
-                self.policy.client_policy(),
-                roster_size=max(len(self.roster), n),
-            )
+            client = self._client_for(aggregation, start, spec, length, context)
             current = self.current = _Participation(aggregation, client, spec, charge, context.hex(), n, model_hash=model_hash)
             try:
                 outgoing = client.start()
@@ -652,17 +642,7 @@ class Node:
         )
         client = None
         if spec.masking:
-            config = RoundConfig(self.task, aggregation, n, spec.threshold, int(vector.size), context, spec.neighbours)
-            roster = {i: self.roster[name] for i, name in start.cohort}
-            client = ClientProtocol(
-                config,
-                start.node_id,
-                self.identity,
-                roster,
-                None,
-                self.policy.client_policy(),
-                roster_size=max(len(self.roster), n),
-            )
+            client = self._client_for(aggregation, start, spec, int(vector.size), context)
         current = self.current = _Participation(aggregation, client, spec, None, context.hex(), n, model_hash=digest)
         if client is None:
             self._charge_and_send(MaskedInput(start.node_id, vector))
@@ -674,6 +654,21 @@ class Node:
         current.pending_input = lambda: vector
         for message in outgoing:
             self._send(aggregation, message)
+
+    def _client_for(self, aggregation: int, start: RoundStart, spec: RoundSpec, length: int, context: bytes) -> ClientProtocol:
+        """This node's side of the aggregation's secure sum, under its own roster and policy."""
+        n = len(start.cohort)
+        config = RoundConfig(self.task, aggregation, n, spec.threshold, length, context, spec.neighbours)
+        roster = {i: self.roster[name] for i, name in start.cohort}
+        return ClientProtocol(
+            config,
+            start.node_id,
+            self.identity,
+            roster,
+            None,
+            self.policy.client_policy(),
+            roster_size=max(len(self.roster), n),
+        )
 
     def _local_input(
         self,

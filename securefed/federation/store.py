@@ -416,28 +416,55 @@ class CoordinatorStore:
                     "sampling_rate) VALUES (?, ?, ?, ?, ?, ?)",
                     (round_number, aggregation, variance, l2, l1, rate[0] if rate else 1.0),
                 )
-            self._db.execute(
-                "INSERT OR REPLACE INTO rounds (round, aggregation, participants, survivors, total_weight, "
-                "epsilon, duration, completed_at, stage_durations, bytes_in, bytes_out) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    round_number,
-                    aggregation,
-                    participants,
-                    json.dumps(survivors),
-                    total_weight,
-                    epsilon,
-                    duration,
-                    time.time(),
-                    _stage_json(stage_durations),
-                    _byte_count(bytes_in),
-                    _byte_count(bytes_out),
-                ),
+            self._history_row(
+                round_number,
+                aggregation,
+                survivors,
+                participants,
+                total_weight,
+                epsilon,
+                duration,
+                stage_durations,
+                bytes_in,
+                bytes_out,
             )
-            self._db.execute("UPDATE attempts SET status = 'completed' WHERE aggregation = ?", (aggregation,))
-            self._count_attempts(round_number)
             # Keep the newest few models; history rows stay forever.
             self._db.execute("DELETE FROM models WHERE round > 0 AND round < ?", (round_number - 4,))
+
+    def _history_row(
+        self,
+        round_number: int,
+        aggregation: int,
+        survivors: list[str],
+        participants: int,
+        total_weight: float,
+        epsilon: float | None,
+        duration: float,
+        stage_durations: Mapping[str, float] | None,
+        bytes_in: int | None,
+        bytes_out: int | None,
+    ) -> None:
+        """Inside a transaction: a completed round's (or step's) history row, its attempt marked completed."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO rounds (round, aggregation, participants, survivors, total_weight, "
+            "epsilon, duration, completed_at, stage_durations, bytes_in, bytes_out) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                round_number,
+                aggregation,
+                participants,
+                json.dumps(survivors),
+                total_weight,
+                epsilon,
+                duration,
+                time.time(),
+                _stage_json(stage_durations),
+                _byte_count(bytes_in),
+                _byte_count(bytes_out),
+            ),
+        )
+        self._db.execute("UPDATE attempts SET status = 'completed' WHERE aggregation = ?", (aggregation,))
+        self._count_attempts(round_number)
 
     def commit_step(
         self,
@@ -470,25 +497,18 @@ class CoordinatorStore:
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (round_number, aggregation, request_sha256, blob, len(survivors), hashlib.sha256(blob).hexdigest()),
             )
-            self._db.execute(
-                "INSERT OR REPLACE INTO rounds (round, aggregation, participants, survivors, total_weight, "
-                "epsilon, duration, completed_at, stage_durations, bytes_in, bytes_out) "
-                "VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?)",
-                (
-                    round_number,
-                    aggregation,
-                    participants,
-                    json.dumps(survivors),
-                    float(len(survivors)),
-                    duration,
-                    time.time(),
-                    _stage_json(stage_durations),
-                    _byte_count(bytes_in),
-                    _byte_count(bytes_out),
-                ),
+            self._history_row(
+                round_number,
+                aggregation,
+                survivors,
+                participants,
+                float(len(survivors)),
+                None,
+                duration,
+                stage_durations,
+                bytes_in,
+                bytes_out,
             )
-            self._db.execute("UPDATE attempts SET status = 'completed' WHERE aggregation = ?", (aggregation,))
-            self._count_attempts(round_number)
             if result is not None:
                 model_blob = None if model is None else _npz(model)
                 self._db.execute(
