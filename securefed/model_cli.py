@@ -167,7 +167,9 @@ def _stored_trees(store: CoordinatorStore, config_path: str) -> tuple[TreeEnsemb
     try:
         ensemble = TreeEnsemble.from_arrays(arrays)
     except InvalidParameter as exc:
-        raise StorageError(f"{store.path}: the stored tree model is not usable ({exc}); restore the state from a backup") from None
+        raise StorageError(
+            f"{store.path}: the stored tree model is not usable ({exc}); restore the state from a backup"
+        ) from None
     result = store.computation_result() or {}
     aggregations = result.get("aggregations")
     if isinstance(aggregations, bool) or not isinstance(aggregations, int) or aggregations < 1:
@@ -320,9 +322,7 @@ def _read_csv(path: Path, label_column: str, declared: int | tuple[str, ...]) ->
                 if label_at is not None:
                     label = _parse_number(source, row[label_at], line, label_column)
                     if not label.is_integer():
-                        raise DataError(
-                            f"{source}: label {row[label_at].strip()!r} at line {line} is not an integer class"
-                        )
+                        raise DataError(f"{source}: label {row[label_at].strip()!r} at line {line} is not an integer class")
                     labels.append(int(label))
                 rows.append([_parse_number(source, row[i], line, names[i]) for i in feature_at])
     except UnicodeDecodeError:

@@ -95,7 +95,9 @@ def _read_raw(config_path: str | os.PathLike[str]) -> tuple[Path, dict]:
         raise ConfigError(f"cannot read config file {file}: {exc.strerror}", file) from None
     main, task = raw.get("coordinator"), raw.get("task")
     if not isinstance(main, dict) or not isinstance(main.get("state_dir"), str):
-        raise ConfigError(f"{file}: [coordinator] state_dir is missing; is this a coordinator config?", file, "coordinator.state_dir")
+        raise ConfigError(
+            f"{file}: [coordinator] state_dir is missing; is this a coordinator config?", file, "coordinator.state_dir"
+        )
     if not isinstance(task, dict):
         raise ConfigError(f"{file}: the [task] section is missing; is this a coordinator config?", file, "task")
     state_dir = Path(main["state_dir"]).expanduser()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from securefed.audit.log import AuditLog
 from securefed.crypto.identity import SigningKey
 from securefed.federation.coordinator import Coordinator
 from securefed.federation.messages import Envelope
@@ -131,6 +132,7 @@ class InProcessFederation:
         reports_connections: bool = True,
         task: TaskDefinition | None = None,
         datasets: list[LocalDataset] | None = None,
+        audit: bool = False,
     ) -> None:
         self.tmp_path, self.names = tmp_path, list(names)
         self.clock = Clock()
@@ -157,6 +159,9 @@ class InProcessFederation:
         self.store = CoordinatorStore(self.store_path)
         self.coordinator = self._new_coordinator()
         self.states = {name: NodeState(tmp_path / name / "node.sqlite") for name in self.names}
+        #: with ``audit``: each node's signed audit log (tmp_path/<name>/audit.log); ``identity_keys`` verify them
+        self.audit_logs = {name: AuditLog(tmp_path / name / "audit.log", keys[name]) for name in self.names} if audit else {}
+        self.identity_keys = {name: key.public_bytes for name, key in keys.items()}
         self.nodes = {
             name: Node(
                 name,
@@ -169,6 +174,7 @@ class InProcessFederation:
                 policy or NodePolicy(),
                 clock=self.clock,
                 preprocessing=self.task.preprocessing,
+                audit_log=self.audit_logs.get(name),
             )
             for i, name in enumerate(self.names)
         }
