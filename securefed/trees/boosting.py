@@ -44,6 +44,8 @@ from securefed.trees.grow import FinishedTree, LevelGrower
 from securefed.trees.histograms import (
     Layout,
     check_no_wrap,
+    class_indices,
+    coded_rows,
     decode_sum,
     fractional_bits,
     quantise,
@@ -325,25 +327,15 @@ class BoostingWorker:
     def __init__(self, params: BoostingParams, X: np.ndarray, y: np.ndarray) -> None:
         self.params = params
         self._params_json = params.to_json()
-        self._codes = params.bins.digitize(X)
+        self._codes = coded_rows(params.bins, X, params.max_rows_per_node)
         n = self._codes.shape[0]
-        if n > params.max_rows_per_node:
-            raise InvalidParameter(
-                f"this node has {n} rows, the task allows at most {params.max_rows_per_node} per node (the wrap bound); raise max_rows_per_node in the task"
-            )
         target = np.asarray(y)
         if params.loss == "squared_error":
             if target.shape != (n,) or target.dtype.kind not in "iuf" or not np.all(np.isfinite(target)):
                 raise InvalidParameter(f"targets must be {n} finite numbers")
             self._y = target.astype(np.float64)
         else:
-            if (
-                target.shape != (n,)
-                or target.dtype.kind not in "iu"
-                or (n and (int(target.min()) < 0 or int(target.max()) >= params.classes))
-            ):
-                raise InvalidParameter(f"labels must be {n} class indices in 0..{params.classes - 1}")
-            self._y = target.astype(np.int64)
+            self._y = class_indices(target, n, params.classes)
         self._base: tuple[float, ...] | None = None
         self._raw: np.ndarray | None = None
         self._rounds = 0

@@ -32,7 +32,7 @@ from securefed.trees._checks import check_bool, check_choice, check_int, is_int
 from securefed.trees.binning import BinnedParams, Bins
 from securefed.trees.driver import Driver, State
 from securefed.trees.grow import LevelGrower
-from securefed.trees.histograms import check_no_wrap, class_count_histogram, decode_sum, to_uint32
+from securefed.trees.histograms import check_no_wrap, class_count_histogram, class_indices, coded_rows, decode_sum, to_uint32
 from securefed.trees.model import TreeEnsemble
 from securefed.trees.request import FOREST_LEVEL, HistogramRequest, check_request_tree, entry_of_row, frontier_lookup
 from securefed.trees.split import CRITERIA, ClassCriterion
@@ -191,16 +191,9 @@ class ForestWorker:
     ) -> None:
         self.params = params
         self._params_json = params.to_json()
-        self._codes = params.bins.digitize(X)
+        self._codes = coded_rows(params.bins, X, params.max_rows_per_node)
         n = self._codes.shape[0]
-        if n > params.max_rows_per_node:
-            raise InvalidParameter(
-                f"this node has {n} rows, the task allows at most {params.max_rows_per_node} per node (the wrap bound); raise max_rows_per_node in the task"
-            )
-        y = np.asarray(labels)
-        if y.shape != (n,) or y.dtype.kind not in "iu" or (n and (int(y.min()) < 0 or int(y.max()) >= params.n_classes)):
-            raise InvalidParameter(f"labels must be {n} class indices in 0..{params.n_classes - 1}")
-        self._labels = y.astype(np.int64)
+        self._labels = class_indices(labels, n, params.n_classes)
         self._weights: np.ndarray | None = None
         if params.bootstrap:
             if bootstrap_weights is None:

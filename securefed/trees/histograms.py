@@ -38,10 +38,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from securefed.errors import InvalidParameter, LocalProtocolError, RemoteProtocolError
+
+if TYPE_CHECKING:
+    from securefed.trees.binning import Bins
 
 __all__ = [
     "MAX_FRACTIONAL_BITS",
@@ -50,6 +54,8 @@ __all__ = [
     "Layout",
     "check_no_wrap",
     "class_count_histogram",
+    "class_indices",
+    "coded_rows",
     "decode_sum",
     "fractional_bits",
     "quantise",
@@ -225,3 +231,22 @@ def require_non_negative(values: np.ndarray, what: str) -> None:
         raise RemoteProtocolError(
             f"summed {what} is negative: some node's input was out of range", reason="inconsistent-histogram"
         )
+
+
+def coded_rows(bins: Bins, X: np.ndarray, max_rows: int) -> np.ndarray:
+    """A node's features as bin codes, refused when it holds more rows than the wrap bound allows."""
+    codes = bins.digitize(X)
+    n = codes.shape[0]
+    if n > max_rows:
+        raise InvalidParameter(
+            f"this node has {n} rows, the task allows at most {max_rows} per node (the wrap bound); raise max_rows_per_node in the task"
+        )
+    return codes
+
+
+def class_indices(labels: np.ndarray, n: int, n_classes: int) -> np.ndarray:
+    """``labels`` as int64 class indices 0..n_classes-1, one per row; anything else is refused."""
+    y = np.asarray(labels)
+    if y.shape != (n,) or y.dtype.kind not in "iu" or (n and (int(y.min()) < 0 or int(y.max()) >= n_classes)):
+        raise InvalidParameter(f"labels must be {n} class indices in 0..{n_classes - 1}")
+    return y.astype(np.int64)
