@@ -308,7 +308,8 @@ def _cmd_analytics(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return code or 1
-        how = f"finished now after {result.get('aggregations', steps)} secure aggregations"
+        count = result.get("aggregations", steps)
+        how = f"finished now after {count} secure aggregation{'' if count == 1 else 's'}"
     where = _write(result, target)
     lines = [f"analytics task {task.name}: {how}", *(f"  {line}" for line in result_lines(result)), f"wrote {where}"]
     say("\n".join(lines))

@@ -7,6 +7,10 @@ refuses it, and its signed audit log says why.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -166,3 +170,29 @@ def _run_analytics(federation: Federation, split) -> None:
     assert got.shape == (64, 64)
     assert np.all(np.abs(got - expected) <= np.array(cov["error_bound"]["covariance"]) + 1e-9)
     assert np.max(np.abs(got - expected)) < 1e-3
+
+
+def test_securefed_analytics_runs_the_task_and_writes_the_results_an_operator_reads(tmp_path, digits, raw_split) -> None:
+    """The operator's path, literally: nodes as daemons, then `securefed analytics --config ... --out ...`."""
+    task = {
+        "name": "operator-stats",
+        "model": "analytics",
+        "computations": [{"kind": "mean", "params": {"max_nodes": 10, "max_rows": 5000, "low": [0.0] * 64, "high": [16.0] * 64}}],
+    }
+    federation = _federation(tmp_path, digits, raw_split, task, {"allowed_computations": ["mean"]})
+    out = tmp_path / "results.json"
+    command = [sys.executable, "-m", "securefed.cli", "analytics", "--config", str(federation.fed.coordinator_config)]
+    try:
+        federation.start_nodes()
+        ran = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, timeout=STARTUP_BUDGET + 120)
+        assert ran.returncode == 0, ran.stderr[-3000:]
+        assert "analytics task operator-stats: finished now after 1 secure aggregation\n" in ran.stdout + ran.stderr
+        result = json.loads(out.read_text())
+        [mean] = result["results"]
+        pooled = raw_split.X_train
+        assert mean["count"] == len(pooled)
+        assert np.all(np.abs(np.array(mean["mean"]) - pooled.mean(axis=0)) <= np.array(mean["error_bound"]["mean"]) + 1e-12)
+        again = subprocess.run([*command, "--show"], capture_output=True, text=True, timeout=60)  # nothing runs twice
+        assert again.returncode == 0 and "nothing was run" in again.stdout + again.stderr
+    finally:
+        federation.stop_all()
