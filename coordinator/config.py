@@ -45,7 +45,8 @@ COORDINATOR_SCHEMA: dict[str, Section] = {
             "model": Key(str, required=True),
             "model_options": Key(dict),
             "features": Key((int, list), required=True, items=str),
-            "classes": Key(list, required=True, items=int),
+            "classes": Key(list, items=int),
+            "target": Key(str),
             "rounds": Key(int),
             "local_epochs": Key(int),
             "learning_rate": Key(NUMBER),
@@ -292,6 +293,18 @@ def check_task_options(config: CoordinatorConfig) -> None:
 
 
 def _classes(table: Table) -> tuple[int, ...]:
+    """The task's classes; () for ``target = "numeric"`` (an analytics task over a numeric label column)."""
+    target = table.get("target", "classes")
+    if target not in ("classes", "numeric"):
+        raise table.error("target", f'must be "classes" (the label column holds class labels) or "numeric", got {target!r}')
+    if target == "numeric":
+        if "classes" in table:
+            raise table.error("classes", 'goes with target = "classes"; a numeric target has no classes')
+        if table.get("model") != "analytics":
+            raise table.error("target", f'"numeric" is for analytics tasks; a {table.get("model")} task declares its classes')
+        return ()
+    if "classes" not in table:
+        raise table.error(None, "lacks the required key 'classes' (or, for an analytics task, target = \"numeric\")")
     classes = table.get("classes")
     if len(classes) < 2 or len(set(classes)) != len(classes):
         raise table.error("classes", f"must list at least two distinct integer labels, got {classes}")

@@ -39,7 +39,8 @@ NODE_SCHEMA: dict[str, Section] = {
         keys={
             "name": Key(str, required=True),
             "features": Key((int, list), required=True, items=str),
-            "classes": Key(list, required=True, items=int),
+            "classes": Key(list, items=int),
+            "target": Key(str),
         },
         tables={"preprocessing": PREPROCESSING_SECTION},
     ),
@@ -89,7 +90,8 @@ class NodeConfig:
     name: str
     task: str
     features: int | tuple[str, ...]
-    classes: tuple[int, ...]
+    #: the agreed class labels; None when the task's target is numeric (target = "numeric": analytics only)
+    classes: tuple[int, ...] | None
     coordinator: str
     coordinator_curve_public_key: bytes
     curve_secret_key_file: Path
@@ -129,9 +131,7 @@ def node_config_from(config: ConfigFile) -> NodeConfig:
     """A :class:`NodeConfig` from a file already checked against :data:`NODE_SCHEMA`."""
     main, task, data = config.table("node"), config.table("task"), config.table("data")
     features = features_from(task)
-    classes = task.get("classes")
-    if len(classes) < 2 or len(set(classes)) != len(classes):
-        raise task.error("classes", f"must list at least two distinct integer labels, got {classes}")
+    classes = _task_classes(task)
     validation = float(data.get("validation_fraction", 0.2))
     if not 0 <= validation < 1:
         raise data.error("validation_fraction", f"must be in [0, 1), got {validation}")
@@ -155,7 +155,7 @@ def node_config_from(config: ConfigFile) -> NodeConfig:
         name=main.get("name"),
         task=task.get("name"),
         features=features,
-        classes=tuple(classes),
+        classes=classes,
         coordinator=main.get("coordinator"),
         coordinator_curve_public_key=coordinator_key,
         curve_secret_key_file=resolve_path(config.base, main.get("curve_secret_key_file")),
@@ -170,6 +170,23 @@ def node_config_from(config: ConfigFile) -> NodeConfig:
         metrics=_metrics(config),
         source=config.file,
     )
+
+
+def _task_classes(task: Table) -> tuple[int, ...] | None:
+    """The agreed classes, or None when ``target = "numeric"`` (the label column holds numbers: analytics only)."""
+    target = task.get("target", "classes")
+    if target not in ("classes", "numeric"):
+        raise task.error("target", f'must be "classes" (the label column holds class labels) or "numeric", got {target!r}')
+    if target == "numeric":
+        if "classes" in task:
+            raise task.error("classes", 'goes with target = "classes"; a numeric target has no classes')
+        return None
+    if "classes" not in task:
+        raise task.error(None, "lacks the required key 'classes' (or declare target = \"numeric\" for a numeric label column)")
+    classes = task.get("classes")
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise task.error("classes", f"must list at least two distinct integer labels, got {classes}")
+    return tuple(classes)
 
 
 def _metrics(config: ConfigFile) -> MetricsListen | None:

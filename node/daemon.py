@@ -111,6 +111,7 @@ def _run_locked(
             config.policy,
             config.validation_fraction,
             declared_classes=config.classes,
+            numeric_target=config.classes is None,
             ledger=ledger,
             audit_log=audit_log,
             preprocessing=config.preprocessing,

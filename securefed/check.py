@@ -104,7 +104,12 @@ def _describe_preprocessing(preprocessing: Preprocessing | None) -> str:
 
 
 def _check_data(
-    out: TextIO, path: Path, label_column: str, features: int | Sequence[str], classes: Sequence[int], what: str = "data"
+    out: TextIO,
+    path: Path,
+    label_column: str,
+    features: int | Sequence[str],
+    classes: Sequence[int] | None,
+    what: str = "data",
 ) -> list[str]:
     from securefed.learning.data import load_local_dataset
 
@@ -125,10 +130,13 @@ def _check_data(
         if dataset.feature_names
         else "no column names"
     )
-    counts = {int(c): int((dataset.y == c).sum()) for c in classes}
+    if classes is None:
+        spread = f"numeric target in [{float(dataset.y.min()):g}, {float(dataset.y.max()):g}]"
+    else:
+        spread = f"rows per class { {int(c): int((dataset.y == c).sum()) for c in classes} }"
     print(
         f"{what + ':':<15}{path}: {dataset.n_samples} rows, {dataset.n_features} features + label {label_column!r} "
-        f"({columns}); rows per class {counts}",
+        f"({columns}); {spread}",
         file=out,
     )
     if isinstance(features, int):
@@ -170,7 +178,8 @@ def _check_node(file: Path, out: TextIO) -> list[str]:
         if isinstance(config.features, int)
         else f"{len(config.features)} named features"
     )
-    print(f"task:          {config.task}: {features}, classes {list(config.classes)}", file=out)
+    target = "numeric target" if config.classes is None else f"classes {list(config.classes)}"
+    print(f"task:          {config.task}: {features}, {target}", file=out)
     print(f"preprocessing: {_describe_preprocessing(config.preprocessing)}", file=out)
     listed = "listed" if config.name in config.roster else "NOT listed"
     print(f"roster:        {roster_size} members ({config.name} {listed})", file=out)
@@ -256,7 +265,8 @@ def _check_coordinator(file: Path, out: TextIO) -> list[str]:
     print(f"listen:        {config.listen}; state in {config.state_dir}", file=out)
     features = f"{len(task.feature_names)} named features" if task.feature_names else f"{task.n_features} features (count only)"
     plan = f"at most {task.rounds} secure aggregations" if task.is_computation else f"{task.rounds} rounds"
-    print(f"task:          {task.name}: {task.model_kind}, {plan}, {features}, classes {list(task.classes)}", file=out)
+    target = f"classes {list(task.classes)}" if task.classes else "numeric target"
+    print(f"task:          {task.name}: {task.model_kind}, {plan}, {features}, {target}", file=out)
     if task.is_computation:
         job = task.computation_job()
         if task.model_kind == "analytics":

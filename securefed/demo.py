@@ -22,9 +22,9 @@ Three kinds of task run this way:
   bounds and the trees split the raw features. No DP for trees yet;
 - ``--dataset diabetes`` (regression): an analytics task, a federated linear
   and ridge regression from secure sums of XᵀX, Xᵀy and yᵀy
-  (docs/analytics.md), scored by held-out R². Node data files carry integer
-  labels, so the whole-number target travels as a "class" and the task
-  declares every whole number of its public range as one (a known limitation).
+  (docs/analytics.md), scored by held-out R². The task and every site declare
+  a numeric target (``target = "numeric"``): the label column holds the disease
+  progression score itself, not classes.
 """
 
 from __future__ import annotations
@@ -384,7 +384,7 @@ def _run_regression(args: argparse.Namespace) -> int:
         "name": f"demo-{args.dataset}",
         "model": "analytics",
         "features": list(dataset.feature_names),
-        "classes": list(dataset.classes),
+        "target": "numeric",
         "min_nodes": args.nodes,
         "preprocessing": preprocessing.to_json(),
         "computations": [{"kind": "linear_regression", "params": {**base, "ridge": ridge}} for ridge in penalties],
@@ -397,10 +397,7 @@ def _run_regression(args: argparse.Namespace) -> int:
         f"split {args.partition}, {len(y_test)} held out): least squares and ridge (alpha {RIDGE_ALPHA:g}) from "
         f"secure sums of XᵀX, Xᵀy and yᵀy ({expected} secure aggregations), CURVE on {federation.endpoint}"
     )
-    print(
-        f"public bounds declared in the task: features {preprocessing.describe()}; target {y_low}..{y_high} "
-        "(whole numbers: node files carry integer labels, so the task declares each as a class)"
-    )
+    print(f"public bounds declared in the task: features {preprocessing.describe()}; numeric target {y_low}..{y_high}")
     print(f"keys, configs, data and logs in {workdir}")
     started = time.monotonic()
     returncode, _ = _drive(federation, names, workdir, lambda row: True, _step_line(expected, args.nodes))

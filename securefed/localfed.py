@@ -178,7 +178,7 @@ class LocalFederation:
             "[task]",
             f"name = {toml_value(task['name'])}",
             f"features = {toml_value(task['features'])}",
-            f"classes = {toml_value(task['classes'])}",
+            *([f"classes = {toml_value(task['classes'])}"] if task.get("target") != "numeric" else ['target = "numeric"']),
             *_preprocessing_lines(task),
             "",
             "[data]",

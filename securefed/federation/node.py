@@ -386,6 +386,7 @@ class Node:
         ledger: PrivacyLedger | None = None,
         audit_log: AuditLog | None = None,
         preprocessing: Preprocessing | None = None,
+        numeric_target: bool = False,
     ) -> None:
         if name not in roster:
             raise InvalidParameter(f"this node ({name}) is missing from its own roster")
@@ -405,6 +406,8 @@ class Node:
         #: wall time of this node's last local training (None before the first), for logs and metrics
         self.last_training_seconds: float | None = None
         self.declared_classes = None if declared_classes is None else tuple(declared_classes)
+        #: the site's label column holds numbers, not classes: it joins analytics tasks without classes only
+        self.numeric_target = numeric_target
         if preprocessing is not None and not isinstance(preprocessing, Preprocessing):
             raise InvalidParameter("preprocessing must be a securefed.preprocessing.Preprocessing or None")
         #: the preprocessing this site agreed to: applied to its data, and rounds with any other are refused
@@ -518,12 +521,21 @@ class Node:
         agreed = None if self.preprocessing is None else self.preprocessing.to_json()
         if spec.preprocessing != agreed:
             raise _Refused("preprocessing-mismatch", _preprocessing_difference(spec.preprocessing, agreed))
-        if self.declared_classes is not None and tuple(spec.classes) != self.declared_classes:
+        if self.numeric_target:
+            if spec.model_kind != "analytics" or spec.classes:
+                raise _Refused(
+                    "target-mismatch",
+                    'this site\'s target is numeric (target = "numeric"); it takes part only in analytics tasks that '
+                    "declare no classes",
+                )
+        elif not spec.classes:
+            raise _Refused("target-mismatch", "the round declares no classes (a numeric target); this site's labels are classes")
+        elif self.declared_classes is not None and tuple(spec.classes) != self.declared_classes:
             raise _Refused(
                 "class-mismatch",
                 f"round declares classes {list(spec.classes)[:20]}, this site agreed to {list(self.declared_classes)[:20]}",
             )
-        unknown = sorted(set(np.unique(self.dataset.y).tolist()) - set(spec.classes))
+        unknown = [] if self.numeric_target else sorted(set(np.unique(self.dataset.y).tolist()) - set(spec.classes))
         if unknown:
             raise _Refused("class-mismatch", f"local labels {unknown[:10]} are not among the task's classes")
         cohort = start.cohort

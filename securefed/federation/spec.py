@@ -108,7 +108,8 @@ def parse_spec(raw: dict) -> RoundSpec:
     encoding = _get(raw, "encoding", dict)
     secagg = _get(raw, "secagg", dict)
     classes = _get(model, "classes", list)
-    if not classes or not all(type(c) is int for c in classes) or len(set(classes)) != len(classes):
+    # no classes: a numeric target (analytics only; the node checks that against what it agreed to)
+    if not all(type(c) is int for c in classes) or len(set(classes)) != len(classes):
         raise RemoteProtocolError("round spec classes must be distinct integers", reason="bad-spec")
     neighbours = secagg.get("neighbours")
     if neighbours is not None and (type(neighbours) is not int or neighbours < 1):

@@ -106,6 +106,10 @@ class TaskDefinition:
                 raise InvalidParameter(
                     f"preprocessing is declared for {self.preprocessing.n_features} features, the task has {self.n_features}"
                 )
+        if not self.classes and self.model_kind != "analytics":
+            raise InvalidParameter(
+                f"a {self.model_kind} task needs its classes; only analytics tasks may have a numeric target (no classes)"
+            )
         if self.is_computation:
             if self.dp is not None:
                 raise InvalidParameter(

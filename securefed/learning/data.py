@@ -47,7 +47,7 @@ _NPY_MAGIC = b"\x93NUMPY"
 
 @dataclass(frozen=True)
 class LocalDataset:
-    """Features (float64, 2-D), labels (int64) and the feature names (None if the file has none)."""
+    """Features (float64, 2-D), labels (int64; float64 for a numeric target) and the feature names (None if the file has none)."""
 
     X: np.ndarray
     y: np.ndarray
@@ -169,7 +169,7 @@ def header_names(reader: Iterator[list[str]], source: str) -> list[str]:
     return names
 
 
-def _load_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+def _load_csv(path: Path, label_column: str, numeric: bool = False) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     source = str(path)
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
@@ -184,7 +184,7 @@ def _load_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray, tu
         if not feature_at:
             raise DataError(f"{source}: there are no feature columns besides {label_column!r}")
         rows: list[list[float]] = []
-        labels: list[int] = []
+        labels: list[float] = []
         for row in reader:
             line = reader.line_num
             if not row or all(not c.strip() for c in row):
@@ -192,18 +192,18 @@ def _load_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray, tu
             if len(row) != len(names):
                 raise DataError(f"{source}: line {line} has {len(row)} fields, the header has {len(names)}")
             label = _parse_number(source, row[label_at], line, label_column)
-            if not label.is_integer():
+            if not numeric and not label.is_integer():
                 raise DataError(f"{source}: label {row[label_at].strip()!r} at line {line} is not an integer class")
-            labels.append(int(label))
+            labels.append(label)
             rows.append([_parse_number(source, row[i], line, names[i]) for i in feature_at])
     if not rows:
         raise DataError(f"{source}: no data rows after the header")
     X = np.asarray(rows, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.int64)
+    y = np.asarray(labels, dtype=np.float64 if numeric else np.int64)
     return X, y, tuple(names[i] for i in feature_at)
 
 
-def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | None]:
+def _load_npz(path: Path, numeric: bool = False) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | None]:
     source = str(path)
     with path.open("rb") as handle:
         magic = handle.read(len(_NPY_MAGIC))
@@ -249,7 +249,11 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | Non
         raise DataError(
             f"{source}: 'X' has NaN or infinity at row {r}, column {c} ({bad.shape[0]} such values); clean or drop those rows"
         )
-    if y.dtype.kind == "f":
+    if numeric:
+        if y.dtype.kind not in "fiu" or not np.all(np.isfinite(y.astype(np.float64))):
+            raise DataError(f"{source}: 'y' must hold finite numbers (the task's target is numeric), got dtype {y.dtype}")
+        y = y.astype(np.float64)
+    elif y.dtype.kind == "f":
         with np.errstate(invalid="ignore"):
             not_integer = ~np.isfinite(y) | (y != np.round(y))
         if np.any(not_integer):
@@ -257,7 +261,8 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | Non
             raise DataError(f"{source}: 'y' has a non-integer label {float(y[row])!r} at row {row}")
     elif y.dtype.kind not in "iu":
         raise DataError(f"{source}: 'y' must hold integer labels, got dtype {y.dtype}")
-    y = y.astype(np.int64)
+    if not numeric:
+        y = y.astype(np.int64)
 
     feature_names: tuple[str, ...] | None = None
     if names is not None:
@@ -277,17 +282,20 @@ def load_local_dataset(
     *,
     label_column: str,
     features: int | Sequence[str] | None,
-    classes: Sequence[int],
+    classes: Sequence[int] | None,
 ) -> LocalDataset:
     """Load a node's data file and check it against the task's features and classes.
 
     ``features`` is the declared feature count, the declared feature names (the
     file's columns are put in that order), or None (accept what the file has).
+    ``classes`` None means the task's target is numeric (analytics such as a
+    regression): the label column then holds any finite numbers, as float64.
     ``label_column`` names the CSV label column; .npz files keep labels in "y".
     Anything that does not fit raises :class:`InvalidParameter` saying what to fix.
     """
     declared = _check_declared_features(features)
-    declared_classes = _normalize_classes(classes)
+    numeric = classes is None
+    declared_classes = None if classes is None else _normalize_classes(classes)
     if not isinstance(label_column, str) or not label_column:
         raise InvalidParameter("label_column must be a non-empty column name")
     p = Path(path)
@@ -298,15 +306,16 @@ def load_local_dataset(
     suffix = p.suffix.lower()
     found: tuple[str, ...] | None
     if suffix == ".csv":
-        X, y, found = _load_csv(p, label_column)
+        X, y, found = _load_csv(p, label_column, numeric)
     elif suffix == ".npz":
-        X, y, found = _load_npz(p)
+        X, y, found = _load_npz(p, numeric)
     else:
         raise DataError(f"{p}: unknown file type {p.suffix!r}; use a .csv (with a header row) or .npz file")
     order, names = _order_columns(str(p), found, X.shape[1], declared)
     if order is not None:
         X = X[:, order]
-    _check_labels(str(p), y, declared_classes)
+    if declared_classes is not None:
+        _check_labels(str(p), y, declared_classes)
     return LocalDataset(X=np.ascontiguousarray(X), y=y, feature_names=names)
 
 
@@ -316,15 +325,19 @@ def _check_for_saving(
     X_arr, y_arr = np.asarray(X), np.asarray(y)
     if X_arr.ndim != 2 or X_arr.dtype.kind not in "fiu" or X_arr.shape[0] == 0 or X_arr.shape[1] == 0:
         raise InvalidParameter(f"X must be a non-empty numeric 2-D array, got shape {X_arr.shape}")
-    if y_arr.ndim != 1 or y_arr.shape[0] != X_arr.shape[0] or y_arr.dtype.kind not in "iu":
-        raise InvalidParameter(f"y must be 1-D integer labels, one per row of X, got shape {y_arr.shape}")
+    if y_arr.ndim != 1 or y_arr.shape[0] != X_arr.shape[0] or y_arr.dtype.kind not in "fiu":
+        raise InvalidParameter(
+            f"y must be 1-D labels (integers, or numbers for a numeric target), one per row of X, got shape {y_arr.shape}"
+        )
+    if y_arr.dtype.kind == "f" and not np.all(np.isfinite(y_arr)):
+        raise InvalidParameter("y contains NaN or infinity")
     if not np.all(np.isfinite(X_arr)):
         raise InvalidParameter("X contains NaN or infinity")
     names = None if feature_names is None else tuple(str(n) for n in feature_names)
     if names is not None:
         if len(names) != X_arr.shape[1] or len(set(names)) != len(names) or not all(names):
             raise InvalidParameter(f"feature_names must be {X_arr.shape[1]} distinct non-empty names, got {len(names)}")
-    return X_arr.astype(np.float64), y_arr.astype(np.int64), names
+    return X_arr.astype(np.float64), y_arr.astype(np.float64 if y_arr.dtype.kind == "f" else np.int64), names
 
 
 def save_csv(path: str | Path, X: np.ndarray, y: np.ndarray, feature_names: Sequence[str], label_column: str) -> None:
@@ -338,7 +351,7 @@ def save_csv(path: str | Path, X: np.ndarray, y: np.ndarray, feature_names: Sequ
         writer = csv.writer(handle)
         writer.writerow([*names, label_column])
         for row, label in zip(X_arr.tolist(), y_arr.tolist()):
-            writer.writerow([*(repr(v) for v in row), str(label)])
+            writer.writerow([*(repr(v) for v in row), repr(label) if isinstance(label, float) else str(label)])
 
 
 def save_npz(path: str | Path, X: np.ndarray, y: np.ndarray, feature_names: Sequence[str] | None = None) -> None:

@@ -15,9 +15,9 @@ features (age in years, sex 1/2, BMI, mean arterial pressure, six serum
 values) have no published range table, so :data:`PUBLIC_BOUNDS` holds their
 ranges rounded outwards to clinically plausible limits, and
 :data:`TARGET_BOUNDS` the target's range (disease progression, whole numbers
-25..346). Node data files carry integer labels, so a regression target
-travels as a whole-number "class": :func:`load_bundled` gives
-``classes = range(25, 347)`` for it (a known limitation of this increment).
+25..346). A task over it declares a numeric target (``target = "numeric"``);
+:func:`load_bundled` still lists ``classes = range(25, 347)`` for callers that
+need a label set.
 """
 
 from __future__ import annotations
