@@ -767,7 +767,7 @@ def _facts(data: ReportData) -> str:
     features = f"{data.n_features}"
     if data.feature_names:
         features += f" ({_listing(data.feature_names, 6)})"
-    classes = f"{len(data.classes)} ({_listing(data.classes, 12)})"
+    classes = f"{len(data.classes)} ({_listing(data.classes, 12)})" if data.classes else "none: a numeric target"
     if data.dp_epsilon is None:
         dp = "off"
         spent = None

@@ -169,7 +169,8 @@ def test_a_config_with_every_key_loads(tmp_path: Path, base: dict, members: dict
 
 def test_defaults_when_optional_keys_are_absent(tmp_path: Path, base: dict) -> None:
     required = {key for key, spec in COORDINATOR_SCHEMA["task"].keys.items() if spec.required}
-    base["task"] = {k: v for k, v in base["task"].items() if k in required or k == "rounds"}  # rounds: required for training
+    # rounds and classes: required for training (optional only for computations / a numeric target)
+    base["task"] = {k: v for k, v in base["task"].items() if k in required or k in ("rounds", "classes")}
     base["task"]["model"] = "sgd_logistic"
     del base["deadlines"]
     del base["coordinator"]["transcript_file"]

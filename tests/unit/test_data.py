@@ -193,8 +193,11 @@ def test_savers_refuse_bad_input(tmp_path: Path) -> None:
         save_npz(tmp_path / "d.bin", X, y)
     with pytest.raises(InvalidParameter, match="NaN"):
         save_npz(tmp_path / "d.npz", np.full((2, 3), np.nan), y[:2])
-    with pytest.raises(InvalidParameter, match="integer labels"):
-        save_npz(tmp_path / "d.npz", X, y.astype(float))
+    with pytest.raises(InvalidParameter, match="NaN or infinity"):
+        save_npz(tmp_path / "d.npz", X, np.full(len(y), np.inf))
+    # float labels are a numeric target's values: saved as numbers, read back with classes=None only
+    save_npz(tmp_path / "d.npz", X, y + 0.5)
+    assert np.array_equal(load_local_dataset(tmp_path / "d.npz", label_column="label", features=None, classes=None).y, y + 0.5)
 
 
 # --- bundled datasets ----------------------------------------------------------------------------
