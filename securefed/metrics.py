@@ -153,7 +153,7 @@ COORDINATOR_METRICS: dict[str, Family] = _catalogue(
     Family(
         "securefed_coordinator_phase",
         "gauge",
-        "1 for the phase of the running aggregation (train or evaluate; idle when none runs), 0 for the others",
+        "1 for the phase of the running aggregation (train, evaluate or compute; idle when none runs), 0 for the others",
         ("phase",),
     ),
     Family("securefed_coordinator_stage_seconds", "gauge", "Seconds the running aggregation has spent in its current stage"),
@@ -395,7 +395,7 @@ class CoordinatorMetrics:
         now_stage = "idle" if current is None or current.stage is None else current.stage.value
         now_phase = "idle" if current is None else str(current.phase)
         out["securefed_coordinator_stage"] = _enum(now_stage, ("idle", *(s.value for s in Stage)))
-        out["securefed_coordinator_phase"] = _enum(now_phase, ("idle", "train", "evaluate"))
+        out["securefed_coordinator_phase"] = _enum(now_phase, ("idle", "train", "evaluate", "compute"))
         if current is not None:
             out["securefed_coordinator_current_round"] = _one(current.round)
             started = getattr(current, "stage_started", None)

@@ -279,3 +279,17 @@ def test_a_node_answers_only_the_quantile_step_its_task_derives() -> None:
     with pytest.raises(ComputeRefusal) as refused:
         strict.vector(parse_spec(_spec(task, request)), 5)
     assert refused.value.reason == "bins-too-narrow"
+
+
+def test_the_phase_gauge_shows_a_running_compute_step(tmp_path) -> None:
+    from securefed.metrics import CoordinatorMetrics
+
+    _, _, datasets = _iris()
+    task = _task("analytics", {"computations": [_mean_request()]})
+    fed = InProcessFederation(tmp_path, NAMES, task=task, datasets=datasets, policy=POLICY)
+    metrics = CoordinatorMetrics()
+    idle = dict(metrics.samples(fed.coordinator, None, fed.store)["securefed_coordinator_phase"])
+    assert idle[("compute",)] == 0.0 and idle[("idle",)] == 1.0  # the series exists before any step runs
+    fed.run_until(lambda f: f.coordinator.current is not None)
+    running = dict(metrics.samples(fed.coordinator, None, fed.store)["securefed_coordinator_phase"])
+    assert running[("compute",)] == 1.0 and running[("idle",)] == 0.0
